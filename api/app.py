@@ -1,0 +1,54 @@
+"""The FastAPI application: ``create_app(settings, redis_url)`` wires routers, errors and backends.
+
+Backends are opened in the lifespan and closed when it ends; nothing is built at import time, so
+tests and the embedded server each make their own app from their own settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from fastapi import APIRouter, FastAPI
+
+from tuplehub.api import problems
+from tuplehub.api.routes import datasets, exports, health, jobs, uploads
+from tuplehub.storage.catalog import Catalog, open_catalog
+from tuplehub.storage.objects import ObjectStore, open_object_store
+from tuplehub.storage.queue import Queue
+from tuplehub.storage.settings import Settings
+
+API_PREFIX = "/api/v1"
+VERSION = "0.1.0"
+
+
+class AppState(TypedDict):
+    settings: Settings
+    catalog: Catalog
+    objects: ObjectStore
+    queue: Queue
+
+
+def create_app(settings: Settings, redis_url: str) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
+        catalog = await open_catalog(settings.resolved_catalog_url())
+        objects = open_object_store(settings.resolved_objects_url(), **settings.object_store_options())
+        queue = await Queue.connect(redis_url, settings.queue_name)
+        try:
+            yield {"settings": settings, "catalog": catalog, "objects": objects, "queue": queue}
+        finally:
+            await queue.aclose()
+            await catalog.aclose()
+
+    app = FastAPI(title="tuplehub", version=VERSION, lifespan=lifespan,
+                  description="Store, version, filter and share offline-RL datasets. Heavy work runs as jobs: "
+                              "start one, then poll `GET /api/v1/jobs/{id}`.",
+                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs", redoc_url=None)
+    problems.install(app)
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (datasets, uploads, exports, jobs, health):
+        api.include_router(module.router)
+    app.include_router(api)
+    return app

@@ -1,0 +1,45 @@
+"""Jobs: read one, list the caller's, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from tuplehub.api.deps import Caller, CatalogDep
+from tuplehub.api.problems import problems
+from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.errors import NotFound
+from tuplehub.storage.models import JobKind, JobRead, JobRecord, JobStatus, Page
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+async def own_job(catalog: Catalog, job_id: str, caller_id: str) -> JobRecord:
+    """The job if the caller owns it; someone else's job is as absent as a missing one."""
+    job = await catalog.get_job(job_id)
+    if job.owner != caller_id:
+        raise NotFound(f"no job {job_id!r}", job=job_id)
+    return job
+
+
+@router.get("", summary="List my jobs")
+async def list_jobs(caller: Caller, catalog: CatalogDep, status: JobStatus | None = None, kind: JobKind | None = None,
+                    offset: Annotated[int, Query(ge=0)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Page[JobRead]:
+    """The caller's jobs, newest first."""
+    items, total = await catalog.list_jobs(owner=caller.id, status=status, kind=kind, offset=offset, limit=limit)
+    return Page(items=[JobRead.from_record(job) for job in items], total=total, offset=offset, limit=limit)
+
+
+@router.get("/{job_id}", responses=problems(NotFound))
+async def get_job(job_id: str, caller: Caller, catalog: CatalogDep) -> JobRead:
+    """Status, progress, error and result of one job; clients poll this."""
+    return JobRead.from_record(await own_job(catalog, job_id, caller.id))
+
+
+@router.post("/{job_id}/cancel", responses=problems(NotFound))
+async def cancel_job(job_id: str, caller: Caller, catalog: CatalogDep) -> JobRead:
+    """Cancel a queued job at once, or ask a running one to stop at its next checkpoint."""
+    await own_job(catalog, job_id, caller.id)
+    return JobRead.from_record(await catalog.request_cancel(job_id))

@@ -1,0 +1,156 @@
+"""Upload sessions: open, send parts (presigned for S3, through the API for a local store), complete, abort.
+
+Completing a session turns it into an ``ingest`` job; the catalog record is written before the job
+is enqueued, so a job is never lost even if Redis is briefly away (workers re-enqueue it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from fastapi import APIRouter, Request, Response
+
+from tuplehub.api.deps import Caller, CatalogDep, ObjectsDep, QueueDep, SettingsDep
+from tuplehub.api.problems import problems
+from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from tuplehub.storage.models import (
+    JobKind,
+    JobRead,
+    JobRecord,
+    JobStatus,
+    PartURL,
+    PartURLsRequest,
+    UploadComplete,
+    UploadCreate,
+    UploadedPart,
+    UploadRead,
+    UploadRecord,
+    UploadStatus,
+    new_id,
+    utcnow,
+)
+from tuplehub.storage.objects import S3_MIN_PART, ObjectStore
+
+router = APIRouter(tags=["uploads"])
+# Bytes gathered from the request stream before one write: few thread hops, bounded memory.
+WRITE_CHUNK = 8 * 2**20
+
+
+def _read(record: UploadRecord, objects: ObjectStore) -> UploadRead:
+    transport = "presigned" if objects.presigned_uploads else "api"
+    return UploadRead(**record.model_dump(), transport=transport)
+
+
+async def _open_upload(catalog: Catalog, upload_id: str, caller_id: str) -> UploadRecord:
+    upload = await catalog.get_upload(upload_id)
+    if upload.owner != caller_id:
+        raise NotFound(f"no upload {upload_id!r}", upload=upload_id)
+    if upload.status != UploadStatus.open:
+        raise Conflict(f"upload {upload_id} is {upload.status}, not open", upload=upload_id, status=upload.status)
+    if upload.expires_at <= utcnow():
+        raise Conflict(f"upload {upload_id} expired at {upload.expires_at.isoformat()}", upload=upload_id)
+    return upload
+
+
+@router.post("/datasets/{name}/uploads", status_code=201, responses=problems(NotFound, InvalidRequest))
+async def create_upload(name: str, body: UploadCreate, caller: Caller, catalog: CatalogDep, objects: ObjectsDep,
+                        settings: SettingsDep) -> UploadRead:
+    """Open an upload session for one Parquet file, sent in parts of ``part_size`` bytes."""
+    dataset = await catalog.get_dataset(name)
+    if objects.presigned_uploads and body.part_size < S3_MIN_PART:
+        raise InvalidRequest(f"part_size must be at least {S3_MIN_PART} bytes for an S3 store",
+                             field="part_size")
+    if body.part_size > settings.max_part_bytes:
+        raise InvalidRequest(f"part_size may be at most {settings.max_part_bytes} bytes", field="part_size")
+    upload_id = new_id()
+    key = f"uploads/{upload_id}.parquet"
+    multipart_id = await asyncio.to_thread(objects.start_multipart, key)
+    record = UploadRecord(id=upload_id, dataset_id=dataset.id, dataset=dataset.name, owner=caller.id,
+                          mode=body.mode, part_size=body.part_size, object_key=key, multipart_id=multipart_id,
+                          episode_metadata=body.episode_metadata,
+                          expires_at=utcnow() + timedelta(seconds=settings.upload_ttl_s))
+    return _read(await catalog.create_upload(record), objects)
+
+
+@router.get("/uploads/{upload_id}", responses=problems(NotFound))
+async def get_upload(upload_id: str, caller: Caller, catalog: CatalogDep, objects: ObjectsDep) -> UploadRead:
+    upload = await catalog.get_upload(upload_id)
+    if upload.owner != caller.id:
+        raise NotFound(f"no upload {upload_id!r}", upload=upload_id)
+    return _read(upload, objects)
+
+
+@router.post("/uploads/{upload_id}/parts", responses=problems(NotFound, Conflict, InvalidRequest))
+async def presign_parts(upload_id: str, body: PartURLsRequest, caller: Caller, catalog: CatalogDep,
+                        objects: ObjectsDep, settings: SettingsDep) -> list[PartURL]:
+    """Presigned PUT URLs for parts (S3 stores); each answers with the ETag to pass to ``complete``."""
+    upload = await _open_upload(catalog, upload_id, caller.id)
+    expires_at = utcnow() + timedelta(seconds=settings.presign_ttl_s)
+    urls = []
+    for number in body.numbers:
+        url = await asyncio.to_thread(objects.presign_part, upload.object_key, upload.multipart_id or "", number,
+                                      settings.presign_ttl_s)
+        urls.append(PartURL(number=number, url=url, expires_at=expires_at))
+    return urls
+
+
+@router.put("/uploads/{upload_id}/parts/{number}",
+            responses=problems(NotFound, Conflict, InvalidRequest, PayloadTooLarge),
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+async def put_part(upload_id: str, number: int, request: Request, caller: Caller, catalog: CatalogDep,
+                   objects: ObjectsDep) -> UploadedPart:
+    """Stream one part through the API (local stores); the body is the part's raw bytes."""
+    upload = await _open_upload(catalog, upload_id, caller.id)
+    if not 1 <= number <= 10_000:
+        raise InvalidRequest("part numbers run from 1 to 10000", part=number)
+    declared = request.headers.get("content-length")
+    if declared is not None and int(declared) > upload.part_size:
+        raise PayloadTooLarge(f"part {number} declares {declared} bytes; the session's part size is "
+                              f"{upload.part_size}", part=number)
+    writer = await asyncio.to_thread(objects.open_part, upload.object_key, number, upload.part_size)
+    buffer = bytearray()
+    try:
+        async for chunk in request.stream():
+            buffer += chunk
+            if len(buffer) >= WRITE_CHUNK:
+                await asyncio.to_thread(writer.write, bytes(buffer))
+                buffer.clear()
+        if buffer:
+            await asyncio.to_thread(writer.write, bytes(buffer))
+    except BaseException:
+        writer.abort()
+        raise
+    etag = await asyncio.to_thread(writer.close)
+    return UploadedPart(number=number, etag=etag)
+
+
+@router.post("/uploads/{upload_id}/complete", status_code=202, responses=problems(NotFound, Conflict, InvalidRequest))
+async def complete_upload(upload_id: str, body: UploadComplete, caller: Caller, catalog: CatalogDep,
+                          objects: ObjectsDep, queue: QueueDep) -> JobRead:
+    """Assemble the parts and start the ``ingest`` job that turns them into a new version."""
+    upload = await _open_upload(catalog, upload_id, caller.id)
+    parts = [(part.number, part.etag) for part in sorted(body.parts, key=lambda p: p.number)]
+    await asyncio.to_thread(objects.complete_multipart, upload.object_key, upload.multipart_id, parts,
+                            upload.part_size)
+    job = JobRecord(kind=JobKind.ingest, owner=caller.id, params={
+        "upload_id": upload.id, "dataset_id": upload.dataset_id, "dataset": upload.dataset, "mode": upload.mode})
+    job = await catalog.create_job(job)
+    metadata = {**upload.episode_metadata, **body.episode_metadata}
+    if not await catalog.transition_upload(upload.id, UploadStatus.open, UploadStatus.completed, job_id=job.id,
+                                           episode_metadata=metadata):
+        await catalog.finish_job(job.id, JobStatus.cancelled)
+        raise Conflict(f"upload {upload_id} was completed or aborted meanwhile", upload=upload_id)
+    await queue.enqueue(job)
+    return JobRead.from_record(job)
+
+
+@router.delete("/uploads/{upload_id}", status_code=204, responses=problems(NotFound, Conflict))
+async def abort_upload(upload_id: str, caller: Caller, catalog: CatalogDep, objects: ObjectsDep) -> Response:
+    """Abandon an open session and free its parts."""
+    upload = await _open_upload(catalog, upload_id, caller.id)
+    if await catalog.transition_upload(upload.id, UploadStatus.open, UploadStatus.aborted):
+        await asyncio.to_thread(objects.abort_multipart, upload.object_key, upload.multipart_id)
+    return Response(status_code=204)

@@ -1,0 +1,45 @@
+"""The ``tuplehub`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuplehub.client.cli import data
+from tuplehub.client.cli.demo import demo
+
+app = typer.Typer(help="tuplehub: store, version, filter and share offline-RL datasets.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+app.add_typer(data.datasets_app, name="datasets")
+app.add_typer(data.jobs_app, name="jobs")
+app.command("upload")(data.upload)
+app.command("export")(data.export)
+app.command("demo")(demo)
+
+DataDir = Annotated[Path | None, typer.Option(envvar="TUPLEHUB_DATA_DIR", help="Data folder of the embedded default.")]
+
+
+@app.command()
+def serve(host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+          port: Annotated[int | None, typer.Option(help="Port (0 picks a free one).")] = None,
+          data_dir: DataDir = None,
+          worker: Annotated[bool, typer.Option(help="Run a job worker in this process.")] = True) -> None:
+    """Run the API (and a worker); with nothing configured, the embedded default with a bundled Redis."""
+    from tuplehub.client.cli.server import load_settings
+    from tuplehub.client.cli.server import serve as run
+
+    run(load_settings(host=host, port=port, data_dir=data_dir), with_worker=worker)
+
+
+@app.command("worker")
+def worker_cmd(data_dir: DataDir = None) -> None:
+    """Run a job worker against TUPLEHUB_REDIS_URL (deployments)."""
+    from tuplehub.client.cli.server import load_settings, run_worker
+
+    run_worker(load_settings(data_dir=data_dir))
+
+
+def main() -> None:
+    app()

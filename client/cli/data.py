@@ -1,0 +1,138 @@
+"""Dataset, upload, export and job commands: thin wrappers over :class:`tuplehub.client.Client`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuplehub.client.cli.output import emit, parse_filter, reported_errors
+from tuplehub.client.client import Client
+
+datasets_app = typer.Typer(help="Create, list and inspect datasets.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Follow and cancel jobs.", no_args_is_help=True)
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Url = Annotated[str | None, typer.Option("--url", envvar="TUPLEHUB_URL", help="Server URL.")]
+
+
+def _split(reference: str) -> tuple[str, int | None]:
+    """``name`` or ``name@version``."""
+    name, _, version = reference.partition("@")
+    return name, int(version) if version else None
+
+
+@datasets_app.command("create")
+def create(name: str, description: Annotated[str, typer.Option()] = "",
+           tag: Annotated[list[str] | None, typer.Option("--tag", help="Repeat for several tags.")] = None,
+           url: Url = None, as_json: AsJson = False) -> None:
+    """Create an empty dataset."""
+    with reported_errors(), Client(url) as hub:
+        emit(hub.datasets.create(name, description=description, tags=tag or []).record, as_json=as_json,
+             columns=("name", "description", "tags", "created_at"))
+
+
+@datasets_app.command("list")
+def list_datasets(name: Annotated[str | None, typer.Option(help="Name contains this.")] = None,
+                  tag: Annotated[str | None, typer.Option()] = None, limit: int = 50, offset: int = 0,
+                  url: Url = None, as_json: AsJson = False) -> None:
+    """List datasets."""
+    with reported_errors(), Client(url) as hub:
+        emit(hub.datasets.list(name=name, tag=tag, limit=limit, offset=offset), as_json=as_json,
+             columns=("name", "latest_version", "episodes", "transitions", "tags"))
+
+
+@datasets_app.command("show")
+def show(name: str, url: Url = None, as_json: AsJson = False) -> None:
+    """Show a dataset and its versions."""
+    with reported_errors(), Client(url) as hub:
+        record = hub.datasets.get(name).record
+        if as_json:
+            emit(record, as_json=True)
+            return
+        emit(record, as_json=False, columns=("name", "description", "tags", "owner", "created_at"))
+        emit([{"version": v.number, "mode": v.mode, "episodes": v.episodes, "transitions": v.transitions,
+               "created_at": v.created_at} for v in record.versions], as_json=False)
+
+
+@datasets_app.command("episodes")
+def episodes(dataset: Annotated[str, typer.Argument(help="name or name@version")],
+             where: Annotated[str | None, typer.Option(help="Episode filter as JSON.")] = None,
+             limit: int = 20, offset: int = 0, url: Url = None, as_json: AsJson = False) -> None:
+    """List a version's episodes, optionally filtered."""
+    name, version = _split(dataset)
+    with reported_errors(), Client(url) as hub:
+        page = hub.datasets.get(name).episodes(where=parse_filter(where, "--where"), version=version,
+                                               offset=offset, limit=limit)
+        emit(page, as_json=as_json, columns=("index", "episode_id", "length", "return", "termination", "metadata"))
+
+
+def upload(dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+           path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A Parquet file of tuples.")],
+           mode: Annotated[str, typer.Option(help="append or replace")] = "append",
+           metadata: Annotated[Path | None, typer.Option(help="JSON file: episode id -> metadata.")] = None,
+           wait: Annotated[bool, typer.Option(help="Wait for the ingest job to finish.")] = True,
+           url: Url = None, as_json: AsJson = False) -> None:
+    """Upload a Parquet file of tuples as the dataset's next version."""
+    episode_metadata = json.loads(metadata.read_text()) if metadata else None
+    with reported_errors(), Client(url) as hub:
+        job = hub.datasets.get(dataset).upload(path, mode=mode, episode_metadata=episode_metadata)
+        if wait:
+            job.wait(progress=None if not as_json else False)
+        emit(job.record, as_json=as_json, columns=("id", "status", "result", "error"))
+
+
+def export(dataset: Annotated[str, typer.Argument(help="name or name@version")],
+           out: Annotated[Path, typer.Option("--out", "-o", help="Where to save the result.")] = Path("export.parquet"),
+           where: Annotated[str | None, typer.Option(help="Tuple filter as JSON.")] = None,
+           episodes_filter: Annotated[str | None, typer.Option("--episodes", help="Episode filter as JSON.")] = None,
+           columns: Annotated[str | None, typer.Option(help="Comma-separated columns.")] = None,
+           next_observation: Annotated[bool, typer.Option(help="Add next_observation.")] = False,
+           fmt: Annotated[str, typer.Option("--format", help="parquet or arrow")] = "parquet",
+           url: Url = None, as_json: AsJson = False) -> None:
+    """Export a filtered subset of a dataset version to a file."""
+    name, version = _split(dataset)
+    with reported_errors(), Client(url) as hub:
+        job = hub.datasets.get(name).export(
+            where=parse_filter(where, "--where"), episodes=parse_filter(episodes_filter, "--episodes"),
+            version=version, columns=columns.split(",") if columns else None,
+            next_observation=next_observation, format=fmt)
+        job.wait(progress=None if not as_json else False)
+        job.download(out)
+        emit(job.record, as_json=as_json, columns=("id", "status", "result"))
+        if not as_json:
+            typer.echo(f"saved {out}")
+
+
+@jobs_app.command("list")
+def list_jobs(status: str | None = None, kind: str | None = None, limit: int = 20, url: Url = None,
+              as_json: AsJson = False) -> None:
+    """My jobs, newest first."""
+    with reported_errors(), Client(url) as hub:
+        emit(hub.jobs.list(status=status, kind=kind, limit=limit), as_json=as_json,
+             columns=("id", "kind", "status", "progress", "created_at"))
+
+
+@jobs_app.command("show")
+def show_job(job_id: str, url: Url = None, as_json: AsJson = False) -> None:
+    """One job's status, progress, error and result."""
+    with reported_errors(), Client(url) as hub:
+        emit(hub.jobs.get(job_id).record, as_json=as_json)
+
+
+@jobs_app.command("wait")
+def wait_job(job_id: str, url: Url = None, as_json: AsJson = False) -> None:
+    """Wait for a job to end; exit 1 if it failed."""
+    with reported_errors(), Client(url) as hub:
+        job = hub.jobs.get(job_id)
+        job.wait(progress=None if not as_json else False)
+        emit(job.record, as_json=as_json, columns=("id", "status", "result"))
+
+
+@jobs_app.command("cancel")
+def cancel_job(job_id: str, url: Url = None, as_json: AsJson = False) -> None:
+    """Cancel a job."""
+    with reported_errors(), Client(url) as hub:
+        emit(hub.jobs.get(job_id).cancel().record, as_json=as_json, columns=("id", "status", "cancel_requested"))

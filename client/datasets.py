@@ -1,0 +1,142 @@
+"""Datasets from the client: create, find, upload to, list episodes of, and export from."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+
+from tuplehub.client.errors import raise_for_problem
+from tuplehub.client.exports import Export
+from tuplehub.client.jobs import Job
+from tuplehub.client.uploads import (
+    DEFAULT_PARALLEL,
+    DEFAULT_PART_SIZE,
+    PartSink,
+    send_file,
+    split_table,
+    table_from_arrays,
+    tables_from_episodes,
+    write_parquet,
+)
+from tuplehub.storage.filters.language import FilterNode
+from tuplehub.storage.models import DatasetRead, DatasetSummary, EpisodeRead, Page, UploadMode
+
+UploadSource = Mapping[str, Any] | pa.Table | str | Path | Iterable[Mapping[str, Any]]
+
+
+class Dataset:
+    """A handle on one dataset; ``record`` is what the server last said about it."""
+
+    def __init__(self, http: httpx.Client, record: DatasetRead) -> None:
+        self._http = http
+        self.record = record
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def latest_version(self) -> int | None:
+        return self.record.latest_version
+
+    def refresh(self) -> Dataset:
+        response = self._http.get(f"/datasets/{self.name}")
+        raise_for_problem(response)
+        self.record = DatasetRead.model_validate(response.json())
+        return self
+
+    def upload(self, source: UploadSource, *, mode: UploadMode | str = UploadMode.append,
+               episode_metadata: Mapping[Any, Mapping[str, Any]] | None = None,
+               part_size: int = DEFAULT_PART_SIZE, parallel: int = DEFAULT_PARALLEL,
+               compression: str | None = "lz4") -> Job:
+        """Send ``source`` as a new version; returns the ``ingest`` job (call ``.wait()``).
+
+        ``source`` is a dict of per-step arrays (``episode_id``, ``observation``, ``action``,
+        ``reward``, ``terminated``, ``truncated``, optional ``step``, ``next_observation`` and
+        ``info.*``), an Arrow table of the same columns, the path of a Parquet file, or an
+        iterator of episodes (dicts of per-step arrays, optionally with ``episode_id`` and
+        ``metadata``). ``mode="append"`` keeps the previous version's episodes; ``"replace"``
+        starts over. Memory stays at a few parts of ``part_size`` bytes whatever the source's size.
+        """
+        metadata = {str(key): dict(value) for key, value in (episode_metadata or {}).items()}
+        response = self._http.post(f"/datasets/{self.name}/uploads", json={
+            "mode": UploadMode(mode).value, "part_size": part_size, "episode_metadata": metadata})
+        raise_for_problem(response)
+        session = response.json()
+        sink = PartSink(self._http, session, parallel=parallel)
+        late_metadata: dict[str, dict[str, Any]] = {}
+        try:
+            if isinstance(source, str | Path):
+                send_file(Path(source), sink)
+            elif isinstance(source, pa.Table):
+                write_parquet(split_table(source), sink, compression=compression)
+            elif isinstance(source, Mapping):
+                write_parquet(split_table(table_from_arrays(source)), sink, compression=compression)
+            else:
+                write_parquet(tables_from_episodes(source, late_metadata), sink, compression=compression)
+            parts = sink.finish()
+        except BaseException:
+            sink.abort()
+            with contextlib.suppress(Exception):
+                self._http.delete(f"/uploads/{session['id']}")
+            raise
+        response = self._http.post(f"/uploads/{session['id']}/complete",
+                                   json={"parts": parts, "episode_metadata": late_metadata})
+        raise_for_problem(response)
+        return Job(self._http, response.json())
+
+    def export(self, *, where: FilterNode | None = None, episodes: FilterNode | None = None,
+               version: int | None = None, columns: list[str] | None = None, next_observation: bool = False,
+               format: str = "parquet") -> Export:
+        """Start an export of the rows that pass ``where`` in the episodes that pass ``episodes``."""
+        body = {"version": version, "columns": columns, "next_observation": next_observation, "format": format,
+                "where": where.to_json() if where is not None else None,
+                "episodes": episodes.to_json() if episodes is not None else None}
+        response = self._http.post(f"/datasets/{self.name}/exports", json=body)
+        raise_for_problem(response)
+        return Export(self._http, response.json())
+
+    def episodes(self, *, where: FilterNode | None = None, version: int | None = None, offset: int = 0,
+                 limit: int = 100) -> Page[EpisodeRead]:
+        """A page of a version's episodes (the latest version by default) that pass ``where``."""
+        number = version or self.refresh().latest_version
+        if number is None:
+            return Page(items=[], total=0, offset=offset, limit=limit)
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if where is not None:
+            params["where"] = where.model_dump_json(exclude_none=True)
+        response = self._http.get(f"/datasets/{self.name}/versions/{number}/episodes", params=params)
+        raise_for_problem(response)
+        return Page[EpisodeRead].model_validate(response.json())
+
+    def __repr__(self) -> str:
+        return f"<Dataset {self.name} v{self.latest_version}>"
+
+
+class Datasets:
+    def __init__(self, http: httpx.Client) -> None:
+        self._http = http
+
+    def create(self, name: str, *, description: str = "", tags: Iterable[str] = ()) -> Dataset:
+        response = self._http.post("/datasets", json={"name": name, "description": description,
+                                                      "tags": list(tags)})
+        raise_for_problem(response)
+        return Dataset(self._http, DatasetRead.model_validate(response.json()))
+
+    def get(self, name: str) -> Dataset:
+        response = self._http.get(f"/datasets/{name}")
+        raise_for_problem(response)
+        return Dataset(self._http, DatasetRead.model_validate(response.json()))
+
+    def list(self, *, name: str | None = None, tag: str | None = None, offset: int = 0,
+             limit: int = 50) -> Page[DatasetSummary]:
+        params = {k: v for k, v in {"name": name, "tag": tag, "offset": offset, "limit": limit}.items()
+                  if v is not None}
+        response = self._http.get("/datasets", params=params)
+        raise_for_problem(response)
+        return Page[DatasetSummary].model_validate(response.json())

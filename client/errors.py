@@ -1,0 +1,50 @@
+"""Turning problem responses back into the errors the server raised.
+
+A 404 from the server arrives as :class:`tuplehub.storage.errors.NotFound`, an upload error as
+:class:`InvalidUpload` with ``column``/``row``/``reason`` in ``extra``, and so on; anything that
+is not a problem document becomes :class:`ServerError` with the status and the URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tuplehub.storage.errors import TuplehubError, error_class_for
+
+
+class ServerError(TuplehubError):
+    """The server answered with an error that is not a problem document (a proxy, a crash)."""
+
+    code = "server-error"
+
+
+class JobFailed(TuplehubError):
+    """A job ended as failed or cancelled; ``error`` holds the job's error record."""
+
+    code = "job-failed"
+
+    def __init__(self, detail: str, error: dict[str, Any] | None = None) -> None:
+        super().__init__(detail, **(error or {}))
+        self.error = error or {}
+
+
+def raise_for_problem(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "type" not in body or "detail" not in body:
+        raise ServerError(f"{response.request.method} {response.request.url} answered "
+                          f"{response.status_code}: {response.text[:500]}", status=response.status_code)
+    code = str(body["type"]).rsplit("/", 1)[-1]
+    extra = {k: v for k, v in body.items() if k not in ("type", "title", "status", "detail", "instance")}
+    cls = error_class_for(code)
+    error = cls.__new__(cls)  # the server already formatted the detail; do not format it twice
+    TuplehubError.__init__(error, body["detail"], **extra)
+    error.status = response.status_code  # type: ignore[misc]
+    error.problem = body  # type: ignore[attr-defined]
+    raise error

@@ -1,0 +1,278 @@
+"""The deployment catalog: MongoDB through PyMongo's async API (``AsyncMongoClient``).
+
+Nothing here needs a multi-document transaction, so a lone server works as well as a replica
+set. Versions become visible through one insert guarded by a unique (dataset, number) index; jobs
+change by compare-and-swap on a revision counter; uploads change by a status-guarded update.
+Indexes and unique constraints are created at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any, Callable
+
+from tuplehub.storage.blocks import BlockRecord
+from tuplehub.storage.catalog.jobstate import cancel, claim, finish, update
+from tuplehub.storage.errors import Conflict, NotFound, StoreUnavailable
+from tuplehub.storage.filters.prune import Constraint
+from tuplehub.storage.models import (
+    DatasetRecord,
+    DatasetSummary,
+    EpisodeRecord,
+    JobKind,
+    JobRecord,
+    JobStatus,
+    UploadRecord,
+    UploadStatus,
+    VersionRecord,
+    utcnow,
+)
+
+_OPS = {"lt": "$lt", "le": "$lte", "gt": "$gt", "ge": "$gte", "eq": "$eq"}
+_CAS_ATTEMPTS = 50
+_ID_CHUNK = 1000
+
+# collection -> [(keys, options)]
+INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
+    "datasets": [([("name", 1)], {"unique": True}), ([("tags", 1)], {})],
+    "versions": [([("dataset_id", 1), ("number", 1)], {"unique": True}), ([("job_id", 1)], {"unique": True})],
+    "blocks": [([("segment", 1), ("seq", 1)], {"unique": True})],
+    "episodes": [([("segment", 1), ("index", 1)], {"unique": True}), ([("episode_key", 1), ("segment", 1)], {})],
+    "uploads": [([("status", 1), ("expires_at", 1)], {})],
+    "jobs": [([("owner", 1), ("created_at", -1)], {}), ([("status", 1)], {}),
+             ([("dedup_key", 1)], {"unique": True, "sparse": True})],
+}
+
+
+def _is_duplicate(exc: Exception) -> bool:
+    return type(exc).__name__ == "DuplicateKeyError" or getattr(exc, "code", None) == 11000
+
+
+def _episode_key(episode_id: int | str) -> str:
+    return f"i:{episode_id}" if isinstance(episode_id, int) else f"s:{episode_id}"
+
+
+def _job_doc(job: JobRecord, rev: int) -> dict[str, Any]:
+    doc = job.model_dump(exclude={"dedup_key"} if job.dedup_key is None else set())
+    return {"_id": job.id, "_rev": rev, **doc}
+
+
+class MongoCatalog:
+    def __init__(self, database: Any, client: Any | None = None) -> None:
+        self.db = database
+        self._client = client
+
+    @classmethod
+    async def connect(cls, url: str) -> MongoCatalog:
+        from pymongo import AsyncMongoClient
+
+        client = AsyncMongoClient(url, tz_aware=True, serverSelectionTimeoutMS=10_000)
+        catalog = cls(client.get_default_database(default="tuplehub"), client)
+        await catalog.ensure_indexes()
+        return catalog
+
+    async def ensure_indexes(self) -> None:
+        for collection, indexes in INDEXES.items():
+            for keys, options in indexes:
+                await self.db[collection].create_index(keys, **options)
+
+    # --- datasets -----------------------------------------------------------------------------
+    async def create_dataset(self, record: DatasetRecord) -> DatasetRecord:
+        try:
+            await self.db.datasets.insert_one({"_id": record.id, **record.model_dump()})
+        except Exception as exc:
+            if _is_duplicate(exc):
+                raise Conflict(f"a dataset named {record.name!r} already exists", name=record.name) from exc
+            raise
+        return record
+
+    async def get_dataset(self, name: str) -> DatasetRecord:
+        doc = await self.db.datasets.find_one({"name": name})
+        if doc is None:
+            raise NotFound(f"no dataset named {name!r}", name=name)
+        return DatasetRecord.model_validate(doc)
+
+    async def list_datasets(self, *, name: str | None, tag: str | None, offset: int,
+                            limit: int) -> tuple[list[DatasetSummary], int]:
+        query: dict[str, Any] = {}
+        if name:
+            query["name"] = {"$regex": re.escape(name), "$options": "i"}
+        if tag:
+            query["tags"] = tag
+        total = await self.db.datasets.count_documents(query)
+        docs = await self.db.datasets.find(query).sort("name", 1).skip(offset).limit(limit).to_list(None)
+        summaries = []
+        for doc in docs:
+            summary = DatasetSummary.model_validate(doc)
+            latest = await self.db.versions.find({"dataset_id": summary.id}).sort("number", -1).limit(1).to_list(1)
+            if latest:
+                version = VersionRecord.model_validate(latest[0])
+                summary.latest_version = version.number
+                summary.episodes, summary.transitions = version.episodes, version.transitions
+            summaries.append(summary)
+        return summaries, total
+
+    # --- versions -----------------------------------------------------------------------------
+    async def list_versions(self, dataset_id: str) -> list[VersionRecord]:
+        docs = await self.db.versions.find({"dataset_id": dataset_id}).sort("number", 1).to_list(None)
+        return [VersionRecord.model_validate(doc) for doc in docs]
+
+    async def insert_version(self, version: VersionRecord) -> bool:
+        try:
+            await self.db.versions.insert_one(version.model_dump())
+        except Exception as exc:
+            if _is_duplicate(exc):
+                return False
+            raise
+        return True
+
+    async def find_version_by_job(self, job_id: str) -> VersionRecord | None:
+        doc = await self.db.versions.find_one({"job_id": job_id})
+        return None if doc is None else VersionRecord.model_validate(doc)
+
+    # --- segments -----------------------------------------------------------------------------
+    async def put_blocks(self, blocks: Sequence[BlockRecord]) -> None:
+        for block in blocks:
+            await self.db.blocks.replace_one({"_id": f"{block.segment}/{block.seq}"},
+                                             {"_id": f"{block.segment}/{block.seq}", **block.model_dump()},
+                                             upsert=True)
+
+    async def list_blocks(self, segment: str) -> list[BlockRecord]:
+        docs = await self.db.blocks.find({"segment": segment}, {"data": 0, "tail": 0}).sort("seq", 1).to_list(None)
+        return [BlockRecord.model_validate(doc) for doc in docs]
+
+    async def read_blocks(self, segment: str, seqs: Sequence[int]) -> AsyncIterator[BlockRecord]:
+        for seq in seqs:
+            doc = await self.db.blocks.find_one({"_id": f"{segment}/{seq}"})
+            if doc is None:
+                raise NotFound(f"block {seq} of segment {segment} is missing")
+            yield BlockRecord.model_validate(doc)
+
+    async def put_episodes(self, episodes: Sequence[EpisodeRecord]) -> None:
+        for episode in episodes:
+            key = f"{episode.segment}/{episode.index}"
+            await self.db.episodes.replace_one({"_id": key}, {
+                "_id": key, "episode_key": _episode_key(episode.episode_id), **episode.model_dump()}, upsert=True)
+
+    async def list_episodes(self, segment: str, constraints: Sequence[Constraint] = ()) -> list[EpisodeRecord]:
+        query: dict[str, Any] = {"segment": segment}
+        for constraint in constraints:
+            query.setdefault(constraint.column, {})[_OPS[constraint.op]] = constraint.value
+        docs = await self.db.episodes.find(query).sort("index", 1).to_list(None)
+        return [EpisodeRecord.model_validate(doc) for doc in docs]
+
+    async def find_shared_episode_id(self, segment: str, others: Sequence[str]) -> int | str | None:
+        if not others:
+            return None
+        keys = await self.db.episodes.distinct("episode_key", {"segment": segment})
+        for start in range(0, len(keys), _ID_CHUNK):
+            doc = await self.db.episodes.find_one({"segment": {"$in": list(others)},
+                                                   "episode_key": {"$in": keys[start:start + _ID_CHUNK]}})
+            if doc is not None:
+                return doc["episode_id"]
+        return None
+
+    async def delete_segment(self, segment: str) -> None:
+        await self.db.blocks.delete_many({"segment": segment})
+        await self.db.episodes.delete_many({"segment": segment})
+
+    async def list_segments(self) -> set[str]:
+        return set(await self.db.blocks.distinct("segment")) | set(await self.db.episodes.distinct("segment"))
+
+    # --- uploads ------------------------------------------------------------------------------
+    async def create_upload(self, record: UploadRecord) -> UploadRecord:
+        await self.db.uploads.insert_one({"_id": record.id, **record.model_dump()})
+        return record
+
+    async def get_upload(self, upload_id: str) -> UploadRecord:
+        doc = await self.db.uploads.find_one({"_id": upload_id})
+        if doc is None:
+            raise NotFound(f"no upload {upload_id!r}", upload=upload_id)
+        return UploadRecord.model_validate(doc)
+
+    async def transition_upload(self, upload_id: str, expected: UploadStatus, new: UploadStatus,
+                                **fields: Any) -> bool:
+        result = await self.db.uploads.update_one({"_id": upload_id, "status": expected.value},
+                                                  {"$set": {**fields, "status": new.value}})
+        return result.modified_count == 1
+
+    async def list_uploads(self, status: UploadStatus, *, expires_before: datetime) -> list[UploadRecord]:
+        docs = await self.db.uploads.find({"status": status.value, "expires_at": {"$lt": expires_before}}).to_list(None)
+        return [UploadRecord.model_validate(doc) for doc in docs]
+
+    # --- jobs ---------------------------------------------------------------------------------
+    async def create_job(self, record: JobRecord) -> JobRecord:
+        try:
+            await self.db.jobs.insert_one(_job_doc(record, 0))
+        except Exception as exc:
+            if not _is_duplicate(exc) or record.dedup_key is None:
+                raise
+            existing = await self.db.jobs.find_one({"dedup_key": record.dedup_key})
+            if existing is None:  # the holder finished unsuccessfully in between; try once more
+                await self.db.jobs.insert_one(_job_doc(record, 0))
+                return record
+            return JobRecord.model_validate(existing)
+        return record
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        doc = await self.db.jobs.find_one({"_id": job_id})
+        if doc is None:
+            raise NotFound(f"no job {job_id!r}", job=job_id)
+        return JobRecord.model_validate(doc)
+
+    async def list_jobs(self, *, owner: str | None, status: JobStatus | None, kind: JobKind | None,
+                        offset: int, limit: int) -> tuple[list[JobRecord], int]:
+        query = {k: v.value if hasattr(v, "value") else v
+                 for k, v in (("owner", owner), ("status", status), ("kind", kind)) if v is not None}
+        total = await self.db.jobs.count_documents(query)
+        docs = await (self.db.jobs.find(query).sort([("created_at", -1), ("_id", 1)]).skip(offset).limit(limit)
+                      .to_list(None))
+        return [JobRecord.model_validate(doc) for doc in docs], total
+
+    async def jobs_with_status(self, statuses: Sequence[JobStatus]) -> list[JobRecord]:
+        docs = await self.db.jobs.find({"status": {"$in": [s.value for s in statuses]}}).sort("created_at", 1) \
+            .to_list(None)
+        return [JobRecord.model_validate(doc) for doc in docs]
+
+    async def _modify_job(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
+        """Compare-and-swap on ``_rev``: concurrent writers retry instead of overwriting each other."""
+        for _ in range(_CAS_ATTEMPTS):
+            doc = await self.db.jobs.find_one({"_id": job_id})
+            if doc is None:
+                raise NotFound(f"no job {job_id!r}", job=job_id)
+            updated = change(JobRecord.model_validate(doc))
+            if updated is None:
+                return None
+            updated.updated_at = utcnow()
+            result = await self.db.jobs.replace_one({"_id": job_id, "_rev": doc["_rev"]},
+                                                    _job_doc(updated, doc["_rev"] + 1))
+            if result.matched_count == 1:
+                return updated
+        raise StoreUnavailable(f"job {job_id} is changing too fast to update")
+
+    async def claim_job(self, job_id: str, *, attempt: int, worker: str) -> JobRecord | None:
+        return await self._modify_job(job_id, lambda job: claim(job, attempt=attempt, worker=worker))
+
+    async def update_job(self, job_id: str, **fields: Any) -> None:
+        await self._modify_job(job_id, lambda job: update(job, fields))
+
+    async def finish_job(self, job_id: str, status: JobStatus, *, result: dict[str, Any] | None = None,
+                         error: dict[str, Any] | None = None) -> bool:
+        return await self._modify_job(job_id, lambda job: finish(job, status, result, error)) is not None
+
+    async def request_cancel(self, job_id: str) -> JobRecord:
+        await self._modify_job(job_id, cancel)
+        return await self.get_job(job_id)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def ping(self) -> None:
+        try:
+            await self.db.command("ping")
+        except Exception as exc:
+            raise StoreUnavailable(f"MongoDB catalog: {exc}") from exc
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()

@@ -1,0 +1,359 @@
+"""The embedded catalog: one SQLite file in WAL mode, shared safely by the API and worker processes.
+
+Each record is kept whole as JSON in a ``doc`` column, next to the few columns that are queried
+or indexed. Calls run on a small pool of connections in threads so the event loop never blocks;
+writes from this process are serialised by a lock (other processes wait on ``busy_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlparse
+
+from tuplehub.storage.blocks import BlockRecord
+from tuplehub.storage.catalog.jobstate import cancel, claim, finish, update
+from tuplehub.storage.errors import ConfigError, Conflict, NotFound, StoreUnavailable
+from tuplehub.storage.filters.prune import Constraint
+from tuplehub.storage.models import (
+    DatasetRecord,
+    DatasetSummary,
+    EpisodeRecord,
+    JobKind,
+    JobRecord,
+    JobStatus,
+    UploadRecord,
+    UploadStatus,
+    VersionRecord,
+    utcnow,
+)
+
+R = TypeVar("R")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    dataset_id TEXT NOT NULL, number INTEGER NOT NULL, job_id TEXT NOT NULL UNIQUE, doc TEXT NOT NULL,
+    PRIMARY KEY (dataset_id, number));
+CREATE TABLE IF NOT EXISTS blocks (
+    segment TEXT NOT NULL, seq INTEGER NOT NULL, meta TEXT NOT NULL, data BLOB NOT NULL,
+    tail BLOB NOT NULL, PRIMARY KEY (segment, seq));
+CREATE TABLE IF NOT EXISTS episodes (
+    segment TEXT NOT NULL, idx INTEGER NOT NULL, episode_key TEXT NOT NULL, length INTEGER NOT NULL,
+    return REAL NOT NULL, reward_min REAL NOT NULL, reward_max REAL NOT NULL,
+    first_step INTEGER NOT NULL, last_step INTEGER NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (segment, idx));
+CREATE INDEX IF NOT EXISTS episodes_by_key ON episodes (episode_key, segment);
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY, status TEXT NOT NULL, expires_at TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS uploads_by_status ON uploads (status, expires_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
+    dedup_key TEXT UNIQUE, created_at TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
+"""
+
+_OPS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "="}
+_POOL_SIZE = 4
+
+
+def _episode_key(episode_id: int | str) -> str:
+    return json.dumps(episode_id)
+
+
+class SQLiteCatalog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._connections: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._write_lock = asyncio.Lock()
+        self._all: list[sqlite3.Connection] = []
+
+    @classmethod
+    async def connect(cls, url: str) -> SQLiteCatalog:
+        parsed = urlparse(url)
+        path = Path(unquote(parsed.netloc + parsed.path))
+        if not str(path).strip("/"):
+            raise ConfigError(f"catalog URL {url!r} names no file (use sqlite:///path/to/catalog.db)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        catalog = cls(path)
+        await asyncio.to_thread(catalog._open)
+        return catalog
+
+    def _open(self) -> None:
+        for _ in range(_POOL_SIZE):
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            # Large pages make multi-MB block blobs cheap to write and read; only a new file takes it.
+            conn.execute("PRAGMA page_size = 65536")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            self._all.append(conn)
+            self._connections.put(conn)
+        self._all[0].executescript(_SCHEMA)
+
+    async def _run(self, work: Callable[[sqlite3.Connection], R], *, write: bool = False) -> R:
+        def call() -> R:
+            conn = self._connections.get()
+            try:
+                if not write:
+                    return work(conn)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"SQLite catalog {self.path}: {exc}") from exc
+            finally:
+                self._connections.put(conn)
+
+        if not write:
+            return await asyncio.to_thread(call)
+        async with self._write_lock:
+            return await asyncio.to_thread(call)
+
+    # --- datasets -----------------------------------------------------------------------------
+    async def create_dataset(self, record: DatasetRecord) -> DatasetRecord:
+        def work(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute("INSERT INTO datasets VALUES (?, ?, ?, ?)",
+                             (record.id, record.name, record.created_at.isoformat(),
+                              record.model_dump_json()))
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"a dataset named {record.name!r} already exists", name=record.name) from exc
+        await self._run(work, write=True)
+        return record
+
+    async def get_dataset(self, name: str) -> DatasetRecord:
+        row = await self._run(lambda c: c.execute("SELECT doc FROM datasets WHERE name = ?", (name,)).fetchone())
+        if row is None:
+            raise NotFound(f"no dataset named {name!r}", name=name)
+        return DatasetRecord.model_validate_json(row[0])
+
+    async def list_datasets(self, *, name: str | None, tag: str | None, offset: int,
+                            limit: int) -> tuple[list[DatasetSummary], int]:
+        where, args = ["1 = 1"], []
+        if name:
+            where.append("instr(lower(name), lower(?)) > 0")
+            args.append(name)
+        if tag:
+            where.append("EXISTS (SELECT 1 FROM json_each(datasets.doc, '$.tags') WHERE value = ?)")
+            args.append(tag)
+        clause = " AND ".join(where)
+
+        def work(conn: sqlite3.Connection) -> tuple[list[DatasetSummary], int]:
+            total = conn.execute(f"SELECT count(*) FROM datasets WHERE {clause}", args).fetchone()[0]
+            rows = conn.execute(
+                f"""SELECT d.doc, v.doc FROM datasets d LEFT JOIN versions v ON v.dataset_id = d.id
+                    AND v.number = (SELECT max(number) FROM versions WHERE dataset_id = d.id)
+                    WHERE {clause.replace('datasets.doc', 'd.doc')} ORDER BY d.name LIMIT ? OFFSET ?""",
+                [*args, limit, offset]).fetchall()
+            return [_summary(dataset, version) for dataset, version in rows], total
+        return await self._run(work)
+
+    # --- versions -----------------------------------------------------------------------------
+    async def list_versions(self, dataset_id: str) -> list[VersionRecord]:
+        rows = await self._run(lambda c: c.execute(
+            "SELECT doc FROM versions WHERE dataset_id = ? ORDER BY number", (dataset_id,)).fetchall())
+        return [VersionRecord.model_validate_json(doc) for (doc,) in rows]
+
+    async def insert_version(self, version: VersionRecord) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            try:
+                conn.execute("INSERT INTO versions VALUES (?, ?, ?, ?)",
+                             (version.dataset_id, version.number, version.job_id, version.model_dump_json()))
+            except sqlite3.IntegrityError:
+                return False
+            return True
+        return await self._run(work, write=True)
+
+    async def find_version_by_job(self, job_id: str) -> VersionRecord | None:
+        row = await self._run(lambda c: c.execute("SELECT doc FROM versions WHERE job_id = ?",
+                                                  (job_id,)).fetchone())
+        return None if row is None else VersionRecord.model_validate_json(row[0])
+
+    # --- segments -----------------------------------------------------------------------------
+    async def put_blocks(self, blocks: Sequence[BlockRecord]) -> None:
+        rows = [(b.segment, b.seq, b.model_dump_json(exclude={"data", "tail"}), b.data, b.tail)
+                for b in blocks]
+        await self._run(lambda c: c.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)", rows),
+                        write=True)
+
+    async def list_blocks(self, segment: str) -> list[BlockRecord]:
+        rows = await self._run(lambda c: c.execute(
+            "SELECT meta FROM blocks WHERE segment = ? ORDER BY seq", (segment,)).fetchall())
+        return [BlockRecord.model_validate_json(meta) for (meta,) in rows]
+
+    async def read_blocks(self, segment: str, seqs: Sequence[int]) -> AsyncIterator[BlockRecord]:
+        for seq in seqs:
+            row = await self._run(lambda c, s=seq: c.execute(
+                "SELECT meta, data, tail FROM blocks WHERE segment = ? AND seq = ?", (segment, s)).fetchone())
+            if row is None:
+                raise NotFound(f"block {seq} of segment {segment} is missing")
+            block = BlockRecord.model_validate_json(row[0])
+            block.data, block.tail = row[1], row[2]
+            yield block
+
+    async def put_episodes(self, episodes: Sequence[EpisodeRecord]) -> None:
+        rows = [(e.segment, e.index, _episode_key(e.episode_id), e.length, e.return_, e.reward_min,
+                 e.reward_max, e.first_step, e.last_step, e.model_dump_json()) for e in episodes]
+        await self._run(lambda c: c.executemany(
+            "INSERT OR REPLACE INTO episodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows), write=True)
+
+    async def list_episodes(self, segment: str, constraints: Sequence[Constraint] = ()) -> list[EpisodeRecord]:
+        where = "".join(f' AND "{c.column}" {_OPS[c.op]} ?' for c in constraints)
+        args = [segment, *(c.value for c in constraints)]
+        rows = await self._run(lambda c: c.execute(
+            f"SELECT doc FROM episodes WHERE segment = ?{where} ORDER BY idx", args).fetchall())
+        return [EpisodeRecord.model_validate_json(doc) for (doc,) in rows]
+
+    async def find_shared_episode_id(self, segment: str, others: Sequence[str]) -> int | str | None:
+        if not others:
+            return None
+        marks = ", ".join("?" for _ in others)
+        row = await self._run(lambda c: c.execute(
+            f"""SELECT a.episode_key FROM episodes a JOIN episodes b ON b.episode_key = a.episode_key
+                AND b.segment IN ({marks}) WHERE a.segment = ? LIMIT 1""", [*others, segment]).fetchone())
+        return None if row is None else json.loads(row[0])
+
+    async def delete_segment(self, segment: str) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM blocks WHERE segment = ?", (segment,))
+            conn.execute("DELETE FROM episodes WHERE segment = ?", (segment,))
+        await self._run(work, write=True)
+
+    async def list_segments(self) -> set[str]:
+        rows = await self._run(lambda c: c.execute(
+            "SELECT DISTINCT segment FROM blocks UNION SELECT DISTINCT segment FROM episodes").fetchall())
+        return {segment for (segment,) in rows}
+
+    # --- uploads ------------------------------------------------------------------------------
+    async def create_upload(self, record: UploadRecord) -> UploadRecord:
+        await self._run(lambda c: c.execute("INSERT INTO uploads VALUES (?, ?, ?, ?)", (
+            record.id, record.status, record.expires_at.isoformat(), record.model_dump_json())), write=True)
+        return record
+
+    async def get_upload(self, upload_id: str) -> UploadRecord:
+        row = await self._run(lambda c: c.execute("SELECT doc FROM uploads WHERE id = ?",
+                                                  (upload_id,)).fetchone())
+        if row is None:
+            raise NotFound(f"no upload {upload_id!r}", upload=upload_id)
+        return UploadRecord.model_validate_json(row[0])
+
+    async def transition_upload(self, upload_id: str, expected: UploadStatus, new: UploadStatus,
+                                **fields: Any) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT doc FROM uploads WHERE id = ? AND status = ?",
+                               (upload_id, expected)).fetchone()
+            if row is None:
+                return False
+            record = UploadRecord.model_validate_json(row[0]).model_copy(update={**fields, "status": new})
+            conn.execute("UPDATE uploads SET status = ?, doc = ? WHERE id = ?",
+                         (new, record.model_dump_json(), upload_id))
+            return True
+        return await self._run(work, write=True)
+
+    async def list_uploads(self, status: UploadStatus, *, expires_before: datetime) -> list[UploadRecord]:
+        rows = await self._run(lambda c: c.execute(
+            "SELECT doc FROM uploads WHERE status = ? AND expires_at < ?",
+            (status, expires_before.isoformat())).fetchall())
+        return [UploadRecord.model_validate_json(doc) for (doc,) in rows]
+
+    # --- jobs ---------------------------------------------------------------------------------
+    async def create_job(self, record: JobRecord) -> JobRecord:
+        def work(conn: sqlite3.Connection) -> JobRecord:
+            if record.dedup_key is not None:
+                row = conn.execute("SELECT doc FROM jobs WHERE dedup_key = ?", (record.dedup_key,)).fetchone()
+                if row is not None:
+                    return JobRecord.model_validate_json(row[0])
+            conn.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?)", (
+                record.id, record.owner, record.kind, record.status, record.dedup_key,
+                record.created_at.isoformat(), record.model_dump_json()))
+            return record
+        return await self._run(work, write=True)
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        row = await self._run(lambda c: c.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        if row is None:
+            raise NotFound(f"no job {job_id!r}", job=job_id)
+        return JobRecord.model_validate_json(row[0])
+
+    async def list_jobs(self, *, owner: str | None, status: JobStatus | None, kind: JobKind | None,
+                        offset: int, limit: int) -> tuple[list[JobRecord], int]:
+        where, args = ["1 = 1"], []
+        for column, value in (("owner", owner), ("status", status), ("kind", kind)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        clause = " AND ".join(where)
+
+        def work(conn: sqlite3.Connection) -> tuple[list[JobRecord], int]:
+            total = conn.execute(f"SELECT count(*) FROM jobs WHERE {clause}", args).fetchone()[0]
+            rows = conn.execute(f"SELECT doc FROM jobs WHERE {clause} ORDER BY created_at DESC, id "
+                                "LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+            return [JobRecord.model_validate_json(doc) for (doc,) in rows], total
+        return await self._run(work)
+
+    async def jobs_with_status(self, statuses: Sequence[JobStatus]) -> list[JobRecord]:
+        marks = ", ".join("?" for _ in statuses)
+        rows = await self._run(lambda c: c.execute(
+            f"SELECT doc FROM jobs WHERE status IN ({marks}) ORDER BY created_at", list(statuses)).fetchall())
+        return [JobRecord.model_validate_json(doc) for (doc,) in rows]
+
+    async def _modify_job(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
+        """Read, change and write one job in a single write transaction; None leaves it alone."""
+        def work(conn: sqlite3.Connection) -> JobRecord | None:
+            row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job {job_id!r}", job=job_id)
+            updated = change(JobRecord.model_validate_json(row[0]))
+            if updated is not None:
+                updated.updated_at = utcnow()
+                conn.execute("UPDATE jobs SET status = ?, dedup_key = ?, doc = ? WHERE id = ?",
+                             (updated.status, updated.dedup_key, updated.model_dump_json(), job_id))
+            return updated
+        return await self._run(work, write=True)
+
+    async def claim_job(self, job_id: str, *, attempt: int, worker: str) -> JobRecord | None:
+        return await self._modify_job(job_id, lambda job: claim(job, attempt=attempt, worker=worker))
+
+    async def update_job(self, job_id: str, **fields: Any) -> None:
+        await self._modify_job(job_id, lambda job: update(job, fields))
+
+    async def finish_job(self, job_id: str, status: JobStatus, *, result: dict[str, Any] | None = None,
+                         error: dict[str, Any] | None = None) -> bool:
+        finished = await self._modify_job(job_id, lambda job: finish(job, status, result, error))
+        return finished is not None
+
+    async def request_cancel(self, job_id: str) -> JobRecord:
+        await self._modify_job(job_id, cancel)
+        return await self.get_job(job_id)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def aclose(self) -> None:
+        for conn in self._all:
+            conn.close()
+        self._all.clear()
+
+
+def _summary(dataset_doc: str, version_doc: str | None) -> DatasetSummary:
+    summary = DatasetSummary.model_validate_json(dataset_doc)
+    if version_doc is not None:
+        version = VersionRecord.model_validate_json(version_doc)
+        summary.latest_version = version.number
+        summary.episodes, summary.transitions = version.episodes, version.transitions
+    return summary

@@ -1,0 +1,106 @@
+"""Errors shared by the API, the workers and the client.
+
+Domain code raises these; only ``tuplehub.api.problems`` turns them into RFC 9457 problem
+responses, and the client turns a problem response back into the same class, so
+``except NotFound`` works on both sides of the wire.
+
+    TuplehubError            base; ``code`` names the problem type, ``status`` its HTTP status
+    ├── InvalidRequest       422  a request body or parameter is well-formed JSON but wrong
+    │   ├── InvalidFilter    422  a filter names an unknown field or compares mismatched types
+    │   └── InvalidUpload    422  an upload breaks the tuple contract (names column, row, reason)
+    ├── NotFound             404  no such thing, or the caller may not see it (same answer)
+    ├── Conflict             409  the request clashes with what is stored (a taken name, a state)
+    ├── PayloadTooLarge      413  a body or part exceeds a size limit from settings
+    ├── StoreUnavailable     503  the catalog, object store or queue cannot be reached
+    ├── ConfigError          500  the server's configuration is wrong (raised at start-up)
+    └── JobCancelled         ---  control flow inside a job that noticed its cancellation
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TuplehubError(Exception):
+    """Base class; ``extra`` carries machine-readable details (column, row, field...)."""
+
+    code: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = {key: value for key, value in extra.items() if value is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "detail": self.detail, **self.extra}
+
+
+class InvalidRequest(TuplehubError):
+    """A request is syntactically valid but asks for something impossible."""
+
+    code, status = "invalid-request", 422
+
+
+class InvalidFilter(InvalidRequest):
+    """A filter names an unknown field, indexes out of range or compares mismatched types."""
+
+    code = "invalid-filter"
+
+
+class InvalidUpload(InvalidRequest):
+    """An upload breaks the tuple contract; ``column``, ``row`` and ``reason`` say where and why."""
+
+    code = "invalid-upload"
+
+    def __init__(self, detail: str, *, column: str | None = None, row: int | None = None,
+                 reason: str | None = None, **extra: Any) -> None:
+        where = ", ".join(part for part in (
+            f"column {column!r}" if column else "", f"row {row}" if row is not None else "") if part)
+        super().__init__(f"{where}: {detail}" if where else detail,
+                         column=column, row=row, reason=reason, **extra)
+
+
+class NotFound(TuplehubError):
+    """Raised alike for what does not exist and for what the caller may not read."""
+
+    code, status = "not-found", 404
+
+
+class Conflict(TuplehubError):
+    """The request is valid but clashes with stored state (a taken name, a finished upload)."""
+
+    code, status = "conflict", 409
+
+
+class PayloadTooLarge(TuplehubError):
+    code, status = "payload-too-large", 413
+
+
+class StoreUnavailable(TuplehubError):
+    """A backend is unreachable; jobs retry with backoff when they see this."""
+
+    code, status = "store-unavailable", 503
+
+
+class ConfigError(TuplehubError):
+    """The server's settings are unusable; raised at start-up, never for a request."""
+
+    code = "config-error"
+
+
+class JobCancelled(TuplehubError):
+    """Raised inside a running job when its catalog record asks it to stop."""
+
+    code, status = "cancelled", 409
+
+
+def error_class_for(code: str) -> type[TuplehubError]:
+    """The class whose ``code`` matches, so clients re-raise what the server raised."""
+    stack: list[type[TuplehubError]] = [TuplehubError]
+    while stack:
+        cls = stack.pop()
+        if cls.code == code:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return TuplehubError

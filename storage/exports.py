@@ -1,0 +1,58 @@
+"""What an export request means for a dataset version: checked once by the API, used by the worker.
+
+Checking at request time turns a bad filter or column name into a 422 answer instead of a failed
+job; the same functions give the worker its plan, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+
+from tuplehub.storage.errors import InvalidRequest
+from tuplehub.storage.filters.arrow import compile_filter
+from tuplehub.storage.models import ExportCreate, VersionRecord
+from tuplehub.storage.schema import TupleSchema
+
+
+def export_columns(schema: TupleSchema, request: ExportCreate) -> list[str]:
+    """The columns an export returns, in order; unknown names are a 422."""
+    available = schema.export_columns()
+    if request.columns is None:
+        columns = [c for c in available if c != "next_observation" or request.next_observation]
+    else:
+        unknown = [c for c in request.columns if c not in available]
+        if unknown:
+            raise InvalidRequest(f"unknown export column {unknown[0]!r}; the dataset has {available}",
+                                 column=unknown[0])
+        columns = list(dict.fromkeys(request.columns))
+        if request.next_observation and "next_observation" not in columns:
+            columns.append("next_observation")
+    return columns
+
+
+def output_schema(schema: TupleSchema, columns: list[str]) -> pa.Schema:
+    stored = schema.stored_schema()
+    special = {
+        "episode_id": pa.field("episode_id", pa.int64() if schema.episode_id == "int" else pa.string(),
+                               nullable=False),
+        "next_observation": schema.observation.arrow_field("next_observation", nullable=True),
+    }
+    return pa.schema([special[c] if c in special else stored.field(c) for c in columns])
+
+
+def check_export(version: VersionRecord, request: ExportCreate) -> None:
+    """Raise the 422 a worker would otherwise fail the job with."""
+    compile_filter(request.episodes, "episode", version.tuple_schema)
+    compile_filter(request.where, "tuple", version.tuple_schema)
+    export_columns(version.tuple_schema, request)
+
+
+def dedup_key(dataset_id: str, version: int, request: ExportCreate) -> str:
+    """Identical requests on one (immutable) version share a key, and so share one result."""
+    canonical = json.dumps({"dataset": dataset_id, "version": version,
+                            "request": request.model_dump(mode="json", exclude={"version"})},
+                           sort_keys=True, separators=(",", ":"))
+    return "export:" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,216 @@
+"""The JSON filter language, and ``F``, the Python way to write it.
+
+A filter is a tree of nodes, each a JSON object with an ``op``::
+
+    {"op": "gt", "field": "reward", "value": 0}
+    {"op": "between", "field": "observation[3]", "low": 0, "high": 1}
+    {"op": "in", "field": "metadata.policy", "values": ["expert"]}
+    {"op": "exists", "field": "info.battery"}
+    {"op": "and", "args": [...]}   {"op": "or", "args": [...]}   {"op": "not", "arg": {...}}
+
+Field paths are checked here for form only (so nothing unvalidated ever reaches a database
+query); which fields exist depends on the dataset and is checked when a filter is compiled
+(:mod:`tuplehub.storage.filters.fields`). A comparison with a missing value is false, and stays
+false under ``not``: use ``exists`` to ask for presence.
+
+    >>> from tuplehub.client import F
+    >>> (F.return_ > 100) & F.metadata.policy.isin(["expert"])
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+
+# root(.key)* with an optional [i] or [i, j] index; keys may hold letters, digits, '_' and '-'.
+FIELD_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)*(\[\s*\d+(\s*,\s*\d+)*\s*\])?$")
+MAX_DEPTH = 32
+
+
+class FilterNode(BaseModel):
+    """Common base: ``&``, ``|`` and ``~`` combine nodes into new ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __and__(self, other: FilterNode) -> And:
+        return And(op="and", args=[*_flatten(self, "and"), *_flatten(other, "and")])
+
+    def __or__(self, other: FilterNode) -> Or:
+        return Or(op="or", args=[*_flatten(self, "or"), *_flatten(other, "or")])
+
+    def __invert__(self) -> Not:
+        return Not(op="not", arg=self)
+
+    def __bool__(self) -> bool:
+        raise TypeError("a filter has no truth value: combine filters with & | ~ (not and/or/not), "
+                        "and write a range as F.x.between(low, high)")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _flatten(node: FilterNode, op: str) -> list[FilterNode]:
+    return list(node.args) if isinstance(node, And | Or) and node.op == op else [node]
+
+
+def _check_field(path: str) -> str:
+    if not FIELD_PATTERN.match(path):
+        raise ValueError(f"{path!r} is not a field path (like reward, observation[3], metadata.policy)")
+    return path
+
+
+class _FieldNode(FilterNode):
+    field: str = Field(examples=["reward"])
+
+    @field_validator("field")
+    @classmethod
+    def _valid_path(cls, path: str) -> str:
+        return _check_field(path)
+
+
+class Compare(_FieldNode):
+    op: Literal["eq", "ne", "lt", "le", "gt", "ge"]
+    value: Scalar
+
+
+class In(_FieldNode):
+    op: Literal["in"]
+    values: list[Scalar] = Field(max_length=100_000)
+
+
+class Between(_FieldNode):
+    """Inclusive at both ends."""
+
+    op: Literal["between"]
+    low: Scalar
+    high: Scalar
+
+
+class Exists(_FieldNode):
+    op: Literal["exists"]
+
+
+class And(FilterNode):
+    op: Literal["and"]
+    args: list[Filter] = Field(min_length=1)
+
+
+class Or(FilterNode):
+    op: Literal["or"]
+    args: list[Filter] = Field(min_length=1)
+
+
+class Not(FilterNode):
+    op: Literal["not"]
+    arg: Filter
+
+
+Filter = Annotated[Compare | In | Between | Exists | And | Or | Not, Field(discriminator="op")]
+for _model in (And, Or, Not):
+    _model.model_rebuild()
+
+
+def depth(node: FilterNode) -> int:
+    if isinstance(node, And | Or):
+        return 1 + max(depth(arg) for arg in node.args)
+    if isinstance(node, Not):
+        return 1 + depth(node.arg)
+    return 1
+
+
+def field_paths(node: FilterNode) -> list[str]:
+    """Every field the filter reads, in order of appearance."""
+    if isinstance(node, And | Or):
+        return [path for arg in node.args for path in field_paths(arg)]
+    if isinstance(node, Not):
+        return field_paths(node.arg)
+    return [node.field]  # type: ignore[attr-defined]
+
+
+class FieldExpr:
+    """A field path under construction: ``F.metadata.policy``, ``F.observation[3]``."""
+
+    __slots__ = ("_path",)
+
+    def __init__(self, path: str) -> None:
+        self._path = _check_field(path)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def __getattr__(self, name: str) -> FieldExpr:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return FieldExpr(f"{self._path}.{name}")
+
+    def __getitem__(self, index: int | tuple[int, ...]) -> FieldExpr:
+        indices = index if isinstance(index, tuple) else (index,)
+        return FieldExpr(f"{self._path}[{', '.join(str(int(i)) for i in indices)}]")
+
+    def _compare(self, op: str, value: Any) -> Compare:
+        return Compare(op=op, field=self._path, value=value)  # type: ignore[arg-type]
+
+    def __eq__(self, value: Any) -> Compare:  # type: ignore[override]
+        return self._compare("eq", value)
+
+    def __ne__(self, value: Any) -> Compare:  # type: ignore[override]
+        return self._compare("ne", value)
+
+    def __lt__(self, value: Any) -> Compare:
+        return self._compare("lt", value)
+
+    def __le__(self, value: Any) -> Compare:
+        return self._compare("le", value)
+
+    def __gt__(self, value: Any) -> Compare:
+        return self._compare("gt", value)
+
+    def __ge__(self, value: Any) -> Compare:
+        return self._compare("ge", value)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def isin(self, values: Any) -> In:
+        return In(op="in", field=self._path, values=list(values))
+
+    def between(self, low: Any, high: Any) -> Between:
+        return Between(op="between", field=self._path, low=low, high=high)
+
+    def exists(self) -> Exists:
+        return Exists(op="exists", field=self._path)
+
+    def __bool__(self) -> bool:
+        raise TypeError(f"{self._path} has no truth value: compare it (F.x > 0) or use .exists()")
+
+    def __repr__(self) -> str:
+        return f"F.{self._path}"
+
+
+class _FieldRoot:
+    """``F.<name>`` starts a field path; a trailing ``_`` escapes Python keywords (``F.return_``)."""
+
+    def __getattr__(self, name: str) -> FieldExpr:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return FieldExpr(name[:-1] if name.endswith("_") else name)
+
+    def __call__(self, path: str) -> FieldExpr:
+        """``F("metadata.isin")`` reaches a field whose name clashes with a method."""
+        return FieldExpr(path)
+
+
+F = _FieldRoot()

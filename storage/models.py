@@ -1,0 +1,336 @@
+"""Pydantic models shared by the API, the workers and the client.
+
+Request bodies are ``XCreate``; what the API returns is ``XRead``; what only the catalog keeps is
+``XRecord``. Timestamps are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from tuplehub.storage.filters.language import Filter
+from tuplehub.storage.schema import TupleSchema
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, examples=["cartpole-mixed"],
+                            description="Letters, digits, '.', '_' and '-'; at most 128 characters.")]
+Tag = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", examples=["demo"])]
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, to the millisecond: what MongoDB keeps, so every backend returns the same value."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a listing; ``total`` counts every match, not just this page."""
+
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+
+# --- datasets and versions -------------------------------------------------------------------
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"name": "cartpole-mixed", "description": "Random and expert CartPole", "tags": ["demo"]}]})
+
+    name: Name
+    description: str = Field("", max_length=10_000)
+    tags: list[Tag] = Field(default_factory=list, max_length=64)
+
+
+class DatasetRecord(BaseModel):
+    id: str = Field(default_factory=new_id)
+    name: str
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    owner: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class UploadMode(StrEnum):
+    append = "append"
+    replace = "replace"
+
+
+class SegmentRef(BaseModel):
+    """The blocks and episodes one ingest wrote; versions list the segments they are made of."""
+
+    id: str
+    episodes: int
+    transitions: int
+
+
+class VersionRecord(BaseModel):
+    """An immutable dataset version: the concatenation of its segments, in order."""
+
+    dataset_id: str
+    number: int
+    created_at: datetime = Field(default_factory=utcnow)
+    mode: UploadMode
+    parent: int | None = None
+    segments: list[SegmentRef]
+    tuple_schema: TupleSchema = Field(alias="schema")
+    job_id: str
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    @computed_field
+    @property
+    def episodes(self) -> int:
+        return sum(segment.episodes for segment in self.segments)
+
+    @computed_field
+    @property
+    def transitions(self) -> int:
+        return sum(segment.transitions for segment in self.segments)
+
+
+class DatasetRead(DatasetRecord):
+    versions: list[VersionRecord] = Field(default_factory=list)
+
+    @computed_field
+    @property
+    def latest_version(self) -> int | None:
+        return self.versions[-1].number if self.versions else None
+
+
+class DatasetSummary(DatasetRecord):
+    latest_version: int | None = None
+    episodes: int = 0
+    transitions: int = 0
+
+
+class EpisodeRecord(BaseModel):
+    """One episode of one segment; ``index`` counts from 0 within the segment."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    segment: str
+    index: int
+    episode_id: int | str
+    row_start: int
+    length: int
+    return_: float = Field(alias="return")
+    reward_min: float
+    reward_max: float
+    first_step: int
+    last_step: int
+    terminated: bool
+    truncated: bool
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class EpisodeRead(BaseModel):
+    """An episode as listed for a version; ``index`` counts over the whole version."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    index: int
+    episode_id: int | str
+    length: int
+    return_: float = Field(alias="return")
+    reward_min: float
+    reward_max: float
+    first_step: int
+    last_step: int
+    terminated: bool
+    truncated: bool
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @computed_field
+    @property
+    def termination(self) -> Literal["terminated", "truncated", "none"]:
+        return "terminated" if self.terminated else "truncated" if self.truncated else "none"
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+class JobKind(StrEnum):
+    ingest = "ingest"
+    export = "export"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class Progress(BaseModel):
+    fraction: float = Field(0.0, ge=0.0, le=1.0)
+    stage: str = "queued"
+    message: str = ""
+
+
+class JobError(BaseModel):
+    """Why a job failed; upload errors name the column, the row and the reason."""
+
+    code: str
+    detail: str
+    column: str | None = None
+    row: int | None = None
+    reason: str | None = None
+
+
+class JobRecord(BaseModel):
+    id: str = Field(default_factory=new_id)
+    kind: JobKind
+    owner: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    status: JobStatus = JobStatus.queued
+    progress: Progress = Field(default_factory=Progress)
+    attempts: int = 0
+    error: JobError | None = None
+    result: dict[str, Any] | None = None
+    dedup_key: str | None = None
+    cancel_requested: bool = False
+    worker: str | None = None
+    heartbeat_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class JobRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "3f1c0e5b9a2d4c7e8f6a1b2c3d4e5f60", "kind": "ingest", "status": "running",
+        "progress": {"fraction": 0.42, "stage": "ingest", "message": "row group 4 of 10"},
+        "attempts": 1, "created_at": "2026-11-24T12:00:00Z"}]})
+
+    id: str
+    kind: JobKind
+    owner: str
+    params: dict[str, Any]
+    status: JobStatus
+    progress: Progress
+    attempts: int
+    error: JobError | None = None
+    result: dict[str, Any] | None = None
+    cancel_requested: bool = False
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @classmethod
+    def from_record(cls, record: JobRecord) -> JobRead:
+        return cls.model_validate(record.model_dump())
+
+
+# --- uploads ----------------------------------------------------------------------------------
+
+class UploadStatus(StrEnum):
+    open = "open"
+    completed = "completed"
+    aborted = "aborted"
+    expired = "expired"
+
+
+class UploadCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "mode": "append", "part_size": 67108864, "episode_metadata": {"0": {"policy": "random"}}}]})
+
+    mode: UploadMode = UploadMode.append
+    part_size: int = Field(64 * 2**20, ge=2**16, le=2**32,
+                           description="Bytes in every part but the last; S3 needs at least 5 MiB.")
+    episode_metadata: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Free-form JSON per episode, keyed by episode id as a string.")
+
+
+class UploadRecord(BaseModel):
+    id: str = Field(default_factory=new_id)
+    dataset_id: str
+    dataset: str
+    owner: str
+    mode: UploadMode
+    part_size: int
+    object_key: str
+    multipart_id: str | None = None
+    status: UploadStatus = UploadStatus.open
+    episode_metadata: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    job_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+class UploadRead(BaseModel):
+    id: str
+    dataset: str
+    mode: UploadMode
+    part_size: int
+    status: UploadStatus
+    transport: Literal["presigned", "api"] = Field(
+        description="presigned: PUT each part to a URL from /parts; api: PUT it to /parts/{number}.")
+    job_id: str | None = None
+    created_at: datetime
+    expires_at: datetime
+
+
+class PartURLsRequest(BaseModel):
+    numbers: list[Annotated[int, Field(ge=1, le=10_000)]] = Field(min_length=1, max_length=1000)
+
+
+class PartURL(BaseModel):
+    number: int
+    url: str
+    method: Literal["PUT"] = "PUT"
+    expires_at: datetime
+
+
+class UploadedPart(BaseModel):
+    number: int = Field(ge=1, le=10_000)
+    etag: str
+
+
+class UploadComplete(BaseModel):
+    parts: list[UploadedPart] = Field(min_length=1, max_length=10_000)
+    episode_metadata: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="More episode metadata, merged over what the session was opened with "
+                                          "(for sources whose metadata is known only once sent).")
+
+
+# --- exports ----------------------------------------------------------------------------------
+
+class ExportFormat(StrEnum):
+    parquet = "parquet"
+    arrow = "arrow"
+
+
+class ExportCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "version": 1, "episodes": {"op": "in", "field": "metadata.policy", "values": ["expert"]},
+        "where": {"op": "gt", "field": "reward", "value": 0}, "next_observation": True}]})
+
+    version: int | None = Field(None, ge=1, description="Dataset version; the latest when omitted.")
+    episodes: Filter | None = Field(None, description="Episode filter (episode fields, metadata).")
+    where: Filter | None = Field(None, description="Tuple filter (row fields and episode fields).")
+    columns: list[str] | None = Field(None, description="Columns to return; all when omitted.")
+    next_observation: bool = Field(False, description="Add next_observation for every row.")
+    format: ExportFormat = ExportFormat.parquet
+
+
+class DownloadURL(BaseModel):
+    url: str
+    expires_at: datetime | None = None
+    size: int

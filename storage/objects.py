@@ -1,0 +1,273 @@
+"""The object store: uploads in flight and export results, by key, on fsspec.
+
+``file:///path`` keeps objects in a local folder (the embedded default); ``s3://bucket/prefix``
+keeps them in S3 or MinIO through s3fs, with boto3 for what fsspec lacks: presigned URLs and the
+multipart protocol. With S3 the client sends upload parts straight to the store through presigned
+URLs; with a local folder it streams them through the API, which writes each part at its offset
+in the final file, so completing an upload moves no bytes either way.
+
+Every method here blocks; async callers wrap them in ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, urlparse
+
+from tuplehub.storage.errors import ConfigError, InvalidRequest, NotFound, PayloadTooLarge, StoreUnavailable
+
+S3_MIN_PART = 5 * 2**20  # S3 refuses smaller parts, except the last
+
+
+class ObjectStore:
+    """Common fsspec I/O; subclasses add the multipart protocol of their backend."""
+
+    presigned_uploads = False
+
+    def __init__(self, fs: Any, root: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+
+    def path(self, key: str) -> str:
+        if ".." in key.split("/") or key.startswith("/"):
+            raise ValueError(f"object key {key!r} must be relative and stay under the root")
+        return f"{self.root}/{key}"
+
+    def open_read(self, key: str, *, block_size: int = 8 * 2**20) -> IO[bytes]:
+        try:
+            return self.fs.open(self.path(key), "rb", block_size=block_size)
+        except FileNotFoundError as exc:
+            raise NotFound(f"object {key!r} is missing from the store") from exc
+
+    def open_write(self, key: str) -> IO[bytes]:
+        path = self.path(key)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        return self.fs.open(path, "wb")
+
+    def size(self, key: str) -> int:
+        try:
+            return int(self.fs.size(self.path(key)))
+        except FileNotFoundError as exc:
+            raise NotFound(f"object {key!r} is missing from the store") from exc
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self.path(key)))
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.path(key), recursive=True)
+
+    def presign_get(self, key: str, expires_s: int) -> str | None:
+        """A URL that reads ``key`` without credentials, or None where the store has none."""
+        return None
+
+    def ping(self) -> None:
+        try:
+            self.fs.ls(self.root)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise StoreUnavailable(f"object store {self.root}: {exc}") from exc
+
+    # --- multipart uploads ------------------------------------------------------------------------
+    def start_multipart(self, key: str) -> str | None:
+        raise NotImplementedError
+
+    def open_part(self, key: str, number: int, part_size: int) -> PartWriter:
+        raise InvalidRequest("this object store takes upload parts through presigned URLs, not the API")
+
+    def presign_part(self, key: str, multipart_id: str, number: int, expires_s: int) -> str:
+        raise InvalidRequest("this object store takes upload parts through the API, not presigned URLs")
+
+    def complete_multipart(self, key: str, multipart_id: str | None, parts: Sequence[tuple[int, str]],
+                           part_size: int) -> None:
+        raise NotImplementedError
+
+    def abort_multipart(self, key: str, multipart_id: str | None) -> None:
+        raise NotImplementedError
+
+
+class PartWriter:
+    """Writes one upload part in place, at ``(number - 1) * part_size`` of the partial file."""
+
+    def __init__(self, partial: Path, marker: Path, number: int, part_size: int) -> None:
+        self.fd = os.open(partial, os.O_WRONLY)
+        self.marker, self.number, self.part_size = marker, number, part_size
+        self.offset = (number - 1) * part_size
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        if self.written + len(data) > self.part_size:
+            self.abort()
+            raise PayloadTooLarge(f"part {self.number} is larger than the session's part size of "
+                                  f"{self.part_size} bytes", part=self.number)
+        os.pwrite(self.fd, data, self.offset + self.written)
+        self.written += len(data)
+
+    def close(self) -> str:
+        """Finish the part; its etag names the part and its size."""
+        os.close(self.fd)
+        self.marker.write_text(str(self.written))
+        return f"{self.number}-{self.written}"
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class LocalObjectStore(ObjectStore):
+    """Objects as files under one folder; parts are written in place at ``(number - 1) * part_size``."""
+
+    def __init__(self, folder: Path) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        folder.mkdir(parents=True, exist_ok=True)
+        super().__init__(LocalFileSystem(), str(folder))
+        self.folder = folder
+
+    def local_path(self, key: str) -> Path:
+        return Path(self.path(key))
+
+    def open_read(self, key: str, *, block_size: int = 0) -> IO[bytes]:
+        """A memory map: Parquet and IPC readers then decode straight from the page cache."""
+        import pyarrow as pa
+
+        try:
+            return pa.memory_map(str(self.local_path(key)), "r")
+        except FileNotFoundError as exc:
+            raise NotFound(f"object {key!r} is missing from the store") from exc
+
+    def open_write(self, key: str) -> IO[bytes]:
+        import pyarrow as pa
+
+        path = self.local_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return pa.OSFile(str(path), "wb")
+
+    def _partial(self, key: str) -> Path:
+        return self.local_path(key).with_name(self.local_path(key).name + ".partial")
+
+    def _sizes(self, key: str) -> Path:
+        return self.local_path(key).with_name(self.local_path(key).name + ".parts")
+
+    def start_multipart(self, key: str) -> str | None:
+        partial = self._partial(key)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.touch()
+        self._sizes(key).mkdir(exist_ok=True)
+        return None
+
+    def open_part(self, key: str, number: int, part_size: int) -> PartWriter:
+        partial = self._partial(key)
+        if not partial.exists():
+            raise NotFound(f"upload object {key!r} has no open multipart upload")
+        return PartWriter(partial, self._sizes(key) / str(number), number, part_size)
+
+    def complete_multipart(self, key: str, multipart_id: str | None, parts: Sequence[tuple[int, str]],
+                           part_size: int) -> None:
+        sizes = self._sizes(key)
+        numbers = [number for number, _ in parts]
+        if numbers != list(range(1, len(parts) + 1)):
+            raise InvalidRequest(f"parts must be numbered 1..{len(parts)} in order, got {numbers[:10]}")
+        total = 0
+        for number, etag in parts:
+            marker = sizes / str(number)
+            if not marker.exists():
+                raise InvalidRequest(f"part {number} was never uploaded", part=number)
+            size = int(marker.read_text())
+            if etag != f"{number}-{size}":
+                raise InvalidRequest(f"part {number}: etag {etag!r} does not match the stored part", part=number)
+            if number < len(parts) and size != part_size:
+                raise InvalidRequest(f"part {number} holds {size} bytes; every part but the last must hold "
+                                     f"exactly {part_size}", part=number)
+            total += size
+        partial = self._partial(key)
+        os.truncate(partial, total)
+        partial.replace(self.local_path(key))
+        self.fs.rm(str(sizes), recursive=True)
+
+    def abort_multipart(self, key: str, multipart_id: str | None) -> None:
+        self._partial(key).unlink(missing_ok=True)
+        if self._sizes(key).exists():
+            self.fs.rm(str(self._sizes(key)), recursive=True)
+
+
+class S3ObjectStore(ObjectStore):
+    """Objects in a bucket under a prefix; presigned URLs are signed for ``public_endpoint``."""
+
+    presigned_uploads = True
+
+    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None, public_endpoint_url: str | None,
+                 region: str | None, key: str | None, secret: str | None) -> None:
+        import boto3
+        import s3fs
+        from botocore.config import Config
+
+        fs = s3fs.S3FileSystem(key=key, secret=secret, endpoint_url=endpoint_url,
+                               client_kwargs={"region_name": region} if region else {})
+        super().__init__(fs, f"{bucket}/{prefix}".rstrip("/"))
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        session = boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret, region_name=region)
+        config = Config(signature_version="s3v4", s3={"addressing_style": "path"})
+        self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self._signer = session.client("s3", endpoint_url=public_endpoint_url or endpoint_url, config=config)
+
+    def _key(self, key: str) -> str:
+        self.path(key)  # validates
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def presign_get(self, key: str, expires_s: int) -> str | None:
+        return self._signer.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s)
+
+    def start_multipart(self, key: str) -> str | None:
+        answer = self._client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))
+        return answer["UploadId"]
+
+    def presign_part(self, key: str, multipart_id: str, number: int, expires_s: int) -> str:
+        return self._signer.generate_presigned_url("upload_part", Params={
+            "Bucket": self.bucket, "Key": self._key(key), "UploadId": multipart_id, "PartNumber": number,
+        }, ExpiresIn=expires_s)
+
+    def complete_multipart(self, key: str, multipart_id: str | None, parts: Sequence[tuple[int, str]],
+                           part_size: int) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self._key(key), UploadId=multipart_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]})
+        except ClientError as exc:
+            raise InvalidRequest(f"the object store refused to complete the upload: {exc}") from exc
+        self.fs.invalidate_cache()
+
+    def abort_multipart(self, key: str, multipart_id: str | None) -> None:
+        from botocore.exceptions import ClientError
+
+        # Already completed, aborted or expired: nothing is left to free.
+        with contextlib.suppress(ClientError):
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=multipart_id)
+
+    def ping(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            raise StoreUnavailable(f"object store s3://{self.bucket}: {exc}") from exc
+
+
+def open_object_store(url: str, *, endpoint_url: str | None = None, public_endpoint_url: str | None = None,
+                      region: str | None = None, key: str | None = None, secret: str | None = None) -> ObjectStore:
+    """The store for ``file://`` or ``s3://`` URLs."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalObjectStore(Path(unquote(parsed.netloc + parsed.path)))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ConfigError(f"object store URL {url!r} names no bucket (use s3://bucket/prefix)")
+        return S3ObjectStore(parsed.netloc, parsed.path.strip("/"), endpoint_url=endpoint_url,
+                             public_endpoint_url=public_endpoint_url, region=region, key=key, secret=secret)
+    raise ConfigError(f"object store URL {url!r}: the scheme must be file or s3")

