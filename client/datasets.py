@@ -92,8 +92,12 @@ class Dataset:
 
     def export(self, *, where: FilterNode | None = None, episodes: FilterNode | None = None,
                version: int | None = None, columns: list[str] | None = None, next_observation: bool = False,
-               format: str = "parquet") -> Export:
-        """Start an export of the rows that pass ``where`` in the episodes that pass ``episodes``."""
+               format: str = "arrow") -> Export:
+        """Start an export of the rows that pass ``where`` in the episodes that pass ``episodes``.
+
+        The default format, an Arrow IPC stream, is decoded while it downloads (``to_numpy``,
+        ``to_arrow``, ``iter_batches``); ask for ``format="parquet"`` to keep a file for other tools.
+        """
         body = {"version": version, "columns": columns, "next_observation": next_observation, "format": format,
                 "where": where.to_json() if where is not None else None,
                 "episodes": episodes.to_json() if episodes is not None else None}

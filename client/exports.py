@@ -1,13 +1,16 @@
-"""Export results on the client: download once, then numpy arrays, an Arrow table or batches.
+"""Export results on the client: numpy arrays, an Arrow table, record batches, or a file.
 
-The result file is fetched through a presigned URL when the store gives one, else streamed from
-the API, into a temporary file; it is then read with pyarrow. ``iter_batches`` reads the file a
-batch at a time, for results larger than memory.
+An Arrow-format result is decoded while it downloads: batches come straight off the HTTP stream
+and are copied once into arrays allocated at their final size, so the result never sits on disk
+or twice in memory. A Parquet result needs its footer first, so it is downloaded to a temporary
+file and read a row group at a time. Results come through a presigned URL when the store gives
+one, else from the API.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ import pyarrow.parquet as pq
 
 from tuplehub.client.errors import raise_for_problem
 from tuplehub.client.jobs import Job
-from tuplehub.storage.schema import SHAPE_KEY, TensorSpec, column_to_numpy
+from tuplehub.storage.schema import column_to_numpy, spec_of_field
 
 DOWNLOAD_CHUNK = 4 * 2**20
 
@@ -29,57 +32,61 @@ DOWNLOAD_CHUNK = 4 * 2**20
 class Export(Job):
     """An export job; reading its result waits for it first."""
 
-    def download(self, path: str | Path, *, progress: bool | None = None) -> Path:
-        """Save the result file (Parquet or Arrow IPC stream, as requested) at ``path``."""
+    @property
+    def format(self) -> str:
+        return str(self.record.params.get("request", {}).get("format", "parquet"))
+
+    @contextlib.contextmanager
+    def _body(self) -> Iterator[httpx.Response]:
+        """The result's HTTP response, streaming; the job is waited for first."""
         if not self.status.finished:
-            self.wait(progress=progress)
-        path = Path(path)
+            self.wait()
         response = self._http.get(f"/exports/{self.id}/url")
         raise_for_problem(response)
         answer = response.json()
-        direct = answer.get("expires_at") is not None  # presigned: no API credentials may go along
-        url = answer["url"] if direct else f"/exports/{self.id}/file"
-        client = httpx.Client(timeout=600) if direct else self._http
+        presigned = answer.get("expires_at") is not None  # API credentials must not go along
+        client = httpx.Client(timeout=600) if presigned else self._http
+        url = answer["url"] if presigned else f"/exports/{self.id}/file"
         try:
             with client.stream("GET", url, timeout=600) as stream:
                 if not stream.is_success:
                     stream.read()
                     raise_for_problem(stream)
-                with path.open("wb") as handle:
-                    for chunk in stream.iter_bytes(DOWNLOAD_CHUNK):
-                        handle.write(chunk)
+                yield stream
         finally:
-            if direct:
+            if presigned:
                 client.close()
+
+    def download(self, path: str | Path) -> Path:
+        """Save the result file (Parquet, or an Arrow IPC stream, as requested) at ``path``."""
+        path = Path(path)
+        with self._body() as stream, path.open("wb") as handle:
+            for chunk in stream.iter_raw(DOWNLOAD_CHUNK):
+                handle.write(chunk)
         return path
 
     @contextlib.contextmanager
-    def _local_copy(self) -> Iterator[Path]:
+    def _batches(self, batch_size: int = 65_536) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
+        if self.format == "arrow":
+            with self._body() as stream:
+                reader = pa.ipc.open_stream(io.BufferedReader(_StreamFile(stream.iter_raw(DOWNLOAD_CHUNK))))
+                yield reader.schema, iter(reader)
+            return
         folder = Path(tempfile.mkdtemp(prefix="tuplehub-export-"))
         try:
-            yield self.download(folder / f"{self.id}.{self._format}")
+            parquet = pq.ParquetFile(self.download(folder / f"{self.id}.parquet"))
+            yield parquet.schema_arrow, parquet.iter_batches(batch_size=batch_size)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    @property
-    def _format(self) -> str:
-        return str(self.record.params.get("request", {}).get("format", "parquet"))
+    def iter_batches(self, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """The result as record batches, read as they arrive: for results larger than memory."""
+        with self._batches(batch_size) as (_, batches):
+            yield from batches
 
     def to_arrow(self) -> pa.Table:
-        with self._local_copy() as path:
-            if self._format == "arrow":
-                with pa.OSFile(str(path)) as handle:
-                    return pa.ipc.open_stream(handle).read_all()
-            return pq.read_table(path, memory_map=False)
-
-    def iter_batches(self, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
-        """Record batches of the result, read from disk one at a time."""
-        with self._local_copy() as path:
-            if self._format == "arrow":
-                with pa.OSFile(str(path)) as handle:
-                    yield from pa.ipc.open_stream(handle)
-            else:
-                yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+        with self._batches() as (schema, batches):
+            return pa.Table.from_batches(list(batches), schema=schema)
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         """Each column as an array; tensors come back as (rows, *shape) in their own dtype.
@@ -87,43 +94,63 @@ class Export(Job):
         A ``next_observation`` the upload did not give (an episode's last row) is NaN for float
         observations and 0 otherwise; :meth:`to_arrow` keeps it as null.
         """
-        return table_to_numpy(self.to_arrow())
+        rows = int((self.wait(progress=False) if not self.status.finished else self).result["rows"])
+        with self._batches() as (schema, batches):
+            return fill_arrays(schema, batches, rows)
 
 
-def table_to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for field in table.schema:
-        column = table.column(field.name)
-        if column.null_count:
-            column = _fill_missing(column)
-        out[field.name] = column_to_numpy(column, _spec(field))
+class _StreamFile(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks, for pyarrow's stream reader."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def fill_arrays(schema: pa.Schema, batches: Iterator[pa.RecordBatch], rows: int) -> dict[str, np.ndarray]:
+    """Copy batches into arrays allocated once at their final size (one copy, no concatenation)."""
+    specs = {field.name: spec_of_field(field) for field in schema}
+    out = {name: np.empty((rows, *spec.shape), dtype=np.dtype(spec.dtype)) for name, spec in specs.items()}
+    offset = 0
+    for batch in batches:
+        n = batch.num_rows
+        if offset + n > rows:
+            raise ValueError(f"the export holds more than the {rows} rows its job reported")
+        for name, spec in specs.items():
+            column = batch.column(name)
+            out[name][offset:offset + n] = column_to_numpy(_fill_missing(column) if column.null_count else column,
+                                                           spec)
+        offset += n
+    if offset != rows:
+        raise ValueError(f"the export holds {offset} rows, its job reported {rows}")
     return out
 
 
-def _spec(field: pa.Field) -> TensorSpec:
-    arrow_type = field.type
-    shape: list[int] = []
-    if pa.types.is_fixed_size_list(arrow_type):
-        shape = [arrow_type.list_size]
-        arrow_type = arrow_type.value_type
-        declared = (field.metadata or {}).get(SHAPE_KEY)
-        if declared is not None:
-            shape = [int(n) for n in declared.decode().strip("[]").split(",")]
-    dtype = "object" if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) \
-        else np.dtype(arrow_type.to_pandas_dtype()).name
-    return TensorSpec(dtype=dtype, shape=shape)
+def table_to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
+    return fill_arrays(table.schema, iter(table.to_batches()), len(table))
 
 
-def _fill_missing(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def _fill_missing(column: pa.Array) -> pa.Array:
+    """Nulls as NaN (floats) or 0: numpy arrays have no nulls."""
     value_type = column.type.value_type if pa.types.is_fixed_size_list(column.type) else column.type
     fill: Any = float("nan") if pa.types.is_floating(value_type) else 0
     if not pa.types.is_fixed_size_list(column.type):
         return column.fill_null(pa.scalar(fill, value_type))
     size = column.type.list_size
-    chunks = []
-    for chunk in column.chunks:
-        values = chunk.values.slice(chunk.offset * size, len(chunk) * size).to_numpy(zero_copy_only=False).copy()
-        missing = np.repeat(chunk.is_null().to_numpy(zero_copy_only=False), size)
-        values[missing] = fill
-        chunks.append(pa.FixedSizeListArray.from_arrays(pa.array(values), size))
-    return pa.chunked_array(chunks, type=column.type)
+    values = column.values.slice(column.offset * size, len(column) * size).to_numpy(zero_copy_only=False).copy()
+    values[np.repeat(column.is_null().to_numpy(zero_copy_only=False), size)] = fill
+    return pa.FixedSizeListArray.from_arrays(pa.array(values), size)

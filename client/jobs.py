@@ -11,9 +11,9 @@ from tqdm.auto import tqdm
 from tuplehub.client.errors import JobFailed, raise_for_problem
 from tuplehub.storage.models import JobRead, JobStatus
 
-POLL_FIRST_S = 0.05
-POLL_MAX_S = 2.0
-POLL_GROWTH = 1.5
+POLL_FIRST_S = 0.01
+POLL_MAX_S = 1.0
+POLL_GROWTH = 1.3
 DEFAULT_WAIT_S = 24 * 3600.0
 
 

@@ -133,11 +133,12 @@ class LocalObjectStore(ObjectStore):
         return Path(self.path(key))
 
     def open_read(self, key: str, *, block_size: int = 0) -> IO[bytes]:
-        """A memory map: Parquet and IPC readers then decode straight from the page cache."""
+        """A native pyarrow file: no Python in the read path. Not a memory map, whose pages would
+        count in the server's resident memory for as long as a multi-GB upload is being read."""
         import pyarrow as pa
 
         try:
-            return pa.memory_map(str(self.local_path(key)), "r")
+            return pa.OSFile(str(self.local_path(key)), "rb")
         except FileNotFoundError as exc:
             raise NotFound(f"object {key!r} is missing from the store") from exc
 

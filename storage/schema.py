@@ -130,6 +130,19 @@ def numpy_to_column(values: np.ndarray, spec: TensorSpec) -> pa.Array:
     return flat if spec.is_scalar else pa.FixedSizeListArray.from_arrays(flat, spec.size)
 
 
+def spec_of_field(field: pa.Field) -> TensorSpec:
+    """The spec of a column written by :meth:`TensorSpec.arrow_field` (strings become ``object``)."""
+    arrow_type = field.type
+    shape: list[int] = []
+    if pa.types.is_fixed_size_list(arrow_type):
+        declared = (field.metadata or {}).get(SHAPE_KEY)
+        shape = json.loads(declared) if declared is not None else [arrow_type.list_size]
+        arrow_type = arrow_type.value_type
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return TensorSpec(dtype="object", shape=shape)
+    return TensorSpec(dtype=np.dtype(arrow_type.to_pandas_dtype()).name, shape=shape)
+
+
 def spec_of_array(values: np.ndarray) -> TensorSpec:
     """The spec of per-row values stacked along the first axis."""
     return TensorSpec(dtype=values.dtype.name, shape=list(values.shape[1:]))

@@ -23,7 +23,7 @@ from tuplehub.workers.jobs.ingest import ingest
 from tuplehub.workers.recovery import maintain
 
 # Seconds between queue polls: the latency a client sees between "complete upload" and "running".
-POLL_DELAY_S = 0.1
+POLL_DELAY_S = 0.05
 # Arq's own timeout backs up run_job's, which records the failure in the catalog first.
 ARQ_TIMEOUT_MARGIN_S = 60
 

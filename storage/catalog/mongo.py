@@ -9,9 +9,9 @@ Indexes and unique constraints are created at start-up.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from tuplehub.storage.blocks import BlockRecord
 from tuplehub.storage.catalog.jobstate import cancel, claim, finish, update

@@ -26,7 +26,7 @@ from tuplehub.storage.objects import ObjectStore
 from tuplehub.storage.versions import commit_segment
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
 
-BATCH_ROWS = 64 * 1024
+BATCH_BYTES = 16 * 2**20  # uncompressed bytes per batch read: bounds memory whatever the row width
 READ_BUFFER = 8 * 2**20
 
 
@@ -98,8 +98,12 @@ def _open_parquet(handle: Any) -> pq.ParquetFile:
 
 
 def _batches(parquet: pq.ParquetFile) -> Iterator[pa.RecordBatch]:
+    metadata = parquet.metadata
+    row_bytes = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)) \
+        / max(metadata.num_rows, 1)
+    batch_rows = max(1024, int(BATCH_BYTES / max(row_bytes, 1)))
     try:
-        yield from parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=True)
+        yield from parquet.iter_batches(batch_size=batch_rows, use_threads=True)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidUpload(f"the upload's Parquet data is damaged: {exc}", reason="unreadable") from exc
 

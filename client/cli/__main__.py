@@ -1,0 +1,5 @@
+"""``python -m tuplehub.client.cli`` runs the ``tuplehub`` command."""
+
+from tuplehub.client.cli import main
+
+main()
