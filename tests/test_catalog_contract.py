@@ -129,7 +129,8 @@ async def test_expired_uploads_are_listed(catalog: Catalog) -> None:
 async def test_job_lifecycle(catalog: Catalog) -> None:
     job = await catalog.create_job(job_record())
     claimed = await catalog.claim_job(job.id, attempt=1, worker="w1")
-    assert claimed is not None and (claimed.status, claimed.attempts, claimed.worker) == (JobStatus.running, 1, "w1")
+    assert claimed is not None
+    assert (claimed.status, claimed.attempts, claimed.worker) == (JobStatus.running, 1, "w1")
     await catalog.update_job(job.id, progress={"fraction": 0.5, "stage": "export", "message": "half"})
     assert (await catalog.get_job(job.id)).progress.fraction == 0.5
     assert await catalog.claim_job(job.id, attempt=2, worker="w2") is not None  # a retry may take it over

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +196,7 @@ def markdown(rows: list[dict[str, float | str]]) -> str:
     for r in rows:
         lines.append(f"| {r['shape']} | {r['raw_mb']} | {r['upload_to_ingested_s']} | {r['export_all_to_numpy_s']} | "
                      f"{r['export_10pct_to_numpy_s']} | {r['server_peak_rss_mb']} | "
-                     f"{r['pyarrow_write_s']} + {r['pyarrow_read_s']} | {r['roundtrip_over_pyarrow']}× |")
+                     f"{r['pyarrow_write_s']} + {r['pyarrow_read_s']} | {r['roundtrip_over_pyarrow']}x |")
     return "\n".join(lines)
 
 
