@@ -46,8 +46,8 @@ def problems(*errors: type[TuplehubError]) -> dict[int | str, dict[str, Any]]:
 
 
 def _response(request: Request, status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
-    body = {"type": f"/problems/{code}", "title": title, "status": status, "detail": detail,
-            "instance": request.url.path, **extra}
+    body = {**extra, "type": f"/problems/{code}", "title": title, "status": status, "detail": detail,
+            "instance": request.url.path}
     return JSONResponse(body, status, media_type=MEDIA_TYPE)
 
 

@@ -26,8 +26,8 @@ class JobFailed(TuplehubError):
     code = "job-failed"
 
     def __init__(self, detail: str, error: dict[str, Any] | None = None) -> None:
-        super().__init__(detail, **(error or {}))
         self.error = error or {}
+        super().__init__(detail, **{k: v for k, v in self.error.items() if k not in ("detail", "code")})
 
 
 def raise_for_problem(response: httpx.Response) -> None:

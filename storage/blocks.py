@@ -58,19 +58,23 @@ def decode(data: bytes) -> pa.Table:
 
 
 def zone_map(table: pa.Table, schema: TupleSchema) -> dict[str, Any]:
-    """Min and max of each numeric column; tensors get per-element lists ``[mins, maxs]``."""
+    """Min and max of each numeric column; tensors get per-element lists ``[mins, maxs]``.
+
+    Integers stay exact Python ints (a float would round 2**53 + 1 and let pruning skip a match);
+    NaN is left out of float ranges, as no comparison with it can hold.
+    """
     zones: dict[str, Any] = {}
     for name in ("step", "reward", *(f"info.{key}" for key in schema.info)):
-        values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-        finite = values[np.isfinite(values)]
-        if finite.size:
-            zones[name] = [float(finite.min()), float(finite.max())]
+        values = table.column(name).to_numpy(zero_copy_only=False)
+        if values.dtype.kind == "f":
+            values = values[np.isfinite(values)]
+        if values.size and values.dtype.kind in "iuf":
+            zones[name] = [values.min().item(), values.max().item()]
     for name, spec in (("observation", schema.observation), ("action", schema.action)):
         values = column_to_numpy(table.column(name), spec).reshape(len(table), -1)
-        if values.size and values.dtype != np.bool_:
-            low, high = values.min(axis=0), values.max(axis=0)
-            zones[name] = ([float(v) for v in low], [float(v) for v in high]) if spec.shape \
-                else [float(low[0]), float(high[0])]
+        if values.size and values.dtype.kind in "iuf":
+            low, high = values.min(axis=0).tolist(), values.max(axis=0).tolist()
+            zones[name] = [low, high] if spec.shape else [low[0], high[0]]
     return zones
 
 

@@ -168,10 +168,11 @@ def normalize_batch(batch: pa.RecordBatch, layout: UploadLayout, first_row: int)
     return out
 
 
-def _reject_nulls(column: pa.Array, name: str, first_row: int) -> None:
+def _reject_nulls(column: pa.Array, name: str, first_row: int, *, per_row: int = 1) -> None:
+    """Nulls are refused outside info columns; ``per_row`` values of ``column`` make up one row."""
     if name.startswith("info.") or column.null_count == 0:
         return
-    row = _first_true(column.is_null())
+    row = _first_true(column.is_null()) // per_row
     raise InvalidUpload("missing value (null)", column=name, row=first_row + row, reason="null")
 
 
@@ -192,7 +193,7 @@ def _tensor(column: pa.Array, spec: TensorSpec, name: str, first_row: int) -> pa
                     f"{size}; vectors must all have one length", column=name, row=first_row + row,
                     reason="ragged")
         values = values.flatten()
-        _reject_nulls(values, name, first_row)
+        _reject_nulls(values, name, first_row, per_row=max(1, len(values) // max(n, 1)))
     return pa.FixedSizeListArray.from_arrays(values.cast(value_type), spec.size)
 
 

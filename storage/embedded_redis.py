@@ -77,14 +77,11 @@ class EmbeddedRedis:
         raise StoreUnavailable(f"the bundled redis-server did not answer within {_START_TIMEOUT_S:.0f} s")
 
     def _answers(self, sock: Path) -> bool:
+        unix = self.url.startswith("unix://")
         try:
-            if self.url.startswith("unix://"):
-                conn = socket.socket(socket.AF_UNIX)
-                conn.connect(str(sock))
-            else:
-                port = int(self.url.rsplit(":", 1)[1].split("/")[0])
-                conn = socket.create_connection(("127.0.0.1", port), timeout=1)
-            with conn:
+            with socket.socket(socket.AF_UNIX if unix else socket.AF_INET) as conn:
+                conn.settimeout(1)
+                conn.connect(str(sock) if unix else ("127.0.0.1", int(self.url.rsplit(":", 1)[1].split("/")[0])))
                 conn.sendall(b"PING\r\n")
                 return conn.recv(16).startswith(b"+PONG")
         except OSError:

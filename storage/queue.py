@@ -64,4 +64,4 @@ class Queue:
             raise StoreUnavailable(f"queue: {exc}") from exc
 
     async def aclose(self) -> None:
-        await self.pool.aclose()
+        await self.pool.aclose(close_connection_pool=True)

@@ -9,7 +9,7 @@ won the race.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from tuplehub.storage.catalog.base import Catalog
 from tuplehub.storage.errors import Conflict, InvalidFilter, InvalidUpload, NotFound
-from tuplehub.storage.filters.arrow import compile_filter
+from tuplehub.storage.filters.arrow import CompiledFilter, compile_filter
 from tuplehub.storage.filters.language import FilterNode
 from tuplehub.storage.filters.prune import Constraint, narrowing
 from tuplehub.storage.models import (
@@ -87,8 +87,13 @@ def check_appendable(parent: VersionRecord, schema: TupleSchema) -> None:
                                 column=name, reason="schema-mismatch")
 
 
-def episode_table(records: Sequence[EpisodeRecord], first_index: int, metadata_paths: set[str]) -> pa.Table:
-    """Episode records as an Arrow table, with a column per metadata path a filter reads."""
+def episode_table(records: Sequence[EpisodeRecord], first_index: int,
+                  metadata_paths: Mapping[str, pa.DataType | None]) -> pa.Table:
+    """Episode records as an Arrow table, with a column per metadata path a filter reads.
+
+    ``metadata_paths`` maps each path to the type its column takes when no episode has the key
+    (the type of the values the filter compares it with), so the filter still applies.
+    """
     columns: dict[str, Any] = {
         "segment": pa.array([r.segment for r in records], pa.string()),
         "local": pa.array([r.index for r in records], pa.int32()),
@@ -108,7 +113,7 @@ def episode_table(records: Sequence[EpisodeRecord], first_index: int, metadata_p
     for path in sorted(metadata_paths):
         values = [_lookup(r.metadata, path.split(".")[1:]) for r in records]
         try:
-            columns[path] = pa.array(values)
+            columns[path] = pa.array(values, type=metadata_paths[path] if all(v is None for v in values) else None)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise InvalidFilter(f"{path} holds values of different types across episodes, so it cannot be "
                                 f"compared: {exc}", field=path) from exc
@@ -135,14 +140,18 @@ class SegmentEpisodes:
 
 
 async def select_episodes(catalog: Catalog, version: VersionRecord, node: FilterNode | None,
-                          *, extra_paths: Iterable[str] = ()) -> list[SegmentEpisodes]:
+                          *, also: CompiledFilter | None = None) -> list[SegmentEpisodes]:
     """Per segment of ``version``, the episodes that pass the episode filter.
 
-    ``extra_paths`` names further metadata paths to put in the tables (a tuple filter may read them).
+    The tables carry every metadata column that the episode filter or ``also`` (a tuple filter) reads.
     """
     compiled = compile_filter(node, "episode", version.tuple_schema)
     constraints: list[Constraint] = narrowing(node, "episode", version.tuple_schema)
-    paths = {ref.column for ref in compiled.fields if ref.column.startswith("metadata.")} | set(extra_paths)
+    paths: dict[str, pa.DataType | None] = {}
+    for source in (compiled, also) if also is not None else (compiled,):
+        for ref in source.fields:
+            if ref.column.startswith("metadata."):
+                paths[ref.column] = source.literal_types.get(ref.column, paths.get(ref.column))
     out, offset = [], 0
     for segment in version.segments:
         records = await catalog.list_episodes(segment.id, constraints)

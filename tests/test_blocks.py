@@ -271,12 +271,14 @@ def test_next_observation_at_an_episode_end_is_taken_as_given(block_rows: int) -
 # ---------------------------------------------------------------------------------------------
 
 
-def true_bounds(values: np.ndarray) -> list[float] | tuple[list[float], list[float]]:
-    """What a zone map should hold for ``values`` of one block: [min, max], or per-element lists."""
+def true_bounds(values: np.ndarray) -> list[float] | list[list[float]]:
+    """What a zone map should hold for ``values`` of one block: [min, max], or per-element lists.
+
+    Integers stay exact ints (``.tolist()`` keeps the numpy kind), so large ids never round."""
     if values.ndim == 1:
-        return [float(values.min()), float(values.max())]
+        return [values.min().item(), values.max().item()]
     flat = values.reshape(len(values), -1)
-    return [float(v) for v in flat.min(axis=0)], [float(v) for v in flat.max(axis=0)]
+    return [flat.min(axis=0).tolist(), flat.max(axis=0).tolist()]
 
 
 @pytest.mark.parametrize("block_rows", [1, 3, 4, 7])
@@ -310,8 +312,7 @@ def test_zone_maps_skip_boolean_tensors() -> None:
         "action": pa.array([-3, 2], pa.int8()), "reward": pa.array([0.5, -1.0]), "terminated": [False, True],
         "truncated": [False, False], "info.contact": pa.array([True, None]),
     }).cast(schema.stored_schema())
-    assert zone_map(table, schema) == {"step": [4.0, 5.0], "reward": [-1.0, 0.5], "info.contact": [1.0, 1.0],
-                                       "action": [-3.0, 2.0]}
+    assert zone_map(table, schema) == {"step": [4, 5], "reward": [-1.0, 0.5], "action": [-3, 2]}
 
 
 # ---------------------------------------------------------------------------------------------

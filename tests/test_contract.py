@@ -287,8 +287,6 @@ def test_nulls(column: str, values: pa.Array, row: int, first_row: int) -> None:
         "column": column, "row": first_row + row, "reason": "null"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: normalize_batch reports a null element inside a vector at the row "
-                                       "of its index in the flattened values (row*width+element), not its row")
 @pytest.mark.parametrize("variable", [False, True], ids=["fixed", "variable"])
 def test_null_element_inside_a_vector(variable: bool) -> None:
     rows: list[list[float | None]] = [[0.0, 1.0, 2.0] for _ in range(4)]

@@ -6,6 +6,7 @@ same worker inside the API process in the embedded default.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from typing import Any
@@ -72,3 +73,16 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         keep_result=0,
         max_tries=settings.job_max_tries,
     )
+
+
+async def stop_worker(worker: Worker) -> None:
+    """Stop a worker running inside another program's event loop (the embedded server).
+
+    Running jobs are cancelled, which Arq treats as "run again later"; then the worker closes its
+    Redis pool and runs ``on_shutdown``. Arq's own ``close`` would re-raise the jobs' cancellation.
+    """
+    for task in worker.tasks.values():
+        task.cancel()
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()

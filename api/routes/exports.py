@@ -54,7 +54,7 @@ async def _finished_export(catalog: CatalogDep, job_id: str, caller_id: str) -> 
         raise NotFound(f"job {job_id} is not an export", job=job_id)
     if job.status != JobStatus.succeeded or job.result is None:
         raise Conflict(f"export {job_id} is {job.status}; its result is ready once it has succeeded",
-                       job=job_id, status=job.status)
+                       job=job_id, job_status=job.status)
     return job
 
 

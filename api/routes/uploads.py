@@ -48,7 +48,8 @@ async def _open_upload(catalog: Catalog, upload_id: str, caller_id: str) -> Uplo
     if upload.owner != caller_id:
         raise NotFound(f"no upload {upload_id!r}", upload=upload_id)
     if upload.status != UploadStatus.open:
-        raise Conflict(f"upload {upload_id} is {upload.status}, not open", upload=upload_id, status=upload.status)
+        raise Conflict(f"upload {upload_id} is {upload.status}, not open", upload=upload_id,
+                       upload_status=upload.status)
     if upload.expires_at <= utcnow():
         raise Conflict(f"upload {upload_id} expired at {upload.expires_at.isoformat()}", upload=upload_id)
     return upload

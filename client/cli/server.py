@@ -63,7 +63,7 @@ class EmbeddedServer:
 
         from tuplehub.api import create_app
         from tuplehub.storage.embedded_redis import EmbeddedRedis
-        from tuplehub.workers import build_worker
+        from tuplehub.workers import build_worker, stop_worker
 
         self._loop = asyncio.get_running_loop()
         settings = self.settings
@@ -94,10 +94,8 @@ class EmbeddedServer:
         finally:
             if worker_task is not None:
                 worker_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await worker_task
-                with contextlib.suppress(Exception):
-                    await worker.close()
+                await asyncio.gather(worker_task, return_exceptions=True)
+                await stop_worker(worker)
             with contextlib.suppress(FileNotFoundError):
                 if json.loads(announce.read_text()).get("pid") == os.getpid():
                     announce.unlink()

@@ -38,6 +38,9 @@ class CompiledFilter:
 
     expression: pc.Expression
     fields: list[FieldRef] = field(default_factory=list)
+    literal_types: dict[str, pa.DataType] = field(default_factory=dict)
+    """Type of the values each free-form (metadata) field is compared with: the type to give a
+    column in which no episode has that key, so ``in`` still applies (and matches nothing)."""
 
     def columns(self, level: str) -> set[str]:
         return {ref.column for ref in self.fields if ref.level == level}
@@ -56,36 +59,39 @@ def compile_filter(node: FilterNode | None, scope: Scope, schema: TupleSchema) -
         return CompiledFilter(pc.scalar(True))
     if depth(node) > MAX_DEPTH:
         raise InvalidFilter(f"the filter nests deeper than {MAX_DEPTH} levels")
-    refs: list[FieldRef] = []
-    expression = _compile(node, scope, schema, refs)
-    return CompiledFilter(expression, refs)
+    compiled = CompiledFilter(pc.scalar(True))
+    compiled.expression = _compile(node, scope, schema, compiled)
+    return compiled
 
 
-def _compile(node: FilterNode, scope: Scope, schema: TupleSchema, refs: list[FieldRef]) -> pc.Expression:
+def _compile(node: FilterNode, scope: Scope, schema: TupleSchema, out: CompiledFilter) -> pc.Expression:
     if isinstance(node, And):
-        parts = [_compile(arg, scope, schema, refs) for arg in node.args]
-        return _fold(parts, lambda a, b: a & b)
+        return _fold([_compile(arg, scope, schema, out) for arg in node.args], lambda a, b: a & b)
     if isinstance(node, Or):
-        parts = [_compile(arg, scope, schema, refs) for arg in node.args]
-        return _fold(parts, lambda a, b: a | b)
+        return _fold([_compile(arg, scope, schema, out) for arg in node.args], lambda a, b: a | b)
     if isinstance(node, Not):
-        return ~_compile(node.arg, scope, schema, refs)
+        return ~_compile(node.arg, scope, schema, out)
     ref = resolve(node.field, scope, schema)  # type: ignore[attr-defined]
-    refs.append(ref)
+    out.fields.append(ref)
     value = _field_expression(ref)
     if isinstance(node, Exists):
         return value.is_valid()
+    literals = [node.value] if isinstance(node, Compare) else [node.low, node.high] \
+        if isinstance(node, Between) else list(node.values)  # type: ignore[union-attr]
+    _check_kind(ref, node.op, literals)
+    if ref.kind == "any" and literals:
+        out.literal_types.setdefault(ref.column, pa.scalar(literals[0]).type)
+    if ref.floating:  # 2**53 + 1 is a fine float bound, but Arrow refuses it as an integer
+        literals = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in literals]
     if isinstance(node, Compare):
-        _check_kind(ref, node.op, [node.value])
-        return pc.Expression._call(_COMPARE[node.op], [value, pc.scalar(node.value)])
+        return pc.Expression._call(_COMPARE[node.op], [value, pc.scalar(literals[0])])
     if isinstance(node, Between):
-        _check_kind(ref, "between", [node.low, node.high])
-        return (value >= pc.scalar(node.low)) & (value <= pc.scalar(node.high))
+        return (value >= pc.scalar(literals[0])) & (value <= pc.scalar(literals[1]))
     if isinstance(node, In):
-        _check_kind(ref, "in", node.values)
-        if not node.values:
+        if not literals:
             return pc.scalar(False)
-        return value.isin(node.values)
+        # A missing value is unknown, not "not in": keep it null so that `not` stays false too.
+        return pc.if_else(value.is_valid(), value.isin(literals), pa.scalar(None, pa.bool_()))
     raise InvalidFilter(f"unknown filter node {node!r}")
 
 

@@ -28,6 +28,7 @@ EPISODE_FIELDS: dict[str, Kind] = {
 # Fields a tuple filter may borrow from its episode (``terminated``/``truncated`` mean the row's flag).
 EPISODE_FIELDS_IN_TUPLES = ("length", "return", "reward_min", "reward_max", "first_step", "last_step",
                             "termination")
+FLOATING_EPISODE_FIELDS = ("return", "reward_min", "reward_max")
 # Numeric episode fields stored as indexed catalog columns: the only ones a catalog query narrows on.
 INDEXED_EPISODE_FIELDS = ("length", "return", "reward_min", "reward_max", "first_step", "last_step")
 
@@ -43,6 +44,7 @@ class FieldRef:
     kind: Kind
     level: Level
     element: int | None = None
+    floating: bool = False  # holds floats: integer literals are compared as floats
 
 
 def resolve(path: str, scope: Scope, schema: TupleSchema) -> FieldRef:
@@ -58,11 +60,11 @@ def resolve(path: str, scope: Scope, schema: TupleSchema) -> FieldRef:
         return FieldRef(path, path, id_kind, scope)
     if scope == "episode":
         if path in EPISODE_FIELDS:
-            return FieldRef(path, path, EPISODE_FIELDS[path], "episode")
+            return FieldRef(path, path, EPISODE_FIELDS[path], "episode", floating=path in FLOATING_EPISODE_FIELDS)
         raise InvalidFilter(f"{path!r} is not an episode field; episode filters can use episode_id, "
                             + ", ".join(EPISODE_FIELDS) + " and metadata.<key>", field=path)
     if path in ("reward", "step"):
-        return FieldRef(path, path, "number", "tuple")
+        return FieldRef(path, path, "number", "tuple", floating=path == "reward")
     if path in ("terminated", "truncated"):
         return FieldRef(path, path, "bool", "tuple")
     if root == "info" and rest:
@@ -71,9 +73,9 @@ def resolve(path: str, scope: Scope, schema: TupleSchema) -> FieldRef:
             raise InvalidFilter(f"{path!r}: the dataset has no such info column (it has: {known})",
                                 field=path)
         kind: Kind = "bool" if schema.info[rest] == "bool" else "number"
-        return FieldRef(path, path, kind, "tuple")
+        return FieldRef(path, path, kind, "tuple", floating=schema.info[rest].startswith("float"))
     if path in EPISODE_FIELDS_IN_TUPLES:
-        return FieldRef(path, path, EPISODE_FIELDS[path], "episode")
+        return FieldRef(path, path, EPISODE_FIELDS[path], "episode", floating=path in FLOATING_EPISODE_FIELDS)
     raise InvalidFilter(
         f"{path!r} is not a tuple field; tuple filters can use reward, step, terminated, truncated, "
         "observation[i], action[i], info.<name>, episode_id, " + ", ".join(EPISODE_FIELDS_IN_TUPLES)
@@ -96,4 +98,5 @@ def _tensor_element(path: str, root: str, index_text: str, scope: Scope, schema:
         raise InvalidFilter(f"{path!r}: index out of range; {root} has shape {spec.shape or '()'} "
                             f"({max(spec.size, 1)} elements)", field=path)
     kind: Kind = "bool" if spec.dtype == "bool" else "number"
-    return FieldRef(f"{root}[{element}]", root, kind, "tuple", None if spec.is_scalar else element)
+    return FieldRef(f"{root}[{element}]", root, kind, "tuple", None if spec.is_scalar else element,
+                    floating=spec.is_floating)

@@ -36,7 +36,7 @@ from pydantic import (
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 
 # root(.key)* with an optional [i] or [i, j] index; keys may hold letters, digits, '_' and '-'.
-FIELD_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)*(\[\s*\d+(\s*,\s*\d+)*\s*\])?$")
+FIELD_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)*(\[\s*\d+(\s*,\s*\d+)*\s*\])?")
 MAX_DEPTH = 32
 
 
@@ -67,7 +67,7 @@ def _flatten(node: FilterNode, op: str) -> list[FilterNode]:
 
 
 def _check_field(path: str) -> str:
-    if not FIELD_PATTERN.match(path):
+    if not FIELD_PATTERN.fullmatch(path):
         raise ValueError(f"{path!r} is not a field path (like reward, observation[3], metadata.policy)")
     return path
 

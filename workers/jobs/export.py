@@ -134,8 +134,7 @@ BlockPlan = list[tuple[SegmentEpisodes, list[int]]]
 
 async def _plan_blocks(run: JobRun, version: VersionRecord, plan: ExportPlan) -> BlockPlan:
     """Blocks to read per segment: those holding a selected episode whose zone maps may match."""
-    selected = await select_episodes(run.catalog, version, plan.request.episodes,
-                                     extra_paths={p for p in plan.episode_paths if p.startswith("metadata.")})
+    selected = await select_episodes(run.catalog, version, plan.request.episodes, also=plan.where)
     work = []
     for part in selected:
         if len(part.selected) == 0:
