@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,7 @@ class EmbeddedServer:
 
         self._loop = asyncio.get_running_loop()
         settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         redis = EmbeddedRedis(settings.data_dir / "redis") if settings.embedded_redis else None
         redis_url = redis.start() if redis is not None else settings.redis_url
         announce = settings.data_dir / SERVER_FILE
@@ -109,9 +111,20 @@ class EmbeddedServer:
 
 
 def serve(settings: Settings, *, with_worker: bool = True) -> None:
-    """Run until interrupted (Ctrl-C or SIGTERM)."""
+    """Run until interrupted (Ctrl-C or SIGTERM), then stop the worker and the bundled Redis."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server = EmbeddedServer(settings, with_worker=with_worker)
+
+    def on_signal(signum: int, frame: object) -> None:
+        # Uvicorn handles signals while it serves, then re-raises them to this handler: shutting
+        # down here (not dying of the signal) lets the worker, Redis and server.json be cleaned up.
+        if server._server is not None:
+            server._server.should_exit = True
+        else:
+            raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
     with _exclusive(settings.data_dir) if settings.embedded_redis else contextlib.nullcontext():
         asyncio.run(server.run())
 

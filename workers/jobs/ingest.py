@@ -101,7 +101,7 @@ def _batches(parquet: pq.ParquetFile) -> Iterator[pa.RecordBatch]:
     metadata = parquet.metadata
     row_bytes = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)) \
         / max(metadata.num_rows, 1)
-    batch_rows = max(1024, int(BATCH_BYTES / max(row_bytes, 1)))
+    batch_rows = max(64, int(BATCH_BYTES / max(row_bytes, 1)))
     try:
         yield from parquet.iter_batches(batch_size=batch_rows, use_threads=True)
     except (pa.ArrowInvalid, OSError) as exc:

@@ -1,0 +1,180 @@
+"""End to end: real ``tuplehub serve`` and ``tuplehub worker`` processes on loopback.
+
+The distributed test runs the API and separate workers against a real Redis (the bundled
+server), an S3 endpoint over HTTP (moto's server mode) and a shared catalog, uploads through
+presigned multipart URLs, kills the worker in the middle of the ingest and checks that a new
+worker finishes it with every tuple present exactly once. The embedded test checks that the
+default server keeps its datasets across a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import numpy as np
+import pytest
+
+from tuplehub.client import Client
+from tuplehub.storage.models import JobStatus
+
+from .factories import episode_arrays
+
+pytestmark = pytest.mark.e2e
+START_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Processes:
+    """Child processes that are always stopped, whatever the test does."""
+
+    def __init__(self) -> None:
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        handle = log.open("ab")
+        process = subprocess.Popen([sys.executable, "-m", "tuplehub.client.cli", *args], env=env,
+                                   stdout=handle, stderr=subprocess.STDOUT)
+        handle.close()
+        self.running.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            self.stop(process)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    children = Processes()
+    try:
+        yield children
+    finally:
+        children.stop_all()
+
+
+def wait_for_server(folder: Path, process: subprocess.Popen[bytes], log: Path) -> str:
+    announce = folder / "server.json"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if announce.exists():
+            return json.loads(announce.read_text())["url"]
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}: {log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"server did not start: {log.read_text()[-3000:]}")
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def test_distributed_ingest_survives_a_killed_worker(tmp_path: Path, redis_url: str, s3_endpoint: str,
+                                                     processes: Processes) -> None:
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    boto3.client("s3", endpoint_url=s3_endpoint, **{
+        "aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1",
+    }).create_bucket(Bucket="tuplehub")
+    catalog_url = os.environ.get("TUPLEHUB_TEST_MONGODB_URL", "").rstrip("/")
+    catalog_url = f"{catalog_url}/tuplehub_e2e_{os.getpid()}" if catalog_url else f"sqlite:///{tmp_path}/catalog.db"
+    env = {**os.environ, **credentials,
+           "TUPLEHUB_DATA_DIR": str(tmp_path / "api"), "TUPLEHUB_PORT": "0",
+           "TUPLEHUB_CATALOG_URL": catalog_url, "TUPLEHUB_OBJECTS_URL": "s3://tuplehub/e2e",
+           "TUPLEHUB_S3_ENDPOINT_URL": s3_endpoint, "TUPLEHUB_REDIS_URL": redis_url,
+           "TUPLEHUB_QUEUE_NAME": f"e2e:{os.getpid()}", "TUPLEHUB_HEARTBEAT_S": "0.5",
+           "TUPLEHUB_STALE_AFTER_S": "3", "TUPLEHUB_REQUEUE_EVERY_S": "1"}
+    env.pop("TUPLEHUB_URL", None)
+    log = tmp_path / "processes.log"
+    api = processes.start("serve", "--no-worker", env=env, log=log)
+    url = wait_for_server(tmp_path / "api", api, log)
+    first_worker = processes.start("worker", env=env, log=log)
+
+    arrays = episode_arrays(episodes=40, length=5_000, obs_dim=48, act_dim=8, seed=11, ragged=False)
+    with Client(url, timeout=120) as hub:
+        dataset = hub.datasets.create("distributed")
+        job = dataset.upload(arrays, part_size=5 * 2**20, compression=None)
+        upload = httpx.get(f"{url}/api/v1/uploads/{job.record.params['upload_id']}").json()
+        assert upload["transport"] == "presigned"
+
+        def ingest_is_half_done() -> bool:
+            record = job.refresh().record
+            assert record.status in (JobStatus.queued, JobStatus.running), record
+            return record.status == JobStatus.running and 0.05 < record.progress.fraction < 0.8
+
+        wait_until(ingest_is_half_done, 60, "the ingest to be under way")
+        processes.stop(first_worker, signal.SIGKILL)
+        assert job.refresh().record.status == JobStatus.running
+        processes.start("worker", env=env, log=log)
+        job.wait(timeout=120)
+        assert job.record.attempts >= 2, log.read_text()[-3000:]
+        assert job.record.result["transitions"] == len(arrays["reward"])
+
+        out = dataset.export(next_observation=True).to_numpy()
+        keys = np.stack([out["episode_id"], out["step"]], axis=1)
+        assert len(np.unique(keys, axis=0)) == len(keys) == len(arrays["reward"])  # no tuple twice, none lost
+        for name in ("episode_id", "step", "observation", "action", "reward", "terminated", "truncated",
+                     "next_observation"):
+            np.testing.assert_array_equal(out[name], arrays[name], err_msg=name)
+        assert [v.number for v in dataset.refresh().record.versions] == [1]
+
+
+def test_embedded_server_keeps_datasets_across_restarts(tmp_path: Path, processes: Processes) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUPLEHUB_")}
+    env |= {"TUPLEHUB_DATA_DIR": str(tmp_path / "data"), "TUPLEHUB_PORT": "0"}
+    log = tmp_path / "serve.log"
+    arrays = episode_arrays(episodes=5, length=20, seed=12)
+
+    server = processes.start("serve", env=env, log=log)
+    with Client(wait_for_server(tmp_path / "data", server, log)) as hub:
+        hub.datasets.create("kept", tags=["restart"]).upload(arrays).wait()
+    processes.stop(server)
+    assert server.returncode == 0, log.read_text()[-3000:]
+    assert not (tmp_path / "data" / "server.json").exists()
+    assert not (tmp_path / "data" / "redis" / "redis.sock").exists()  # the bundled Redis stopped with it
+
+    server = processes.start("serve", env=env, log=log)
+    with Client(wait_for_server(tmp_path / "data", server, log)) as hub:
+        dataset = hub.datasets.get("kept")
+        assert [v.episodes for v in dataset.record.versions] == [5]
+        np.testing.assert_array_equal(dataset.export().to_numpy()["observation"], arrays["observation"])

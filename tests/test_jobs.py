@@ -1,0 +1,191 @@
+"""Job functions and recovery, run in process against a real SQLite catalog, local store and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from arq import Retry
+
+from tuplehub.client.uploads import table_from_arrays, write_parquet
+from tuplehub.storage.catalog import Catalog, open_catalog
+from tuplehub.storage.models import (
+    DatasetRecord,
+    ExportCreate,
+    JobKind,
+    JobRecord,
+    JobStatus,
+    UploadStatus,
+    utcnow,
+)
+from tuplehub.storage.objects import open_object_store
+from tuplehub.storage.queue import Queue
+from tuplehub.workers.context import WorkerContext
+from tuplehub.workers.jobs import ingest as ingest_module
+from tuplehub.workers.jobs.export import export
+from tuplehub.workers.jobs.ingest import ingest
+from tuplehub.workers.recovery import expire_uploads, requeue_lost_jobs, sweep_segments
+
+from .conftest import make_settings
+from .factories import episode_arrays, upload_record
+
+
+@pytest.fixture
+async def ctx(tmp_path: Path, redis_url: str) -> AsyncIterator[WorkerContext]:
+    settings = make_settings(tmp_path, redis_url)
+    catalog = await open_catalog(settings.resolved_catalog_url())
+    queue = await Queue.connect(redis_url, settings.queue_name)
+    try:
+        yield WorkerContext(settings=settings, catalog=catalog, queue=queue, worker_id="test", job_try=1,
+                            objects=open_object_store(settings.resolved_objects_url()))
+    finally:
+        await queue.aclose()
+        await catalog.aclose()
+
+
+async def stage_ingest(ctx: WorkerContext, arrays: dict[str, np.ndarray], *, rows_per_group: int = 50) -> JobRecord:
+    """A dataset, a completed upload of ``arrays`` (several row groups) and its queued ingest job."""
+    catalog = ctx["catalog"]
+    dataset = await catalog.create_dataset(DatasetRecord(name=f"d{utcnow().timestamp()}", owner="local"))
+    upload = upload_record(dataset.id).model_copy(update={"dataset": dataset.name, "status": UploadStatus.completed})
+    table = table_from_arrays(arrays)
+    with ctx["objects"].open_write(upload.object_key) as sink:
+        write_parquet((table.slice(i, rows_per_group) for i in range(0, len(table), rows_per_group)), sink)
+    await catalog.create_upload(upload)
+    return await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="local", params={
+        "upload_id": upload.id, "dataset_id": dataset.id, "dataset": dataset.name, "mode": "append"}))
+
+
+class Interrupting:
+    """A catalog that misbehaves after ``after`` block writes: cancels the job, or fails."""
+
+    def __init__(self, catalog: Catalog, *, after: int, action: str) -> None:
+        self._catalog, self._after, self._action = catalog, after, action
+        self.block_writes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._catalog, name)
+
+    async def put_blocks(self, blocks: Any) -> None:
+        await self._catalog.put_blocks(blocks)
+        self.block_writes += 1
+        if self.block_writes == self._after:
+            if self._action == "cancel":
+                await self._catalog.request_cancel(self._job_id)
+            else:
+                raise ConnectionError("catalog went away")
+
+
+@pytest.fixture(autouse=True)
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read uploads in many small batches, so jobs have many checkpoints."""
+    monkeypatch.setattr(ingest_module, "BATCH_BYTES", 1)
+
+
+async def test_ingest_notices_cancellation_between_batches(ctx: WorkerContext) -> None:
+    job = await stage_ingest(ctx, episode_arrays(episodes=10, length=100))
+    catalog = Interrupting(ctx["catalog"], after=2, action="cancel")
+    catalog._job_id = job.id
+    await ingest({**ctx, "catalog": catalog}, job.id)
+    done = await ctx["catalog"].get_job(job.id)
+    assert done.status == JobStatus.cancelled
+    assert catalog.block_writes == 2  # it stopped at the next checkpoint
+    assert await ctx["catalog"].list_segments() == set()  # and left nothing behind
+    assert await ctx["catalog"].list_versions(job.params["dataset_id"]) == []
+
+
+async def test_interrupted_ingest_retries_without_duplicates(ctx: WorkerContext) -> None:
+    arrays = episode_arrays(episodes=10, length=100)
+    job = await stage_ingest(ctx, arrays)
+    flaky = Interrupting(ctx["catalog"], after=3, action="fail")
+    with pytest.raises(Retry):
+        await ingest({**ctx, "catalog": flaky}, job.id)
+    assert (await ctx["catalog"].get_job(job.id)).status == JobStatus.running
+    assert await ctx["catalog"].list_versions(job.params["dataset_id"]) == []  # nothing visible yet
+
+    await ingest({**ctx, "job_try": 2}, job.id)
+    done = await ctx["catalog"].get_job(job.id)
+    assert (done.status, done.attempts) == (JobStatus.succeeded, 2)
+    [version] = await ctx["catalog"].list_versions(job.params["dataset_id"])
+    blocks = await ctx["catalog"].list_blocks(version.segments[0].id)
+    assert sum(block.rows for block in blocks) == len(arrays["reward"])
+    assert len(await ctx["catalog"].list_episodes(version.segments[0].id)) == 10
+
+    await ingest({**ctx, "job_try": 3}, job.id)  # a late duplicate delivery changes nothing
+    assert len(await ctx["catalog"].list_versions(job.params["dataset_id"])) == 1
+
+
+async def test_ingest_gives_up_after_its_tries(ctx: WorkerContext) -> None:
+    job = await stage_ingest(ctx, episode_arrays(episodes=2, length=30))
+    flaky = Interrupting(ctx["catalog"], after=1, action="fail")
+    last = ctx["settings"].job_max_tries
+    await ingest({**ctx, "catalog": flaky, "job_try": last}, job.id)
+    failed = await ctx["catalog"].get_job(job.id)
+    assert (failed.status, failed.error.code, failed.error.detail) == (
+        JobStatus.failed, "store-unavailable", "catalog went away")
+    assert await ctx["catalog"].list_segments() == set()
+
+
+async def test_export_job_writes_exactly_the_selected_rows(ctx: WorkerContext) -> None:
+    arrays = episode_arrays(episodes=6, length=30)
+    ingest_job = await stage_ingest(ctx, arrays)
+    await ingest(ctx, ingest_job.id)
+    request = ExportCreate(where={"op": "gt", "field": "reward", "value": 0}, format="arrow")
+    job = await ctx["catalog"].create_job(JobRecord(kind=JobKind.export, owner="local", params={
+        "dataset_id": ingest_job.params["dataset_id"], "dataset": "d", "version": 1,
+        "request": request.model_dump(mode="json"), "object_key": "exports/x.arrow"}))
+    await export(ctx, job.id)
+    done = await ctx["catalog"].get_job(job.id)
+    assert done.status == JobStatus.succeeded, done.error
+    with ctx["objects"].open_read("exports/x.arrow") as handle:
+        table = pa.ipc.open_stream(handle).read_all()
+    np.testing.assert_array_equal(table.column("reward").to_numpy(), arrays["reward"][arrays["reward"] > 0])
+    assert done.result["rows"] == table.num_rows
+
+
+async def test_requeue_finds_lost_and_abandoned_jobs(ctx: WorkerContext) -> None:
+    catalog, queue = ctx["catalog"], ctx["queue"]
+    lost = await catalog.create_job(JobRecord(kind=JobKind.export, owner="local"))
+    abandoned = await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="local"))
+    await catalog.claim_job(abandoned.id, attempt=1, worker="dead")
+    await catalog.update_job(abandoned.id, heartbeat_at=utcnow() - timedelta(hours=1))
+    await queue.pool.set(f"arq:in-progress:{abandoned.id}", b"1")
+    alive = await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="local"))
+    await catalog.claim_job(alive.id, attempt=1, worker="alive")
+    await queue.pool.set(f"arq:in-progress:{alive.id}", b"1")
+
+    assert await requeue_lost_jobs(ctx) == 2
+    assert await queue.knows(lost.id)
+    assert not await queue.pool.exists(f"arq:in-progress:{abandoned.id}")
+    assert await queue.knows(abandoned.id)  # back in the queue for a live worker
+    assert await queue.pool.exists(f"arq:in-progress:{alive.id}")  # a live job is left alone
+    assert await requeue_lost_jobs(ctx) == 1  # the abandoned one is still silent; the lost one is queued now
+
+
+async def test_expired_uploads_are_aborted(ctx: WorkerContext) -> None:
+    upload = upload_record(expires_in_s=-1)
+    ctx["objects"].start_multipart(upload.object_key)
+    await ctx["catalog"].create_upload(upload)
+    assert await expire_uploads(ctx) == 1
+    assert (await ctx["catalog"].get_upload(upload.id)).status == UploadStatus.expired
+    assert not list(Path(ctx["objects"].path("uploads")).iterdir())
+
+
+async def test_sweep_removes_only_dead_segments(ctx: WorkerContext) -> None:
+    catalog = ctx["catalog"]
+    committed = await stage_ingest(ctx, episode_arrays(episodes=2))
+    await ingest(ctx, committed.id)
+    running = await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="local"))
+    failed = await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="local"))
+    await catalog.finish_job(failed.id, JobStatus.failed, error={"code": "x", "detail": "y"})
+    from .factories import episode_record
+
+    for segment in (running.id, failed.id, "orphan0"):
+        await catalog.put_episodes([episode_record(segment, 0)])
+    assert await sweep_segments(ctx) == 2
+    assert await catalog.list_segments() == {committed.id, running.id}
