@@ -8,6 +8,7 @@ else. An unexpected failure is logged and answered with a 500 that leaks no inte
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -82,8 +83,31 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                      "the server failed to handle this request; the error is in its log")
 
 
+def _openapi_with_problems(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI documents request validation errors with its own schema; ours are problems too."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    response = operation.get("responses", {}).get("422")
+                    if response and "application/json" in response.get("content", {}):
+                        response["description"] = response.get("description") or "invalid-request"
+                        response["content"] = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            schemas = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(TuplehubError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
+    app.openapi = _openapi_with_problems(app)  # type: ignore[method-assign]

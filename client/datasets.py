@@ -18,7 +18,6 @@ from tuplehub.client.uploads import (
     DEFAULT_PART_SIZE,
     PartSink,
     send_file,
-    split_table,
     table_from_arrays,
     tables_from_episodes,
     write_parquet,
@@ -74,9 +73,9 @@ class Dataset:
             if isinstance(source, str | Path):
                 send_file(Path(source), sink)
             elif isinstance(source, pa.Table):
-                write_parquet(split_table(source), sink, compression=compression)
+                write_parquet([source], sink, compression=compression)
             elif isinstance(source, Mapping):
-                write_parquet(split_table(table_from_arrays(source)), sink, compression=compression)
+                write_parquet([table_from_arrays(source)], sink, compression=compression)
             else:
                 write_parquet(tables_from_episodes(source, late_metadata), sink, compression=compression)
             parts = sink.finish()

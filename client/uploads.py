@@ -125,16 +125,13 @@ class PartSink:
 
 def table_from_arrays(arrays: Mapping[str, Any]) -> pa.Table:
     """A dict of per-step arrays (episode_id, observation, action, ...) as an Arrow table, zero-copy."""
-    columns = {}
-    for name, values in arrays.items():
-        values = np.asarray(values)
-        columns[name] = numpy_to_column(values, spec_of_array(values)) if values.ndim > 1 else pa.array(values)
-    fields = []
-    for name, column in columns.items():
-        values = np.asarray(arrays[name])
-        metadata = {b"tuplehub.shape": str(list(values.shape[1:])).encode()} if values.ndim > 2 else None
-        fields.append(pa.field(name, column.type, metadata=metadata))
-    return pa.Table.from_arrays(list(columns.values()), schema=pa.schema(fields))
+    columns, fields = [], []
+    for name, given in arrays.items():
+        values = np.asarray(given)
+        spec = spec_of_array(values)
+        columns.append(numpy_to_column(values, spec) if values.ndim > 1 else pa.array(values))
+        fields.append(spec.arrow_field(name) if values.ndim > 1 else pa.field(name, columns[-1].type))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def tables_from_episodes(episodes: Iterable[Mapping[str, Any]],
@@ -194,13 +191,6 @@ def _is_floating(arrow_type: pa.DataType) -> bool:
     while pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type):
         arrow_type = arrow_type.value_type
     return arrow_type in FLOAT_TYPES
-
-
-def split_table(table: pa.Table) -> Iterator[pa.Table]:
-    """A large table as slices of about ``ROW_GROUP_BYTES`` (zero-copy)."""
-    rows = max(1, int(len(table) * ROW_GROUP_BYTES / max(table.nbytes, 1)))
-    for start in range(0, len(table), rows):
-        yield table.slice(start, rows)
 
 
 def send_file(path: Path, sink: PartSink) -> None:

@@ -101,6 +101,16 @@ class VersionRecord(BaseModel):
 
 
 class DatasetRead(DatasetRecord):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "5b0c3c0e2f8a4b0e9d1e6f7a8b9c0d1e", "name": "cartpole-mixed", "description": "", "tags": ["demo"],
+        "owner": "local", "created_at": "2026-11-24T12:00:00Z", "latest_version": 1, "versions": [{
+            "dataset_id": "5b0c3c0e2f8a4b0e9d1e6f7a8b9c0d1e", "number": 1, "mode": "append", "parent": None,
+            "segments": [{"id": "3f1c0e5b9a2d4c7e8f6a1b2c3d4e5f60", "episodes": 40, "transitions": 10487}],
+            "episodes": 40, "transitions": 10487, "job_id": "3f1c0e5b9a2d4c7e8f6a1b2c3d4e5f60",
+            "created_at": "2026-11-24T12:00:01Z",
+            "schema": {"episode_id": "int", "observation": {"dtype": "float32", "shape": [4]},
+                       "action": {"dtype": "int64", "shape": []}, "reward": "float32", "info": {}}}]}]})
+
     versions: list[VersionRecord] = Field(default_factory=list)
 
     @computed_field
@@ -115,42 +125,38 @@ class DatasetSummary(DatasetRecord):
     transitions: int = 0
 
 
-class EpisodeRecord(BaseModel):
-    """One episode of one segment; ``index`` counts from 0 within the segment."""
+class EpisodeBase(BaseModel):
+    """What every episode carries: statistics computed at ingest, and free-form metadata."""
 
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    index: int
+    episode_id: int | str
+    length: int
+    return_: float = Field(alias="return")
+    reward_min: float
+    reward_max: float
+    first_step: int
+    last_step: int
+    terminated: bool
+    truncated: bool
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class EpisodeRecord(EpisodeBase):
+    """One episode as the catalog keeps it: ``index`` counts from 0 within its segment."""
 
     segment: str
-    index: int
-    episode_id: int | str
     row_start: int
-    length: int
-    return_: float = Field(alias="return")
-    reward_min: float
-    reward_max: float
-    first_step: int
-    last_step: int
-    terminated: bool
-    truncated: bool
-    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class EpisodeRead(BaseModel):
-    """An episode as listed for a version; ``index`` counts over the whole version."""
+class EpisodeRead(EpisodeBase):
+    """An episode as listed for a version: ``index`` counts over the whole version."""
 
-    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
-
-    index: int
-    episode_id: int | str
-    length: int
-    return_: float = Field(alias="return")
-    reward_min: float
-    reward_max: float
-    first_step: int
-    last_step: int
-    terminated: bool
-    truncated: bool
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "index": 0, "episode_id": 0, "length": 500, "return": 500.0, "reward_min": 1.0, "reward_max": 1.0,
+        "first_step": 0, "last_step": 499, "terminated": False, "truncated": True, "termination": "truncated",
+        "metadata": {"policy": "expert"}}]})
 
     @computed_field
     @property
@@ -275,6 +281,11 @@ class UploadRecord(BaseModel):
 
 
 class UploadRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a", "dataset": "cartpole-mixed", "mode": "append",
+        "part_size": 33554432, "status": "open", "transport": "api", "job_id": None,
+        "created_at": "2026-11-24T12:00:00Z", "expires_at": "2026-11-25T12:00:00Z"}]})
+
     id: str
     dataset: str
     mode: UploadMode
@@ -288,6 +299,8 @@ class UploadRead(BaseModel):
 
 
 class PartURLsRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"numbers": [1, 2, 3, 4]}]})
+
     numbers: list[Annotated[int, Field(ge=1, le=10_000)]] = Field(min_length=1, max_length=1000)
 
 
@@ -304,6 +317,9 @@ class UploadedPart(BaseModel):
 
 
 class UploadComplete(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "parts": [{"number": 1, "etag": "1-33554432"}, {"number": 2, "etag": "2-1048576"}]}]})
+
     parts: list[UploadedPart] = Field(min_length=1, max_length=10_000)
     episode_metadata: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="More episode metadata, merged over what the session was opened with "
@@ -331,6 +347,10 @@ class ExportCreate(BaseModel):
 
 
 class DownloadURL(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "url": "http://127.0.0.1:8470/api/v1/exports/3f1c0e5b9a2d4c7e8f6a1b2c3d4e5f60/file", "size": 1048576,
+        "expires_at": None}]})
+
     url: str
     expires_at: datetime | None = None
     size: int

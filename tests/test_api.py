@@ -298,3 +298,38 @@ def test_jobs_list_and_cancel(hub: Client, api: httpx.Client, unique_name: str) 
     problem(api.get("/jobs/unknown"), 404)
     with pytest.raises(Conflict):
         hub.datasets.create(unique_name)
+
+
+# --- client sources and results ----------------------------------------------------------------------
+
+def test_upload_from_episode_iterator_and_arrow_table(hub: Client, unique_name: str) -> None:
+    arrays = episode_arrays(episodes=5, length=12, seed=9)
+    ids = arrays["episode_id"]
+
+    def episodes():
+        for e in np.unique(ids):
+            rows = ids == e
+            yield {"episode_id": f"run-{e}", "metadata": {"seed": int(e)},
+                   **{k: v[rows] for k, v in arrays.items() if k not in ("episode_id", "step")}}
+
+    dataset = hub.datasets.create(unique_name)
+    dataset.upload(episodes()).wait()
+    page = dataset.episodes(where=F.metadata.seed >= 3)
+    assert [e.episode_id for e in page.items] == ["run-3", "run-4"]
+    batches = list(dataset.export(episodes=F.episode_id == "run-1").iter_batches())
+    assert sum(b.num_rows for b in batches) == int((ids == 1).sum())
+    assert {v for b in batches for v in b.column("episode_id").to_pylist()} == {"run-1"}
+    assert [s for b in batches for s in b.column("step").to_pylist()] == list(range(int((ids == 1).sum())))
+
+    dataset.upload(table_from_arrays({**arrays, "episode_id": ids + 10}), mode="replace").wait()
+    np.testing.assert_array_equal(dataset.export().to_numpy()["episode_id"], ids + 10)
+
+
+def test_upload_with_a_wrong_column_type_fails(hub: Client, unique_name: str) -> None:
+    arrays = episode_arrays(episodes=2)
+    table = table_from_arrays({k: v for k, v in arrays.items() if k != "reward"})
+    table = table.append_column("reward", pa.array([str(r) for r in arrays["reward"]]))
+    dataset = hub.datasets.create(unique_name)
+    with pytest.raises(JobFailed) as failure:
+        dataset.upload(table).wait()
+    assert (failure.value.error["column"], failure.value.error["reason"]) == ("reward", "wrong-type")
