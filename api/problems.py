@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from tuplehub.storage.errors import TuplehubError
+from tuplehub.storage.errors import StoreUnavailable, TuplehubError, is_unavailable
 
 logger = logging.getLogger("tuplehub.api")
 MEDIA_TYPE = "application/problem+json"
@@ -56,7 +56,9 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TuplehubError)
     if exc.status >= 500:
         logger.error("%s %s: %s", request.method, request.url.path, exc.detail)
-    return _response(request, exc.status, exc.code, type(exc).__name__, exc.detail, **exc.extra)
+    response = _response(request, exc.status, exc.code, type(exc).__name__, exc.detail, **exc.extra)
+    response.headers.update(getattr(exc, "headers", {}))
+    return response
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
@@ -78,6 +80,10 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if is_unavailable(exc):  # a driver's own "cannot reach it" error: retryable, not our bug
+        logger.warning("backend unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return _response(request, 503, StoreUnavailable.code, "StoreUnavailable",
+                         "a backend (catalog, object store or queue) cannot be reached; try again shortly")
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return _response(request, 500, "internal", "InternalError",
                      "the server failed to handle this request; the error is in its log")

@@ -147,7 +147,7 @@ def table_to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
 def _fill_missing(column: pa.Array) -> pa.Array:
     """Nulls as NaN (floats) or 0: numpy arrays have no nulls."""
     value_type = column.type.value_type if pa.types.is_fixed_size_list(column.type) else column.type
-    fill: Any = float("nan") if pa.types.is_floating(value_type) else 0
+    fill: Any = float("nan") if pa.types.is_floating(value_type) else False if pa.types.is_boolean(value_type) else 0
     if not pa.types.is_fixed_size_list(column.type):
         return column.fill_null(pa.scalar(fill, value_type))
     size = column.type.list_size

@@ -25,6 +25,10 @@ from tuplehub.storage.schema import TupleSchema, column_to_numpy
 BLOCK_TARGET_BYTES = 8 * 2**20
 # LZ4 decodes at memory speed; zstd saves ~5% on float data for twice the CPU (perf-floor.md).
 BLOCK_COMPRESSION = "lz4"
+# Per-element zone maps are kept for tensors up to this many elements. An image observation would
+# need megabytes of them per block (past MongoDB's 16 MB document cap at 512x512x3), and filters on
+# single pixels are rare, so larger tensors get no zone map and are never pruned by element.
+ZONE_MAX_ELEMENTS = 4096
 
 
 class BlockRecord(BaseModel):
@@ -60,17 +64,21 @@ def decode(data: bytes) -> pa.Table:
 def zone_map(table: pa.Table, schema: TupleSchema) -> dict[str, Any]:
     """Min and max of each numeric column; tensors get per-element lists ``[mins, maxs]``.
 
-    Integers stay exact Python ints (a float would round 2**53 + 1 and let pruning skip a match);
-    NaN is left out of float ranges, as no comparison with it can hold.
+    Integers stay exact Python ints (a float would round 2**53 + 1 and let pruning skip a match).
+    A column holding NaN (only ``info.*`` may) gets no zone map: ``NaN != 5`` holds, so no range
+    could say which blocks a ``ne`` filter may skip.
     """
     zones: dict[str, Any] = {}
     for name in ("step", "reward", *(f"info.{key}" for key in schema.info)):
-        values = table.column(name).to_numpy(zero_copy_only=False)
-        if values.dtype.kind == "f":
-            values = values[np.isfinite(values)]
+        column = table.column(name)
+        values = column.drop_null().to_numpy(zero_copy_only=False)
+        if values.dtype.kind == "f" and np.isnan(values).any():
+            continue
         if values.size and values.dtype.kind in "iuf":
             zones[name] = [values.min().item(), values.max().item()]
     for name, spec in (("observation", schema.observation), ("action", schema.action)):
+        if spec.size > ZONE_MAX_ELEMENTS:
+            continue
         values = column_to_numpy(table.column(name), spec).reshape(len(table), -1)
         if values.size and values.dtype.kind in "iuf":
             low, high = values.min(axis=0).tolist(), values.max(axis=0).tolist()

@@ -123,7 +123,11 @@ def _tensor_spec(field: pa.Field, first: pa.RecordBatch | None) -> TensorSpec:
                             reason="wrong-type")
     declared = (field.metadata or {}).get(SHAPE_KEY)
     if declared is not None:
-        declared_shape = json.loads(declared)
+        try:
+            declared_shape = [int(n) for n in json.loads(declared)]
+        except (ValueError, TypeError) as exc:
+            raise InvalidUpload(f"its {SHAPE_KEY.decode()} metadata {declared!r} is not a list of sizes",
+                                column=field.name, reason="wrong-shape") from exc
         if math.prod(declared_shape) != math.prod(shape):
             raise InvalidUpload(f"declares shape {declared_shape} but holds {math.prod(shape)} elements",
                                 column=field.name, reason="wrong-shape")
@@ -149,9 +153,10 @@ def normalize_batch(batch: pa.RecordBatch, layout: UploadLayout, first_row: int)
     for name in batch.schema.names:
         _reject_nulls(batch.column(name), name, first_row)
     ids = batch.column("episode_id")
-    out["episode_id"] = ids.cast(pa.int64() if schema.episode_id == "int" else pa.large_string())
+    out["episode_id"] = _int64(ids, "episode_id", first_row) if schema.episode_id == "int" \
+        else ids.cast(pa.large_string())
     if layout.has_step:
-        out["step"] = batch.column("step").cast(pa.int64())
+        out["step"] = _int64(batch.column("step"), "step", first_row)
     out["observation"] = _tensor(batch.column("observation"), schema.observation, "observation", first_row)
     out["action"] = _tensor(batch.column("action"), schema.action, "action", first_row)
     if layout.has_next_observation:
@@ -166,6 +171,16 @@ def normalize_batch(batch: pa.RecordBatch, layout: UploadLayout, first_row: int)
         if name in out:
             _require_finite(out[name], name, first_row)
     return out
+
+
+def _int64(column: pa.Array, name: str, first_row: int) -> pa.Array:
+    """Integers as int64; an unsigned value past int64's range is refused at its row."""
+    if pa.types.is_uint64(column.type):
+        too_big = np.flatnonzero(column.to_numpy(zero_copy_only=False) > np.iinfo(np.int64).max)
+        if too_big.size:
+            raise InvalidUpload(f"{column[int(too_big[0])].as_py()} does not fit a 64-bit signed integer",
+                                column=name, row=first_row + int(too_big[0]), reason="out-of-range")
+    return column.cast(pa.int64())
 
 
 def _reject_nulls(column: pa.Array, name: str, first_row: int, *, per_row: int = 1) -> None:

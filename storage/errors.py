@@ -18,6 +18,7 @@ responses, and the client turns a problem response back into the same class, so
 
 from __future__ import annotations
 
+import errno
 from typing import Any, ClassVar
 
 
@@ -93,6 +94,40 @@ class JobCancelled(TuplehubError):
     """Raised inside a running job when its catalog record asks it to stop."""
 
     code, status = "cancelled", 409
+
+
+# Exceptions of backend libraries that mean "could not reach it right now", by (package, class name)
+# anywhere in the exception's class hierarchy; matched by name so this module imports no driver.
+_UNAVAILABLE_CLASSES = {
+    ("pymongo", "ConnectionFailure"),            # AutoReconnect, NotPrimaryError, ServerSelectionTimeoutError
+    ("pymongo", "ExecutionTimeout"),
+    ("botocore", "ConnectionError"),             # EndpointConnectionError, ConnectTimeoutError
+    ("botocore", "HTTPClientError"),             # ReadTimeoutError, ConnectionClosedError
+    ("redis", "ConnectionError"),
+    ("redis", "TimeoutError"),
+    ("redis", "BusyLoadingError"),
+    ("aiohttp", "ClientConnectionError"),
+    ("aiohttp", "ServerTimeoutError"),
+}
+_UNAVAILABLE_S3_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling"}
+_UNAVAILABLE_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED,
+                       errno.EAGAIN, errno.EBUSY, errno.EPIPE}
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says a backend is unreachable or overloaded for now (worth a retry)."""
+    if isinstance(exc, StoreUnavailable | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _UNAVAILABLE_ERRNOS:
+        return True
+    for cls in type(exc).__mro__:
+        if (cls.__module__.partition(".")[0], cls.__name__) in _UNAVAILABLE_CLASSES:
+            return True
+        if cls.__module__.startswith("botocore") and cls.__name__ == "ClientError":
+            error = getattr(exc, "response", {}).get("Error", {})
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            return error.get("Code") in _UNAVAILABLE_S3_CODES or status >= 500
+    return exc.__cause__ is not None and exc.__cause__ is not exc and is_unavailable(exc.__cause__)
 
 
 def error_class_for(code: str) -> type[TuplehubError]:

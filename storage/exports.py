@@ -50,9 +50,12 @@ def check_export(version: VersionRecord, request: ExportCreate) -> None:
     export_columns(version.tuple_schema, request)
 
 
-def dedup_key(dataset_id: str, version: int, request: ExportCreate) -> str:
-    """Identical requests on one (immutable) version share a key, and so share one result."""
-    canonical = json.dumps({"dataset": dataset_id, "version": version,
+def dedup_key(dataset_id: str, version: int, request: ExportCreate, owner: str) -> str:
+    """One caller's identical requests on one (immutable) version share a key, and so one result.
+
+    The owner is part of the key: jobs and their results are visible to their owner only.
+    """
+    canonical = json.dumps({"dataset": dataset_id, "version": version, "owner": owner,
                             "request": request.model_dump(mode="json", exclude={"version"})},
                            sort_keys=True, separators=(",", ":"))
     return "export:" + hashlib.sha256(canonical.encode()).hexdigest()

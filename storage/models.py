@@ -6,12 +6,13 @@ Request bodies are ``XCreate``; what the API returns is ``XRead``; what only the
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
 from tuplehub.storage.filters.language import Filter
 from tuplehub.storage.schema import TupleSchema
@@ -246,6 +247,39 @@ class JobRead(BaseModel):
 
 # --- uploads ----------------------------------------------------------------------------------
 
+_INT64 = (-(2**63), 2**63 - 1)
+_METADATA_DEPTH = 32
+
+
+def _storable(value: Any, path: str, depth: int = 0) -> Any:
+    """Metadata every catalog can store: BSON has no integers past int64, JSON no NaN."""
+    if depth > _METADATA_DEPTH:
+        raise ValueError(f"{path} nests deeper than {_METADATA_DEPTH} levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ValueError(f"{path} = {value} does not fit a 64-bit integer")
+        return value
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            raise ValueError(f"{path} = {value} is not a finite number")
+        return value
+    if isinstance(value, dict):
+        return {key: _storable(item, f"{path}.{key}", depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+    raise ValueError(f"{path} holds a {type(value).__name__}, which JSON cannot carry")
+
+
+def _check_metadata(metadata: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    for episode, values in metadata.items():
+        _storable(values, f"episode_metadata[{episode!r}]")
+    return metadata
+
+
+EpisodeMetadata = Annotated[dict[str, dict[str, Any]], AfterValidator(_check_metadata)]
+
 class UploadStatus(StrEnum):
     open = "open"
     completed = "completed"
@@ -260,7 +294,7 @@ class UploadCreate(BaseModel):
     mode: UploadMode = UploadMode.append
     part_size: int = Field(64 * 2**20, ge=2**16, le=2**32,
                            description="Bytes in every part but the last; S3 needs at least 5 MiB.")
-    episode_metadata: dict[str, dict[str, Any]] = Field(
+    episode_metadata: EpisodeMetadata = Field(
         default_factory=dict, description="Free-form JSON per episode, keyed by episode id as a string.")
 
 
@@ -321,7 +355,7 @@ class UploadComplete(BaseModel):
         "parts": [{"number": 1, "etag": "1-33554432"}, {"number": 2, "etag": "2-1048576"}]}]})
 
     parts: list[UploadedPart] = Field(min_length=1, max_length=10_000)
-    episode_metadata: dict[str, dict[str, Any]] = Field(
+    episode_metadata: EpisodeMetadata = Field(
         default_factory=dict, description="More episode metadata, merged over what the session was opened with "
                                           "(for sources whose metadata is known only once sent).")
 

@@ -110,13 +110,19 @@ class PartWriter:
 
     def close(self) -> str:
         """Finish the part; its etag names the part and its size."""
-        os.close(self.fd)
+        self._release()
         self.marker.write_text(str(self.written))
         return f"{self.number}-{self.written}"
 
     def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        self._release()
+
+    def _release(self) -> None:
+        # Close once: a second close could hit a descriptor number another thread reused meanwhile.
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class LocalObjectStore(ObjectStore):
@@ -170,6 +176,8 @@ class LocalObjectStore(ObjectStore):
 
     def complete_multipart(self, key: str, multipart_id: str | None, parts: Sequence[tuple[int, str]],
                            part_size: int) -> None:
+        if not self._partial(key).exists() and self.local_path(key).exists():
+            return  # completed by an earlier call that did not live to record it
         sizes = self._sizes(key)
         numbers = [number for number, _ in parts]
         if numbers != list(range(1, len(parts) + 1)):
@@ -243,6 +251,8 @@ class S3ObjectStore(ObjectStore):
                 Bucket=self.bucket, Key=self._key(key), UploadId=multipart_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]})
         except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload" and self.exists(key):
+                return  # completed by an earlier call that did not live to record it
             raise InvalidRequest(f"the object store refused to complete the upload: {exc}") from exc
         self.fs.invalidate_cache()
 

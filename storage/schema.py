@@ -118,9 +118,8 @@ def _flat_values(chunk: pa.Array, spec: TensorSpec) -> np.ndarray:
     else:
         start = chunk.offset * spec.size
         values = chunk.values.slice(start, len(chunk) * spec.size)
-    if pa.types.is_boolean(values.type):
-        return values.to_numpy(zero_copy_only=False)
-    return values.to_numpy(zero_copy_only=values.null_count == 0)
+    copy_needed = values.null_count > 0 or pa.types.is_boolean(values.type) or not pa.types.is_primitive(values.type)
+    return values.to_numpy(zero_copy_only=not copy_needed)
 
 
 def numpy_to_column(values: np.ndarray, spec: TensorSpec) -> pa.Array:

@@ -16,8 +16,9 @@ from typing import Any
 import pyarrow as pa
 
 from tuplehub.storage.catalog.base import Catalog
-from tuplehub.storage.errors import Conflict, InvalidFilter, InvalidUpload, NotFound
-from tuplehub.storage.filters.arrow import CompiledFilter, compile_filter
+from tuplehub.storage.errors import InvalidUpload, NotFound, StoreUnavailable
+from tuplehub.storage.filters.arrow import CompiledFilter, compile_filter, metadata_column
+from tuplehub.storage.filters.fields import Kind
 from tuplehub.storage.filters.language import FilterNode
 from tuplehub.storage.filters.prune import Constraint, narrowing
 from tuplehub.storage.models import (
@@ -32,6 +33,15 @@ from tuplehub.storage.models import (
 from tuplehub.storage.schema import TupleSchema
 
 _COMMIT_ATTEMPTS = 20
+
+
+def segment_id(job_id: str, attempt: int) -> str:
+    """The segment one attempt of an ingest job writes (job ids are hex, so 'x' separates)."""
+    return f"{job_id}x{attempt}"
+
+
+def job_of_segment(segment: str) -> str:
+    return segment.partition("x")[0]
 
 
 async def get_version(catalog: Catalog, dataset: DatasetRecord, number: int | None) -> VersionRecord:
@@ -71,7 +81,7 @@ async def commit_segment(catalog: Catalog, dataset_id: str, *, mode: UploadMode,
                                 schema=schema, job_id=job_id)
         if await catalog.insert_version(version):
             return version
-    raise Conflict("too many concurrent commits to this dataset; the ingest will be retried")
+    raise StoreUnavailable("too many concurrent commits to this dataset; the ingest will be retried")
 
 
 def check_appendable(parent: VersionRecord, schema: TupleSchema) -> None:
@@ -88,11 +98,10 @@ def check_appendable(parent: VersionRecord, schema: TupleSchema) -> None:
 
 
 def episode_table(records: Sequence[EpisodeRecord], first_index: int,
-                  metadata_paths: Mapping[str, pa.DataType | None]) -> pa.Table:
+                  metadata_paths: Mapping[str, Kind | None]) -> pa.Table:
     """Episode records as an Arrow table, with a column per metadata path a filter reads.
 
-    ``metadata_paths`` maps each path to the type its column takes when no episode has the key
-    (the type of the values the filter compares it with), so the filter still applies.
+    ``metadata_paths`` maps each path to the kind of value the filter compares it with.
     """
     columns: dict[str, Any] = {
         "segment": pa.array([r.segment for r in records], pa.string()),
@@ -110,13 +119,8 @@ def episode_table(records: Sequence[EpisodeRecord], first_index: int,
         "termination": pa.array(["terminated" if r.terminated else "truncated" if r.truncated else "none"
                                  for r in records], pa.string()),
     }
-    for path in sorted(metadata_paths):
-        values = [_lookup(r.metadata, path.split(".")[1:]) for r in records]
-        try:
-            columns[path] = pa.array(values, type=metadata_paths[path] if all(v is None for v in values) else None)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise InvalidFilter(f"{path} holds values of different types across episodes, so it cannot be "
-                                f"compared: {exc}", field=path) from exc
+    for path, kind in sorted(metadata_paths.items()):
+        columns[path] = metadata_column([_lookup(r.metadata, path.split(".")[1:]) for r in records], kind)
     return pa.table(columns)
 
 
@@ -147,11 +151,11 @@ async def select_episodes(catalog: Catalog, version: VersionRecord, node: Filter
     """
     compiled = compile_filter(node, "episode", version.tuple_schema)
     constraints: list[Constraint] = narrowing(node, "episode", version.tuple_schema)
-    paths: dict[str, pa.DataType | None] = {}
+    paths: dict[str, Kind | None] = {}
     for source in (compiled, also) if also is not None else (compiled,):
         for ref in source.fields:
             if ref.column.startswith("metadata."):
-                paths[ref.column] = source.literal_types.get(ref.column, paths.get(ref.column))
+                paths[ref.column] = source.metadata_kinds.get(ref.column, paths.get(ref.column))
     out, offset = [], 0
     for segment in version.segments:
         records = await catalog.list_episodes(segment.id, constraints)

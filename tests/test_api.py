@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import httpx
@@ -206,7 +207,12 @@ def test_range_download(hub: Client, api: httpx.Client, unique_name: str) -> Non
     assert part.content == whole.content[4:100]
     assert part.headers["content-range"] == f"bytes 4-99/{len(whole.content)}"
     assert api.get(f"/exports/{export.id}/file", headers={"Range": "bytes=-8"}).content == whole.content[-8:]
-    problem(api.get(f"/exports/{export.id}/file", headers={"Range": f"bytes={len(whole.content)}-"}), 416)
+    outside = api.get(f"/exports/{export.id}/file", headers={"Range": f"bytes={len(whole.content)}-"})
+    problem(outside, 416)
+    assert outside.headers["content-range"] == f"bytes */{len(whole.content)}"
+    for ignored in ("bytes=0-1,4-5", "bytes=abc", "bytes=9-3", "items=0-4"):  # RFC 9110: answer with all of it
+        answer = api.get(f"/exports/{export.id}/file", headers={"Range": ignored})
+        assert (answer.status_code, answer.content) == (200, whole.content), ignored
 
 
 # --- bad uploads ---------------------------------------------------------------------------------
@@ -288,6 +294,59 @@ def test_upload_session_rules(api: httpx.Client, unique_name: str) -> None:
     problem(api.get("/uploads/nope"), 404)
 
 
+def test_completing_twice_answers_with_the_same_job(api: httpx.Client, hub: Client, unique_name: str) -> None:
+    hub.datasets.create(unique_name)
+    body = pq_bytes(episode_arrays(episodes=2))
+    session = api.post(f"/datasets/{unique_name}/uploads", json={"part_size": 2**20}).json()
+    part = api.put(f"/uploads/{session['id']}/parts/1", content=body).json()
+    first = api.post(f"/uploads/{session['id']}/complete", json={"parts": [part]})
+    again = api.post(f"/uploads/{session['id']}/complete", json={"parts": [part]})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert hub.jobs.get(first.json()["id"]).wait().result["episodes"] == 2
+
+
+def pq_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table_from_arrays(arrays), sink)
+    return sink.getvalue()
+
+
+def test_values_json_cannot_carry_are_422(api: httpx.Client, hub: Client, unique_name: str) -> None:
+    hub.datasets.create(unique_name).upload(episode_arrays(episodes=2)).wait()
+    huge = api.post(f"/datasets/{unique_name}/uploads", json={"episode_metadata": {"0": {"seed": 2**64}}})
+    assert "does not fit a 64-bit integer" in problem(huge, 422)["detail"]
+    beyond_int64 = api.post(f"/datasets/{unique_name}/exports",
+                            json={"where": {"op": "gt", "field": "step", "value": 10**30}})
+    assert beyond_int64.status_code == 202  # read as the float 1e30: a valid, empty selection
+    assert hub.jobs.get(beyond_int64.json()["id"]).wait().result["rows"] == 0
+    mixed = {"op": "in", "field": "metadata.p", "values": [1, "a"]}
+    listing = api.get(f"/datasets/{unique_name}/versions/1/episodes", params={"where": json.dumps(mixed)})
+    assert "compared with both" in problem(listing, 422)["detail"]
+
+
+def test_metadata_of_mixed_types_compares_like_missing(hub: Client, unique_name: str) -> None:
+    arrays = episode_arrays(episodes=4, length=5)
+    dataset = hub.datasets.create(unique_name)
+    metadata = {0: {"month": 3}, 1: {"month": "March"}, 2: {"month": 3.0}, 3: {}}
+    dataset.upload(arrays, episode_metadata=metadata).wait()
+    assert [e.episode_id for e in dataset.episodes(where=F.metadata.month == 3).items] == [0, 2]
+    assert [e.episode_id for e in dataset.episodes(where=F.metadata.month.isin(["March"])).items] == [1]
+    assert [e.episode_id for e in dataset.episodes(where=F.metadata.month.exists()).items] == [0, 1, 2]
+    with pytest.raises(InvalidFilter, match="compared with both numbers and strings"):
+        dataset.episodes(where=(F.metadata.month == 3) | (F.metadata.month == "March"))
+
+
+def test_flags_in_info_with_missing_values_come_back_false(hub: Client, unique_name: str) -> None:
+    arrays = episode_arrays(episodes=2, length=4, ragged=False)
+    table = table_from_arrays(arrays).append_column(
+        "info.contact", pa.array([True, None, False, None, True, True, None, False]))
+    dataset = hub.datasets.create(unique_name)
+    dataset.upload(table).wait()
+    assert dataset.export().to_numpy()["info.contact"].tolist() == [True, False, False, False, True, True,
+                                                                      False, False]
+
+
 def test_jobs_list_and_cancel(hub: Client, api: httpx.Client, unique_name: str) -> None:
     dataset = hub.datasets.create(unique_name)
     job = dataset.upload(episode_arrays(episodes=2)).wait()
@@ -320,6 +379,9 @@ def test_upload_from_episode_iterator_and_arrow_table(hub: Client, unique_name: 
     assert sum(b.num_rows for b in batches) == int((ids == 1).sum())
     assert {v for b in batches for v in b.column("episode_id").to_pylist()} == {"run-1"}
     assert [s for b in batches for s in b.column("step").to_pylist()] == list(range(int((ids == 1).sum())))
+
+    out = dataset.export().to_numpy()
+    assert out["episode_id"].tolist() == [f"run-{e}" for e in ids]
 
     dataset.upload(table_from_arrays({**arrays, "episode_id": ids + 10}), mode="replace").wait()
     np.testing.assert_array_equal(dataset.export().to_numpy()["episode_id"], ids + 10)

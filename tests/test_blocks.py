@@ -15,6 +15,8 @@ from tuplehub.storage.blocks import BlockBuilder, BlockRecord, decode, encode, n
 from tuplehub.storage.contract import UploadLayout, inspect_upload, normalize_batch
 from tuplehub.storage.episodes import EpisodeSplitter
 from tuplehub.storage.errors import InvalidUpload
+from tuplehub.storage.filters import F, compile_filter
+from tuplehub.storage.filters.prune import may_match
 from tuplehub.storage.schema import SHAPE_KEY, TensorSpec, TupleSchema, column_to_numpy, numpy_to_column
 
 from .factories import episode_arrays
@@ -358,3 +360,19 @@ def test_encode_decode_round_trip_keeps_dtypes(observation: TensorSpec, action: 
         np.testing.assert_array_equal(array, expected)
     if len(observation.shape) >= 2:
         assert back.schema.field("observation").metadata[SHAPE_KEY] == json.dumps(observation.shape).encode()
+
+
+def test_a_column_holding_nan_gets_no_zone_map() -> None:
+    """``NaN != 5`` holds, so a range that leaves NaN out would let a ``ne`` filter skip a match."""
+    schema = TupleSchema(episode_id="int", observation=TensorSpec(dtype="float32"), action=TensorSpec(dtype="int8"),
+                         info={"x": "float64"})
+    table = pa.table({
+        "episode": pa.array([0, 0, 0], pa.int32()), "step": pa.array([0, 1, 2]),
+        "observation": pa.array([0.0, 1.0, 2.0], pa.float32()), "action": pa.array([1, 2, 3], pa.int8()),
+        "reward": pa.array([0.0, 0.0, 1.0]), "terminated": [False, False, True], "truncated": [False] * 3,
+        "info.x": pa.array([5.0, float("nan"), 5.0]),
+    }).cast(schema.stored_schema())
+    zones = zone_map(table, schema)
+    assert "info.x" not in zones
+    assert may_match(F.info.x != 5, zones, schema)
+    assert compile_filter(F.info.x != 5, "tuple", schema).apply(table).num_rows == 1

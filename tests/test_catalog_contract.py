@@ -128,17 +128,17 @@ async def test_expired_uploads_are_listed(catalog: Catalog) -> None:
 
 async def test_job_lifecycle(catalog: Catalog) -> None:
     job = await catalog.create_job(job_record())
-    claimed = await catalog.claim_job(job.id, attempt=1, worker="w1")
+    claimed = await catalog.claim_job(job.id, worker="w1")
     assert claimed is not None
     assert (claimed.status, claimed.attempts, claimed.worker) == (JobStatus.running, 1, "w1")
     await catalog.update_job(job.id, progress={"fraction": 0.5, "stage": "export", "message": "half"})
     assert (await catalog.get_job(job.id)).progress.fraction == 0.5
-    assert await catalog.claim_job(job.id, attempt=2, worker="w2") is not None  # a retry may take it over
+    assert await catalog.claim_job(job.id, worker="w2") is not None  # a retry may take it over
     assert await catalog.finish_job(job.id, JobStatus.succeeded, result={"rows": 3})
     assert not await catalog.finish_job(job.id, JobStatus.failed, error={"code": "x", "detail": "late"})
     done = await catalog.get_job(job.id)
     assert (done.status, done.result, done.error, done.attempts) == (JobStatus.succeeded, {"rows": 3}, None, 2)
-    assert await catalog.claim_job(job.id, attempt=3, worker="w3") is None
+    assert await catalog.claim_job(job.id, worker="w3") is None
     await catalog.update_job(job.id, progress={"fraction": 0.1, "stage": "late", "message": ""})
     assert (await catalog.get_job(job.id)).progress.stage == "done"
 
@@ -156,15 +156,15 @@ async def test_cancel_queued_and_running_jobs(catalog: Catalog) -> None:
     queued = await catalog.create_job(job_record())
     assert (await catalog.request_cancel(queued.id)).status == JobStatus.cancelled
     running = await catalog.create_job(job_record())
-    await catalog.claim_job(running.id, attempt=1, worker="w")
+    await catalog.claim_job(running.id, worker="w")
     asked = await catalog.request_cancel(running.id)
     assert (asked.status, asked.cancel_requested) == (JobStatus.running, True)
-    assert await catalog.claim_job(running.id, attempt=2, worker="w") is None
+    assert await catalog.claim_job(running.id, worker="w") is None
 
 
 async def test_concurrent_job_updates_lose_nothing(catalog: Catalog) -> None:
     job = await catalog.create_job(job_record())
-    await catalog.claim_job(job.id, attempt=1, worker="w")
+    await catalog.claim_job(job.id, worker="w")
     await asyncio.gather(catalog.request_cancel(job.id),
                          *(catalog.update_job(job.id, heartbeat_at=utcnow()) for _ in range(10)))
     assert (await catalog.get_job(job.id)).cancel_requested
@@ -177,7 +177,7 @@ async def test_list_jobs_newest_first_with_filters(catalog: Catalog) -> None:
         ids.append((await catalog.create_job(job_record(owner=owner, created_at=now - timedelta(minutes=age)))).id)
     items, total = await catalog.list_jobs(owner="alice", status=None, kind=None, offset=0, limit=10)
     assert ([j.id for j in items], total) == ([ids[2], ids[0]], 2)
-    await catalog.claim_job(ids[1], attempt=1, worker="w")
+    await catalog.claim_job(ids[1], worker="w")
     assert [j.id for j in await catalog.jobs_with_status([JobStatus.running])] == [ids[1]]
 
 
@@ -238,3 +238,9 @@ async def test_concurrent_commits_get_distinct_numbers(catalog: Catalog) -> None
     assert sorted(v.number for v in versions) == [1, 2, 3, 4, 5]
     latest = (await catalog.list_versions(dataset.id))[-1]
     assert len(latest.segments) == 5
+
+
+async def test_creating_a_job_twice_by_id_keeps_the_first(catalog: Catalog) -> None:
+    first = await catalog.create_job(job_record(params={"n": 1}))
+    again = await catalog.create_job(job_record(id=first.id, params={"n": 2}))
+    assert again.params == {"n": 1}

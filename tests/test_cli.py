@@ -56,7 +56,8 @@ def test_dataset_upload_export_job_commands(run, tmp_path: Path, unique_name: st
     assert exported["id"] in [j["id"] for j in jobs["items"]]
     assert json.loads(run("jobs", "show", exported["id"], "--json"))["status"] == "succeeded"
     human = run("datasets", "show", unique_name)
-    assert "VERSION" in human and unique_name in human
+    assert "VERSION" in human
+    assert unique_name in human
 
 
 def test_cli_errors_are_one_line_and_exit_1(run, unique_name: str) -> None:

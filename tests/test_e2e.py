@@ -112,10 +112,10 @@ def s3_endpoint() -> Iterator[str]:
 
 def test_distributed_ingest_survives_a_killed_worker(tmp_path: Path, redis_url: str, s3_endpoint: str,
                                                      processes: Processes) -> None:
-    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    boto3.client("s3", endpoint_url=s3_endpoint, **{
-        "aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1",
-    }).create_bucket(Bucket="tuplehub")
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1"}
+    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket="tuplehub")
     catalog_url = os.environ.get("TUPLEHUB_TEST_MONGODB_URL", "").rstrip("/")
     catalog_url = f"{catalog_url}/tuplehub_e2e_{os.getpid()}" if catalog_url else f"sqlite:///{tmp_path}/catalog.db"
     env = {**os.environ, **credentials,

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from tuplehub.storage.blocks import zone_map
 from tuplehub.storage.errors import InvalidFilter
 from tuplehub.storage.filters import F, Filter, FilterNode, compile_filter
-from tuplehub.storage.filters.fields import FieldRef, Scope, resolve
+from tuplehub.storage.filters.fields import FieldRef, Kind, Scope, resolve
 from tuplehub.storage.filters.language import MAX_DEPTH, And, Between, Compare, Exists, In, Not, Or, field_paths
 from tuplehub.storage.filters.prune import Constraint, may_match, narrowing
 from tuplehub.storage.models import EpisodeRecord
@@ -596,7 +596,7 @@ def random_episodes(seed: int, count: int = 40) -> list[EpisodeRecord]:
     return records
 
 
-EPISODE_PATHS: dict[str, pa.DataType | None] = {"metadata.policy": None, "metadata.score": None}
+EPISODE_PATHS: dict[str, Kind | None] = {"metadata.policy": "string", "metadata.score": "number"}
 EPISODE_RECORDS = random_episodes(seed=3)
 FIRST_INDEX = 50
 
@@ -646,7 +646,7 @@ def test_in_on_a_metadata_key_no_episode_has_keeps_nothing() -> None:
     records = [episode_record("seg", i) for i in range(3)]
     for node in (F.metadata.policy == "expert", F.metadata.policy.isin(["expert"])):
         compiled = compile_filter(node, "episode", TUPLE_SCHEMA)
-        table = episode_table(records, 0, {"metadata.policy": compiled.literal_types.get("metadata.policy")})
+        table = episode_table(records, 0, {"metadata.policy": compiled.metadata_kinds.get("metadata.policy")})
         assert len(compiled.apply(table)) == 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +26,7 @@ from tuplehub.storage.models import (
 )
 from tuplehub.storage.objects import open_object_store
 from tuplehub.storage.queue import Queue
-from tuplehub.workers.context import WorkerContext
+from tuplehub.workers.context import JobRun, WorkerContext
 from tuplehub.workers.jobs import ingest as ingest_module
 from tuplehub.workers.jobs.export import export
 from tuplehub.workers.jobs.ingest import ingest
@@ -108,7 +109,7 @@ async def test_interrupted_ingest_retries_without_duplicates(ctx: WorkerContext)
     assert (await ctx["catalog"].get_job(job.id)).status == JobStatus.running
     assert await ctx["catalog"].list_versions(job.params["dataset_id"]) == []  # nothing visible yet
 
-    await ingest({**ctx, "job_try": 2}, job.id)
+    await ingest(ctx, job.id)
     done = await ctx["catalog"].get_job(job.id)
     assert (done.status, done.attempts) == (JobStatus.succeeded, 2)
     [version] = await ctx["catalog"].list_versions(job.params["dataset_id"])
@@ -116,19 +117,49 @@ async def test_interrupted_ingest_retries_without_duplicates(ctx: WorkerContext)
     assert sum(block.rows for block in blocks) == len(arrays["reward"])
     assert len(await ctx["catalog"].list_episodes(version.segments[0].id)) == 10
 
-    await ingest({**ctx, "job_try": 3}, job.id)  # a late duplicate delivery changes nothing
+    await ingest(ctx, job.id)  # a late duplicate delivery changes nothing
     assert len(await ctx["catalog"].list_versions(job.params["dataset_id"])) == 1
+    assert await sweep_segments(ctx) == 1  # the interrupted attempt's own segment
+    assert await ctx["catalog"].list_segments() == {version.segments[0].id}
 
 
 async def test_ingest_gives_up_after_its_tries(ctx: WorkerContext) -> None:
     job = await stage_ingest(ctx, episode_arrays(episodes=2, length=30))
+    await ctx["catalog"].update_job(job.id, attempts=ctx["settings"].job_max_tries - 1)
     flaky = Interrupting(ctx["catalog"], after=1, action="fail")
-    last = ctx["settings"].job_max_tries
-    await ingest({**ctx, "catalog": flaky, "job_try": last}, job.id)
+    await ingest({**ctx, "catalog": flaky}, job.id)
     failed = await ctx["catalog"].get_job(job.id)
     assert (failed.status, failed.error.code, failed.error.detail) == (
         JobStatus.failed, "store-unavailable", "catalog went away")
     assert await ctx["catalog"].list_segments() == set()
+    assert not ctx["objects"].exists((await ctx["catalog"].get_upload(job.params["upload_id"])).object_key)
+
+
+async def test_a_job_whose_worker_keeps_dying_fails(ctx: WorkerContext) -> None:
+    """Each claim counts, even when no attempt got far enough to record a failure."""
+    job = await stage_ingest(ctx, episode_arrays(episodes=2, length=30))
+    for _ in range(ctx["settings"].job_max_tries):
+        await ctx["catalog"].claim_job(job.id, worker="killed")  # each of these workers died mid-job
+    await ingest(ctx, job.id)
+    failed = await ctx["catalog"].get_job(job.id)
+    assert (failed.status, failed.error.code) == (JobStatus.failed, "max-attempts")
+
+
+async def test_two_live_attempts_never_damage_the_committed_version(ctx: WorkerContext) -> None:
+    """A worker thought dead (a stale heartbeat) may still be running when the job is re-run."""
+    arrays = episode_arrays(episodes=8, length=60)
+    job = await stage_ingest(ctx, arrays)
+    first = await ctx["catalog"].claim_job(job.id, worker="slow")
+    second = await ctx["catalog"].claim_job(job.id, worker="fresh")
+    results = await asyncio.gather(ingest_module._ingest(JobRun(ctx, first)),
+                                   ingest_module._ingest(JobRun(ctx, second)), return_exceptions=True)
+    assert any(isinstance(result, dict) for result in results), results
+    [version] = await ctx["catalog"].list_versions(job.params["dataset_id"])
+    await ctx["catalog"].finish_job(job.id, JobStatus.succeeded, result={})
+    await sweep_segments(ctx)
+    assert await ctx["catalog"].list_segments() == {version.segments[0].id}
+    blocks = await ctx["catalog"].list_blocks(version.segments[0].id)
+    assert sum(block.rows for block in blocks) == len(arrays["reward"])
 
 
 async def test_export_job_writes_exactly_the_selected_rows(ctx: WorkerContext) -> None:
@@ -152,11 +183,11 @@ async def test_requeue_finds_lost_and_abandoned_jobs(ctx: WorkerContext) -> None
     catalog, queue = ctx["catalog"], ctx["queue"]
     lost = await catalog.create_job(JobRecord(kind=JobKind.export, owner="local"))
     abandoned = await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="local"))
-    await catalog.claim_job(abandoned.id, attempt=1, worker="dead")
+    await catalog.claim_job(abandoned.id, worker="dead")
     await catalog.update_job(abandoned.id, heartbeat_at=utcnow() - timedelta(hours=1))
     await queue.pool.set(f"arq:in-progress:{abandoned.id}", b"1")
     alive = await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="local"))
-    await catalog.claim_job(alive.id, attempt=1, worker="alive")
+    await catalog.claim_job(alive.id, worker="alive")
     await queue.pool.set(f"arq:in-progress:{alive.id}", b"1")
 
     assert await requeue_lost_jobs(ctx) == 2
@@ -173,7 +204,7 @@ async def test_expired_uploads_are_aborted(ctx: WorkerContext) -> None:
     await ctx["catalog"].create_upload(upload)
     assert await expire_uploads(ctx) == 1
     assert (await ctx["catalog"].get_upload(upload.id)).status == UploadStatus.expired
-    assert not list(Path(ctx["objects"].path("uploads")).iterdir())
+    assert not ctx["objects"].exists(upload.object_key + ".partial")
 
 
 async def test_sweep_removes_only_dead_segments(ctx: WorkerContext) -> None:
@@ -185,7 +216,25 @@ async def test_sweep_removes_only_dead_segments(ctx: WorkerContext) -> None:
     await catalog.finish_job(failed.id, JobStatus.failed, error={"code": "x", "detail": "y"})
     from .factories import episode_record
 
-    for segment in (running.id, failed.id, "orphan0"):
+    for segment in (f"{running.id}x1", f"{failed.id}x1", f"{committed.id}x9", "orphan"):
         await catalog.put_episodes([episode_record(segment, 0)])
-    assert await sweep_segments(ctx) == 2
-    assert await catalog.list_segments() == {committed.id, running.id}
+    assert await sweep_segments(ctx) == 3
+    assert await catalog.list_segments() == {f"{committed.id}x1", f"{running.id}x1"}
+
+
+async def test_an_ingest_cancelled_before_it_started_frees_its_upload(ctx: WorkerContext) -> None:
+    job = await stage_ingest(ctx, episode_arrays(episodes=2))
+    upload = await ctx["catalog"].get_upload(job.params["upload_id"])
+    assert (await ctx["catalog"].request_cancel(job.id)).status == JobStatus.cancelled
+    await ingest(ctx, job.id)  # the queue still delivers it
+    assert not ctx["objects"].exists(upload.object_key)
+
+
+async def test_block_files_without_rows_are_swept(ctx: WorkerContext) -> None:
+    """An ingest killed between writing a block file and its row leaves only the file."""
+    from .factories import block_record
+
+    await asyncio.to_thread(ctx["catalog"]._write_block, block_record("deadbeefx1", 0))
+    assert await ctx["catalog"].list_segments() == {"deadbeefx1"}
+    assert await sweep_segments(ctx) == 1
+    assert await ctx["catalog"].list_segments() == set()

@@ -17,7 +17,7 @@ from typing import Any, TypedDict
 from arq import Retry
 
 from tuplehub.storage.catalog import Catalog
-from tuplehub.storage.errors import JobCancelled, NotFound, StoreUnavailable, TuplehubError
+from tuplehub.storage.errors import JobCancelled, NotFound, TuplehubError, is_unavailable
 from tuplehub.storage.models import JobRecord, JobStatus, utcnow
 from tuplehub.storage.objects import ObjectStore
 from tuplehub.storage.queue import Queue
@@ -25,11 +25,8 @@ from tuplehub.storage.settings import Settings
 
 logger = logging.getLogger("tuplehub.workers")
 
-TRANSIENT = (StoreUnavailable, ConnectionError, TimeoutError)
-
-
 class WorkerContext(TypedDict, total=False):
-    """Filled by ``on_startup``; Arq adds ``job_id`` and ``job_try`` for each job."""
+    """Filled by ``on_startup``; Arq adds ``job_id`` and ``job_try`` (unused: the catalog counts attempts)."""
 
     settings: Settings
     catalog: Catalog
@@ -66,49 +63,41 @@ Cleanup = Callable[[JobRun], Awaitable[None]]
 
 async def run_job(ctx: WorkerContext, job_id: str, body: Body, *, timeout_s: float,
                   cleanup: Cleanup | None = None) -> None:
-    """Run ``body`` for the catalog job ``job_id`` and record how it ended."""
-    catalog = ctx["catalog"]
-    attempt = ctx.get("job_try", 1)
+    """Run ``body`` for the catalog job ``job_id`` and record how it ended.
+
+    Attempts are counted in the catalog (each claim adds one), so a job whose worker keeps dying
+    (killed for memory, say) fails after ``job_max_tries`` claims instead of looping for ever.
+    """
+    catalog, settings = ctx["catalog"], ctx["settings"]
     try:
-        job = await catalog.claim_job(job_id, attempt=attempt, worker=ctx["worker_id"])
+        job = await catalog.claim_job(job_id, worker=ctx["worker_id"])
     except NotFound:
         logger.warning("job %s is not in the catalog; dropping it", job_id)
         return
-    if job is None:
-        if (await catalog.get_job(job_id)).cancel_requested:
+    if job is None:  # finished, or cancelled before this attempt could start
+        current = await catalog.get_job(job_id)
+        if current.status == JobStatus.cancelled or current.cancel_requested:
+            await _cleanup(cleanup, JobRun(ctx, current))
             await catalog.finish_job(job_id, JobStatus.cancelled)
-        return  # finished, or cancelled before it started
+        return
     run = JobRun(ctx, job)
-    every_s = ctx["settings"].heartbeat_s
+    if job.attempts > settings.job_max_tries:
+        await _cleanup(cleanup, run)
+        await catalog.finish_job(job_id, JobStatus.failed, error={
+            "code": "max-attempts", "attempts": job.attempts - 1,
+            "detail": f"gave up after {job.attempts - 1} attempts; the last did not finish (its worker stopped)"})
+        return
+    every_s = settings.heartbeat_s
     heartbeat = asyncio.create_task(_beat(catalog, job_id, every_s, beats=int(timeout_s / every_s) + 1))
+    deadline = asyncio.timeout(timeout_s)
     try:
-        async with asyncio.timeout(timeout_s):
+        async with deadline:
             result = await body(run)
     except JobCancelled:
         await _cleanup(cleanup, run)
         await catalog.finish_job(job_id, JobStatus.cancelled)
-    except TimeoutError:
-        await _cleanup(cleanup, run)
-        await catalog.finish_job(job_id, JobStatus.failed, error={
-            "code": "timeout", "detail": f"the {job.kind} job ran longer than its limit of {timeout_s:.0f} s"})
-    except TRANSIENT as exc:
-        max_tries = ctx["settings"].job_max_tries
-        if attempt < max_tries:
-            delay = min(300, 2 ** attempt)
-            logger.warning("job %s attempt %d: %s; retrying in %d s", job_id, attempt, exc, delay)
-            await catalog.update_job(job_id, progress={**job.progress.model_dump(), "stage": "retrying",
-                                                       "message": str(exc)[:500]})
-            raise Retry(defer=timedelta(seconds=delay)) from exc
-        await _cleanup(cleanup, run)
-        await catalog.finish_job(job_id, JobStatus.failed, error=_error(exc, attempts=attempt))
-    except TuplehubError as exc:
-        await _cleanup(cleanup, run)
-        await catalog.finish_job(job_id, JobStatus.failed, error=_error(exc))
     except Exception as exc:
-        logger.exception("job %s failed unexpectedly", job_id)
-        await _cleanup(cleanup, run)
-        await catalog.finish_job(job_id, JobStatus.failed, error={
-            "code": "internal", "detail": f"{type(exc).__name__}: {exc}"[:2000]})
+        await _failed(run, exc, timed_out=deadline.expired(), timeout_s=timeout_s, cleanup=cleanup)
     else:
         await catalog.finish_job(job_id, JobStatus.succeeded, result=result)
     finally:
@@ -117,10 +106,27 @@ async def run_job(ctx: WorkerContext, job_id: str, body: Body, *, timeout_s: flo
             await heartbeat
 
 
-def _error(exc: Exception, **extra: Any) -> dict[str, Any]:
-    if isinstance(exc, TuplehubError):
-        return {**exc.to_dict(), **extra}
-    return {"code": "store-unavailable", "detail": str(exc)[:2000], **extra}
+async def _failed(run: JobRun, exc: Exception, *, timed_out: bool, timeout_s: float,
+                  cleanup: Cleanup | None) -> None:
+    """Retry what a backend outage caused; record everything else as the job's error."""
+    job, catalog = run.job, run.catalog
+    if timed_out:
+        error = {"code": "timeout", "detail": f"the {job.kind} job ran longer than its limit of {timeout_s:.0f} s"}
+    elif is_unavailable(exc):
+        if job.attempts < run.settings.job_max_tries:
+            delay = min(300, 2 ** job.attempts)
+            logger.warning("job %s attempt %d: %s; retrying in %d s", job.id, job.attempts, exc, delay)
+            await catalog.update_job(job.id, progress={**job.progress.model_dump(), "stage": "retrying",
+                                                       "message": str(exc)[:500]})
+            raise Retry(defer=timedelta(seconds=delay)) from exc
+        error = {"code": "store-unavailable", "detail": str(exc)[:2000], "attempts": job.attempts}
+    elif isinstance(exc, TuplehubError):
+        error = exc.to_dict()
+    else:
+        logger.exception("job %s failed unexpectedly", job.id)
+        error = {"code": "internal", "detail": f"{type(exc).__name__}: {exc}"[:2000]}
+    await _cleanup(cleanup, run)
+    await catalog.finish_job(job.id, JobStatus.failed, error=error)
 
 
 async def _cleanup(cleanup: Cleanup | None, run: JobRun) -> None:
@@ -129,7 +135,7 @@ async def _cleanup(cleanup: Cleanup | None, run: JobRun) -> None:
     try:
         await cleanup(run)
     except Exception:
-        logger.exception("cleanup after job %s failed; the sweeper will retry it", run.job.id)
+        logger.exception("cleanup after job %s failed; the periodic sweep removes what it left", run.job.id)
 
 
 async def _beat(catalog: Catalog, job_id: str, every_s: float, beats: int) -> None:

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from tuplehub.storage.errors import NotFound
 from tuplehub.storage.models import JobStatus, UploadStatus, utcnow
+from tuplehub.storage.versions import job_of_segment
 from tuplehub.workers.context import WorkerContext
 
 logger = logging.getLogger("tuplehub.workers")
@@ -38,28 +39,42 @@ async def requeue_lost_jobs(ctx: WorkerContext) -> int:
 
 
 async def expire_uploads(ctx: WorkerContext) -> int:
-    """Abort upload sessions left open past their expiry and free their parts."""
+    """Free the bytes of upload sessions past their expiry.
+
+    Open sessions are aborted. A completed session's file is normally deleted by its ingest job;
+    one whose job ended without doing so (its worker died at the wrong moment) is deleted here.
+    """
     catalog, objects = ctx["catalog"], ctx["objects"]
     expired = 0
     for upload in await catalog.list_uploads(UploadStatus.open, expires_before=utcnow()):
         if await catalog.transition_upload(upload.id, UploadStatus.open, UploadStatus.expired):
             await asyncio.to_thread(objects.abort_multipart, upload.object_key, upload.multipart_id)
             expired += 1
+    for upload in await catalog.list_uploads(UploadStatus.completed, expires_before=utcnow()):
+        try:
+            finished = (await catalog.get_job(upload.job_id or "")).status.finished
+        except NotFound:
+            finished = True
+        if finished and await catalog.transition_upload(upload.id, UploadStatus.completed, UploadStatus.expired):
+            await asyncio.to_thread(objects.delete, upload.object_key)
+            expired += 1
     return expired
 
 
 async def sweep_segments(ctx: WorkerContext) -> int:
-    """Delete segments of ingests that ended without committing a version."""
+    """Delete segments no version uses, once the ingest that wrote them has ended."""
     catalog = ctx["catalog"]
     swept = 0
     for segment in await catalog.list_segments():
+        job_id = job_of_segment(segment)
         try:
-            job = await catalog.get_job(segment)
+            job = await catalog.get_job(job_id)
         except NotFound:
             job = None
         if job is not None and not job.status.finished:
             continue
-        if await catalog.find_version_by_job(segment) is None:
+        committed = await catalog.find_version_by_job(job_id)
+        if committed is None or segment not in {s.id for s in committed.segments}:
             await catalog.delete_segment(segment)
             swept += 1
     return swept

@@ -25,8 +25,10 @@ from tuplehub.workers.recovery import maintain
 
 # Seconds between queue polls: the latency a client sees between "complete upload" and "running".
 POLL_DELAY_S = 0.05
-# Arq's own timeout backs up run_job's, which records the failure in the catalog first.
+# Arq's own limits back up run_job's, which record the outcome in the catalog first: the catalog
+# counts attempts (Arq forgets its count when a job is re-enqueued) and enforces the deadline.
 ARQ_TIMEOUT_MARGIN_S = 60
+ARQ_EXTRA_TRIES = 5
 
 
 def _every(seconds: int) -> dict[str, Any]:
@@ -57,9 +59,9 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
     return Worker(
         functions=[
             func(ingest, name="ingest", timeout=settings.ingest_timeout_s + ARQ_TIMEOUT_MARGIN_S,
-                 max_tries=settings.job_max_tries),
+                 max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES),
             func(export, name="export", timeout=settings.export_timeout_s + ARQ_TIMEOUT_MARGIN_S,
-                 max_tries=settings.job_max_tries),
+                 max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES),
         ],
         cron_jobs=[cron(maintain, name="maintain", **_every(settings.requeue_every_s), timeout=300)],
         redis_settings=redis_settings(redis_url),
@@ -71,7 +73,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         max_jobs=settings.max_concurrent_jobs,
         poll_delay=POLL_DELAY_S,
         keep_result=0,
-        max_tries=settings.job_max_tries,
+        max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES,
     )
 
 

@@ -38,7 +38,8 @@ async def create_export(name: str, body: ExportCreate, caller: Caller, catalog: 
     dataset = await catalog.get_dataset(name)
     version = await versions.get_version(catalog, dataset, body.version)
     check_export(version, body)
-    job = JobRecord(kind=JobKind.export, owner=caller.id, dedup_key=dedup_key(dataset.id, version.number, body))
+    job = JobRecord(kind=JobKind.export, owner=caller.id,
+                    dedup_key=dedup_key(dataset.id, version.number, body, caller.id))
     job.params = {"dataset_id": dataset.id, "dataset": dataset.name, "version": version.number,
                   "request": body.model_dump(mode="json"),
                   "object_key": f"exports/{job.id}.{body.format.value}"}
@@ -80,37 +81,45 @@ async def download_export(job_id: str, request: Request, caller: Caller, catalog
     job = await _finished_export(catalog, job_id, caller.id)
     key, fmt = job.result["object_key"], job.result["format"]
     size = await asyncio.to_thread(objects.size, key)
-    start, end = _byte_range(request.headers.get("range"), size)
+    byte_range = _byte_range(request.headers.get("range"), size)
+    start, end = byte_range or (0, size)
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start),
                "Content-Disposition": f'attachment; filename="{job_id}.{fmt}"'}
-    status = 200
-    if request.headers.get("range"):
-        status = 206
+    if byte_range is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    return StreamingResponse(_chunks(objects, key, start, end), status_code=status, headers=headers,
-                             media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"))
+    return StreamingResponse(_chunks(objects, key, start, end), status_code=206 if byte_range else 200,
+                             headers=headers, media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"))
 
 
-def _byte_range(header: str | None, size: int) -> tuple[int, int]:
-    """``[start, end)`` of a single-range header; a range past the end is a 416."""
-    if not header:
-        return 0, size
-    match = _RANGE.match(header.strip())
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``[start, end)`` of a single satisfiable range, as RFC 9110 reads it.
+
+    No header, several ranges or a malformed one mean "the whole file" (the header is ignored);
+    a well-formed range that lies outside the file is a 416.
+    """
+    match = _RANGE.match(header.strip()) if header else None
     if match is None or match.group(1) == match.group(2) == "":
-        raise RangeNotSatisfiable(f"unsupported Range header {header!r}; use one 'bytes=start-end' range",
-                                  size=size)
+        return None
     first, last = match.groups()
-    if first == "":
+    if first == "":  # the last N bytes
         start, end = max(0, size - int(last)), size
-    else:
-        start, end = int(first), min(size, int(last) + 1) if last else size
-    if start >= size or start >= end:
-        raise RangeNotSatisfiable(f"range {header!r} lies outside the {size}-byte file", size=size)
-    return start, end
+        if int(last) == 0 or size == 0:
+            raise RangeNotSatisfiable(f"range {header!r} selects no byte of the {size}-byte file", size=size)
+        return start, end
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable(f"range {header!r} starts past the end of the {size}-byte file", size=size)
+    return start, min(size, int(last) + 1) if last else size
 
 
 class RangeNotSatisfiable(InvalidRequest):
     code, status = "range-not-satisfiable", 416
+
+    def __init__(self, detail: str, *, size: int) -> None:
+        super().__init__(detail, size=size)
+        self.headers = {"Content-Range": f"bytes */{size}"}
 
 
 def _chunks(objects: ObjectStore, key: str, start: int, end: int) -> Iterator[bytes]:

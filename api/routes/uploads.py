@@ -32,6 +32,7 @@ from tuplehub.storage.models import (
     utcnow,
 )
 from tuplehub.storage.objects import S3_MIN_PART, ObjectStore
+from tuplehub.storage.queue import Queue
 
 router = APIRouter(tags=["uploads"])
 # Bytes gathered from the request stream before one write: few thread hops, bounded memory.
@@ -131,21 +132,44 @@ async def put_part(upload_id: str, number: int, request: Request, caller: Caller
 @router.post("/uploads/{upload_id}/complete", status_code=202, responses=problems(NotFound, Conflict, InvalidRequest))
 async def complete_upload(upload_id: str, body: UploadComplete, caller: Caller, catalog: CatalogDep,
                           objects: ObjectsDep, queue: QueueDep) -> JobRead:
-    """Assemble the parts and start the ``ingest`` job that turns them into a new version."""
+    """Assemble the parts and start the ``ingest`` job that turns them into a new version.
+
+    Safe to repeat: completing a completed session answers with its job again, so a client whose
+    connection dropped can simply retry.
+    """
+    upload = await catalog.get_upload(upload_id)
+    if upload.owner == caller.id and upload.status == UploadStatus.completed and upload.job_id:
+        return JobRead.from_record(await _ingest_job(catalog, queue, upload))
     upload = await _open_upload(catalog, upload_id, caller.id)
     parts = [(part.number, part.etag) for part in sorted(body.parts, key=lambda p: p.number)]
     await asyncio.to_thread(objects.complete_multipart, upload.object_key, upload.multipart_id, parts,
                             upload.part_size)
-    job = JobRecord(kind=JobKind.ingest, owner=caller.id, params={
-        "upload_id": upload.id, "dataset_id": upload.dataset_id, "dataset": upload.dataset, "mode": upload.mode})
-    job = await catalog.create_job(job)
-    metadata = {**upload.episode_metadata, **body.episode_metadata}
-    if not await catalog.transition_upload(upload.id, UploadStatus.open, UploadStatus.completed, job_id=job.id,
-                                           episode_metadata=metadata):
-        await catalog.finish_job(job.id, JobStatus.cancelled)
-        raise Conflict(f"upload {upload_id} was completed or aborted meanwhile", upload=upload_id)
-    await queue.enqueue(job)
-    return JobRead.from_record(job)
+    completed = upload.model_copy(update={
+        "status": UploadStatus.completed, "job_id": new_id(),
+        "episode_metadata": {**upload.episode_metadata, **body.episode_metadata}})
+    if not await catalog.transition_upload(upload.id, UploadStatus.open, UploadStatus.completed,
+                                           job_id=completed.job_id, episode_metadata=completed.episode_metadata):
+        completed = await catalog.get_upload(upload.id)  # a concurrent complete won: answer with its job
+        if completed.status != UploadStatus.completed or completed.job_id is None:
+            raise Conflict(f"upload {upload_id} was aborted meanwhile", upload=upload_id)
+    return JobRead.from_record(await _ingest_job(catalog, queue, completed))
+
+
+async def _ingest_job(catalog: Catalog, queue: Queue, upload: UploadRecord) -> JobRecord:
+    """The ingest job of a completed upload; created and enqueued here if an earlier call died first.
+
+    The session records the job id before the job exists, so whichever call gets here creates the
+    same job (creating a job is idempotent by id, and so is enqueuing it).
+    """
+    try:
+        job = await catalog.get_job(upload.job_id or "")
+    except NotFound:
+        job = await catalog.create_job(JobRecord(id=upload.job_id, kind=JobKind.ingest, owner=upload.owner, params={
+            "upload_id": upload.id, "dataset_id": upload.dataset_id, "dataset": upload.dataset,
+            "mode": upload.mode}))
+    if job.status == JobStatus.queued:
+        await queue.enqueue(job)
+    return job
 
 
 @router.delete("/uploads/{upload_id}", status_code=204, responses=problems(NotFound, Conflict))

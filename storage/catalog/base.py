@@ -90,7 +90,7 @@ class Catalog(Protocol):
 
     # --- jobs -----------------------------------------------------------------------------------
     async def create_job(self, record: JobRecord) -> JobRecord:
-        """Store a job; with a ``dedup_key``, return the live job holding that key instead."""
+        """Store a job; return the stored one instead if its id exists or a live job holds its ``dedup_key``."""
 
     async def get_job(self, job_id: str) -> JobRecord:
         """The job, or :class:`NotFound`."""
@@ -101,8 +101,8 @@ class Catalog(Protocol):
 
     async def jobs_with_status(self, statuses: Sequence[JobStatus]) -> list[JobRecord]: ...
 
-    async def claim_job(self, job_id: str, *, attempt: int, worker: str) -> JobRecord | None:
-        """Mark a queued or running job as running for this attempt; None if finished or cancelled."""
+    async def claim_job(self, job_id: str, *, worker: str) -> JobRecord | None:
+        """Start the job's next attempt (``attempts`` + 1); None if it finished or was cancelled."""
 
     async def update_job(self, job_id: str, **fields: Any) -> None:
         """Set fields of a job that has not finished (progress, heartbeat)."""

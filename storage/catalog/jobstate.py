@@ -15,11 +15,12 @@ def update(job: JobRecord, fields: dict[str, Any]) -> JobRecord | None:
     return None if job.status.finished else JobRecord.model_validate({**job.model_dump(), **fields})
 
 
-def claim(job: JobRecord, *, attempt: int, worker: str) -> JobRecord | None:
+def claim(job: JobRecord, *, worker: str) -> JobRecord | None:
+    """Start the next attempt; the count only grows, whatever the queue's own retry counter says."""
     if job.status not in (JobStatus.queued, JobStatus.running) or job.cancel_requested:
         return None
     now = utcnow()
-    return job.model_copy(update={"status": JobStatus.running, "attempts": attempt, "worker": worker,
+    return job.model_copy(update={"status": JobStatus.running, "attempts": job.attempts + 1, "worker": worker,
                                   "started_at": job.started_at or now, "heartbeat_at": now})
 
 

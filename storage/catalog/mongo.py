@@ -166,10 +166,13 @@ class MongoCatalog:
     async def find_shared_episode_id(self, segment: str, others: Sequence[str]) -> int | str | None:
         if not others:
             return None
-        keys = await self.db.episodes.distinct("episode_key", {"segment": segment})
-        for start in range(0, len(keys), _ID_CHUNK):
+        # Page through the segment by index (a distinct() over it could pass the 16 MB result cap).
+        count = await self.db.episodes.count_documents({"segment": segment})
+        for start in range(0, count, _ID_CHUNK):
+            docs = await self.db.episodes.find({"segment": segment, "index": {"$gte": start, "$lt": start + _ID_CHUNK}},
+                                               {"episode_key": 1}).to_list(None)
             doc = await self.db.episodes.find_one({"segment": {"$in": list(others)},
-                                                   "episode_key": {"$in": keys[start:start + _ID_CHUNK]}})
+                                                   "episode_key": {"$in": [d["episode_key"] for d in docs]}})
             if doc is not None:
                 return doc["episode_id"]
         return None
@@ -207,9 +210,10 @@ class MongoCatalog:
         try:
             await self.db.jobs.insert_one(_job_doc(record, 0))
         except Exception as exc:
-            if not _is_duplicate(exc) or record.dedup_key is None:
+            if not _is_duplicate(exc):
                 raise
-            existing = await self.db.jobs.find_one({"dedup_key": record.dedup_key})
+            query = [{"_id": record.id}] + ([{"dedup_key": record.dedup_key}] if record.dedup_key else [])
+            existing = await self.db.jobs.find_one({"$or": query})
             if existing is None:  # the holder finished unsuccessfully in between; try once more
                 await self.db.jobs.insert_one(_job_doc(record, 0))
                 return record
@@ -252,8 +256,8 @@ class MongoCatalog:
                 return updated
         raise StoreUnavailable(f"job {job_id} is changing too fast to update")
 
-    async def claim_job(self, job_id: str, *, attempt: int, worker: str) -> JobRecord | None:
-        return await self._modify_job(job_id, lambda job: claim(job, attempt=attempt, worker=worker))
+    async def claim_job(self, job_id: str, *, worker: str) -> JobRecord | None:
+        return await self._modify_job(job_id, lambda job: claim(job, worker=worker))
 
     async def update_job(self, job_id: str, **fields: Any) -> None:
         await self._modify_job(job_id, lambda job: update(job, fields))

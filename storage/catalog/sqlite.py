@@ -261,9 +261,12 @@ class SQLiteCatalog:
         await asyncio.to_thread(shutil.rmtree, self._block_file(segment, 0).parent, True)
 
     async def list_segments(self) -> set[str]:
+        """Segments with rows, and with block files only (an ingest that died between the two)."""
         rows = await self._run(lambda c: c.execute(
             "SELECT DISTINCT segment FROM blocks UNION SELECT DISTINCT segment FROM episodes").fetchall())
-        return {segment for (segment,) in rows}
+        folders = await asyncio.to_thread(lambda: [p.name for p in self.block_dir.iterdir()]
+                                          if self.block_dir.exists() else [])
+        return {segment for (segment,) in rows} | set(folders)
 
     # --- uploads ------------------------------------------------------------------------------
     async def create_upload(self, record: UploadRecord) -> UploadRecord:
@@ -300,10 +303,10 @@ class SQLiteCatalog:
     # --- jobs ---------------------------------------------------------------------------------
     async def create_job(self, record: JobRecord) -> JobRecord:
         def work(conn: sqlite3.Connection) -> JobRecord:
-            if record.dedup_key is not None:
-                row = conn.execute("SELECT doc FROM jobs WHERE dedup_key = ?", (record.dedup_key,)).fetchone()
-                if row is not None:
-                    return JobRecord.model_validate_json(row[0])
+            row = conn.execute("SELECT doc FROM jobs WHERE id = ? OR dedup_key = ?",
+                               (record.id, record.dedup_key)).fetchone()
+            if row is not None:
+                return JobRecord.model_validate_json(row[0])
             conn.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?)", (
                 record.id, record.owner, record.kind, record.status, record.dedup_key,
                 record.created_at.isoformat(), record.model_dump_json()))
@@ -352,8 +355,8 @@ class SQLiteCatalog:
             return updated
         return await self._run(work, write=True)
 
-    async def claim_job(self, job_id: str, *, attempt: int, worker: str) -> JobRecord | None:
-        return await self._modify_job(job_id, lambda job: claim(job, attempt=attempt, worker=worker))
+    async def claim_job(self, job_id: str, *, worker: str) -> JobRecord | None:
+        return await self._modify_job(job_id, lambda job: claim(job, worker=worker))
 
     async def update_job(self, job_id: str, **fields: Any) -> None:
         await self._modify_job(job_id, lambda job: update(job, fields))

@@ -8,6 +8,7 @@ which this expression is true.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,9 +39,8 @@ class CompiledFilter:
 
     expression: pc.Expression
     fields: list[FieldRef] = field(default_factory=list)
-    literal_types: dict[str, pa.DataType] = field(default_factory=dict)
-    """Type of the values each free-form (metadata) field is compared with: the type to give a
-    column in which no episode has that key, so ``in`` still applies (and matches nothing)."""
+    metadata_kinds: dict[str, Kind] = field(default_factory=dict)
+    """The kind of value each metadata path is compared with (see :func:`metadata_column`)."""
 
     def columns(self, level: str) -> set[str]:
         return {ref.column for ref in self.fields if ref.level == level}
@@ -60,8 +60,34 @@ def compile_filter(node: FilterNode | None, scope: Scope, schema: TupleSchema) -
     if depth(node) > MAX_DEPTH:
         raise InvalidFilter(f"the filter nests deeper than {MAX_DEPTH} levels")
     compiled = CompiledFilter(pc.scalar(True))
-    compiled.expression = _compile(node, scope, schema, compiled)
+    try:
+        compiled.expression = _compile(node, scope, schema, compiled)
+    except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise InvalidFilter(f"the filter's values cannot be compared: {exc}") from exc
     return compiled
+
+
+def metadata_column(values: list[Any], kind: Kind | None) -> pa.Array:
+    """A metadata path's values as the column a filter compares.
+
+    Free-form metadata may hold different types under one key across episodes. A value of another
+    kind than the filter compares it with counts as missing (so ``metadata.month == 3`` simply
+    does not match an episode whose month is ``"March"``); with no comparison (``exists`` only) the
+    column just tells which episodes have the key.
+    """
+    def is_number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    if kind == "number":
+        kept = [v if is_number(v) else None for v in values]
+        as_float = any(isinstance(v, float) or (isinstance(v, int) and abs(v) >= 2**63) for v in kept)
+        return pa.array([float(v) if v is not None and as_float else v for v in kept],
+                        pa.float64() if as_float else pa.int64())
+    if kind == "string":
+        return pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+    if kind == "bool":
+        return pa.array([v if isinstance(v, bool) else None for v in values], pa.bool_())
+    return pa.array([True if v is not None else None for v in values], pa.bool_())
 
 
 def _compile(node: FilterNode, scope: Scope, schema: TupleSchema, out: CompiledFilter) -> pc.Expression:
@@ -79,8 +105,8 @@ def _compile(node: FilterNode, scope: Scope, schema: TupleSchema, out: CompiledF
     literals = [node.value] if isinstance(node, Compare) else [node.low, node.high] \
         if isinstance(node, Between) else list(node.values)  # type: ignore[union-attr]
     _check_kind(ref, node.op, literals)
-    if ref.kind == "any" and literals:
-        out.literal_types.setdefault(ref.column, pa.scalar(literals[0]).type)
+    if ref.kind == "any":
+        _note_metadata_kind(ref, literals, out.metadata_kinds)
     if ref.floating:  # 2**53 + 1 is a fine float bound, but Arrow refuses it as an integer
         literals = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in literals]
     if isinstance(node, Compare):
@@ -93,6 +119,15 @@ def _compile(node: FilterNode, scope: Scope, schema: TupleSchema, out: CompiledF
         # A missing value is unknown, not "not in": keep it null so that `not` stays false too.
         return pc.if_else(value.is_valid(), value.isin(literals), pa.scalar(None, pa.bool_()))
     raise InvalidFilter(f"unknown filter node {node!r}")
+
+
+def _note_metadata_kind(ref: FieldRef, literals: list[Any], kinds: dict[str, Kind]) -> None:
+    """A metadata path is compared with one kind of value throughout a filter."""
+    for value in literals:
+        kind: Kind = "bool" if isinstance(value, bool) else "string" if isinstance(value, str) else "number"
+        if kinds.setdefault(ref.column, kind) != kind:
+            raise InvalidFilter(f"{ref.path} is compared with both {kinds[ref.column]}s and {kind}s; a filter "
+                                "compares one metadata key with one kind of value", field=ref.path)
 
 
 def _field_expression(ref: FieldRef) -> pc.Expression:

@@ -33,7 +33,9 @@ from pydantic import (
     field_validator,
 )
 
-Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+# Integers fit int64 and floats are finite: every value can be compared without overflow.
+Scalar = StrictBool | Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)] \
+    | Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictStr
 
 # root(.key)* with an optional [i] or [i, j] index; keys may hold letters, digits, '_' and '-'.
 FIELD_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)*(\[\s*\d+(\s*,\s*\d+)*\s*\])?")

@@ -23,7 +23,7 @@ from tuplehub.storage.episodes import EpisodeSplitter, EpisodeStats
 from tuplehub.storage.errors import InvalidUpload
 from tuplehub.storage.models import EpisodeRecord, SegmentRef, UploadMode, VersionRecord
 from tuplehub.storage.objects import ObjectStore
-from tuplehub.storage.versions import commit_segment
+from tuplehub.storage.versions import commit_segment, segment_id
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
 
 BATCH_BYTES = 16 * 2**20  # uncompressed bytes per batch read: bounds memory whatever the row width
@@ -120,12 +120,13 @@ async def ingest(ctx: WorkerContext, job_id: str) -> None:
 async def _ingest(run: JobRun) -> dict[str, Any]:
     catalog, params = run.catalog, run.job.params
     upload = await catalog.get_upload(params["upload_id"])
-    segment = run.job.id
     committed = await catalog.find_version_by_job(run.job.id)
     if committed is not None:  # an earlier attempt committed, then died before saying so
         await asyncio.to_thread(run.objects.delete, upload.object_key)
         return _result(upload.dataset, committed, committed.segments[-1])
-    await catalog.delete_segment(segment)  # what an earlier, interrupted attempt left behind
+    # Each attempt writes its own segment: an attempt that a stale heartbeat made look dead may
+    # still be running, and must never overwrite or delete what another attempt commits.
+    segment = segment_id(run.job.id, run.job.attempts)
     reader = UploadReader(run.objects, upload.object_key, segment, upload.episode_metadata)
     steps = reader.steps()
     await run.checkpoint(0.0, "ingest", "reading the upload")
@@ -161,7 +162,9 @@ def _result(dataset: str, version: VersionRecord, segment: SegmentRef) -> dict[s
 
 async def _discard(run: JobRun) -> None:
     """A failed or cancelled ingest leaves the dataset as it was: drop its segment and its bytes."""
-    if await run.catalog.find_version_by_job(run.job.id) is None:
-        await run.catalog.delete_segment(run.job.id)
+    segment = segment_id(run.job.id, run.job.attempts)
+    committed = await run.catalog.find_version_by_job(run.job.id)
+    if committed is None or segment not in {s.id for s in committed.segments}:
+        await run.catalog.delete_segment(segment)
     upload = await run.catalog.get_upload(run.job.params["upload_id"])
     await asyncio.to_thread(run.objects.delete, upload.object_key)
