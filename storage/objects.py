@@ -1,8 +1,8 @@
 """The object store: uploads in flight and export results, by key, on fsspec.
 
 ``file:///path`` keeps objects in a local folder (the embedded default); ``s3://bucket/prefix``
-keeps them in S3 or MinIO through s3fs, with boto3 for what fsspec lacks: presigned URLs and the
-multipart protocol. With S3 the client sends upload parts straight to the store through presigned
+keeps them in S3 or MinIO through s3fs, with botocore (the core of boto3, already under s3fs) for
+what fsspec lacks: presigned URLs and the multipart protocol. With S3 the client sends upload parts straight to the store through presigned
 URLs; with a local folder it streams them through the API, which writes each part at its offset
 in the final file, so completing an upload moves no bytes either way.
 
@@ -212,7 +212,7 @@ class S3ObjectStore(ObjectStore):
 
     def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None, public_endpoint_url: str | None,
                  region: str | None, key: str | None, secret: str | None) -> None:
-        import boto3
+        import botocore.session
         import s3fs
         from botocore.config import Config
 
@@ -220,10 +220,13 @@ class S3ObjectStore(ObjectStore):
                                client_kwargs={"region_name": region} if region else {})
         super().__init__(fs, f"{bucket}/{prefix}".rstrip("/"))
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        session = boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret, region_name=region)
-        config = Config(signature_version="s3v4", s3={"addressing_style": "path"})
-        self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
-        self._signer = session.client("s3", endpoint_url=public_endpoint_url or endpoint_url, config=config)
+        # botocore (what boto3 wraps, and what s3fs already depends on) signs URLs and runs the
+        # multipart protocol; depending on it directly keeps one botocore version to resolve.
+        session = botocore.session.get_session()
+        options = {"region_name": region, "aws_access_key_id": key, "aws_secret_access_key": secret,
+                   "config": Config(signature_version="s3v4", s3={"addressing_style": "path"})}
+        self._client = session.create_client("s3", endpoint_url=endpoint_url, **options)
+        self._signer = session.create_client("s3", endpoint_url=public_endpoint_url or endpoint_url, **options)
 
     def _key(self, key: str) -> str:
         self.path(key)  # validates
