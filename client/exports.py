@@ -140,10 +140,6 @@ def fill_arrays(schema: pa.Schema, batches: Iterator[pa.RecordBatch], rows: int)
     return out
 
 
-def table_to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
-    return fill_arrays(table.schema, iter(table.to_batches()), len(table))
-
-
 def _fill_missing(column: pa.Array) -> pa.Array:
     """Nulls as NaN (floats) or 0: numpy arrays have no nulls."""
     value_type = column.type.value_type if pa.types.is_fixed_size_list(column.type) else column.type

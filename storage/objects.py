@@ -2,9 +2,10 @@
 
 ``file:///path`` keeps objects in a local folder (the embedded default); ``s3://bucket/prefix``
 keeps them in S3 or MinIO through s3fs, with botocore (the core of boto3, already under s3fs) for
-what fsspec lacks: presigned URLs and the multipart protocol. With S3 the client sends upload parts straight to the store through presigned
-URLs; with a local folder it streams them through the API, which writes each part at its offset
-in the final file, so completing an upload moves no bytes either way.
+what fsspec lacks: presigned URLs and the multipart protocol. With S3 the client sends upload
+parts straight to the store through presigned URLs; with a local folder it streams them through
+the API, which writes each part at its offset in the final file, so completing an upload moves
+no bytes either way.
 
 Every method here blocks; async callers wrap them in ``asyncio.to_thread``.
 """

@@ -25,6 +25,11 @@ from tuplehub.storage.settings import Settings
 
 logger = logging.getLogger("tuplehub.workers")
 
+
+class AttemptSuperseded(Exception):
+    """A newer attempt claimed the job (this one's heartbeat went stale): stop, touch nothing shared."""
+
+
 class WorkerContext(TypedDict, total=False):
     """Filled by ``on_startup``; Arq adds ``job_id`` and ``job_try`` (unused: the catalog counts attempts)."""
 
@@ -50,6 +55,8 @@ class JobRun:
     async def checkpoint(self, fraction: float, stage: str, message: str = "") -> None:
         """Record progress; raise :class:`JobCancelled` if someone asked the job to stop."""
         current = await self.catalog.get_job(self.job.id)
+        if current.attempts != self.job.attempts:
+            raise AttemptSuperseded(f"attempt {current.attempts} took over")
         if current.cancel_requested or current.status == JobStatus.cancelled:
             raise JobCancelled("cancelled on request")
         await self.catalog.update_job(self.job.id, progress={
@@ -96,6 +103,8 @@ async def run_job(ctx: WorkerContext, job_id: str, body: Body, *, timeout_s: flo
     except JobCancelled:
         await _cleanup(cleanup, run)
         await catalog.finish_job(job_id, JobStatus.cancelled)
+    except AttemptSuperseded as exc:
+        logger.warning("job %s attempt %d stops: %s", job_id, job.attempts, exc)  # the sweep drops its segment
     except Exception as exc:
         await _failed(run, exc, timed_out=deadline.expired(), timeout_s=timeout_s, cleanup=cleanup)
     else:
