@@ -9,6 +9,7 @@ won the race.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,8 +160,10 @@ async def select_episodes(catalog: Catalog, version: VersionRecord, node: Filter
     out, offset = [], 0
     for segment in version.segments:
         records = await catalog.list_episodes(segment.id, constraints)
-        table = episode_table(records, offset, paths)
-        out.append(SegmentEpisodes(segment, offset, records, compiled.apply(table) if node is not None else table))
+        table = await asyncio.to_thread(episode_table, records, offset, paths)  # CPU-bound for big segments
+        if node is not None:
+            table = await asyncio.to_thread(compiled.apply, table)
+        out.append(SegmentEpisodes(segment, offset, records, table))
         offset += segment.episodes
     return out
 

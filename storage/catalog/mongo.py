@@ -8,6 +8,7 @@ Indexes and unique constraints are created at start-up.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
@@ -161,7 +162,7 @@ class MongoCatalog:
         for constraint in constraints:
             query.setdefault(constraint.column, {})[_OPS[constraint.op]] = constraint.value
         docs = await self.db.episodes.find(query).sort("index", 1).to_list(None)
-        return [EpisodeRecord.model_validate(doc) for doc in docs]
+        return await asyncio.to_thread(lambda: [EpisodeRecord.model_validate(doc) for doc in docs])
 
     async def find_shared_episode_id(self, segment: str, others: Sequence[str]) -> int | str | None:
         if not others:

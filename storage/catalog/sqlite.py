@@ -240,9 +240,9 @@ class SQLiteCatalog:
     async def list_episodes(self, segment: str, constraints: Sequence[Constraint] = ()) -> list[EpisodeRecord]:
         where = "".join(f' AND "{c.column}" {_OPS[c.op]} ?' for c in constraints)
         args = [segment, *(c.value for c in constraints)]
-        rows = await self._run(lambda c: c.execute(
-            f"SELECT doc FROM episodes WHERE segment = ?{where} ORDER BY idx", args).fetchall())
-        return [EpisodeRecord.model_validate_json(doc) for (doc,) in rows]
+        # Parsed in the worker thread too: a segment may hold a million episodes.
+        return await self._run(lambda c: [EpisodeRecord.model_validate_json(doc) for (doc,) in c.execute(
+            f"SELECT doc FROM episodes WHERE segment = ?{where} ORDER BY idx", args)])
 
     async def find_shared_episode_id(self, segment: str, others: Sequence[str]) -> int | str | None:
         if not others:
