@@ -94,8 +94,10 @@ class Export(Job):
         A ``next_observation`` the upload did not give (an episode's last row) is NaN for float
         observations and 0 otherwise; :meth:`to_arrow` keeps it as null.
         """
-        rows = int((self.wait(progress=False) if not self.status.finished else self).result["rows"])
+        if not self.status.finished:
+            self.wait(progress=False)
         with self._batches() as (schema, batches):
+            rows = int(self.result["rows"])
             return fill_arrays(schema, batches, rows)
 
 

@@ -33,8 +33,10 @@ async def requeue_lost_jobs(ctx: WorkerContext) -> int:
             logger.warning("job %s has been silent since %s; running it again", job.id, job.heartbeat_at)
             await queue.release(job.id)
             recovered += 1
-        if not await queue.knows(job.id) and await queue.enqueue(job):
-            recovered += job.status == JobStatus.queued
+            if not await queue.knows(job.id):  # Redis lost it too
+                await queue.enqueue(job)
+        elif not await queue.knows(job.id) and await queue.enqueue(job):
+            recovered += 1
     return recovered
 
 
