@@ -12,8 +12,11 @@ from typing import TypedDict
 
 from fastapi import APIRouter, FastAPI
 
-from tuplehub.api import problems
-from tuplehub.api.routes import datasets, exports, health, jobs, uploads
+from tuplehub.api import middleware, problems
+from tuplehub.api.access.bootstrap import bootstrap
+from tuplehub.api.access.ratelimit import LoginLimiter
+from tuplehub.api.access.tokens import Signer
+from tuplehub.api.routes import audit, auth, datasets, exports, groups, health, jobs, roles, tokens, uploads, users
 from tuplehub.storage.catalog import Catalog, open_catalog
 from tuplehub.storage.objects import ObjectStore, open_object_store
 from tuplehub.storage.queue import Queue
@@ -28,16 +31,27 @@ class AppState(TypedDict):
     catalog: Catalog
     objects: ObjectStore
     queue: Queue
+    signer: Signer
+    limiter: LoginLimiter
 
 
 def create_app(settings: Settings, redis_url: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
+        signer = Signer.from_settings(settings)  # a bad key fails the start, not the first request
         catalog = await open_catalog(settings.resolved_catalog_url())
+        try:
+            await bootstrap(catalog, settings)
+        except BaseException:
+            await catalog.aclose()
+            raise
         objects = open_object_store(settings.resolved_objects_url(), **settings.object_store_options())
         queue = await Queue.connect(redis_url, settings.queue_name)
+        limiter = LoginLimiter(queue.pool, per_user=settings.login_attempts_per_user,
+                               per_address=settings.login_attempts_per_address, window_s=settings.login_window_s)
         try:
-            yield {"settings": settings, "catalog": catalog, "objects": objects, "queue": queue}
+            yield {"settings": settings, "catalog": catalog, "objects": objects, "queue": queue,
+                   "signer": signer, "limiter": limiter}
         finally:
             await queue.aclose()
             await catalog.aclose()
@@ -47,8 +61,9 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
                               "start one, then poll `GET /api/v1/jobs/{id}`.",
                   openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs", redoc_url=None)
     problems.install(app)
+    middleware.install(app, settings)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (datasets, uploads, exports, jobs, health):
+    for module in (auth, users, groups, roles, tokens, audit, datasets, uploads, exports, jobs, health):
         api.include_router(module.router)
     app.include_router(api)
     return app

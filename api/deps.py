@@ -1,7 +1,8 @@
 """Dependencies: how a route gets the catalog, the object store, the queue and its caller.
 
 Everything is opened once in the app's lifespan and read from ``request.state``. Every route
-takes its caller from :func:`get_caller`, the single place where access control will plug in.
+takes its caller from :func:`get_caller` (signed in) or :func:`get_reader` (anonymous allowed
+when the deployment enables anonymous reads): the one place a request becomes a principal.
 """
 
 from __future__ import annotations
@@ -9,22 +10,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from pydantic import BaseModel
 
+from tuplehub.api.access.principal import Principal, authenticate
+from tuplehub.api.access.ratelimit import LoginLimiter
+from tuplehub.api.access.tokens import Signer
 from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.errors import Unauthenticated
 from tuplehub.storage.objects import ObjectStore
 from tuplehub.storage.queue import Queue
 from tuplehub.storage.settings import Settings
-
-
-class Principal(BaseModel):
-    """Who is calling. Until users exist, every request comes from the one local user."""
-
-    id: str
-    name: str
-
-
-LOCAL_USER = Principal(id="local", name="local")
 
 
 def get_settings(request: Request) -> Settings:
@@ -43,12 +37,34 @@ def get_queue(request: Request) -> Queue:
     return request.state.queue
 
 
+def get_signer(request: Request) -> Signer:
+    return request.state.signer
+
+
+def get_limiter(request: Request) -> LoginLimiter:
+    return request.state.limiter
+
+
+async def get_reader(request: Request) -> Principal:
+    """The caller of a read route: anonymous only where the deployment allows anonymous reads."""
+    caller = await authenticate(request.state.catalog, request.state.signer, request.headers.get("authorization"))
+    if not caller.signed_in and not request.state.settings.anonymous_read:
+        raise Unauthenticated("sign in first: send 'Authorization: Bearer <token>'")
+    return caller
+
+
 async def get_caller(request: Request) -> Principal:
-    return LOCAL_USER
+    caller = await authenticate(request.state.catalog, request.state.signer, request.headers.get("authorization"))
+    if not caller.signed_in:
+        raise Unauthenticated("sign in first: send 'Authorization: Bearer <token>'")
+    return caller
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 ObjectsDep = Annotated[ObjectStore, Depends(get_objects)]
 QueueDep = Annotated[Queue, Depends(get_queue)]
+SignerDep = Annotated[Signer, Depends(get_signer)]
+LimiterDep = Annotated[LoginLimiter, Depends(get_limiter)]
 Caller = Annotated[Principal, Depends(get_caller)]
+Reader = Annotated[Principal, Depends(get_reader)]

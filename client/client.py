@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 import httpx
 
+from tuplehub.client.access import Groups, Roles, Tokens, Users, read_audit, whoami
+from tuplehub.client.auth import BearerAuth, SessionAuth
 from tuplehub.client.datasets import Datasets
-from tuplehub.client.discovery import resolve_url
+from tuplehub.client.discovery import embedded_credentials, resolve_url
 from tuplehub.client.errors import raise_for_problem
 from tuplehub.client.jobs import Job
+from tuplehub.client.sessions import Session, SessionStore
+from tuplehub.storage.access import AuditRecord, Me
 from tuplehub.storage.models import JobKind, JobRead, JobStatus, Page
 
 API_PREFIX = "/api/v1"
@@ -27,9 +32,9 @@ class Jobs:
         return Job(self._http, response.json())
 
     def list(self, *, status: JobStatus | str | None = None, kind: JobKind | str | None = None,
-             offset: int = 0, limit: int = 50) -> Page[JobRead]:
-        params = {k: v for k, v in {"status": status, "kind": kind, "offset": offset, "limit": limit}.items()
-                  if v is not None}
+             everyone: bool = False, offset: int = 0, limit: int = 50) -> Page[JobRead]:
+        params = {k: v for k, v in {"status": status, "kind": kind, "offset": offset, "limit": limit,
+                                    "everyone": everyone or None}.items() if v is not None}
         response = self._http.get("/jobs", params=params)
         raise_for_problem(response)
         return Page[JobRead].model_validate(response.json())
@@ -38,20 +43,80 @@ class Jobs:
 class Client:
     """A connection to one tuplehub server.
 
-    With no arguments it reads ``TUPLEHUB_URL`` and ``TUPLEHUB_TOKEN``, else it uses the embedded
-    server that ``tuplehub serve`` runs on this machine. ``transport`` lets tests talk to an app
-    in process.
+    Credentials, first found wins: ``token`` (an API token or access token), ``TUPLEHUB_TOKEN``,
+    the session ``tuplehub login`` stored for this URL, and for the embedded server this machine
+    runs, its local admin. Without any, requests go out anonymously. ``transport`` lets tests talk
+    to an app in process.
     """
 
     def __init__(self, url: str | None = None, *, token: str | None = None, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, sessions: SessionStore | None = None) -> None:
         self.url = resolve_url(url)
+        self.api_url = self.url + API_PREFIX
+        self.sessions = sessions or SessionStore()
+        self._http = httpx.Client(base_url=self.api_url, timeout=timeout, transport=transport, follow_redirects=True)
         token = token or os.environ.get("TUPLEHUB_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout,
-                                  transport=transport, follow_redirects=True)
+        if token:
+            self._http.auth = BearerAuth(token)
+        elif (session := self.sessions.load(self.url)) is not None:
+            self._http.auth = SessionAuth(self.url, session, self.sessions, api_url=self.api_url,
+                                          password=self._embedded_password(session.username))
+        elif (credentials := embedded_credentials(self.url)) is not None:
+            self.login(*credentials)
         self.datasets = Datasets(self._http)
         self.jobs = Jobs(self._http)
+        self.tokens = Tokens(self._http)
+        self.users = Users(self._http)
+        self.groups = Groups(self._http)
+        self.roles = Roles(self._http)
+
+    def _embedded_password(self, username: str) -> str | None:
+        credentials = embedded_credentials(self.url)
+        return credentials[1] if credentials and credentials[0] == username else None
+
+    def login(self, username: str, password: str, *, remember: bool = True) -> Me:
+        """Sign in with a password; with ``remember`` the session is stored for later processes."""
+        response = self._http.post("/auth/login", json={"username": username, "password": password}, auth=None)
+        raise_for_problem(response)
+        pair = response.json()
+        session = Session(username, pair["access_token"], pair["refresh_token"])
+        self._http.auth = SessionAuth(self.url, session, self.sessions if remember else None, api_url=self.api_url,
+                                      password=self._embedded_password(username))
+        if remember:
+            self.sessions.save(self.url, session)
+        return self.whoami()
+
+    def logout(self, *, everywhere: bool = False) -> None:
+        """End this session on the server (every session with ``everywhere``) and forget it here."""
+        auth = self._http.auth
+        if isinstance(auth, SessionAuth):
+            response = self._http.post("/auth/logout", params={"everywhere": everywhere} if everywhere else None,
+                                       json={"refresh_token": auth.session.refresh_token}, auth=None)
+            if response.status_code != 401:  # an already-dead session is as good as ended
+                raise_for_problem(response)
+        self.sessions.delete(self.url)
+        self._http.auth = None  # type: ignore[assignment]
+
+    @property
+    def signed_in(self) -> bool:
+        """Whether requests carry credentials (a token or a session); not whether they are still valid."""
+        return self._http.auth is not None
+
+    def whoami(self) -> Me:
+        return whoami(self._http)
+
+    def change_password(self, current_password: str, new_password: str) -> None:
+        """Change one's own password; every session ends, so sign in again afterwards."""
+        response = self._http.put("/auth/password", json={"current_password": current_password,
+                                                          "new_password": new_password})
+        raise_for_problem(response)
+
+    def audit(self, *, actor: str | None = None, action: str | None = None, target: str | None = None,
+              target_kind: str | None = None, since: datetime | None = None, until: datetime | None = None,
+              offset: int = 0, limit: int = 100) -> Page[AuditRecord]:
+        """The audit log (needs ``audit:read``), newest first."""
+        return read_audit(self._http, actor=actor, action=action, target=target, target_kind=target_kind,
+                          since=since, until=until, offset=offset, limit=limit)
 
     def ready(self) -> dict[str, Any]:
         """The server's readiness report; raises if it cannot be reached."""

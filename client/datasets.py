@@ -117,6 +117,24 @@ class Dataset:
         raise_for_problem(response)
         return Page[EpisodeRead].model_validate(response.json())
 
+    def publish(self, *, groups: Iterable[str] = (), public: bool = False) -> Dataset:
+        """Let members of ``groups`` (and everyone signed in, with ``public``) read this dataset."""
+        return self._share("publish", groups, public)
+
+    def unpublish(self, *, groups: Iterable[str] = (), public: bool = False) -> Dataset:
+        """Withdraw the dataset from ``groups`` (and from public view, with ``public``)."""
+        return self._share("unpublish", groups, public)
+
+    def _share(self, action: str, groups: Iterable[str], public: bool) -> Dataset:
+        response = self._http.post(f"/datasets/{self.name}/{action}", json={"groups": list(groups), "public": public})
+        raise_for_problem(response)
+        self.record = DatasetRead.model_validate(response.json())
+        return self
+
+    def delete(self) -> None:
+        """Delete the dataset and every version of it."""
+        raise_for_problem(self._http.delete(f"/datasets/{self.name}"))
+
     def __repr__(self) -> str:
         return f"<Dataset {self.name} v{self.latest_version}>"
 
@@ -136,10 +154,10 @@ class Datasets:
         raise_for_problem(response)
         return Dataset(self._http, DatasetRead.model_validate(response.json()))
 
-    def list(self, *, name: str | None = None, tag: str | None = None, offset: int = 0,
+    def list(self, *, name: str | None = None, tag: str | None = None, mine: bool = False, offset: int = 0,
              limit: int = 50) -> Page[DatasetSummary]:
-        params = {k: v for k, v in {"name": name, "tag": tag, "offset": offset, "limit": limit}.items()
-                  if v is not None}
+        params = {k: v for k, v in {"name": name, "tag": tag, "mine": mine or None, "offset": offset,
+                                    "limit": limit}.items() if v is not None}
         response = self._http.get("/datasets", params=params)
         raise_for_problem(response)
         return Page[DatasetSummary].model_validate(response.json())

@@ -8,9 +8,12 @@ responses, and the client turns a problem response back into the same class, so
     ├── InvalidRequest       422  a request body or parameter is well-formed JSON but wrong
     │   ├── InvalidFilter    422  a filter names an unknown field or compares mismatched types
     │   └── InvalidUpload    422  an upload breaks the tuple contract (names column, row, reason)
+    ├── Unauthenticated      401  no credentials, or a token that is bad, expired or revoked
+    ├── Forbidden            403  the caller sees the thing but may not do this to it
     ├── NotFound             404  no such thing, or the caller may not see it (same answer)
     ├── Conflict             409  the request clashes with what is stored (a taken name, a state)
     ├── PayloadTooLarge      413  a body or part exceeds a size limit from settings
+    ├── RateLimited          429  too many attempts; ``retry_after`` says how many seconds to wait
     ├── StoreUnavailable     503  the catalog, object store or queue cannot be reached
     ├── ConfigError          500  the server's configuration is wrong (raised at start-up)
     └── JobCancelled         ---  control flow inside a job that noticed its cancellation
@@ -62,6 +65,19 @@ class InvalidUpload(InvalidRequest):
                          column=column, row=row, reason=reason, **extra)
 
 
+class Unauthenticated(TuplehubError):
+    """No credentials where they are needed, or a token that is malformed, expired or revoked."""
+
+    code, status = "unauthenticated", 401
+    headers = {"WWW-Authenticate": 'Bearer realm="tuplehub"'}
+
+
+class Forbidden(TuplehubError):
+    """The caller may see the resource but lacks the right for this action (never used to hide it)."""
+
+    code, status = "forbidden", 403
+
+
 class NotFound(TuplehubError):
     """Raised alike for what does not exist and for what the caller may not read."""
 
@@ -76,6 +92,16 @@ class Conflict(TuplehubError):
 
 class PayloadTooLarge(TuplehubError):
     code, status = "payload-too-large", 413
+
+
+class RateLimited(TuplehubError):
+    """Too many attempts in a window; the response carries ``Retry-After``."""
+
+    code, status = "rate-limited", 429
+
+    def __init__(self, detail: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class StoreUnavailable(TuplehubError):

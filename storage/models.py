@@ -61,6 +61,13 @@ class DatasetRecord(BaseModel):
     tags: list[str] = Field(default_factory=list)
     owner: str
     created_at: datetime = Field(default_factory=utcnow)
+    public: bool = Field(False, description="Readable by every signed-in user.")
+    groups: list[str] = Field(default_factory=list, description="Ids of the groups it is published to.")
+
+    @computed_field
+    @property
+    def visibility(self) -> Literal["private", "groups", "public"]:
+        return "public" if self.public else "groups" if self.groups else "private"
 
 
 class UploadMode(StrEnum):
@@ -113,6 +120,7 @@ class DatasetRead(DatasetRecord):
                        "action": {"dtype": "int64", "shape": []}, "reward": "float32", "info": {}}}]}]})
 
     versions: list[VersionRecord] = Field(default_factory=list)
+    published_to: list[str] = Field(default_factory=list, description="Names of the groups it is published to.")
 
     @computed_field
     @property

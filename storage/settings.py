@@ -9,6 +9,7 @@ Entry points build a :class:`Settings` and pass it down; nothing reads it at imp
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, SecretStr
@@ -47,12 +48,41 @@ class Settings(BaseSettings):
     upload_ttl_s: int = Field(24 * 3600, ge=60, description="An open upload session expires after this.")
     presign_ttl_s: int = Field(600, ge=30, le=3600, description="Lifetime of presigned URLs.")
     max_part_bytes: int = Field(2**30, description="Largest upload part the API accepts.")
+    max_body_bytes: int = Field(2**20, ge=1024, description="Largest JSON request body the API accepts.")
+
+    # Access. Booleans are parsed by pydantic: "False", "false", "0" and "no" all mean false.
+    admin_username: str = Field("admin", description="The first admin, created on first start.")
+    admin_password: SecretStr | None = Field(None, description=(
+        "Password of the first admin; required on a deployment's first start. The embedded default "
+        "generates one and keeps it in the user's config folder (0600)."))
+    jwt_algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS512", "ES256", "EdDSA"] = "HS256"
+    jwt_secret: SecretStr | None = Field(None, description=(
+        "HMAC key for HS* (32 bytes or more). Unset in the embedded default: one is generated into the "
+        "data folder; a deployment must set it or a key pair."))
+    jwt_private_key_file: Path | None = Field(None, description="PEM private key for RS*/ES*/EdDSA.")
+    jwt_public_key_file: Path | None = Field(None, description="PEM public key for RS*/ES*/EdDSA.")
+    access_token_ttl_s: int = Field(900, ge=60, le=3600)
+    refresh_token_ttl_s: int = Field(14 * 24 * 3600, ge=3600)
+    clock_skew_s: int = Field(30, ge=0, le=300, description="Leeway for exp/iat/nbf between machines.")
+    open_signup: bool = Field(False, description="Let anyone create an account through the API.")
+    anonymous_read: bool = Field(False, description="Let requests without a token read public content.")
+    default_roles: list[str] = Field(["contributor"], description="Site roles of a new user.")
+    password_min_length: int = Field(10, ge=8, le=128)
+    login_attempts_per_user: int = Field(10, ge=1)
+    login_attempts_per_address: int = Field(50, ge=1)
+    login_window_s: int = Field(300, ge=1, description="Window in which login attempts are counted.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; none by default.")
+    hsts: bool = Field(False, description="Send Strict-Transport-Security (set when served over HTTPS).")
 
     def resolved_catalog_url(self) -> str:
         return self.catalog_url or f"sqlite:///{self.data_dir / 'catalog.db'}"
 
     def resolved_objects_url(self) -> str:
         return self.objects_url or (self.data_dir / "objects").as_uri()
+
+    @property
+    def embedded_catalog(self) -> bool:
+        return self.catalog_url is None
 
     @property
     def embedded_redis(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,9 +15,14 @@ from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
 from tuplehub.storage.catalog import Catalog, open_catalog
 from tuplehub.storage.catalog.mongo import MongoCatalog
 from tuplehub.storage.embedded_redis import EmbeddedRedis
+from tuplehub.storage.paths import embedded_credentials_file, read_json
 from tuplehub.storage.settings import Settings
 
 from .mongo_double import memory_database
+
+# Sessions and the embedded admin's credentials go to a folder of this run, never the user's own.
+os.environ["TUPLEHUB_CONFIG_DIR"] = tempfile.mkdtemp(prefix="tuplehub-test-config-")
+os.environ.pop("TUPLEHUB_TOKEN", None)
 
 CATALOG_BACKENDS = ["sqlite", "mongodb"]
 
@@ -69,9 +75,24 @@ def hub_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iter
         yield server
 
 
+def admin_client(server: EmbeddedServer, **options: object) -> Client:
+    """A client signed in as the embedded server's local admin (as the CLI would be)."""
+    stored = read_json(embedded_credentials_file(server.settings.data_dir))
+    assert stored is not None, "the embedded server wrote no admin credentials"
+    client = Client(server.url, **options)  # type: ignore[arg-type]
+    client.login(stored["username"], stored["password"], remember=False)
+    return client
+
+
+def admin_token(server: EmbeddedServer) -> str:
+    """An API token of the local admin, for tests that speak raw HTTP."""
+    with admin_client(server) as client:
+        return client.tokens.create("tests").token
+
+
 @pytest.fixture
 def hub(hub_server: EmbeddedServer) -> Iterator[Client]:
-    with Client(hub_server.url) as client:
+    with admin_client(hub_server) as client:
         yield client
 
 

@@ -37,7 +37,8 @@ class AsyncCursor:
 
 class AsyncCollection:
     _ASYNC = ("insert_one", "find_one", "replace_one", "update_one", "delete_many", "count_documents",
-              "distinct", "create_index")
+              "distinct", "create_index",
+              "find_one_and_update", "delete_one")
 
     def __init__(self, collection: Any) -> None:
         self._collection = collection

@@ -18,12 +18,14 @@ from tuplehub.client.cli.server import EmbeddedServer
 from tuplehub.client.uploads import table_from_arrays
 from tuplehub.storage.errors import Conflict, InvalidRequest
 
+from .conftest import admin_token
 from .factories import episode_arrays
 
 
 @pytest.fixture
 def api(hub_server: EmbeddedServer) -> httpx.Client:
-    with httpx.Client(base_url=hub_server.url + "/api/v1", timeout=60) as client:
+    headers = {"Authorization": f"Bearer {admin_token(hub_server)}"}
+    with httpx.Client(base_url=hub_server.url + "/api/v1", timeout=60, headers=headers) as client:
         yield client
 
 

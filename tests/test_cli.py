@@ -13,12 +13,13 @@ from tuplehub.client.cli import app
 from tuplehub.client.cli.server import EmbeddedServer
 from tuplehub.client.uploads import table_from_arrays
 
+from .conftest import admin_token
 from .factories import episode_arrays
 
 
 @pytest.fixture
 def run(hub_server: EmbeddedServer):
-    runner = CliRunner()
+    runner = CliRunner(env={"TUPLEHUB_TOKEN": admin_token(hub_server)})
 
     def invoke(*args: str, code: int = 0) -> str:
         result = runner.invoke(app, [*args, "--url", hub_server.url])

@@ -123,7 +123,9 @@ def test_distributed_ingest_survives_a_killed_worker(tmp_path: Path, redis_url: 
            "TUPLEHUB_CATALOG_URL": catalog_url, "TUPLEHUB_OBJECTS_URL": "s3://tuplehub/e2e",
            "TUPLEHUB_S3_ENDPOINT_URL": s3_endpoint, "TUPLEHUB_REDIS_URL": redis_url,
            "TUPLEHUB_QUEUE_NAME": f"e2e:{os.getpid()}", "TUPLEHUB_HEARTBEAT_S": "0.5",
-           "TUPLEHUB_STALE_AFTER_S": "3", "TUPLEHUB_REQUEUE_EVERY_S": "1"}
+           "TUPLEHUB_STALE_AFTER_S": "3", "TUPLEHUB_REQUEUE_EVERY_S": "1",
+           # A deployment's first start: the admin and the signing key come from settings, never from code.
+           "TUPLEHUB_ADMIN_PASSWORD": "e2e-Passphrase-7", "TUPLEHUB_JWT_SECRET": "e2e-" + "k" * 40}
     env.pop("TUPLEHUB_URL", None)
     log = tmp_path / "processes.log"
     api = processes.start("serve", "--no-worker", env=env, log=log)
@@ -132,9 +134,12 @@ def test_distributed_ingest_survives_a_killed_worker(tmp_path: Path, redis_url: 
 
     arrays = episode_arrays(episodes=40, length=5_000, obs_dim=48, act_dim=8, seed=11, ragged=False)
     with Client(url, timeout=120) as hub:
+        hub.login("admin", "e2e-Passphrase-7", remember=False)
         dataset = hub.datasets.create("distributed")
         job = dataset.upload(arrays, part_size=5 * 2**20, compression=None)
-        upload = httpx.get(f"{url}/api/v1/uploads/{job.record.params['upload_id']}").json()
+        token = hub.tokens.create("e2e").token
+        upload = httpx.get(f"{url}/api/v1/uploads/{job.record.params['upload_id']}",
+                           headers={"Authorization": f"Bearer {token}"}).json()
         assert upload["transport"] == "presigned"
 
         def ingest_is_half_done() -> bool:
@@ -159,14 +164,20 @@ def test_distributed_ingest_survives_a_killed_worker(tmp_path: Path, redis_url: 
         assert [v.number for v in dataset.refresh().record.versions] == [1]
 
 
-def test_embedded_server_keeps_datasets_across_restarts(tmp_path: Path, processes: Processes) -> None:
+def test_embedded_server_keeps_datasets_across_restarts(tmp_path: Path, processes: Processes,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUPLEHUB_")}
-    env |= {"TUPLEHUB_DATA_DIR": str(tmp_path / "data"), "TUPLEHUB_PORT": "0"}
+    env |= {"TUPLEHUB_DATA_DIR": str(tmp_path / "data"), "TUPLEHUB_PORT": "0",
+            "TUPLEHUB_CONFIG_DIR": os.environ["TUPLEHUB_CONFIG_DIR"]}
+    # As for a user: the client finds the embedded server and its local admin with no typing at all.
+    monkeypatch.setenv("TUPLEHUB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("TUPLEHUB_URL", raising=False)
     log = tmp_path / "serve.log"
     arrays = episode_arrays(episodes=5, length=20, seed=12)
 
     server = processes.start("serve", env=env, log=log)
-    with Client(wait_for_server(tmp_path / "data", server, log)) as hub:
+    wait_for_server(tmp_path / "data", server, log)
+    with Client() as hub:
         hub.datasets.create("kept", tags=["restart"]).upload(arrays).wait()
     processes.stop(server)
     assert server.returncode == 0, log.read_text()[-3000:]
@@ -174,7 +185,9 @@ def test_embedded_server_keeps_datasets_across_restarts(tmp_path: Path, processe
     assert not (tmp_path / "data" / "redis" / "redis.sock").exists()  # the bundled Redis stopped with it
 
     server = processes.start("serve", env=env, log=log)
-    with Client(wait_for_server(tmp_path / "data", server, log)) as hub:
+    wait_for_server(tmp_path / "data", server, log)
+    with Client() as hub:  # the session stored at the first start still works after the restart
+        assert hub.whoami().name == "admin"
         dataset = hub.datasets.get("kept")
         assert [v.episodes for v in dataset.record.versions] == [5]
         np.testing.assert_array_equal(dataset.export().to_numpy()["observation"], arrays["observation"])

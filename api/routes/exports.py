@@ -15,6 +15,8 @@ from datetime import timedelta
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from tuplehub.api.access.policy import readable_dataset
+from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, ObjectsDep, QueueDep, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.jobs import own_job
@@ -35,7 +37,7 @@ MEDIA_TYPES = {"parquet": "application/vnd.apache.parquet", "arrow": "applicatio
 async def create_export(name: str, body: ExportCreate, caller: Caller, catalog: CatalogDep,
                         queue: QueueDep) -> JobRead:
     """Start an export job; an identical request on the same version returns the earlier job."""
-    dataset = await catalog.get_dataset(name)
+    dataset = await readable_dataset(catalog, caller, name)
     version = await versions.get_version(catalog, dataset, body.version)
     check_export(version, body)
     job = JobRecord(kind=JobKind.export, owner=caller.id,
@@ -49,10 +51,17 @@ async def create_export(name: str, body: ExportCreate, caller: Caller, catalog: 
     return JobRead.from_record(stored)
 
 
-async def _finished_export(catalog: CatalogDep, job_id: str, caller_id: str) -> JobRecord:
-    job = await own_job(catalog, job_id, caller_id)
+async def _finished_export(catalog: CatalogDep, job_id: str, caller: Principal) -> JobRecord:
+    """The caller's finished export, if they may still read its dataset (access may have been withdrawn)."""
+    job = await own_job(catalog, job_id, caller)
     if job.kind != JobKind.export:
         raise NotFound(f"job {job_id} is not an export", job=job_id)
+    try:
+        dataset = await readable_dataset(catalog, caller, job.params["dataset"])
+    except NotFound:
+        dataset = None
+    if dataset is None or dataset.id != job.params["dataset_id"]:
+        raise NotFound(f"no job {job_id!r}", job=job_id)
     if job.status != JobStatus.succeeded or job.result is None:
         raise Conflict(f"export {job_id} is {job.status}; its result is ready once it has succeeded",
                        job=job_id, job_status=job.status)
@@ -63,7 +72,7 @@ async def _finished_export(catalog: CatalogDep, job_id: str, caller_id: str) -> 
 async def export_url(job_id: str, request: Request, caller: Caller, catalog: CatalogDep, objects: ObjectsDep,
                      settings: SettingsDep) -> DownloadURL:
     """Where to download the result: a presigned URL (S3), else this API's streaming endpoint."""
-    job = await _finished_export(catalog, job_id, caller.id)
+    job = await _finished_export(catalog, job_id, caller)
     key = job.result["object_key"]
     url = await asyncio.to_thread(objects.presign_get, key, settings.presign_ttl_s)
     if url is None:
@@ -78,7 +87,7 @@ async def export_url(job_id: str, request: Request, caller: Caller, catalog: Cat
 async def download_export(job_id: str, request: Request, caller: Caller, catalog: CatalogDep,
                           objects: ObjectsDep) -> StreamingResponse:
     """Stream the result file; a ``Range: bytes=a-b`` header asks for part of it."""
-    job = await _finished_export(catalog, job_id, caller.id)
+    job = await _finished_export(catalog, job_id, caller)
     key, fmt = job.result["object_key"], job.result["format"]
     size = await asyncio.to_thread(objects.size, key)
     byte_range = _byte_range(request.headers.get("range"), size)

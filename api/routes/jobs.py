@@ -6,40 +6,46 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep
 from tuplehub.api.problems import problems
+from tuplehub.storage.access import Right
 from tuplehub.storage.catalog import Catalog
-from tuplehub.storage.errors import NotFound
+from tuplehub.storage.errors import Forbidden, NotFound
 from tuplehub.storage.models import JobKind, JobRead, JobRecord, JobStatus, Page
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-async def own_job(catalog: Catalog, job_id: str, caller_id: str) -> JobRecord:
-    """The job if the caller owns it; someone else's job is as absent as a missing one."""
+async def own_job(catalog: Catalog, job_id: str, caller: Principal) -> JobRecord:
+    """The job if the caller owns it (or manages jobs); someone else's job is as absent as a missing one."""
     job = await catalog.get_job(job_id)
-    if job.owner != caller_id:
+    if job.owner != caller.id and not caller.holds(Right.job_manage):
         raise NotFound(f"no job {job_id!r}", job=job_id)
     return job
 
 
-@router.get("", summary="List my jobs")
+@router.get("", summary="List my jobs", responses=problems(Forbidden))
 async def list_jobs(caller: Caller, catalog: CatalogDep, status: JobStatus | None = None, kind: JobKind | None = None,
+                    everyone: Annotated[bool, Query(description="Every user's jobs (needs job:manage).")] = False,
                     offset: Annotated[int, Query(ge=0)] = 0,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Page[JobRead]:
     """The caller's jobs, newest first."""
-    items, total = await catalog.list_jobs(owner=caller.id, status=status, kind=kind, offset=offset, limit=limit)
+    if everyone and not caller.holds(Right.job_manage):
+        raise Forbidden("listing every user's jobs needs the right job:manage")
+    owner = None if everyone else caller.id
+    items, total = await catalog.list_jobs(owner=owner, status=status, kind=kind, offset=offset, limit=limit)
     return Page(items=[JobRead.from_record(job) for job in items], total=total, offset=offset, limit=limit)
 
 
 @router.get("/{job_id}", responses=problems(NotFound))
 async def get_job(job_id: str, caller: Caller, catalog: CatalogDep) -> JobRead:
     """Status, progress, error and result of one job; clients poll this."""
-    return JobRead.from_record(await own_job(catalog, job_id, caller.id))
+    return JobRead.from_record(await own_job(catalog, job_id, caller))
 
 
 @router.post("/{job_id}/cancel", responses=problems(NotFound))
 async def cancel_job(job_id: str, caller: Caller, catalog: CatalogDep) -> JobRead:
     """Cancel a queued job at once, or ask a running one to stop at its next checkpoint."""
-    await own_job(catalog, job_id, caller.id)
+    await own_job(catalog, job_id, caller)
     return JobRead.from_record(await catalog.request_cancel(job_id))

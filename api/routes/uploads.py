@@ -11,10 +11,11 @@ from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response
 
+from tuplehub.api.access.policy import readable_dataset, require_owner
 from tuplehub.api.deps import Caller, CatalogDep, ObjectsDep, QueueDep, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.storage.catalog import Catalog
-from tuplehub.storage.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from tuplehub.storage.models import (
     JobKind,
     JobRead,
@@ -56,11 +57,12 @@ async def _open_upload(catalog: Catalog, upload_id: str, caller_id: str) -> Uplo
     return upload
 
 
-@router.post("/datasets/{name}/uploads", status_code=201, responses=problems(NotFound, InvalidRequest))
+@router.post("/datasets/{name}/uploads", status_code=201, responses=problems(NotFound, Forbidden, InvalidRequest))
 async def create_upload(name: str, body: UploadCreate, caller: Caller, catalog: CatalogDep, objects: ObjectsDep,
                         settings: SettingsDep) -> UploadRead:
     """Open an upload session for one Parquet file, sent in parts of ``part_size`` bytes."""
-    dataset = await catalog.get_dataset(name)
+    dataset = await readable_dataset(catalog, caller, name)
+    require_owner(caller, dataset, "dataset", "write")
     if objects.presigned_uploads and body.part_size < S3_MIN_PART:
         raise InvalidRequest(f"part_size must be at least {S3_MIN_PART} bytes for an S3 store",
                              field="part_size")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tuplehub.client.cli import data
+from tuplehub.client.cli import access, data
 from tuplehub.client.cli.demo import demo
 
 app = typer.Typer(help="tuplehub: store, version, filter and share offline-RL datasets.", no_args_is_help=True,
@@ -17,6 +17,14 @@ app.add_typer(data.jobs_app, name="jobs")
 app.command("upload")(data.upload)
 app.command("export")(data.export)
 app.command("demo")(demo)
+app.command("login")(access.login)
+app.command("logout")(access.logout)
+app.command("whoami")(access.whoami)
+app.command("audit")(access.audit)
+app.add_typer(access.tokens_app, name="tokens")
+app.add_typer(access.users_app, name="users")
+app.add_typer(access.groups_app, name="groups")
+app.add_typer(access.roles_app, name="roles")
 
 DataDir = Annotated[Path | None, typer.Option(envvar="TUPLEHUB_DATA_DIR", help="Data folder of the embedded default.")]
 

@@ -52,9 +52,38 @@ def show(name: str, url: Url = None, as_json: AsJson = False) -> None:
         if as_json:
             emit(record, as_json=True)
             return
-        emit(record, as_json=False, columns=("name", "description", "tags", "owner", "created_at"))
+        emit(record, as_json=False, columns=("name", "description", "tags", "owner", "visibility", "published_to",
+                                             "created_at"))
         emit([{"version": v.number, "mode": v.mode, "episodes": v.episodes, "transitions": v.transitions,
                "created_at": v.created_at} for v in record.versions], as_json=False)
+
+
+@datasets_app.command("publish")
+def publish(name: str, group: Annotated[list[str] | None, typer.Option("--group", help="Repeat for several.")] = None,
+            public: Annotated[bool, typer.Option("--public", help="Readable by everyone signed in.")] = False,
+            url: Url = None, as_json: AsJson = False) -> None:
+    """Share a dataset with groups or everyone."""
+    with reported_errors(), Client(url) as hub:
+        emit(hub.datasets.get(name).publish(groups=group or [], public=public).record, as_json=as_json,
+             columns=("name", "visibility", "published_to"))
+
+
+@datasets_app.command("unpublish")
+def unpublish(name: str, group: Annotated[list[str] | None, typer.Option("--group", help="Repeat for several.")] = None,
+              public: Annotated[bool, typer.Option("--public", help="Withdraw from public view.")] = False,
+              url: Url = None, as_json: AsJson = False) -> None:
+    """Withdraw a dataset from groups or from public view."""
+    with reported_errors(), Client(url) as hub:
+        emit(hub.datasets.get(name).unpublish(groups=group or [], public=public).record, as_json=as_json,
+             columns=("name", "visibility", "published_to"))
+
+
+@datasets_app.command("delete")
+def delete(name: str, url: Url = None) -> None:
+    """Delete a dataset and all of its versions."""
+    with reported_errors(), Client(url) as hub:
+        hub.datasets.get(name).delete()
+        typer.echo(f"deleted dataset {name}")
 
 
 @datasets_app.command("episodes")

@@ -20,6 +20,7 @@ import typer
 
 from tuplehub.client.cli.output import reported_errors
 from tuplehub.client.client import Client
+from tuplehub.client.discovery import embedded_credentials
 from tuplehub.storage.errors import NotFound
 from tuplehub.storage.filters.language import F
 
@@ -68,7 +69,11 @@ def _server(stack: ExitStack, data_dir: Path | None) -> Client:
     settings = load_settings(data_dir=data_dir, port=0)
     typer.echo(f"starting the embedded server (data in {settings.data_dir}) ...")
     server = stack.enter_context(serve_in_thread(settings))
-    return stack.enter_context(Client(server.url))
+    client = stack.enter_context(Client(server.url))
+    credentials = embedded_credentials(server.url, settings.data_dir)
+    if not client.signed_in and credentials is not None:
+        client.login(*credentials)
+    return client
 
 
 def demo(episodes: Annotated[int, typer.Option(min=2, max=10_000, help="Episodes to record.")] = 40,

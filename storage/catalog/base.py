@@ -9,10 +9,14 @@ writes blocks and episodes under a segment id no version references yet, then
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol, TypeVar
 
+from pydantic import BaseModel
+
+from tuplehub.storage.access import StoredRecord
 from tuplehub.storage.blocks import BlockRecord
 from tuplehub.storage.errors import ConfigError
 from tuplehub.storage.filters.prune import Constraint
@@ -28,6 +32,38 @@ from tuplehub.storage.models import (
     VersionRecord,
 )
 
+M = TypeVar("M", bound=BaseModel)
+
+RecordKind = Literal["users", "groups", "memberships", "roles", "refresh_tokens", "api_tokens", "audit"]
+
+# Records whose ``unique`` key must not repeat within a namespace. Users and groups share one,
+# so nobody can sign up as a group or found a group named after a user.
+NAMESPACES: dict[RecordKind, str] = {
+    "users": "principal", "groups": "principal", "roles": "role", "refresh_tokens": "refresh",
+    "api_tokens": "api-token", "memberships": "membership", "audit": "audit",
+}
+
+
+@dataclass(frozen=True)
+class ReadScope:
+    """What a caller may list: its own items, items published to ``groups``, public ones if ``public``."""
+
+    owner: str | None
+    groups: frozenset[str]
+    public: bool
+
+
+def sort_stamp(when: datetime) -> str:
+    """A timestamp as text that sorts like time (fixed width, always UTC)."""
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def check_fields(model: type[BaseModel], fields: Mapping[str, Any]) -> None:
+    """Query keys come from our code, never from a request; this guard keeps it that way."""
+    unknown = set(fields) - set(model.model_fields)
+    if unknown:
+        raise ValueError(f"{model.__name__} has no field(s) {sorted(unknown)}")
+
 
 class Catalog(Protocol):
     # --- datasets -----------------------------------------------------------------------------
@@ -35,11 +71,18 @@ class Catalog(Protocol):
         """Store a new dataset; :class:`Conflict` if the name is taken."""
 
     async def get_dataset(self, name: str) -> DatasetRecord:
-        """The dataset called ``name``, or :class:`NotFound`."""
+        """The dataset called ``name``, or :class:`NotFound` (callers check read access after)."""
 
-    async def list_datasets(self, *, name: str | None, tag: str | None, offset: int,
-                            limit: int) -> tuple[list[DatasetSummary], int]:
-        """A page of datasets (name substring, exact tag) and the total number that match."""
+    async def list_datasets(self, *, name: str | None, tag: str | None, offset: int, limit: int,
+                            readable: ReadScope | None = None,
+                            owner: str | None = None) -> tuple[list[DatasetSummary], int]:
+        """A page of datasets (name substring, exact tag, owner) that ``readable`` admits (None: all)."""
+
+    async def update_dataset(self, dataset_id: str, **fields: Any) -> DatasetRecord:
+        """Set fields of a dataset (sharing, description) and return it; :class:`NotFound` if gone."""
+
+    async def delete_dataset(self, dataset_id: str) -> None:
+        """Remove a dataset and its versions; their segments become orphans the sweeper removes."""
 
     # --- versions -----------------------------------------------------------------------------
     async def list_versions(self, dataset_id: str) -> list[VersionRecord]:
@@ -113,6 +156,26 @@ class Catalog(Protocol):
 
     async def request_cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued job now, or ask a running one to stop at its next checkpoint."""
+
+    # --- access records: users, groups, memberships, roles, tokens, audit -----------------------
+    async def insert_record(self, kind: RecordKind, record: StoredRecord, *, unique: str | None = None) -> None:
+        """Store a new record; :class:`Conflict` if ``unique`` is taken in the kind's namespace."""
+
+    async def get_record(self, kind: RecordKind, model: type[M], **equals: Any) -> M:
+        """The one record whose fields equal ``equals``, or :class:`NotFound`."""
+
+    async def find_records(self, kind: RecordKind, model: type[M], *, where: Mapping[str, Any] | None = None,
+                           since: datetime | None = None, until: datetime | None = None,
+                           newest_first: bool = False, offset: int = 0,
+                           limit: int | None = None) -> tuple[list[M], int]:
+        """Records whose fields equal ``where`` (a list value means any of), by creation time, and the total."""
+
+    async def update_record(self, kind: RecordKind, model: type[M], record_id: str, *,
+                            expected: Mapping[str, Any] | None = None, **changes: Any) -> M | None:
+        """Set ``changes`` if the record still matches ``expected`` (compare-and-swap); None otherwise."""
+
+    async def delete_records(self, kind: RecordKind, model: type[BaseModel], **equals: Any) -> int:
+        """Remove every record whose fields equal ``equals``; how many went."""
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def ping(self) -> None:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
+
+from tuplehub.storage.access import StoredRecord
 from tuplehub.storage.blocks import BlockRecord
+from tuplehub.storage.catalog.base import NAMESPACES, M, ReadScope, RecordKind, check_fields
 from tuplehub.storage.catalog.jobstate import cancel, claim, finish, update
 from tuplehub.storage.errors import Conflict, NotFound, StoreUnavailable
 from tuplehub.storage.filters.prune import Constraint
@@ -34,6 +38,7 @@ from tuplehub.storage.models import (
 _OPS = {"lt": "$lt", "le": "$lte", "gt": "$gt", "ge": "$gte", "eq": "$eq"}
 _CAS_ATTEMPTS = 50
 _ID_CHUNK = 1000
+_AFTER = True  # pymongo.ReturnDocument.AFTER, without importing the driver at module load
 
 # collection -> [(keys, options)]
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
@@ -44,6 +49,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "uploads": [([("status", 1), ("expires_at", 1)], {})],
     "jobs": [([("owner", 1), ("created_at", -1)], {}), ([("status", 1)], {}),
              ([("dedup_key", 1)], {"unique": True, "sparse": True})],
+    "records": [([("unique_key", 1)], {"unique": True, "sparse": True}), ([("kind", 1), ("created_at", 1)], {}),
+                ([("kind", 1), ("user_id", 1)], {}), ([("kind", 1), ("group_id", 1)], {})],
 }
 
 
@@ -95,13 +102,20 @@ class MongoCatalog:
             raise NotFound(f"no dataset named {name!r}", name=name)
         return DatasetRecord.model_validate(doc)
 
-    async def list_datasets(self, *, name: str | None, tag: str | None, offset: int,
-                            limit: int) -> tuple[list[DatasetSummary], int]:
+    async def list_datasets(self, *, name: str | None, tag: str | None, offset: int, limit: int,
+                            readable: ReadScope | None = None,
+                            owner: str | None = None) -> tuple[list[DatasetSummary], int]:
         query: dict[str, Any] = {}
         if name:
             query["name"] = {"$regex": re.escape(name), "$options": "i"}
         if tag:
             query["tags"] = tag
+        if owner:
+            query["owner"] = owner
+        if readable is not None:
+            query["$or"] = [{"owner": readable.owner}, {"groups": {"$in": sorted(readable.groups)}}]
+            if readable.public:
+                query["$or"].append({"public": True})
         total = await self.db.datasets.count_documents(query)
         docs = await self.db.datasets.find(query).sort("name", 1).skip(offset).limit(limit).to_list(None)
         summaries = []
@@ -114,6 +128,18 @@ class MongoCatalog:
                 summary.episodes, summary.transitions = version.episodes, version.transitions
             summaries.append(summary)
         return summaries, total
+
+    async def update_dataset(self, dataset_id: str, **fields: Any) -> DatasetRecord:
+        check_fields(DatasetRecord, fields)
+        doc = await self.db.datasets.find_one_and_update({"_id": dataset_id}, {"$set": fields},
+                                                         return_document=_AFTER)
+        if doc is None:
+            raise NotFound(f"no dataset {dataset_id!r}")
+        return DatasetRecord.model_validate(doc)
+
+    async def delete_dataset(self, dataset_id: str) -> None:
+        await self.db.versions.delete_many({"dataset_id": dataset_id})
+        await self.db.datasets.delete_one({"_id": dataset_id})
 
     # --- versions -----------------------------------------------------------------------------
     async def list_versions(self, dataset_id: str) -> list[VersionRecord]:
@@ -270,6 +296,59 @@ class MongoCatalog:
     async def request_cancel(self, job_id: str) -> JobRecord:
         await self._modify_job(job_id, cancel)
         return await self.get_job(job_id)
+
+    # --- access records -------------------------------------------------------------------------
+    async def insert_record(self, kind: RecordKind, record: StoredRecord, *, unique: str | None = None) -> None:
+        doc = {"_id": f"{kind}/{record.id}", "kind": kind, **record.model_dump()}
+        if unique is not None:
+            doc["unique_key"] = f"{NAMESPACES[kind]}/{unique}"
+        try:
+            await self.db.records.insert_one(doc)
+        except Exception as exc:
+            if _is_duplicate(exc):
+                raise Conflict(f"{unique or record.id!r} is taken", name=unique) from exc
+            raise
+
+    @staticmethod
+    def _query(kind: RecordKind, model: type[BaseModel], equals: Mapping[str, Any]) -> dict[str, Any]:
+        check_fields(model, equals)
+        query: dict[str, Any] = {"kind": kind}
+        for field, value in equals.items():
+            query[field] = {"$in": list(value)} if isinstance(value, list | tuple | set | frozenset) else value
+        return query
+
+    async def get_record(self, kind: RecordKind, model: type[M], **equals: Any) -> M:
+        doc = await self.db.records.find_one(self._query(kind, model, equals))
+        if doc is None:
+            raise NotFound(f"no {kind[:-1].replace('_', ' ')} matches", kind=kind)
+        return model.model_validate(doc)
+
+    async def find_records(self, kind: RecordKind, model: type[M], *, where: Mapping[str, Any] | None = None,
+                           since: datetime | None = None, until: datetime | None = None,
+                           newest_first: bool = False, offset: int = 0,
+                           limit: int | None = None) -> tuple[list[M], int]:
+        query = self._query(kind, model, where or {})
+        window = {op: bound for op, bound in (("$gte", since), ("$lt", until)) if bound is not None}
+        if window:
+            query["created_at"] = window
+        total = await self.db.records.count_documents(query)
+        order = -1 if newest_first else 1
+        cursor = self.db.records.find(query).sort([("created_at", order), ("_id", 1)]).skip(offset)
+        if limit is not None:
+            cursor = cursor.limit(limit)
+        return [model.model_validate(doc) for doc in await cursor.to_list(None)], total
+
+    async def update_record(self, kind: RecordKind, model: type[M], record_id: str, *,
+                            expected: Mapping[str, Any] | None = None, **changes: Any) -> M | None:
+        check_fields(model, changes)
+        query = {**self._query(kind, model, expected or {}), "_id": f"{kind}/{record_id}"}
+        fields = model.model_construct(**changes).model_dump(include=set(changes))
+        doc = await self.db.records.find_one_and_update(query, {"$set": fields}, return_document=_AFTER)
+        return None if doc is None else model.model_validate(doc)
+
+    async def delete_records(self, kind: RecordKind, model: type[BaseModel], **equals: Any) -> int:
+        result = await self.db.records.delete_many(self._query(kind, model, equals))
+        return result.deleted_count
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def ping(self) -> None:

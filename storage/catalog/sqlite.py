@@ -19,13 +19,17 @@ import os
 import queue
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
+from pydantic import BaseModel
+
+from tuplehub.storage.access import StoredRecord
 from tuplehub.storage.blocks import BlockRecord
+from tuplehub.storage.catalog.base import NAMESPACES, M, ReadScope, RecordKind, check_fields, sort_stamp
 from tuplehub.storage.catalog.jobstate import cancel, claim, finish, update
 from tuplehub.storage.errors import ConfigError, Conflict, NotFound, StoreUnavailable
 from tuplehub.storage.filters.prune import Constraint
@@ -67,6 +71,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     dedup_key TEXT UNIQUE, created_at TEXT NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL, id TEXT NOT NULL, space TEXT, ukey TEXT, created_at TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (kind, id), UNIQUE (space, ukey));
+CREATE INDEX IF NOT EXISTS records_by_time ON records (kind, created_at);
 """
 
 _OPS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "="}
@@ -150,8 +158,9 @@ class SQLiteCatalog:
             raise NotFound(f"no dataset named {name!r}", name=name)
         return DatasetRecord.model_validate_json(row[0])
 
-    async def list_datasets(self, *, name: str | None, tag: str | None, offset: int,
-                            limit: int) -> tuple[list[DatasetSummary], int]:
+    async def list_datasets(self, *, name: str | None, tag: str | None, offset: int, limit: int,
+                            readable: ReadScope | None = None,
+                            owner: str | None = None) -> tuple[list[DatasetSummary], int]:
         where, args = ["1 = 1"], []
         if name:
             where.append("instr(lower(name), lower(?)) > 0")
@@ -159,6 +168,15 @@ class SQLiteCatalog:
         if tag:
             where.append("EXISTS (SELECT 1 FROM json_each(datasets.doc, '$.tags') WHERE value = ?)")
             args.append(tag)
+        if owner:
+            where.append("json_extract(datasets.doc, '$.owner') = ?")
+            args.append(owner)
+        if readable is not None:
+            marks = ", ".join("?" for _ in readable.groups) or "NULL"
+            where.append(f"""(json_extract(datasets.doc, '$.owner') = ?
+                OR (? AND json_extract(datasets.doc, '$.public'))
+                OR EXISTS (SELECT 1 FROM json_each(datasets.doc, '$.groups') WHERE value IN ({marks})))""")
+            args.extend([readable.owner, readable.public, *sorted(readable.groups)])
         clause = " AND ".join(where)
 
         def work(conn: sqlite3.Connection) -> tuple[list[DatasetSummary], int]:
@@ -170,6 +188,24 @@ class SQLiteCatalog:
                 [*args, limit, offset]).fetchall()
             return [_summary(dataset, version) for dataset, version in rows], total
         return await self._run(work)
+
+    async def update_dataset(self, dataset_id: str, **fields: Any) -> DatasetRecord:
+        check_fields(DatasetRecord, fields)
+
+        def work(conn: sqlite3.Connection) -> DatasetRecord:
+            row = conn.execute("SELECT doc FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no dataset {dataset_id!r}")
+            record = DatasetRecord.model_validate_json(row[0]).model_copy(update=fields)
+            conn.execute("UPDATE datasets SET doc = ? WHERE id = ?", (record.model_dump_json(), dataset_id))
+            return record
+        return await self._run(work, write=True)
+
+    async def delete_dataset(self, dataset_id: str) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM versions WHERE dataset_id = ?", (dataset_id,))
+            conn.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
+        await self._run(work, write=True)
 
     # --- versions -----------------------------------------------------------------------------
     async def list_versions(self, dataset_id: str) -> list[VersionRecord]:
@@ -369,6 +405,73 @@ class SQLiteCatalog:
     async def request_cancel(self, job_id: str) -> JobRecord:
         await self._modify_job(job_id, cancel)
         return await self.get_job(job_id)
+
+    # --- access records -------------------------------------------------------------------------
+    async def insert_record(self, kind: RecordKind, record: StoredRecord, *, unique: str | None = None) -> None:
+        row = (kind, record.id, NAMESPACES[kind] if unique else None, unique, sort_stamp(record.created_at),
+               record.model_dump_json())
+
+        def work(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", row)
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"{unique or record.id!r} is taken", name=unique) from exc
+        await self._run(work, write=True)
+
+    @staticmethod
+    def _where(kind: RecordKind, model: type[BaseModel], equals: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        check_fields(model, equals)
+        clauses, args = ["kind = ?"], [kind]
+        for field, value in equals.items():
+            values = value if isinstance(value, list | tuple | set | frozenset) else [value]
+            marks = ", ".join("?" for _ in values) or "NULL"
+            clauses.append(f"json_extract(doc, '$.{field}') IN ({marks})")
+            args.extend(int(v) if isinstance(v, bool) else v for v in values)
+        return " AND ".join(clauses), args
+
+    async def get_record(self, kind: RecordKind, model: type[M], **equals: Any) -> M:
+        clause, args = self._where(kind, model, equals)
+        row = await self._run(lambda c: c.execute(f"SELECT doc FROM records WHERE {clause} LIMIT 1", args).fetchone())
+        if row is None:
+            raise NotFound(f"no {kind[:-1].replace('_', ' ')} matches", kind=kind)
+        return model.model_validate_json(row[0])
+
+    async def find_records(self, kind: RecordKind, model: type[M], *, where: Mapping[str, Any] | None = None,
+                           since: datetime | None = None, until: datetime | None = None,
+                           newest_first: bool = False, offset: int = 0,
+                           limit: int | None = None) -> tuple[list[M], int]:
+        clause, args = self._where(kind, model, where or {})
+        for bound, op in ((since, ">="), (until, "<")):
+            if bound is not None:
+                clause += f" AND created_at {op} ?"
+                args.append(sort_stamp(bound))
+        order = "DESC" if newest_first else "ASC"
+
+        def work(conn: sqlite3.Connection) -> tuple[list[M], int]:
+            total = conn.execute(f"SELECT count(*) FROM records WHERE {clause}", args).fetchone()[0]
+            rows = conn.execute(f"SELECT doc FROM records WHERE {clause} ORDER BY created_at {order}, id "
+                                "LIMIT ? OFFSET ?", [*args, -1 if limit is None else limit, offset]).fetchall()
+            return [model.model_validate_json(doc) for (doc,) in rows], total
+        return await self._run(work)
+
+    async def update_record(self, kind: RecordKind, model: type[M], record_id: str, *,
+                            expected: Mapping[str, Any] | None = None, **changes: Any) -> M | None:
+        check_fields(model, changes)
+        clause, args = self._where(kind, model, expected or {})
+
+        def work(conn: sqlite3.Connection) -> M | None:
+            row = conn.execute(f"SELECT doc FROM records WHERE {clause} AND id = ?", [*args, record_id]).fetchone()
+            if row is None:
+                return None
+            record = model.model_validate_json(row[0]).model_copy(update=changes)
+            conn.execute("UPDATE records SET doc = ? WHERE kind = ? AND id = ?",
+                         (record.model_dump_json(), kind, record_id))
+            return record
+        return await self._run(work, write=True)
+
+    async def delete_records(self, kind: RecordKind, model: type[BaseModel], **equals: Any) -> int:
+        clause, args = self._where(kind, model, equals)
+        return await self._run(lambda c: c.execute(f"DELETE FROM records WHERE {clause}", args).rowcount, write=True)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def ping(self) -> None:

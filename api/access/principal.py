@@ -1,0 +1,135 @@
+"""Who is calling, and which rights they hold where: resolved once per request from its bearer token.
+
+A user's rights are the union of the rights of their roles, kept apart by scope: site roles apply
+to the site (create content, publish it publicly, administer users, groups and roles), group roles
+apply inside one group. An API token can only narrow them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from tuplehub.api.access.tokens import API_TOKEN_PREFIX, REFRESH_PREFIX, Signer, hash_token
+from tuplehub.storage.access import ApiTokenRecord, MembershipRecord, Right, RoleRecord, UserRecord
+from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.errors import NotFound, Unauthenticated
+from tuplehub.storage.models import utcnow
+
+_LAST_USED_RESOLUTION = timedelta(minutes=1)  # write "last used" at most this often per token
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: str | None
+    name: str
+    site_roles: tuple[str, ...] = ()
+    site_rights: frozenset[Right] = frozenset()
+    group_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)    # group id -> roles
+    group_rights: Mapping[str, frozenset[Right]] = field(default_factory=dict)  # group id -> rights
+    token_rights: frozenset[Right] | None = None   # an API token's narrowing; None: no narrowing
+    via: str = "access"
+
+    @property
+    def signed_in(self) -> bool:
+        return self.id is not None
+
+    def allows(self, right: Right) -> bool:
+        """Whether the credential in use permits ``right`` at all (API tokens may narrow)."""
+        return self.token_rights is None or right in self.token_rights
+
+    def holds(self, right: Right) -> bool:
+        """A site-wide right."""
+        return self.allows(right) and right in self.site_rights
+
+    def holds_in(self, right: Right, group_id: str) -> bool:
+        """A right inside one group; site-wide group administration counts in every group."""
+        if not self.allows(right):
+            return False
+        site_wide = right.startswith("group:") and right in self.site_rights
+        return site_wide or right in self.group_rights.get(group_id, ())
+
+    def groups_holding(self, right: Right) -> frozenset[str]:
+        if not self.allows(right):
+            return frozenset()
+        return frozenset(group for group, rights in self.group_rights.items() if right in rights)
+
+    def rights_in(self, group_id: str | None) -> frozenset[Right]:
+        """Every right usable in a scope (None: site), for "you cannot grant what you do not hold"."""
+        held = self.site_rights if group_id is None else self.site_rights | self.group_rights.get(group_id, frozenset())
+        return held if self.token_rights is None else held & self.token_rights
+
+    def all_rights(self) -> frozenset[Right]:
+        held = self.site_rights.union(*self.group_rights.values())
+        return held if self.token_rights is None else held & self.token_rights
+
+
+ANONYMOUS = Principal(id=None, name="anonymous", via="anonymous")
+
+
+async def role_rights(catalog: Catalog) -> dict[str, frozenset[Right]]:
+    roles, _ = await catalog.find_records("roles", RoleRecord)
+    return {role.name: frozenset(role.rights) for role in roles}
+
+
+def rights_of(roles: list[str] | tuple[str, ...], table: Mapping[str, frozenset[Right]]) -> frozenset[Right]:
+    """Unknown (deleted) roles grant nothing."""
+    return frozenset().union(*(table.get(role, frozenset()) for role in roles))
+
+
+async def principal_of(catalog: Catalog, user: UserRecord, *, token_rights: frozenset[Right] | None = None,
+                       via: str = "access") -> Principal:
+    table = await role_rights(catalog)
+    memberships, _ = await catalog.find_records("memberships", MembershipRecord, where={"user_id": user.id})
+    return Principal(
+        id=user.id, name=user.name, site_roles=tuple(user.site_roles), site_rights=rights_of(user.site_roles, table),
+        group_roles={m.group_id: tuple(m.roles) for m in memberships},
+        group_rights={m.group_id: rights_of(m.roles, table) for m in memberships},
+        token_rights=token_rights, via=via)
+
+
+async def authenticate(catalog: Catalog, signer: Signer, authorization: str | None) -> Principal:
+    """The caller behind an ``Authorization`` header; anonymous without one, 401 for a bad one."""
+    if not authorization:
+        return ANONYMOUS
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("use 'Authorization: Bearer <token>'")
+    if token.startswith(REFRESH_PREFIX):
+        raise Unauthenticated("a refresh token cannot be used as an access token; exchange it at /auth/refresh")
+    if token.startswith(API_TOKEN_PREFIX):
+        return await _from_api_token(catalog, token)
+    claims = signer.verify(token)
+    user = await _active_user(catalog, claims.user_id)
+    if claims.issued_at < user.sessions_valid_after.timestamp():
+        raise Unauthenticated("the access token was revoked (sign-out or password change); sign in again")
+    return await principal_of(catalog, user)
+
+
+async def _active_user(catalog: Catalog, user_id: str) -> UserRecord:
+    try:
+        user = await catalog.get_record("users", UserRecord, id=user_id)
+    except NotFound:
+        raise Unauthenticated("the token's user no longer exists") from None
+    if not user.active:
+        raise Unauthenticated("the token's user is deactivated")
+    return user
+
+
+async def _from_api_token(catalog: Catalog, token: str) -> Principal:
+    try:
+        record = await catalog.get_record("api_tokens", ApiTokenRecord, hash=hash_token(token))
+    except NotFound:
+        raise Unauthenticated("unknown API token") from None
+    now = utcnow()
+    if record.revoked:
+        raise Unauthenticated("the API token was revoked")
+    if record.expires_at is not None and record.expires_at <= now:
+        raise Unauthenticated("the API token has expired")
+    user = await _active_user(catalog, record.user_id)
+    if record.last_used_at is None or now - record.last_used_at > _LAST_USED_RESOLUTION:
+        await catalog.update_record("api_tokens", ApiTokenRecord, record.id, last_used_at=now)
+    rights = None if record.rights is None else frozenset(record.rights)
+    return await principal_of(catalog, user, token_rights=rights, via="api-token")

@@ -1,0 +1,108 @@
+"""HTTP hardening that wraps every route: body size limits, security headers and (opt-in) CORS."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tuplehub.storage.settings import Settings
+
+_PART_ROUTE = re.compile(r"^/api/v1/uploads/[^/]+/parts/\d+$")
+_DOCS = re.compile(r"^/api/v1/docs")
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+]
+# The API serves JSON and files only; the interactive docs page needs its CDN scripts.
+API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+
+
+class BodyLimit:
+    """Refuse bodies over the limit: at once when Content-Length says so, else while streaming.
+
+    Upload parts may be as large as ``max_part_bytes``; every other body (JSON) ``max_body_bytes``.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_part_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_part_bytes = max_part_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_part_bytes if _PART_ROUTE.match(scope["path"]) else self.max_body_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _refuse(scope, send, limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                # An HTTPException, because FastAPI turns any other error while parsing a body into a 400.
+                raise HTTPException(413, f"the request body exceeds {limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _refuse(scope: Scope, send: Send, limit: int) -> None:
+    body = json.dumps({"type": "/problems/payload-too-large", "title": "PayloadTooLarge", "status": 413,
+                       "detail": f"the request body exceeds {limit} bytes", "limit": limit,
+                       "instance": scope["path"]}).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [
+        (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"), *SECURITY_HEADERS]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+        self.app = app
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = list(SECURITY_HEADERS)
+        if not _DOCS.match(scope["path"]):
+            extra.append(API_CSP)
+        if self.hsts:
+            extra.append(HSTS)
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []), *(h for h in extra if h[0] not in present)]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Outermost first: CORS answers preflights, headers go on everything, then the size limit."""
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes, max_part_bytes=settings.max_part_bytes)
+    app.add_middleware(SecurityHeaders, hsts=settings.hsts)
+    if settings.cors_origins:
+        cors: dict[str, Any] = {"allow_origins": settings.cors_origins, "allow_credentials": False,
+                                "allow_methods": ["GET", "POST", "PUT", "DELETE"],
+                                "allow_headers": ["Authorization", "Content-Type", "Range"],
+                                "expose_headers": ["Content-Range", "Retry-After"]}
+        app.add_middleware(CORSMiddleware, **cors)

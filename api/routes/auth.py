@@ -1,0 +1,148 @@
+"""Signing in and out: password login, refresh-token rotation, sign-up when open, the caller's profile."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from tuplehub.api.access.accounts import create_user, end_sessions, set_password
+from tuplehub.api.access.audit import audit
+from tuplehub.api.access.passwords import verify_password
+from tuplehub.api.access.tokens import REFRESH_PREFIX, Signer, hash_token, new_opaque
+from tuplehub.api.deps import Caller, CatalogDep, LimiterDep, SettingsDep, SignerDep
+from tuplehub.api.problems import problems
+from tuplehub.storage.access import (
+    AuditRecord,
+    GroupRecord,
+    Login,
+    Me,
+    PasswordChange,
+    Refresh,
+    RefreshTokenRecord,
+    TokenPair,
+    UserCreate,
+    UserRead,
+    UserRecord,
+)
+from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound, RateLimited, Unauthenticated
+from tuplehub.storage.models import new_id, utcnow
+from tuplehub.storage.settings import Settings
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+_WRONG = "wrong user name or password"
+
+
+async def _issue(catalog: Catalog, signer: Signer, settings: Settings, user: UserRecord, family: str) -> TokenPair:
+    refresh, digest = new_opaque(REFRESH_PREFIX)
+    await catalog.insert_record("refresh_tokens", RefreshTokenRecord(
+        hash=digest, user_id=user.id, family=family,
+        expires_at=utcnow() + timedelta(seconds=settings.refresh_token_ttl_s)), unique=digest)
+    return TokenPair(access_token=signer.issue(user.id), refresh_token=refresh, expires_in=signer.ttl_s)
+
+
+@router.post("/login", responses=problems(Unauthenticated, RateLimited))
+async def login(body: Login, request: Request, catalog: CatalogDep, signer: SignerDep, limiter: LimiterDep,
+                settings: SettingsDep) -> TokenPair:
+    """Exchange a user name and password for a short-lived access token and a refresh token."""
+    address = request.client.host if request.client else "unknown"
+    await limiter.check(body.username, address)
+    try:
+        user: UserRecord | None = await catalog.get_record("users", UserRecord, name=body.username)
+    except NotFound:
+        user = None
+    if not await verify_password(user.password_hash if user else None, body.password) or not user or not user.active:
+        await limiter.failed(body.username, address)
+        raise Unauthenticated(_WRONG)
+    await limiter.succeeded(body.username)
+    return await _issue(catalog, signer, settings, user, family=new_id())
+
+
+async def _spend(catalog: Catalog, token: str) -> RefreshTokenRecord:
+    """Use a refresh token once; a second use means it was stolen, so its whole family dies."""
+    if not token.startswith(REFRESH_PREFIX):
+        raise Unauthenticated("that is not a refresh token")
+    try:
+        record = await catalog.get_record("refresh_tokens", RefreshTokenRecord, hash=hash_token(token))
+    except NotFound:
+        raise Unauthenticated("unknown refresh token") from None
+    if record.revoked:
+        raise Unauthenticated("the refresh token was revoked; sign in again")
+    if record.expires_at <= utcnow():
+        raise Unauthenticated("the refresh token has expired; sign in again")
+    spent = await catalog.update_record("refresh_tokens", RefreshTokenRecord, record.id,
+                                        expected={"spent": False}, spent=True)
+    if spent is None:
+        await end_sessions(catalog, record.user_id, family=record.family)
+        raise Unauthenticated("this refresh token was already used: every session from that sign-in is revoked")
+    return record
+
+
+@router.post("/refresh", responses=problems(Unauthenticated))
+async def refresh(body: Refresh, catalog: CatalogDep, signer: SignerDep, settings: SettingsDep) -> TokenPair:
+    """Rotate a refresh token: the old one is spent, a new pair is returned."""
+    record = await _spend(catalog, body.refresh_token)
+    try:
+        user = await catalog.get_record("users", UserRecord, id=record.user_id)
+    except NotFound:
+        raise Unauthenticated("the token's user no longer exists") from None
+    if not user.active:
+        raise Unauthenticated("the user is deactivated")
+    return await _issue(catalog, signer, settings, user, family=record.family)
+
+
+@router.post("/logout", status_code=204, responses=problems(Unauthenticated))
+async def logout(body: Refresh, catalog: CatalogDep,
+                 everywhere: Annotated[bool, Query(description="End every session of this user.")] = False
+                 ) -> Response:
+    """Revoke this sign-in's refresh tokens (or, with ``everywhere``, all sessions and access tokens)."""
+    try:
+        record = await catalog.get_record("refresh_tokens", RefreshTokenRecord, hash=hash_token(body.refresh_token))
+    except NotFound:
+        raise Unauthenticated("unknown refresh token") from None
+    await end_sessions(catalog, record.user_id, family=None if everywhere else record.family)
+    return Response(status_code=204)
+
+
+@router.get("/me")
+async def me(caller: Caller, catalog: CatalogDep) -> Me:
+    """Who the token belongs to, the roles they hold and the site-wide rights it carries."""
+    user = await catalog.get_record("users", UserRecord, id=caller.id)
+    groups, _ = await catalog.find_records("groups", GroupRecord, where={"id": list(caller.group_roles)})
+    return Me(**UserRead.model_validate(user, from_attributes=True).model_dump(),
+              groups={group.name: list(caller.group_roles[group.id]) for group in groups},
+              rights=sorted(caller.rights_in(None)), token=caller.via)
+
+
+@router.put("/password", status_code=204, responses=problems(Unauthenticated, InvalidRequest))
+async def change_password(body: PasswordChange, caller: Caller, catalog: CatalogDep,
+                          settings: SettingsDep) -> Response:
+    """Change one's own password; every session and access token of the user ends."""
+    user = await catalog.get_record("users", UserRecord, id=caller.id)
+    if not await verify_password(user.password_hash, body.current_password):
+        raise Unauthenticated("the current password is wrong")
+    await set_password(catalog, settings, user, body.new_password)
+    await audit(catalog, caller, "user.password", "user", user.id, user.name)
+    return Response(status_code=204)
+
+
+@router.post("/signup", status_code=201, responses=problems(Forbidden, Conflict, InvalidRequest, RateLimited))
+async def signup(body: UserCreate, request: Request, catalog: CatalogDep, limiter: LimiterDep,
+                 settings: SettingsDep) -> UserRead:
+    """Create one's own account, when the deployment has opened sign-up (closed by default)."""
+    if not settings.open_signup:
+        raise Forbidden("sign-up is closed on this server; ask an administrator for an account")
+    if body.site_roles is not None:
+        raise Forbidden("roles are given by administrators, not chosen at sign-up")
+    await limiter.check(body.name, request.client.host if request.client else "unknown")
+    user = await create_user(catalog, settings, body.name, body.password, list(settings.default_roles))
+    await catalog.insert_record("audit", _self_audit(user))
+    return UserRead.model_validate(user, from_attributes=True)
+
+
+def _self_audit(user: UserRecord) -> AuditRecord:
+    return AuditRecord(actor_id=user.id, actor=user.name, action="user.signup", target_kind="user",
+                       target_id=user.id, target=user.name, details={"site_roles": user.site_roles})
+

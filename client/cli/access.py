@@ -1,0 +1,200 @@
+"""Account commands: login/logout/whoami, API tokens, users, groups, roles and the audit log."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import Annotated
+
+import typer
+
+from tuplehub.client.cli.output import emit, reported_errors
+from tuplehub.client.client import Client
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Url = Annotated[str | None, typer.Option("--url", envvar="TUPLEHUB_URL", help="Server URL.")]
+PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")]
+
+tokens_app = typer.Typer(help="API tokens for scripts and workers.", no_args_is_help=True)
+users_app = typer.Typer(help="User accounts (administrators).", no_args_is_help=True)
+groups_app = typer.Typer(help="Groups and their members.", no_args_is_help=True)
+roles_app = typer.Typer(help="Roles: named bundles of rights.", no_args_is_help=True)
+
+
+def _password(from_stdin: bool, prompt: str = "Password", confirm: bool = False) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+
+
+def login(username: Annotated[str, typer.Option(prompt=True, help="User name.")],
+          password_stdin: PasswordStdin = False, url: Url = None, as_json: AsJson = False) -> None:
+    """Sign in; the session is kept in the OS keyring or a 0600 file in the config folder."""
+    with reported_errors(), Client(url) as hub:
+        me = hub.login(username, _password(password_stdin))
+        if as_json:
+            emit(me, as_json=True)
+        else:
+            typer.echo(f"signed in to {hub.url} as {me.name} (session kept in {hub.sessions.where})")
+
+
+def logout(everywhere: Annotated[bool, typer.Option(help="End every session of this user.")] = False,
+           url: Url = None) -> None:
+    """Sign out: revoke the stored session on the server and forget it here."""
+    with reported_errors(), Client(url) as hub:
+        hub.logout(everywhere=everywhere)
+        typer.echo(f"signed out of {hub.url}")
+
+
+def whoami(url: Url = None, as_json: AsJson = False) -> None:
+    """Who the current credentials belong to, and what they may do."""
+    with reported_errors(), Client(url) as hub:
+        emit(hub.whoami(), as_json=as_json, columns=("name", "site_roles", "groups", "token"))
+
+
+def audit(actor: Annotated[str | None, typer.Option(help="Who acted (user name).")] = None,
+          action: Annotated[str | None, typer.Option(help="e.g. dataset.publish")] = None,
+          target: Annotated[str | None, typer.Option(help="Name of what was acted on.")] = None,
+          since: Annotated[datetime | None, typer.Option(help="ISO time.")] = None,
+          until: Annotated[datetime | None, typer.Option(help="ISO time.")] = None,
+          limit: int = 50, offset: int = 0, url: Url = None, as_json: AsJson = False) -> None:
+    """Read the audit log (needs audit:read), newest first."""
+    with reported_errors(), Client(url) as hub:
+        emit(hub.audit(actor=actor, action=action, target=target, since=since, until=until, limit=limit,
+                       offset=offset), as_json=as_json,
+             columns=("created_at", "actor", "action", "target_kind", "target", "details"))
+
+
+# --- tokens ----------------------------------------------------------------------------------------
+
+@tokens_app.command("create")
+def create_token(name: str,
+                 right: Annotated[list[str] | None, typer.Option("--right", help="Repeat; default: all yours.")] = None,
+                 expires: Annotated[datetime | None, typer.Option(help="Expiry (ISO time, UTC if no zone).")] = None,
+                 url: Url = None, as_json: AsJson = False) -> None:
+    """Create an API token; it is printed once and cannot be shown again."""
+    with reported_errors(), Client(url) as hub:
+        created = hub.tokens.create(name, rights=right, expires_at=expires)
+        if as_json:
+            emit(created, as_json=True)
+        else:
+            typer.echo(f"{created.token}\n(shown once: store it now; use it as TUPLEHUB_TOKEN)")
+
+
+@tokens_app.command("list")
+def list_tokens(url: Url = None, as_json: AsJson = False) -> None:
+    with reported_errors(), Client(url) as hub:
+        emit(hub.tokens.list(), as_json=as_json,
+             columns=("id", "name", "rights", "expires_at", "last_used_at", "revoked"))
+
+
+@tokens_app.command("revoke")
+def revoke_token(token_id: str, url: Url = None, as_json: AsJson = False) -> None:
+    with reported_errors(), Client(url) as hub:
+        emit(hub.tokens.revoke(token_id), as_json=as_json, columns=("id", "name", "revoked"))
+
+
+# --- users -----------------------------------------------------------------------------------------
+
+@users_app.command("create")
+def create_user(name: str, role: Annotated[list[str] | None, typer.Option("--role", help="Site role; repeat.")] = None,
+                password_stdin: PasswordStdin = False, url: Url = None, as_json: AsJson = False) -> None:
+    with reported_errors(), Client(url) as hub:
+        user = hub.users.create(name, _password(password_stdin, confirm=not password_stdin), site_roles=role)
+        emit(user, as_json=as_json, columns=("name", "site_roles", "created_at"))
+
+
+@users_app.command("list")
+def list_users(limit: int = 100, offset: int = 0, url: Url = None, as_json: AsJson = False) -> None:
+    with reported_errors(), Client(url) as hub:
+        emit(hub.users.list(limit=limit, offset=offset), as_json=as_json,
+             columns=("name", "site_roles", "active", "created_at"))
+
+
+@users_app.command("roles")
+def set_user_roles(name: str, role: Annotated[list[str], typer.Option("--role", help="Site role; repeat.")],
+                   url: Url = None, as_json: AsJson = False) -> None:
+    """Replace a user's site roles."""
+    with reported_errors(), Client(url) as hub:
+        emit(hub.users.set_roles(name, role), as_json=as_json, columns=("name", "site_roles"))
+
+
+@users_app.command("password")
+def reset_password(name: str, password_stdin: PasswordStdin = False, url: Url = None) -> None:
+    """Set another user's password; their sessions end."""
+    with reported_errors(), Client(url) as hub:
+        hub.users.reset_password(name, _password(password_stdin, "New password", confirm=not password_stdin))
+        typer.echo(f"password of {name} changed; their sessions have ended")
+
+
+@users_app.command("delete")
+def delete_user(name: str, url: Url = None) -> None:
+    with reported_errors(), Client(url) as hub:
+        hub.users.delete(name)
+        typer.echo(f"deleted user {name}")
+
+
+# --- groups ----------------------------------------------------------------------------------------
+
+@groups_app.command("create")
+def create_group(name: str, description: str = "", url: Url = None, as_json: AsJson = False) -> None:
+    with reported_errors(), Client(url) as hub:
+        emit(hub.groups.create(name, description=description), as_json=as_json,
+             columns=("name", "description", "members"))
+
+
+@groups_app.command("list")
+def list_groups(url: Url = None, as_json: AsJson = False) -> None:
+    with reported_errors(), Client(url) as hub:
+        emit(hub.groups.list(), as_json=as_json, columns=("name", "description", "created_at"))
+
+
+@groups_app.command("show")
+def show_group(name: str, url: Url = None, as_json: AsJson = False) -> None:
+    with reported_errors(), Client(url) as hub:
+        emit(hub.groups.get(name), as_json=as_json, columns=("name", "description", "members"))
+
+
+@groups_app.command("add")
+def add_member(name: str, user: str,
+               role: Annotated[list[str] | None, typer.Option("--role", help="Role in the group; repeat.")] = None,
+               url: Url = None, as_json: AsJson = False) -> None:
+    """Add a member (default role: member) or replace their roles."""
+    with reported_errors(), Client(url) as hub:
+        emit(hub.groups.set_member(name, user, role or ["member"]), as_json=as_json, columns=("name", "members"))
+
+
+@groups_app.command("remove")
+def remove_member(name: str, user: str, url: Url = None) -> None:
+    with reported_errors(), Client(url) as hub:
+        hub.groups.remove_member(name, user)
+        typer.echo(f"removed {user} from {name}")
+
+
+@groups_app.command("delete")
+def delete_group(name: str, url: Url = None) -> None:
+    with reported_errors(), Client(url) as hub:
+        hub.groups.delete(name)
+        typer.echo(f"deleted group {name}")
+
+
+# --- roles -----------------------------------------------------------------------------------------
+
+@roles_app.command("list")
+def list_roles(url: Url = None, as_json: AsJson = False) -> None:
+    with reported_errors(), Client(url) as hub:
+        emit(hub.roles.list(), as_json=as_json, columns=("name", "builtin", "rights"))
+
+
+@roles_app.command("create")
+def create_role(name: str, right: Annotated[list[str], typer.Option("--right", help="Repeat for each right.")],
+                description: str = "", url: Url = None, as_json: AsJson = False) -> None:
+    with reported_errors(), Client(url) as hub:
+        emit(hub.roles.create(name, right, description=description), as_json=as_json, columns=("name", "rights"))
+
+
+@roles_app.command("delete")
+def delete_role(name: str, url: Url = None) -> None:
+    with reported_errors(), Client(url) as hub:
+        hub.roles.delete(name)
+        typer.echo(f"deleted role {name}")
