@@ -196,7 +196,7 @@ class Login(BaseModel):
 class Refresh(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    refresh_token: str = Field(max_length=256)
+    refresh_token: str = Field(max_length=4096)
 
 
 class TokenPair(BaseModel):

@@ -274,6 +274,10 @@ def _storable(value: Any, path: str, depth: int = 0) -> Any:
             raise ValueError(f"{path} = {value} is not a finite number")
         return value
     if isinstance(value, dict):
+        for key in value:
+            # Operator-looking or dotted keys would be read as query syntax by a document database.
+            if not isinstance(key, str) or key.startswith("$") or "." in key or "\x00" in key:
+                raise ValueError(f"{path} has the key {key!r}; keys may not start with '$' or hold '.'")
         return {key: _storable(item, f"{path}.{key}", depth + 1) for key, item in value.items()}
     if isinstance(value, list):
         return [_storable(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -99,3 +100,27 @@ def hub(hub_server: EmbeddedServer) -> Iterator[Client]:
 @pytest.fixture
 def unique_name() -> str:
     return f"ds-{uuid.uuid4().hex[:10]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API over loopback (moto's server mode) with an empty ``tuplehub`` bucket."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket="tuplehub")
+        yield endpoint
+    finally:
+        server.stop()

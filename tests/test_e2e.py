@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import httpx
 import numpy as np
 import pytest
@@ -31,12 +29,6 @@ from .factories import episode_arrays
 
 pytestmark = pytest.mark.e2e
 START_TIMEOUT_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Processes:
@@ -97,25 +89,10 @@ def wait_until(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 def test_distributed_ingest_survives_a_killed_worker(tmp_path: Path, redis_url: str, s3_endpoint: str,
                                                      processes: Processes) -> None:
     credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                    "AWS_DEFAULT_REGION": "us-east-1"}
-    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket="tuplehub")
     catalog_url = os.environ.get("TUPLEHUB_TEST_MONGODB_URL", "").rstrip("/")
     catalog_url = f"{catalog_url}/tuplehub_e2e_{os.getpid()}" if catalog_url else f"sqlite:///{tmp_path}/catalog.db"
     env = {**os.environ, **credentials,

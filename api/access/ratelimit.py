@@ -12,6 +12,12 @@ from typing import Any
 from tuplehub.storage.errors import RateLimited
 
 _PREFIX = "tuplehub:login-failures:"
+# Count and start the window in one step (atomic, and works on Redis before 7, which lacks EXPIRE NX).
+_COUNT = """
+local failures = redis.call('INCR', KEYS[1])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return failures
+"""
 
 
 class LoginLimiter:
@@ -33,10 +39,7 @@ class LoginLimiter:
 
     async def failed(self, username: str, address: str) -> None:
         for key in self._keys(username, address).values():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, self.window_s, nx=True)
-                await pipe.execute()
+            await self._redis.eval(_COUNT, 1, key, self.window_s)
 
     async def succeeded(self, username: str) -> None:
         await self._redis.delete(self._keys(username, "")["user"])

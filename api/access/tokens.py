@@ -27,7 +27,6 @@ AUDIENCE = "tuplehub-api"
 REFRESH_PREFIX = "thr_"
 API_TOKEN_PREFIX = "tht_"
 _REQUIRED = ["exp", "iat", "nbf", "sub", "jti", "iss", "aud"]
-_MIN_SECRET_BYTES = 32
 
 
 def hash_token(token: str) -> str:
@@ -100,8 +99,9 @@ def _hmac_secret(settings: Settings) -> bytes:
     else:
         raise ConfigError("set TUPLEHUB_JWT_SECRET (32+ random bytes, e.g. `openssl rand -hex 32`) or a key pair: "
                           "a deployment never signs tokens with a built-in key")
-    if len(secret) < _MIN_SECRET_BYTES:
-        raise ConfigError(f"TUPLEHUB_JWT_SECRET must be at least {_MIN_SECRET_BYTES} bytes long")
+    needed = int(settings.jwt_algorithm[2:]) // 8  # RFC 7518 3.2: at least the hash's size
+    if len(secret) < needed:
+        raise ConfigError(f"TUPLEHUB_JWT_SECRET must be at least {needed} bytes long for {settings.jwt_algorithm}")
     return secret
 
 

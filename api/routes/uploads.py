@@ -12,8 +12,10 @@ from datetime import timedelta
 from fastapi import APIRouter, Request, Response
 
 from tuplehub.api.access.policy import readable_dataset, require_owner
+from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, ObjectsDep, QueueDep, SettingsDep
 from tuplehub.api.problems import problems
+from tuplehub.storage.access import Right
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from tuplehub.storage.models import (
@@ -45,10 +47,16 @@ def _read(record: UploadRecord, objects: ObjectStore) -> UploadRead:
     return UploadRead(**record.model_dump(), transport=transport)
 
 
-async def _open_upload(catalog: Catalog, upload_id: str, caller_id: str) -> UploadRecord:
+async def _own_upload(catalog: Catalog, upload_id: str, caller: Principal) -> UploadRecord:
+    """The session if the caller owns it (or manages jobs); anyone else's is as absent as a missing one."""
     upload = await catalog.get_upload(upload_id)
-    if upload.owner != caller_id:
+    if upload.owner != caller.id and not caller.holds(Right.job_manage):
         raise NotFound(f"no upload {upload_id!r}", upload=upload_id)
+    return upload
+
+
+async def _open_upload(catalog: Catalog, upload_id: str, caller: Principal) -> UploadRecord:
+    upload = await _own_upload(catalog, upload_id, caller)
     if upload.status != UploadStatus.open:
         raise Conflict(f"upload {upload_id} is {upload.status}, not open", upload=upload_id,
                        upload_status=upload.status)
@@ -80,17 +88,14 @@ async def create_upload(name: str, body: UploadCreate, caller: Caller, catalog: 
 
 @router.get("/uploads/{upload_id}", responses=problems(NotFound))
 async def get_upload(upload_id: str, caller: Caller, catalog: CatalogDep, objects: ObjectsDep) -> UploadRead:
-    upload = await catalog.get_upload(upload_id)
-    if upload.owner != caller.id:
-        raise NotFound(f"no upload {upload_id!r}", upload=upload_id)
-    return _read(upload, objects)
+    return _read(await _own_upload(catalog, upload_id, caller), objects)
 
 
 @router.post("/uploads/{upload_id}/parts", responses=problems(NotFound, Conflict, InvalidRequest))
 async def presign_parts(upload_id: str, body: PartURLsRequest, caller: Caller, catalog: CatalogDep,
                         objects: ObjectsDep, settings: SettingsDep) -> list[PartURL]:
     """Presigned PUT URLs for parts (S3 stores); each answers with the ETag to pass to ``complete``."""
-    upload = await _open_upload(catalog, upload_id, caller.id)
+    upload = await _open_upload(catalog, upload_id, caller)
     expires_at = utcnow() + timedelta(seconds=settings.presign_ttl_s)
     urls = []
     for number in body.numbers:
@@ -107,7 +112,7 @@ async def presign_parts(upload_id: str, body: PartURLsRequest, caller: Caller, c
 async def put_part(upload_id: str, number: int, request: Request, caller: Caller, catalog: CatalogDep,
                    objects: ObjectsDep) -> UploadedPart:
     """Stream one part through the API (local stores); the body is the part's raw bytes."""
-    upload = await _open_upload(catalog, upload_id, caller.id)
+    upload = await _open_upload(catalog, upload_id, caller)
     if not 1 <= number <= 10_000:
         raise InvalidRequest("part numbers run from 1 to 10000", part=number)
     declared = request.headers.get("content-length")
@@ -139,10 +144,10 @@ async def complete_upload(upload_id: str, body: UploadComplete, caller: Caller, 
     Safe to repeat: completing a completed session answers with its job again, so a client whose
     connection dropped can simply retry.
     """
-    upload = await catalog.get_upload(upload_id)
-    if upload.owner == caller.id and upload.status == UploadStatus.completed and upload.job_id:
+    upload = await _own_upload(catalog, upload_id, caller)
+    if upload.status == UploadStatus.completed and upload.job_id:
         return JobRead.from_record(await _ingest_job(catalog, queue, upload))
-    upload = await _open_upload(catalog, upload_id, caller.id)
+    upload = await _open_upload(catalog, upload_id, caller)
     parts = [(part.number, part.etag) for part in sorted(body.parts, key=lambda p: p.number)]
     await asyncio.to_thread(objects.complete_multipart, upload.object_key, upload.multipart_id, parts,
                             upload.part_size)
@@ -177,7 +182,7 @@ async def _ingest_job(catalog: Catalog, queue: Queue, upload: UploadRecord) -> J
 @router.delete("/uploads/{upload_id}", status_code=204, responses=problems(NotFound, Conflict))
 async def abort_upload(upload_id: str, caller: Caller, catalog: CatalogDep, objects: ObjectsDep) -> Response:
     """Abandon an open session and free its parts."""
-    upload = await _open_upload(catalog, upload_id, caller.id)
+    upload = await _open_upload(catalog, upload_id, caller)
     if await catalog.transition_upload(upload.id, UploadStatus.open, UploadStatus.aborted):
         await asyncio.to_thread(objects.abort_multipart, upload.object_key, upload.multipart_id)
     return Response(status_code=204)
