@@ -17,11 +17,14 @@ from tuplehub.client.exports import Export
 from tuplehub.client.jobs import Job
 from tuplehub.storage.errors import (
     Conflict,
+    Forbidden,
     InvalidFilter,
     InvalidRequest,
     InvalidUpload,
     NotFound,
+    RateLimited,
     TuplehubError,
+    Unauthenticated,
 )
 from tuplehub.storage.filters.language import F
 
@@ -32,6 +35,7 @@ __all__ = [
     "Datasets",
     "Export",
     "F",
+    "Forbidden",
     "InvalidFilter",
     "InvalidRequest",
     "InvalidUpload",
@@ -39,6 +43,8 @@ __all__ = [
     "JobFailed",
     "Jobs",
     "NotFound",
+    "RateLimited",
     "ServerError",
     "TuplehubError",
+    "Unauthenticated",
 ]

@@ -67,3 +67,56 @@ def test_cli_errors_are_one_line_and_exit_1(run, unique_name: str) -> None:
     output = run("export", unique_name, "--where", '{"op": "gt"}', code=1)
     assert output.startswith("error: --where:")
     assert "Traceback" not in output
+
+
+def test_account_commands(hub_server: EmbeddedServer, tmp_path: Path, unique_name: str) -> None:
+    """Sign in and out, tokens, users, groups, roles and sharing, as a person at a terminal would."""
+    admin = CliRunner(env={"TUPLEHUB_TOKEN": admin_token(hub_server)})
+    person = CliRunner(env={"TUPLEHUB_TOKEN": None, "TUPLEHUB_CONFIG_DIR": str(tmp_path / "config")})
+    password = "cli-Passphrase-42\n"
+
+    def invoke(runner: CliRunner, *args: str, code: int = 0, input: str | None = None) -> str:
+        result = runner.invoke(app, [*args, "--url", hub_server.url], input=input)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    user = f"cli-{unique_name[3:]}"
+    created = json.loads(invoke(admin, "users", "create", user, "--role", "contributor", "--password-stdin",
+                                "--json", input=password))
+    assert created["site_roles"] == ["contributor"]
+    assert user in invoke(admin, "users", "list")
+
+    assert "signed in" in invoke(person, "login", "--username", user, "--password-stdin", input=password)
+    sessions = tmp_path / "config" / "sessions.json"
+    assert oct(sessions.stat().st_mode & 0o777) == "0o600"
+    assert json.loads(invoke(person, "whoami", "--json"))["name"] == user
+
+    token = json.loads(invoke(person, "tokens", "create", "ci", "--right", "dataset:read", "--json"))
+    listed = json.loads(invoke(person, "tokens", "list", "--json"))
+    assert [t["name"] for t in listed] == ["ci"]
+    assert "token" not in listed[0]
+    assert json.loads(invoke(person, "tokens", "revoke", token["id"], "--json"))["revoked"] is True
+
+    group = f"grp-{unique_name[3:]}"
+    invoke(person, "groups", "create", group)
+    invoke(admin, "users", "create", f"{user}-b", "--password-stdin", input=password)
+    shown = json.loads(invoke(person, "groups", "add", group, f"{user}-b", "--role", "member", "--json"))
+    assert {m["user"] for m in shown["members"]} == {user, f"{user}-b"}
+    invoke(person, "datasets", "create", unique_name)
+    published = json.loads(invoke(person, "datasets", "publish", unique_name, "--group", group, "--json"))
+    assert published["published_to"] == [group]
+    assert published["visibility"] == "groups"
+    assert json.loads(invoke(person, "datasets", "unpublish", unique_name, "--group", group,
+                             "--json"))["visibility"] == "private"
+    invoke(person, "groups", "remove", group, f"{user}-b")
+    invoke(person, "groups", "delete", group)
+
+    assert "contributor" in invoke(person, "roles", "list")
+    invoke(admin, "roles", "create", "cli_reader", "--right", "dataset:read")
+    assert "role:manage" in invoke(person, "roles", "create", "nope", "--right", "dataset:read", code=1)
+    invoke(admin, "roles", "delete", "cli_reader")
+    assert "dataset.publish" in invoke(admin, "audit", "--actor", user, "--json")
+
+    invoke(person, "datasets", "delete", unique_name)
+    assert "signed out" in invoke(person, "logout")
+    assert "sign in first" in invoke(person, "whoami", code=1)
