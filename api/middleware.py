@@ -68,7 +68,7 @@ async def _refuse(scope: Scope, send: Send, limit: int) -> None:
                        "instance": scope["path"]}).encode()
     await send({"type": "http.response.start", "status": 413, "headers": [
         (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"), *SECURITY_HEADERS]})
+        (b"connection", b"close")]})  # SecurityHeaders, outside this middleware, adds the rest
     await send({"type": "http.response.body", "body": body})
 
 

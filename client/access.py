@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -30,6 +30,13 @@ def _params(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
+def _iso(when: datetime | None) -> str | None:
+    """A time for the API, which wants a zone; a naive time is taken as UTC."""
+    if when is None:
+        return None
+    return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).isoformat()
+
+
 class Tokens:
     """API tokens for scripts: ``hub.tokens.create("ci", rights=["dataset:read"])``."""
 
@@ -38,7 +45,7 @@ class Tokens:
 
     def create(self, name: str, *, rights: list[str] | None = None,
                expires_at: datetime | None = None) -> ApiTokenCreated:
-        body = _params(name=name, rights=rights, expires_at=expires_at.isoformat() if expires_at else None)
+        body = _params(name=name, rights=rights, expires_at=_iso(expires_at))
         return ApiTokenCreated.model_validate(_call(self._http, "POST", "/tokens", json=body))
 
     def list(self) -> list[ApiTokenRead]:
@@ -123,5 +130,5 @@ def read_audit(http: httpx.Client, *, actor: str | None = None, action: str | No
                target: str | None = None, target_kind: str | None = None, since: datetime | None = None,
                until: datetime | None = None, offset: int = 0, limit: int = 100) -> Page[AuditRecord]:
     params = _params(actor=actor, action=action, target=target, target_kind=target_kind, offset=offset, limit=limit,
-                     since=since.isoformat() if since else None, until=until.isoformat() if until else None)
+                     since=_iso(since), until=_iso(until))
     return Page[AuditRecord].model_validate(_call(http, "GET", "/audit", params=params))

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from tuplehub.storage.models import new_id, utcnow
 
@@ -65,7 +65,8 @@ _USER = frozenset(r for r in Right if r.startswith("user:"))
 _GROUP = frozenset(r for r in Right if r.startswith("group:"))
 
 # The seven roles PyTupli ships (its "global_member" is folded into site-wide "member"), seeded
-# on first start. They can be edited only by replacing them; custom roles sit beside them.
+# on every start, so a new version's definition replaces an old one; they cannot be deleted.
+# Custom roles sit beside them.
 DEFAULT_ROLES: dict[str, tuple[frozenset[Right], str]] = {
     "admin": (frozenset(Right), "Every right, everywhere."),
     "content_admin": (Right.content("create", "read", "delete", "publish"), "Manage all content."),
@@ -222,7 +223,7 @@ class ApiTokenCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=100)
     rights: list[Right] | None = Field(None, description="A subset of the creator's rights; all of them if omitted.")
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = Field(None, description="With a time zone, e.g. 2027-01-31T00:00:00Z.")
 
 
 class ApiTokenRecord(StoredRecord):

@@ -197,12 +197,7 @@ def test_failed_logins_are_limited_per_user_and_per_address(hub_server: Embedded
                     for i in range(PER_ADDRESS)]
         assert 429 in statuses
         assert statuses.index(429) <= PER_ADDRESS - PER_USER
-    redis = hub_server.settings  # the counters live in Redis and expire on their own; clear them for others
-    import redis as redis_lib
-
-    with redis_lib.Redis.from_url(redis.redis_url or "") as client:
-        for key in client.scan_iter("tuplehub:login-failures:*"):
-            client.delete(key)
+    _clear_login_counters(hub_server)
 
 
 # --- PyTupli's weaknesses (anchors.md, "PyTupli 7. Weaknesses") ---------------------------------------
@@ -521,3 +516,139 @@ def test_revoked_and_narrowed_tokens_on_content(hub_server: EmbeddedServer, admi
             narrowed.datasets.get(dataset.name).publish(public=True)
     with Client(hub_server.url, token="tht_" + "x" * 43) as forged, pytest.raises(Unauthenticated):
         forged.whoami()
+
+
+# --- found in review: escalation and persistence paths that must stay closed -----------------------------
+
+def test_site_group_admins_cannot_grant_themselves_content_rights(hub_server: EmbeddedServer, admin: Client) -> None:
+    """Site-wide group administration reaches every group's membership, not its content."""
+    owner, keeper = new_user(admin), new_user(admin, roles=["group_admin", "guest"])
+    group = f"sec-{uuid.uuid4().hex[:8]}"
+    with Client(hub_server.url, token=login(hub_server, owner)["access_token"]) as client:
+        client.groups.create(group)
+        secret = client.datasets.create(f"sec-{uuid.uuid4().hex[:8]}").publish(groups=[group]).name
+    with Client(hub_server.url, token=login(hub_server, keeper)["access_token"]) as client:
+        with pytest.raises(NotFound):
+            client.datasets.get(secret)
+        with pytest.raises(Forbidden, match="cannot grant"):
+            client.groups.set_member(group, keeper, ["member"])
+        client.groups.set_member(group, keeper, ["group_admin"])  # group rights only: allowed ...
+        with pytest.raises(NotFound):
+            client.datasets.get(secret)  # ... and still blind to the content
+
+
+def test_resetting_a_password_needs_every_right_the_target_holds_anywhere(hub_server: EmbeddedServer,
+                                                                         admin: Client) -> None:
+    helper = new_user(admin, roles=["user_admin", "contributor"])
+    target = new_user(admin)
+    with Client(hub_server.url, token=login(hub_server, target)["access_token"]) as client:
+        client.groups.create(f"own-{uuid.uuid4().hex[:8]}")  # now a group admin there
+    with Client(hub_server.url, token=login(hub_server, helper)["access_token"]) as client, \
+            pytest.raises(Forbidden, match="holds rights you do not"):
+        client.users.reset_password(target, "taken-over-Pass-1")
+
+
+def test_an_admin_reset_revokes_api_tokens_but_an_own_change_does_not(hub_server: EmbeddedServer,
+                                                                      admin: Client) -> None:
+    user = new_user(admin)
+    with Client(hub_server.url, token=login(hub_server, user)["access_token"]) as client:
+        script = client.tokens.create("script").token
+        client.change_password(PASSWORD, "changed-Passphrase-3")
+    assert status_as(hub_server, script) == 200  # a script keeps working after a routine change
+    admin.users.reset_password(user, "recovered-Passphrase-4")
+    assert status_as(hub_server, script) == 401  # account recovery shuts out what a thief minted
+
+
+def test_narrowed_tokens_cannot_manage_tokens_and_children_expire_with_their_parent(
+        hub_server: EmbeddedServer, admin: Client) -> None:
+    user = new_user(admin)
+    with Client(hub_server.url, token=login(hub_server, user)["access_token"]) as client:
+        full = client.tokens.create("full", expires_at=utcnow() + timedelta(hours=1)).token
+        narrow = client.tokens.create("narrow", rights=["dataset:read"]).token
+    with Client(hub_server.url, token=narrow) as client:
+        for attempt in (client.tokens.list, lambda: client.tokens.create("more"), lambda: client.tokens.revoke("x")):
+            with pytest.raises(Forbidden, match="managing API tokens"):
+                attempt()
+    with Client(hub_server.url, token=full) as client:
+        child = client.tokens.create("child", expires_at=utcnow() + timedelta(days=30))
+        assert child.expires_at is not None
+        assert child.expires_at <= utcnow() + timedelta(hours=1)
+
+
+def test_times_without_a_zone_are_refused_not_a_500(hub_server: EmbeddedServer, admin: Client) -> None:
+    with api(hub_server, login(hub_server, new_user(admin))["access_token"]) as http:
+        answer = http.post("/tokens", json={"name": "t", "expires_at": "2031-01-01T00:00:00"})
+        assert answer.status_code == 422
+        assert "expires_at" in answer.json()["detail"]
+    with api(hub_server, admin_token(hub_server)) as http:
+        assert http.get("/audit", params={"since": "2026-01-01T00:00:00"}).status_code == 422
+
+
+def test_a_held_role_cannot_be_deleted(hub_server: EmbeddedServer, admin: Client) -> None:
+    role = f"ops_{uuid.uuid4().hex[:6]}"
+    admin.roles.create(role, ["dataset:read"])
+    user = new_user(admin, roles=["contributor", role])
+    with pytest.raises(Exception, match="still held") as caught:
+        admin.roles.delete(role)
+    assert caught.value.status == 409
+    admin.users.set_roles(user, ["contributor"])
+    admin.roles.delete(role)
+
+
+def test_the_last_admin_cannot_step_down(admin: Client) -> None:
+    with pytest.raises(Exception, match="last admin") as caught:
+        admin.users.set_roles("admin", ["contributor"])
+    assert caught.value.status == 409
+
+
+def test_owner_tokens_may_carry_owner_rights_and_narrow_ones_cannot_write(hub_server: EmbeddedServer,
+                                                                         admin: Client) -> None:
+    owner = new_user(admin)
+    with Client(hub_server.url, token=login(hub_server, owner)["access_token"]) as client:
+        dataset = client.datasets.create(f"tok-{uuid.uuid4().hex[:8]}")
+        job = dataset.upload(episode_arrays(episodes=2, length=4))
+        job.wait()
+        cleaner = client.tokens.create("cleaner", rights=["dataset:read", "dataset:delete"]).token
+        reader = client.tokens.create("reader", rights=["dataset:read"]).token
+        session = client._http.post(f"/datasets/{dataset.name}/uploads", json={}).json()
+    with api(hub_server, reader) as http:
+        assert http.delete(f"/uploads/{session['id']}").status_code == 403
+        assert http.post(f"/jobs/{job.id}/cancel").status_code == 403
+        assert http.delete(f"/datasets/{dataset.name}").status_code == 403
+    with api(hub_server, cleaner) as http:
+        assert http.delete(f"/datasets/{dataset.name}").status_code == 204
+
+
+def test_parallel_guesses_cannot_outrun_the_limit(hub_server: EmbeddedServer, admin: Client) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    user = new_user(admin)
+
+    def guess(i: int) -> int:
+        with api(hub_server) as http:
+            return http.post("/auth/login", json={"username": user, "password": f"guess-{i}"}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(guess, range(8)))
+    assert statuses.count(401) == PER_USER
+    assert statuses.count(429) == 8 - PER_USER
+    _clear_login_counters(hub_server)
+
+
+def test_a_stolen_access_token_is_no_password_oracle(hub_server: EmbeddedServer, admin: Client) -> None:
+    user = new_user(admin)
+    with api(hub_server, login(hub_server, user)["access_token"]) as http:
+        statuses = [http.put("/auth/password", json={"current_password": f"guess-{i}",
+                                                     "new_password": "whatever-Pass-9"}).status_code
+                    for i in range(PER_USER + 1)]
+    assert statuses == [403] * PER_USER + [429]
+    _clear_login_counters(hub_server)
+
+
+def _clear_login_counters(server: EmbeddedServer) -> None:
+    """The counters expire on their own; tests clear them so later tests start from zero."""
+    import redis as redis_lib
+
+    with redis_lib.Redis.from_url(server.settings.redis_url or "") as client:
+        for key in client.scan_iter("tuplehub:login-failures:*"):
+            client.delete(key)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tuplehub.api.access.passwords import check_password_policy, hash_password
-from tuplehub.api.access.principal import Principal, rights_of, role_rights
-from tuplehub.storage.access import RESERVED_NAMES, RefreshTokenRecord, Right, UserRecord
+from tuplehub.api.access.principal import Principal, principal_of, rights_of, role_rights
+from tuplehub.storage.access import RESERVED_NAMES, ApiTokenRecord, RefreshTokenRecord, Right, UserRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest
 from tuplehub.storage.models import utcnow
@@ -37,17 +37,26 @@ async def check_grant(catalog: Catalog, caller: Principal, roles: Iterable[str],
 
 
 async def check_outranks(catalog: Catalog, caller: Principal, target: UserRecord) -> None:
-    """Changing another account (password, roles, deletion) needs at least all of its site rights."""
-    missing = rights_of(tuple(target.site_roles), await role_rights(catalog)) - caller.rights_in(None)
+    """Changing another account (password, roles, deletion) needs, site-wide, every right it holds
+    anywhere: otherwise resetting a group admin's password would hand over their groups."""
+    missing = (await principal_of(catalog, target)).all_rights() - caller.rights_in(None)
     if missing:
         raise Forbidden(f"{target.name} holds rights you do not ({', '.join(sorted(missing))})")
 
 
+async def check_not_last_admin(catalog: Catalog, target: UserRecord, new_roles: list[str]) -> None:
+    """The site must keep someone who can administer it."""
+    if "admin" in target.site_roles and "admin" not in new_roles:
+        admins, _ = await catalog.find_records("users", UserRecord, where={"active": True})
+        if sum("admin" in user.site_roles for user in admins) <= 1:
+            raise Conflict(f"{target.name} is the last admin; make someone else admin first", name=target.name)
+
+
 async def create_user(catalog: Catalog, settings: Settings, name: str, password: str,
                       roles: list[str]) -> UserRecord:
+    """Store a new account; the caller has checked that ``roles`` exist and may be granted."""
     check_name(name)
     check_password_policy(password, username=name, min_length=settings.password_min_length)
-    await grantable_rights(catalog, roles)
     user = UserRecord(name=name, password_hash=hash_password(password), site_roles=roles)
     try:
         await catalog.insert_record("users", user, unique=name)
@@ -56,17 +65,39 @@ async def create_user(catalog: Catalog, settings: Settings, name: str, password:
     return user
 
 
+_REVOKE_PASSES = 5
+
+
 async def end_sessions(catalog: Catalog, user_id: str, *, family: str | None = None) -> None:
-    """Revoke refresh tokens (one family, or all); without a family, access tokens die too."""
-    where = {"user_id": user_id, "revoked": False} | ({"family": family} if family else {})
-    tokens, _ = await catalog.find_records("refresh_tokens", RefreshTokenRecord, where=where)
-    for token in tokens:
-        await catalog.update_record("refresh_tokens", RefreshTokenRecord, token.id, revoked=True)
+    """Revoke refresh tokens (one family, or all); without a family, access tokens die too.
+
+    A refresh running at the same moment may insert a token after the first pass has listed the
+    family; it checks its parent right after inserting (see ``routes/auth.py``), and the passes
+    repeat until nothing live is left, so one of the two always catches it.
+    """
     if family is None:
         await catalog.update_record("users", UserRecord, user_id, sessions_valid_after=utcnow())
+    where = {"user_id": user_id, "revoked": False} | ({"family": family} if family else {})
+    for _ in range(_REVOKE_PASSES):
+        tokens, _ = await catalog.find_records("refresh_tokens", RefreshTokenRecord, where=where)
+        if not tokens:
+            return
+        for token in tokens:
+            await catalog.update_record("refresh_tokens", RefreshTokenRecord, token.id, revoked=True)
 
 
-async def set_password(catalog: Catalog, settings: Settings, user: UserRecord, password: str) -> None:
+async def revoke_api_tokens(catalog: Catalog, user_id: str) -> None:
+    tokens, _ = await catalog.find_records("api_tokens", ApiTokenRecord, where={"user_id": user_id, "revoked": False})
+    for token in tokens:
+        await catalog.update_record("api_tokens", ApiTokenRecord, token.id, revoked=True)
+
+
+async def set_password(catalog: Catalog, settings: Settings, user: UserRecord, password: str, *,
+                       revoke_api_tokens_too: bool = False) -> None:
+    """New password; every session ends. An administrator's reset (account recovery) also
+    revokes the user's API tokens, which a thief may have minted."""
     check_password_policy(password, username=user.name, min_length=settings.password_min_length)
     await catalog.update_record("users", UserRecord, user.id, password_hash=hash_password(password))
     await end_sessions(catalog, user.id)
+    if revoke_api_tokens_too:
+        await revoke_api_tokens(catalog, user.id)

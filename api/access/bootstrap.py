@@ -19,10 +19,16 @@ from tuplehub.storage.settings import Settings
 
 
 async def seed_roles(catalog: Catalog) -> None:
+    """Insert missing default roles and bring existing ones up to this version's definition."""
     for name, (rights, description) in DEFAULT_ROLES.items():
         role = RoleRecord(name=name, rights=sorted(rights), description=description, builtin=True)
-        with contextlib.suppress(Conflict):  # seeded before (or by another replica just now)
+        try:
             await catalog.insert_record("roles", role, unique=name)
+        except Conflict:  # seeded before (or by another replica just now)
+            stored = await catalog.get_record("roles", RoleRecord, name=name)
+            if set(stored.rights) != set(rights) or stored.description != description:
+                await catalog.update_record("roles", RoleRecord, stored.id, rights=role.rights,
+                                            description=description, builtin=True)
 
 
 async def bootstrap(catalog: Catalog, settings: Settings) -> None:
@@ -30,8 +36,8 @@ async def bootstrap(catalog: Catalog, settings: Settings) -> None:
     if settings.admin_password is None and settings.embedded_catalog:
         await _embedded_admin(catalog, settings)
         return
-    _, users = await catalog.find_records("users", UserRecord, limit=1)
-    if users:
+    _, user_count = await catalog.find_records("users", UserRecord, limit=1)
+    if user_count:
         return
     if settings.admin_password is None:
         raise ConfigError("first start of a deployment: set TUPLEHUB_ADMIN_PASSWORD (and TUPLEHUB_ADMIN_USERNAME, "

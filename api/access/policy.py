@@ -78,7 +78,8 @@ def require_publish(caller: Principal, item: Shared, kind: str, group_ids: list[
 
 
 def require_unpublish(caller: Principal, item: Shared, kind: str, group_ids: list[str]) -> None:
-    """Taking an item out of view is always allowed to its owner; a group admin may clear their group."""
+    """Taking an item out of view: its owner (whose token allows publishing), a content admin, or
+    the admin of the groups it leaves."""
     if manages_all(caller, kind) or (item.owner == caller.id and caller.allows(_right(kind, "publish"))):
         return
     if group_ids and all(caller.holds_in(Right.group_update, group) for group in group_ids):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from tuplehub.api.access.tokens import API_TOKEN_PREFIX, REFRESH_PREFIX, Signer, hash_token
-from tuplehub.storage.access import ApiTokenRecord, MembershipRecord, Right, RoleRecord, UserRecord
+from tuplehub.storage.access import CONTENT_KINDS, ApiTokenRecord, MembershipRecord, Right, RoleRecord, UserRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import NotFound, Unauthenticated
 from tuplehub.storage.models import utcnow
@@ -29,11 +29,19 @@ class Principal:
     group_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)    # group id -> roles
     group_rights: Mapping[str, frozenset[Right]] = field(default_factory=dict)  # group id -> rights
     token_rights: frozenset[Right] | None = None   # an API token's narrowing; None: no narrowing
+    token_expires_at: datetime | None = None       # when the API token in use expires
     via: str = "access"
 
     @property
     def signed_in(self) -> bool:
         return self.id is not None
+
+    @property
+    def user_id(self) -> str:
+        """The caller's id on routes that only signed-in callers reach."""
+        if self.id is None:
+            raise Unauthenticated("sign in first: send 'Authorization: Bearer <token>'")
+        return self.id
 
     def allows(self, right: Right) -> bool:
         """Whether the credential in use permits ``right`` at all (API tokens may narrow)."""
@@ -56,8 +64,21 @@ class Principal:
         return frozenset(group for group, rights in self.group_rights.items() if right in rights)
 
     def rights_in(self, group_id: str | None) -> frozenset[Right]:
-        """Every right usable in a scope (None: site), for "you cannot grant what you do not hold"."""
-        held = self.site_rights if group_id is None else self.site_rights | self.group_rights.get(group_id, frozenset())
+        """What the caller may hand out in a scope (None: site): "you cannot grant what you do not hold".
+
+        Inside a group that is what they hold there, plus site-wide group administration, plus the
+        content rights of kinds they administer site-wide. A site-wide read right is *not* a read
+        right inside a group (it only reaches public content), so it cannot be granted there.
+        """
+        if group_id is None:
+            held = self.site_rights
+        else:
+            held = set(self.group_rights.get(group_id, frozenset()))
+            held |= {right for right in self.site_rights if right.startswith("group:") or right == Right.user_read}
+            for kind in CONTENT_KINDS:
+                if Right(f"{kind}:delete") in self.site_rights:
+                    held |= {right for right in Right if right.startswith(f"{kind}:")}
+            held = frozenset(held)
         return held if self.token_rights is None else held & self.token_rights
 
     def all_rights(self) -> frozenset[Right]:
@@ -78,15 +99,15 @@ def rights_of(roles: list[str] | tuple[str, ...], table: Mapping[str, frozenset[
     return frozenset().union(*(table.get(role, frozenset()) for role in roles))
 
 
-async def principal_of(catalog: Catalog, user: UserRecord, *, token_rights: frozenset[Right] | None = None,
-                       via: str = "access") -> Principal:
+async def principal_of(catalog: Catalog, user: UserRecord, *, token: ApiTokenRecord | None = None) -> Principal:
     table = await role_rights(catalog)
     memberships, _ = await catalog.find_records("memberships", MembershipRecord, where={"user_id": user.id})
     return Principal(
         id=user.id, name=user.name, site_roles=tuple(user.site_roles), site_rights=rights_of(user.site_roles, table),
         group_roles={m.group_id: tuple(m.roles) for m in memberships},
         group_rights={m.group_id: rights_of(m.roles, table) for m in memberships},
-        token_rights=token_rights, via=via)
+        token_rights=None if token is None or token.rights is None else frozenset(token.rights),
+        token_expires_at=token.expires_at if token else None, via="api-token" if token else "access")
 
 
 async def authenticate(catalog: Catalog, signer: Signer, authorization: str | None) -> Principal:
@@ -131,5 +152,4 @@ async def _from_api_token(catalog: Catalog, token: str) -> Principal:
     user = await _active_user(catalog, record.user_id)
     if record.last_used_at is None or now - record.last_used_at > _LAST_USED_RESOLUTION:
         await catalog.update_record("api_tokens", ApiTokenRecord, record.id, last_used_at=now)
-    rights = None if record.rights is None else frozenset(record.rights)
-    return await principal_of(catalog, user, token_rights=rights, via="api-token")
+    return await principal_of(catalog, user, token=record)

@@ -1,8 +1,9 @@
-"""Failed-login counting in Redis, per user name and per client address (shared by every API replica).
+"""Sign-in attempt counting in Redis, per user name and per client address (shared by every API replica).
 
-Each key counts failures in a fixed window that starts at the first failure; once a key reaches
-its limit, attempts are refused with 429 and ``Retry-After`` until the window ends, before the
-password is even checked, so guessing costs the attacker the whole window.
+An attempt is counted *before* the password is checked, atomically, so a burst of parallel
+guesses cannot all slip in before the counter moves; a successful attempt gives its count back.
+Each key counts in a fixed window that starts at its first attempt. Once a key is over its limit,
+attempts are refused with 429 and ``Retry-After`` until the window ends.
 """
 
 from __future__ import annotations
@@ -14,32 +15,35 @@ from tuplehub.storage.errors import RateLimited
 _PREFIX = "tuplehub:login-failures:"
 # Count and start the window in one step (atomic, and works on Redis before 7, which lacks EXPIRE NX).
 _COUNT = """
-local failures = redis.call('INCR', KEYS[1])
+local attempts = redis.call('INCR', KEYS[1])
 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return failures
+return {attempts, redis.call('TTL', KEYS[1])}
 """
 
 
 class LoginLimiter:
     def __init__(self, redis: Any, *, per_user: int, per_address: int, window_s: int) -> None:
         self._redis = redis
-        self._limits = {"user": per_user, "address": per_address}
+        self.per_user = per_user
+        self.per_address = per_address
         self.window_s = window_s
 
-    def _keys(self, username: str, address: str) -> dict[str, str]:
-        return {"user": f"{_PREFIX}user:{username.lower()}", "address": f"{_PREFIX}address:{address}"}
+    async def _count(self, key: str, limit: int, what: str) -> None:
+        attempts, ttl = await self._redis.eval(_COUNT, 1, key, self.window_s)
+        if int(attempts) > limit:
+            raise RateLimited(f"too many failed attempts for this {what}; try again later",
+                              retry_after=max(int(ttl), 1))
 
-    async def check(self, username: str, address: str) -> None:
-        for scope, key in self._keys(username, address).items():
-            failures = int(await self._redis.get(key) or 0)
-            if failures >= self._limits[scope]:
-                wait = await self._redis.ttl(key)
-                raise RateLimited(f"too many failed sign-ins for this {scope}; try again later",
-                                  retry_after=max(int(wait), 1))
+    async def attempt(self, username: str, address: str) -> None:
+        """Count a sign-in attempt, or refuse it (429) when the user or the address is over its limit."""
+        await self._count(f"{_PREFIX}user:{username.lower()}", self.per_user, "user")
+        await self._count(f"{_PREFIX}address:{address}", self.per_address, "address")
 
-    async def failed(self, username: str, address: str) -> None:
-        for key in self._keys(username, address).values():
-            await self._redis.eval(_COUNT, 1, key, self.window_s)
+    async def succeeded(self, username: str, address: str) -> None:
+        """A right password: forget the user's failures and give the address its attempt back."""
+        await self._redis.delete(f"{_PREFIX}user:{username.lower()}")
+        await self._redis.decr(f"{_PREFIX}address:{address}")
 
-    async def succeeded(self, username: str) -> None:
-        await self._redis.delete(self._keys(username, "")["user"])
+    async def signup(self, address: str) -> None:
+        """Sign-ups count against the address and are never given back."""
+        await self._count(f"{_PREFIX}signup:{address}", self.per_address, "address")

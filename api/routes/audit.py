@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import AwareDatetime
 
 from tuplehub.api.deps import Caller, CatalogDep
 from tuplehub.api.problems import problems
@@ -22,7 +22,7 @@ async def read_audit(caller: Caller, catalog: CatalogDep,
                      action: Annotated[str | None, Query(examples=["dataset.publish"])] = None,
                      target: Annotated[str | None, Query(description="Name of what was acted on.")] = None,
                      target_kind: Annotated[str | None, Query(examples=["dataset"])] = None,
-                     since: datetime | None = None, until: datetime | None = None,
+                     since: AwareDatetime | None = None, until: AwareDatetime | None = None,
                      offset: Annotated[int, Query(ge=0)] = 0,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Page[AuditRecord]:
     """Audit records, newest first."""

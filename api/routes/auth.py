@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from tuplehub.api.access.accounts import create_user, end_sessions, set_password
+from tuplehub.api.access.accounts import create_user, end_sessions, grantable_rights, set_password
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.passwords import verify_password
 from tuplehub.api.access.tokens import REFRESH_PREFIX, Signer, hash_token, new_opaque
@@ -47,17 +47,20 @@ async def _issue(catalog: Catalog, signer: Signer, settings: Settings, user: Use
 async def login(body: Login, request: Request, catalog: CatalogDep, signer: SignerDep, limiter: LimiterDep,
                 settings: SettingsDep) -> TokenPair:
     """Exchange a user name and password for a short-lived access token and a refresh token."""
-    address = request.client.host if request.client else "unknown"
-    await limiter.check(body.username, address)
+    address = _address(request)
+    await limiter.attempt(body.username, address)
     try:
         user: UserRecord | None = await catalog.get_record("users", UserRecord, name=body.username)
     except NotFound:
         user = None
     if not await verify_password(user.password_hash if user else None, body.password) or not user or not user.active:
-        await limiter.failed(body.username, address)
         raise Unauthenticated(_WRONG)
-    await limiter.succeeded(body.username)
+    await limiter.succeeded(body.username, address)
     return await _issue(catalog, signer, settings, user, family=new_id())
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 async def _spend(catalog: Catalog, token: str) -> RefreshTokenRecord:
@@ -73,8 +76,11 @@ async def _spend(catalog: Catalog, token: str) -> RefreshTokenRecord:
     if record.expires_at <= utcnow():
         raise Unauthenticated("the refresh token has expired; sign in again")
     spent = await catalog.update_record("refresh_tokens", RefreshTokenRecord, record.id,
-                                        expected={"spent": False}, spent=True)
+                                        expected={"spent": False, "revoked": False}, spent=True)
     if spent is None:
+        current = await catalog.get_record("refresh_tokens", RefreshTokenRecord, id=record.id)
+        if current.revoked:  # revoked between our read and the swap (a logout)
+            raise Unauthenticated("the refresh token was revoked; sign in again")
         await end_sessions(catalog, record.user_id, family=record.family)
         raise Unauthenticated("this refresh token was already used: every session from that sign-in is revoked")
     return record
@@ -90,7 +96,12 @@ async def refresh(body: Refresh, catalog: CatalogDep, signer: SignerDep, setting
         raise Unauthenticated("the token's user no longer exists") from None
     if not user.active:
         raise Unauthenticated("the user is deactivated")
-    return await _issue(catalog, signer, settings, user, family=record.family)
+    pair = await _issue(catalog, signer, settings, user, family=record.family)
+    # A logout or reuse detection that listed the family before our insert has revoked the parent.
+    if (await catalog.get_record("refresh_tokens", RefreshTokenRecord, id=record.id)).revoked:
+        await end_sessions(catalog, record.user_id, family=record.family)
+        raise Unauthenticated("the refresh token was revoked; sign in again")
+    return pair
 
 
 @router.post("/logout", status_code=204, responses=problems(Unauthenticated))
@@ -109,20 +120,22 @@ async def logout(body: Refresh, catalog: CatalogDep,
 @router.get("/me")
 async def me(caller: Caller, catalog: CatalogDep) -> Me:
     """Who the token belongs to, the roles they hold and the site-wide rights it carries."""
-    user = await catalog.get_record("users", UserRecord, id=caller.id)
+    user = await catalog.get_record("users", UserRecord, id=caller.user_id)
     groups, _ = await catalog.find_records("groups", GroupRecord, where={"id": list(caller.group_roles)})
     return Me(**UserRead.model_validate(user, from_attributes=True).model_dump(),
               groups={group.name: list(caller.group_roles[group.id]) for group in groups},
               rights=sorted(caller.rights_in(None)), token=caller.via)
 
 
-@router.put("/password", status_code=204, responses=problems(Unauthenticated, InvalidRequest))
-async def change_password(body: PasswordChange, caller: Caller, catalog: CatalogDep,
-                          settings: SettingsDep) -> Response:
-    """Change one's own password; every session and access token of the user ends."""
-    user = await catalog.get_record("users", UserRecord, id=caller.id)
+@router.put("/password", status_code=204, responses=problems(Forbidden, InvalidRequest, RateLimited))
+async def change_password(body: PasswordChange, request: Request, caller: Caller, catalog: CatalogDep,
+                          limiter: LimiterDep, settings: SettingsDep) -> Response:
+    """Change one's own password; every session and access token of the user ends (API tokens stay)."""
+    user = await catalog.get_record("users", UserRecord, id=caller.user_id)
+    await limiter.attempt(user.name, _address(request))  # a stolen token must not become a password oracle
     if not await verify_password(user.password_hash, body.current_password):
-        raise Unauthenticated("the current password is wrong")
+        raise Forbidden("the current password is wrong")
+    await limiter.succeeded(user.name, _address(request))
     await set_password(catalog, settings, user, body.new_password)
     await audit(catalog, caller, "user.password", "user", user.id, user.name)
     return Response(status_code=204)
@@ -136,8 +149,10 @@ async def signup(body: UserCreate, request: Request, catalog: CatalogDep, limite
         raise Forbidden("sign-up is closed on this server; ask an administrator for an account")
     if body.site_roles is not None:
         raise Forbidden("roles are given by administrators, not chosen at sign-up")
-    await limiter.check(body.name, request.client.host if request.client else "unknown")
-    user = await create_user(catalog, settings, body.name, body.password, list(settings.default_roles))
+    await limiter.signup(_address(request))
+    roles = list(settings.default_roles)
+    await grantable_rights(catalog, roles)  # the configured defaults must name existing roles
+    user = await create_user(catalog, settings, body.name, body.password, roles)
     await catalog.insert_record("audit", _self_audit(user))
     return UserRead.model_validate(user, from_attributes=True)
 

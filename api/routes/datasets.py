@@ -64,9 +64,11 @@ async def list_datasets(caller: Reader, catalog: CatalogDep, name: str | None = 
                         mine: Annotated[bool, Query(description="Only datasets the caller owns.")] = False,
                         offset: Offset = 0, limit: Limit = 50) -> Page[DatasetSummary]:
     """Datasets the caller may read whose name contains ``name`` and that carry ``tag``, by name."""
+    if mine and not caller.signed_in:
+        return Page(items=[], total=0, offset=offset, limit=limit)
     items, total = await catalog.list_datasets(name=name, tag=tag, offset=offset, limit=limit,
                                                readable=read_scope(caller, "dataset"),
-                                               owner=caller.id if mine and caller.id else None)
+                                               owner=caller.id if mine else None)
     return Page(items=items, total=total, offset=offset, limit=limit)
 
 
@@ -92,8 +94,7 @@ async def publish_dataset(name: str, body: Publish, caller: Caller, catalog: Cat
     dataset = await readable_dataset(catalog, caller, name)
     group_ids = await visible_group_ids(catalog, caller, body.groups)
     require_publish(caller, dataset, "dataset", group_ids, body.public)
-    updated = await catalog.update_dataset(dataset.id, public=dataset.public or body.public,
-                                           groups=sorted(set(dataset.groups) | set(group_ids)))
+    updated = await catalog.share_dataset(dataset.id, add_groups=group_ids, public=True if body.public else None)
     await audit(catalog, caller, "dataset.publish", "dataset", dataset.id, dataset.name,
                 groups=body.groups, public=body.public)
     return await _read(catalog, updated)
@@ -105,8 +106,8 @@ async def unpublish_dataset(name: str, body: Publish, caller: Caller, catalog: C
     dataset = await readable_dataset(catalog, caller, name)
     group_ids = await visible_group_ids(catalog, caller, body.groups)
     require_unpublish(caller, dataset, "dataset", group_ids if not body.public else [])
-    updated = await catalog.update_dataset(dataset.id, public=dataset.public and not body.public,
-                                           groups=sorted(set(dataset.groups) - set(group_ids)))
+    updated = await catalog.share_dataset(dataset.id, remove_groups=group_ids,
+                                          public=False if body.public else None)
     await audit(catalog, caller, "dataset.unpublish", "dataset", dataset.id, dataset.name,
                 groups=body.groups, public=body.public)
     return await _read(catalog, updated)

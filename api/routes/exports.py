@@ -40,7 +40,7 @@ async def create_export(name: str, body: ExportCreate, caller: Caller, catalog: 
     dataset = await readable_dataset(catalog, caller, name)
     version = await versions.get_version(catalog, dataset, body.version)
     check_export(version, body)
-    job = JobRecord(kind=JobKind.export, owner=caller.id,
+    job = JobRecord(kind=JobKind.export, owner=caller.user_id,
                     dedup_key=dedup_key(dataset.id, version.number, body, caller.id))
     job.params = {"dataset_id": dataset.id, "dataset": dataset.name, "version": version.number,
                   "request": body.model_dump(mode="json"),

@@ -74,13 +74,13 @@ async def create_group(body: GroupCreate, caller: Caller, catalog: CatalogDep) -
     if not caller.holds(Right.group_create):
         raise Forbidden("creating a group needs the right group:create")
     check_name(body.name)
-    group = GroupRecord(name=body.name, description=body.description, created_by=caller.id or "")
+    group = GroupRecord(name=body.name, description=body.description, created_by=caller.user_id)
     try:
         await catalog.insert_record("groups", group, unique=body.name)
     except Conflict:
         raise Conflict(f"the name {body.name!r} is taken by a user or a group", name=body.name) from None
     await catalog.insert_record("memberships", MembershipRecord(
-        id=MembershipRecord.key(group.id, caller.id or ""), group_id=group.id, user_id=caller.id or "",
+        id=MembershipRecord.key(group.id, caller.user_id), group_id=group.id, user_id=caller.user_id,
         roles=CREATOR_ROLES))
     await audit(catalog, caller, "group.create", "group", group.id, group.name)
     return _read(group, [Member(user=caller.name, roles=CREATOR_ROLES)])

@@ -44,8 +44,11 @@ async def get_job(job_id: str, caller: Caller, catalog: CatalogDep) -> JobRead:
     return JobRead.from_record(await own_job(catalog, job_id, caller))
 
 
-@router.post("/{job_id}/cancel", responses=problems(NotFound))
+@router.post("/{job_id}/cancel", responses=problems(NotFound, Forbidden))
 async def cancel_job(job_id: str, caller: Caller, catalog: CatalogDep) -> JobRead:
     """Cancel a queued job at once, or ask a running one to stop at its next checkpoint."""
-    await own_job(catalog, job_id, caller)
+    job = await own_job(catalog, job_id, caller)
+    needed = Right.dataset_create if job.kind == JobKind.ingest else Right.dataset_read
+    if not caller.allows(needed):
+        raise Forbidden(f"this API token may not cancel {job.kind} jobs (it lacks {needed})")
     return JobRead.from_record(await catalog.request_cancel(job_id))

@@ -9,7 +9,7 @@ from tuplehub.api.access.audit import audit
 from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep
 from tuplehub.api.problems import problems
-from tuplehub.storage.access import Right, RoleCreate, RoleRecord
+from tuplehub.storage.access import MembershipRecord, Right, RoleCreate, RoleRecord, UserRecord
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound
 
 router = APIRouter(prefix="/roles", tags=["roles"])
@@ -45,11 +45,17 @@ async def create_role(body: RoleCreate, caller: Caller, catalog: CatalogDep) -> 
 
 @router.delete("/{name}", status_code=204, responses=problems(NotFound, Forbidden, Conflict))
 async def delete_role(name: str, caller: Caller, catalog: CatalogDep) -> Response:
-    """Delete a custom role; whoever held it loses its rights at their next request."""
+    """Delete a custom role that nobody holds (a name left behind would come back to life, with
+    whatever rights a later role of that name bundles)."""
     _require_manage(caller)
     role = await catalog.get_record("roles", RoleRecord, name=name)
     if role.builtin:
         raise Conflict(f"{name!r} is a default role and cannot be deleted", name=name)
+    users, _ = await catalog.find_records("users", UserRecord)
+    memberships, _ = await catalog.find_records("memberships", MembershipRecord)
+    holders = sum(name in user.site_roles for user in users) + sum(name in m.roles for m in memberships)
+    if holders:
+        raise Conflict(f"{name!r} is still held {holders} time(s); take it away from its holders first", name=name)
     await catalog.delete_records("roles", RoleRecord, id=role.id)
     await audit(catalog, caller, "role.delete", "role", role.id, role.name)
     return Response(status_code=204)

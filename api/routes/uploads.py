@@ -52,6 +52,8 @@ async def _own_upload(catalog: Catalog, upload_id: str, caller: Principal) -> Up
     upload = await catalog.get_upload(upload_id)
     if upload.owner != caller.id and not caller.holds(Right.job_manage):
         raise NotFound(f"no upload {upload_id!r}", upload=upload_id)
+    if not caller.allows(Right.dataset_create):
+        raise Forbidden("this API token may not write datasets (it lacks dataset:create)")
     return upload
 
 
@@ -79,14 +81,14 @@ async def create_upload(name: str, body: UploadCreate, caller: Caller, catalog: 
     upload_id = new_id()
     key = f"uploads/{upload_id}.parquet"
     multipart_id = await asyncio.to_thread(objects.start_multipart, key)
-    record = UploadRecord(id=upload_id, dataset_id=dataset.id, dataset=dataset.name, owner=caller.id,
+    record = UploadRecord(id=upload_id, dataset_id=dataset.id, dataset=dataset.name, owner=caller.user_id,
                           mode=body.mode, part_size=body.part_size, object_key=key, multipart_id=multipart_id,
                           episode_metadata=body.episode_metadata,
                           expires_at=utcnow() + timedelta(seconds=settings.upload_ttl_s))
     return _read(await catalog.create_upload(record), objects)
 
 
-@router.get("/uploads/{upload_id}", responses=problems(NotFound))
+@router.get("/uploads/{upload_id}", responses=problems(NotFound, Forbidden))
 async def get_upload(upload_id: str, caller: Caller, catalog: CatalogDep, objects: ObjectsDep) -> UploadRead:
     return _read(await _own_upload(catalog, upload_id, caller), objects)
 
@@ -116,7 +118,7 @@ async def put_part(upload_id: str, number: int, request: Request, caller: Caller
     if not 1 <= number <= 10_000:
         raise InvalidRequest("part numbers run from 1 to 10000", part=number)
     declared = request.headers.get("content-length")
-    if declared is not None and int(declared) > upload.part_size:
+    if declared is not None and declared.isdigit() and int(declared) > upload.part_size:
         raise PayloadTooLarge(f"part {number} declares {declared} bytes; the session's part size is "
                               f"{upload.part_size}", part=number)
     writer = await asyncio.to_thread(objects.open_part, upload.object_key, number, upload.part_size)

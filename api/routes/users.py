@@ -7,7 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuplehub.api.access.accounts import check_grant, check_outranks, create_user, end_sessions, set_password
+from tuplehub.api.access.accounts import (
+    check_grant,
+    check_not_last_admin,
+    check_outranks,
+    create_user,
+    end_sessions,
+    set_password,
+)
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, SettingsDep
@@ -79,13 +86,14 @@ async def get_user(name: str, caller: Caller, catalog: CatalogDep) -> UserRead:
     return _read(await visible_user(catalog, caller, name))
 
 
-@router.put("/{name}/roles", responses=problems(NotFound, Forbidden, InvalidRequest))
+@router.put("/{name}/roles", responses=problems(NotFound, Forbidden, InvalidRequest, Conflict))
 async def set_roles(name: str, body: SiteRolesUpdate, caller: Caller, catalog: CatalogDep) -> UserRead:
     """Replace a user's site roles."""
     user = await visible_user(catalog, caller, name)
     _require(caller, Right.user_update)
     await check_outranks(catalog, caller, user)
     await check_grant(catalog, caller, body.site_roles, None)
+    await check_not_last_admin(catalog, user, body.site_roles)
     updated = await catalog.update_record("users", UserRecord, user.id, site_roles=body.site_roles)
     await audit(catalog, caller, "user.roles", "user", user.id, user.name,
                 before=user.site_roles, after=body.site_roles)
@@ -95,11 +103,12 @@ async def set_roles(name: str, body: SiteRolesUpdate, caller: Caller, catalog: C
 @router.put("/{name}/password", status_code=204, responses=problems(NotFound, Forbidden, InvalidRequest))
 async def reset_password(name: str, body: PasswordReset, caller: Caller, catalog: CatalogDep,
                          settings: SettingsDep) -> Response:
-    """Set another user's password (ending their sessions); never for someone with more rights."""
+    """Set another user's password, ending their sessions and revoking their API tokens (account
+    recovery); never for someone with more rights."""
     user = await visible_user(catalog, caller, name)
     _require(caller, Right.user_update)
     await check_outranks(catalog, caller, user)
-    await set_password(catalog, settings, user, body.new_password)
+    await set_password(catalog, settings, user, body.new_password, revoke_api_tokens_too=True)
     await audit(catalog, caller, "user.password", "user", user.id, user.name)
     return Response(status_code=204)
 

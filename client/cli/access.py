@@ -14,6 +14,8 @@ from tuplehub.client.client import Client
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Url = Annotated[str | None, typer.Option("--url", envvar="TUPLEHUB_URL", help="Server URL.")]
 PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")]
+TIME_FORMATS = ["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]  # no zone: UTC
+Time = Annotated[datetime | None, typer.Option(formats=TIME_FORMATS, help="ISO time, UTC if no zone.")]
 
 tokens_app = typer.Typer(help="API tokens for scripts and workers.", no_args_is_help=True)
 users_app = typer.Typer(help="User accounts (administrators).", no_args_is_help=True)
@@ -55,8 +57,7 @@ def whoami(url: Url = None, as_json: AsJson = False) -> None:
 def audit(actor: Annotated[str | None, typer.Option(help="Who acted (user name).")] = None,
           action: Annotated[str | None, typer.Option(help="e.g. dataset.publish")] = None,
           target: Annotated[str | None, typer.Option(help="Name of what was acted on.")] = None,
-          since: Annotated[datetime | None, typer.Option(help="ISO time.")] = None,
-          until: Annotated[datetime | None, typer.Option(help="ISO time.")] = None,
+          since: Time = None, until: Time = None,
           limit: int = 50, offset: int = 0, url: Url = None, as_json: AsJson = False) -> None:
     """Read the audit log (needs audit:read), newest first."""
     with reported_errors(), Client(url) as hub:
@@ -70,7 +71,8 @@ def audit(actor: Annotated[str | None, typer.Option(help="Who acted (user name).
 @tokens_app.command("create")
 def create_token(name: str,
                  right: Annotated[list[str] | None, typer.Option("--right", help="Repeat; default: all yours.")] = None,
-                 expires: Annotated[datetime | None, typer.Option(help="Expiry (ISO time, UTC if no zone).")] = None,
+                 expires: Annotated[datetime | None, typer.Option(
+                     formats=TIME_FORMATS, help="Expiry, ISO time (UTC if no zone).")] = None,
                  url: Url = None, as_json: AsJson = False) -> None:
     """Create an API token; it is printed once and cannot be shown again."""
     with reported_errors(), Client(url) as hub:

@@ -59,10 +59,14 @@ def sort_stamp(when: datetime) -> str:
 
 
 def check_fields(model: type[BaseModel], fields: Mapping[str, Any]) -> None:
-    """Query keys come from our code, never from a request; this guard keeps it that way."""
+    """Query keys come from our code, never from a request, and values are plain: a mapping would
+    read as operators to a document database. This guard keeps it that way."""
     unknown = set(fields) - set(model.model_fields)
     if unknown:
         raise ValueError(f"{model.__name__} has no field(s) {sorted(unknown)}")
+    nested = sorted(key for key, value in fields.items() if isinstance(value, Mapping))
+    if nested:
+        raise ValueError(f"query values must be plain, not mappings: {nested}")
 
 
 class Catalog(Protocol):
@@ -78,8 +82,10 @@ class Catalog(Protocol):
                             owner: str | None = None) -> tuple[list[DatasetSummary], int]:
         """A page of datasets (name substring, exact tag, owner) that ``readable`` admits (None: all)."""
 
-    async def update_dataset(self, dataset_id: str, **fields: Any) -> DatasetRecord:
-        """Set fields of a dataset (sharing, description) and return it; :class:`NotFound` if gone."""
+    async def share_dataset(self, dataset_id: str, *, add_groups: Sequence[str] = (),
+                            remove_groups: Sequence[str] = (), public: bool | None = None) -> DatasetRecord:
+        """Change who a dataset is published to, atomically (two publishes never lose each other's
+        groups); ``public`` None leaves public view as it is. :class:`NotFound` if gone."""
 
     async def delete_dataset(self, dataset_id: str) -> None:
         """Remove a dataset and its versions; their segments become orphans the sweeper removes."""

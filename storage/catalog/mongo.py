@@ -113,7 +113,9 @@ class MongoCatalog:
         if owner:
             query["owner"] = owner
         if readable is not None:
-            query["$or"] = [{"owner": readable.owner}, {"groups": {"$in": sorted(readable.groups)}}]
+            query["$or"] = [{"groups": {"$in": sorted(readable.groups)}}]
+            if readable.owner is not None:
+                query["$or"].append({"owner": readable.owner})
             if readable.public:
                 query["$or"].append({"public": True})
         total = await self.db.datasets.count_documents(query)
@@ -129,17 +131,29 @@ class MongoCatalog:
             summaries.append(summary)
         return summaries, total
 
-    async def update_dataset(self, dataset_id: str, **fields: Any) -> DatasetRecord:
-        check_fields(DatasetRecord, fields)
-        doc = await self.db.datasets.find_one_and_update({"_id": dataset_id}, {"$set": fields},
-                                                         return_document=_AFTER)
+    async def share_dataset(self, dataset_id: str, *, add_groups: Sequence[str] = (),
+                            remove_groups: Sequence[str] = (), public: bool | None = None) -> DatasetRecord:
+        # One field cannot take $addToSet and $pull in one update; each update is atomic on its own.
+        changes: list[dict[str, Any]] = []
+        if add_groups:
+            changes.append({"$addToSet": {"groups": {"$each": list(add_groups)}}})
+        if remove_groups:
+            changes.append({"$pull": {"groups": {"$in": list(remove_groups)}}})
+        if public is not None:
+            changes.append({"$set": {"public": public}})
+        for change in changes:
+            await self.db.datasets.update_one({"_id": dataset_id}, change)
+        doc = await self.db.datasets.find_one({"_id": dataset_id})
         if doc is None:
             raise NotFound(f"no dataset {dataset_id!r}")
-        return DatasetRecord.model_validate(doc)
+        record = DatasetRecord.model_validate(doc)
+        record.groups = sorted(record.groups)
+        return record
 
     async def delete_dataset(self, dataset_id: str) -> None:
-        await self.db.versions.delete_many({"dataset_id": dataset_id})
+        # The dataset first: should the second write never happen, its versions are unreachable.
         await self.db.datasets.delete_one({"_id": dataset_id})
+        await self.db.versions.delete_many({"dataset_id": dataset_id})
 
     # --- versions -----------------------------------------------------------------------------
     async def list_versions(self, dataset_id: str) -> list[VersionRecord]:

@@ -189,14 +189,15 @@ class SQLiteCatalog:
             return [_summary(dataset, version) for dataset, version in rows], total
         return await self._run(work)
 
-    async def update_dataset(self, dataset_id: str, **fields: Any) -> DatasetRecord:
-        check_fields(DatasetRecord, fields)
-
+    async def share_dataset(self, dataset_id: str, *, add_groups: Sequence[str] = (),
+                            remove_groups: Sequence[str] = (), public: bool | None = None) -> DatasetRecord:
         def work(conn: sqlite3.Connection) -> DatasetRecord:
             row = conn.execute("SELECT doc FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no dataset {dataset_id!r}")
-            record = DatasetRecord.model_validate_json(row[0]).model_copy(update=fields)
+            record = DatasetRecord.model_validate_json(row[0])
+            record.groups = sorted((set(record.groups) | set(add_groups)) - set(remove_groups))
+            record.public = record.public if public is None else public
             conn.execute("UPDATE datasets SET doc = ? WHERE id = ?", (record.model_dump_json(), dataset_id))
             return record
         return await self._run(work, write=True)
