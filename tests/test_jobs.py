@@ -238,3 +238,26 @@ async def test_block_files_without_rows_are_swept(ctx: WorkerContext) -> None:
     assert await ctx["catalog"].list_segments() == {"deadbeefx1"}
     assert await sweep_segments(ctx) == 1
     assert await ctx["catalog"].list_segments() == set()
+
+
+async def test_deleting_a_dataset_frees_its_segments(ctx: WorkerContext) -> None:
+    catalog = ctx["catalog"]
+    done = await stage_ingest(ctx, episode_arrays(episodes=2))
+    await ingest(ctx, done.id)
+    assert len(await catalog.list_segments()) == 1
+    await catalog.delete_dataset(done.params["dataset_id"])
+    assert await sweep_segments(ctx) == 1
+    assert await catalog.list_segments() == set()
+
+
+async def test_an_ingest_into_a_dataset_deleted_meanwhile_fails_and_leaves_nothing(ctx: WorkerContext) -> None:
+    catalog = ctx["catalog"]
+    job = await stage_ingest(ctx, episode_arrays(episodes=2))
+    await catalog.delete_dataset(job.params["dataset_id"])
+    await ingest(ctx, job.id)
+    failed = await catalog.get_job(job.id)
+    assert failed.status == JobStatus.failed
+    assert failed.error is not None
+    assert "deleted during the ingest" in failed.error.detail
+    await sweep_segments(ctx)
+    assert await catalog.list_segments() == set()

@@ -18,9 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tuplehub.storage.blocks import BlockBuilder, BlockRecord
+from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.contract import UploadLayout, inspect_upload, normalize_batch
 from tuplehub.storage.episodes import EpisodeSplitter, EpisodeStats
-from tuplehub.storage.errors import InvalidUpload
+from tuplehub.storage.errors import InvalidUpload, NotFound
 from tuplehub.storage.models import EpisodeRecord, SegmentRef, UploadMode, VersionRecord
 from tuplehub.storage.objects import ObjectStore
 from tuplehub.storage.versions import commit_segment, segment_id
@@ -147,6 +148,7 @@ async def _ingest(run: JobRun) -> dict[str, Any]:
             upcoming.cancel()
             await asyncio.gather(upcoming, return_exceptions=True)
     await run.checkpoint(0.97, "commit", "making the version visible")
+    await _check_dataset_still_there(catalog, upload.dataset, upload.dataset_id)
     version = await commit_segment(catalog, upload.dataset_id, mode=UploadMode(upload.mode),
                                    segment=SegmentRef(id=segment, episodes=episodes, transitions=transitions),
                                    schema=reader.layout.schema, job_id=run.job.id)
@@ -168,3 +170,13 @@ async def _discard(run: JobRun) -> None:
         await run.catalog.delete_segment(segment)
     upload = await run.catalog.get_upload(run.job.params["upload_id"])
     await asyncio.to_thread(run.objects.delete, upload.object_key)
+
+
+async def _check_dataset_still_there(catalog: Catalog, name: str, dataset_id: str) -> None:
+    """A dataset deleted (and perhaps made again) during the ingest gets no version from it."""
+    try:
+        same = (await catalog.get_dataset(name)).id == dataset_id
+    except NotFound:
+        same = False
+    if not same:
+        raise NotFound(f"dataset {name!r} was deleted during the ingest", name=name)
