@@ -321,15 +321,6 @@ def test_filter_keys_never_reach_a_query_unvalidated(admin: Client, hub_server: 
         assert "may not start with '$'" in upload.json()["detail"]
 
 
-async def test_catalog_queries_accept_only_model_fields(catalog) -> None:
-    from tuplehub.storage.access import UserRecord
-
-    with pytest.raises(ValueError, match=r"\$where"):
-        await catalog.find_records("users", UserRecord, where={"$where": "1 == 1"})
-    with pytest.raises(ValueError, match="no field"):
-        await catalog.get_record("users", UserRecord, **{"name.$ne": "x"})
-
-
 def test_a_new_account_does_not_inherit_a_deleted_users_content(hub_server: EmbeddedServer, admin: Client) -> None:
     name = f"zed-{uuid.uuid4().hex[:6]}"
     admin.users.create(name, PASSWORD)

@@ -244,3 +244,98 @@ async def test_creating_a_job_twice_by_id_keeps_the_first(catalog: Catalog) -> N
     first = await catalog.create_job(job_record(params={"n": 1}))
     again = await catalog.create_job(job_record(id=first.id, params={"n": 2}))
     assert again.params == {"n": 1}
+
+
+# --- sharing and access records ---------------------------------------------------------------------
+
+async def test_listing_honours_the_read_scope(catalog: Catalog) -> None:
+    from tuplehub.storage.catalog.base import ReadScope
+
+    mine = await catalog.create_dataset(DatasetRecord(name="mine", owner="alice"))
+    other = await catalog.create_dataset(DatasetRecord(name="other", owner="bob"))
+    shared = await catalog.create_dataset(DatasetRecord(name="shared", owner="bob"))
+    public = await catalog.create_dataset(DatasetRecord(name="public", owner="bob"))
+    await catalog.share_dataset(shared.id, add_groups=["g1", "g2"])
+    await catalog.share_dataset(public.id, public=True)
+
+    async def names(scope: ReadScope | None, **options: object) -> tuple[list[str], int]:
+        items, total = await catalog.list_datasets(name=None, tag=None, offset=0, limit=10, readable=scope,
+                                                   **options)  # type: ignore[arg-type]
+        return [item.name for item in items], total
+
+    assert await names(ReadScope("alice", frozenset(), public=True)) == (["mine", "public"], 2)
+    assert await names(ReadScope("alice", frozenset({"g2"}), public=False)) == (["mine", "shared"], 2)
+    assert await names(ReadScope(None, frozenset(), public=True)) == (["public"], 1)
+    assert await names(ReadScope(None, frozenset(), public=False)) == ([], 0)
+    assert await names(None) == (["mine", "other", "public", "shared"], 4)
+    assert await names(None, owner="bob") == (["other", "public", "shared"], 3)
+    assert other.visibility == "private"
+
+
+async def test_sharing_changes_are_merged_not_overwritten(catalog: Catalog) -> None:
+    dataset = await new_dataset(catalog)
+    await asyncio.gather(catalog.share_dataset(dataset.id, add_groups=["a"]),
+                         catalog.share_dataset(dataset.id, add_groups=["b"]))
+    assert (await catalog.get_dataset(dataset.name)).groups == ["a", "b"]
+    updated = await catalog.share_dataset(dataset.id, remove_groups=["a"], public=True)
+    assert (updated.groups, updated.public, updated.visibility) == (["b"], True, "public")
+    with pytest.raises(NotFound):
+        await catalog.share_dataset("missing", public=True)
+
+
+async def test_deleting_a_dataset_removes_its_versions(catalog: Catalog) -> None:
+    dataset = await new_dataset(catalog)
+    await commit_segment(catalog, dataset.id, mode=UploadMode.append, segment=SegmentRef(
+        id="s1", episodes=1, transitions=3), schema=SCHEMA, job_id="j1")
+    await catalog.delete_dataset(dataset.id)
+    with pytest.raises(NotFound):
+        await catalog.get_dataset(dataset.name)
+    assert await catalog.list_versions(dataset.id) == []
+    assert await catalog.find_version_by_job("j1") is None
+
+
+async def test_access_records_round_trip(catalog: Catalog) -> None:
+    from tuplehub.storage.access import GroupRecord, RefreshTokenRecord, UserRecord
+
+    alice = UserRecord(name="alice", password_hash="h", site_roles=["contributor"])
+    await catalog.insert_record("users", alice, unique="alice")
+    with pytest.raises(Conflict):  # users and groups share one namespace
+        await catalog.insert_record("groups", GroupRecord(name="alice", created_by=alice.id), unique="alice")
+    await catalog.insert_record("groups", GroupRecord(name="lab", created_by=alice.id), unique="lab")
+    assert (await catalog.get_record("users", UserRecord, name="alice")).id == alice.id
+    with pytest.raises(NotFound):
+        await catalog.get_record("users", UserRecord, name="lab")  # a group is not a user
+    later = utcnow() + timedelta(hours=1)
+    tokens = [RefreshTokenRecord(hash=f"h{i}", user_id=alice.id, family="f", expires_at=later,
+                                 created_at=utcnow() + timedelta(seconds=i)) for i in range(3)]
+    for token in tokens:
+        await catalog.insert_record("refresh_tokens", token, unique=token.hash)
+    page, total = await catalog.find_records("refresh_tokens", RefreshTokenRecord, where={"user_id": alice.id},
+                                             newest_first=True, offset=1, limit=1)
+    assert (total, [t.hash for t in page]) == (3, ["h1"])
+    window, _ = await catalog.find_records("refresh_tokens", RefreshTokenRecord, since=tokens[1].created_at,
+                                           until=tokens[2].created_at)
+    assert [t.hash for t in window] == ["h1"]
+    any_of, _ = await catalog.find_records("refresh_tokens", RefreshTokenRecord, where={"hash": ["h0", "h2"]})
+    assert [t.hash for t in any_of] == ["h0", "h2"]
+    # Compare-and-swap: only the first of two spenders wins.
+    first = await catalog.update_record("refresh_tokens", RefreshTokenRecord, tokens[0].id,
+                                        expected={"spent": False}, spent=True)
+    second = await catalog.update_record("refresh_tokens", RefreshTokenRecord, tokens[0].id,
+                                         expected={"spent": False}, spent=True)
+    assert first is not None
+    assert first.spent
+    assert second is None
+    assert await catalog.delete_records("refresh_tokens", RefreshTokenRecord, user_id=alice.id) == 3
+    assert (await catalog.find_records("refresh_tokens", RefreshTokenRecord))[1] == 0
+
+
+async def test_access_queries_refuse_unknown_fields_and_operator_values(catalog: Catalog) -> None:
+    from tuplehub.storage.access import UserRecord
+
+    with pytest.raises(ValueError, match="no field"):
+        await catalog.find_records("users", UserRecord, where={"$where": "1"})
+    with pytest.raises(ValueError, match="plain"):
+        await catalog.find_records("users", UserRecord, where={"name": {"$ne": "x"}})
+    with pytest.raises(ValueError, match="no field"):
+        await catalog.update_record("users", UserRecord, "x", **{"$set": 1})

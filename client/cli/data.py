@@ -58,23 +58,30 @@ def show(name: str, url: Url = None, as_json: AsJson = False) -> None:
                "created_at": v.created_at} for v in record.versions], as_json=False)
 
 
+Groups = Annotated[list[str] | None, typer.Option("--group", help="Repeat for several.")]
+
+
 @datasets_app.command("publish")
-def publish(name: str, group: Annotated[list[str] | None, typer.Option("--group", help="Repeat for several.")] = None,
+def publish(name: str, group: Groups = None,
             public: Annotated[bool, typer.Option("--public", help="Readable by everyone signed in.")] = False,
             url: Url = None, as_json: AsJson = False) -> None:
     """Share a dataset with groups or everyone."""
-    with reported_errors(), Client(url) as hub:
-        emit(hub.datasets.get(name).publish(groups=group or [], public=public).record, as_json=as_json,
-             columns=("name", "visibility", "published_to"))
+    _share(name, "publish", group, public, url, as_json)
 
 
 @datasets_app.command("unpublish")
-def unpublish(name: str, group: Annotated[list[str] | None, typer.Option("--group", help="Repeat for several.")] = None,
+def unpublish(name: str, group: Groups = None,
               public: Annotated[bool, typer.Option("--public", help="Withdraw from public view.")] = False,
               url: Url = None, as_json: AsJson = False) -> None:
     """Withdraw a dataset from groups or from public view."""
+    _share(name, "unpublish", group, public, url, as_json)
+
+
+def _share(name: str, action: str, groups: list[str] | None, public: bool, url: str | None, as_json: bool) -> None:
     with reported_errors(), Client(url) as hub:
-        emit(hub.datasets.get(name).unpublish(groups=group or [], public=public).record, as_json=as_json,
+        dataset = hub.datasets.get(name)
+        change = dataset.publish if action == "publish" else dataset.unpublish
+        emit(change(groups=groups or [], public=public).record, as_json=as_json,
              columns=("name", "visibility", "published_to"))
 
 

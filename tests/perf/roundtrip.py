@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tuplehub.client import Client, F
+from tuplehub.client.discovery import embedded_credentials
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ def pyarrow_reference(arrays: dict[str, np.ndarray], folder: Path) -> tuple[floa
 
 
 def start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    # Its local admin's credentials go to a config folder of this run, not the user's.
+    os.environ["TUPLEHUB_CONFIG_DIR"] = str(folder.parent / "config")
     env = {**os.environ, "TUPLEHUB_DATA_DIR": str(folder)}
     for name in ("TUPLEHUB_URL", "TUPLEHUB_CATALOG_URL", "TUPLEHUB_OBJECTS_URL", "TUPLEHUB_REDIS_URL"):
         env.pop(name, None)
@@ -138,6 +141,7 @@ def measure(shape: Shape) -> dict[str, float | str]:
         process, url = start_server(folder / "server")
         try:
             with Client(url, timeout=600) as hub:
+                hub.login(*embedded_credentials(url, folder / "server"), remember=False)
                 dataset = hub.datasets.create(shape.name)
                 started = time.perf_counter()
                 dataset.upload(arrays).wait(progress=False)
