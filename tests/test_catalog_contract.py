@@ -251,7 +251,7 @@ async def test_creating_a_job_twice_by_id_keeps_the_first(catalog: Catalog) -> N
 async def test_listing_honours_the_read_scope(catalog: Catalog) -> None:
     from tuplehub.storage.catalog.base import ReadScope
 
-    mine = await catalog.create_dataset(DatasetRecord(name="mine", owner="alice"))
+    await catalog.create_dataset(DatasetRecord(name="mine", owner="alice"))
     other = await catalog.create_dataset(DatasetRecord(name="other", owner="bob"))
     shared = await catalog.create_dataset(DatasetRecord(name="shared", owner="bob"))
     public = await catalog.create_dataset(DatasetRecord(name="public", owner="bob"))
