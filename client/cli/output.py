@@ -11,7 +11,7 @@ import httpx
 import typer
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from tuplehub.storage.errors import InvalidFilter, TuplehubError
+from tuplehub.storage.errors import InvalidFilter, TuplehubError, Unauthenticated
 from tuplehub.storage.filters.language import Filter, FilterNode
 
 _FILTER = TypeAdapter(Filter)
@@ -73,6 +73,8 @@ def reported_errors() -> Iterator[None]:
     except TuplehubError as exc:
         extra = ", ".join(f"{k}={v}" for k, v in exc.extra.items() if k in ("column", "row", "reason"))
         typer.echo(f"error: {exc.detail}" + (f" ({extra})" if extra else ""), err=True)
+        if isinstance(exc, Unauthenticated):
+            typer.echo("hint: run `tuplehub login`, or set TUPLEHUB_TOKEN to an API token", err=True)
         raise typer.Exit(1) from exc
     except httpx.TransportError as exc:
         typer.echo(f"error: cannot reach the server at {exc.request.url.host}:{exc.request.url.port} ({exc}); "
