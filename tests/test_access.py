@@ -643,3 +643,31 @@ def _clear_login_counters(server: EmbeddedServer) -> None:
     with redis_lib.Redis.from_url(server.settings.redis_url or "") as client:
         for key in client.scan_iter("tuplehub:login-failures:*"):
             client.delete(key)
+
+
+def test_sessions_go_to_the_os_keyring_when_one_is_usable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuplehub.client import sessions
+
+    class Keyring:  # stands in for the OS service (Keychain, Secret Service) the keyring package reaches
+        def __init__(self) -> None:
+            self.items: dict[tuple[str, str], str] = {}
+
+        def get_password(self, service: str, key: str) -> str | None:
+            return self.items.get((service, key))
+
+        def set_password(self, service: str, key: str, value: str) -> None:
+            self.items[(service, key)] = value
+
+        def delete_password(self, service: str, key: str) -> None:
+            del self.items[(service, key)]
+
+    keyring = Keyring()
+    monkeypatch.setattr(sessions, "_usable_keyring", lambda: keyring)
+    store = sessions.SessionStore(tmp_path)
+    assert store.where == "the OS keyring"
+    store.save("http://hub", sessions.Session("alice", "access", "refresh"))
+    assert store.load("http://hub") == sessions.Session("alice", "access", "refresh")
+    assert not (tmp_path / "sessions.json").exists()  # nothing on disk
+    store.delete("http://hub")
+    assert store.load("http://hub") is None
+    assert keyring.items == {}
