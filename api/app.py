@@ -16,7 +16,20 @@ from tuplehub.api import middleware, problems
 from tuplehub.api.access.bootstrap import bootstrap
 from tuplehub.api.access.ratelimit import LoginLimiter
 from tuplehub.api.access.tokens import Signer
-from tuplehub.api.routes import audit, auth, datasets, exports, groups, health, jobs, roles, tokens, uploads, users
+from tuplehub.api.routes import (
+    audit,
+    auth,
+    benchmarks,
+    datasets,
+    exports,
+    groups,
+    health,
+    jobs,
+    roles,
+    tokens,
+    uploads,
+    users,
+)
 from tuplehub.storage.catalog import Catalog, open_catalog
 from tuplehub.storage.objects import ObjectStore, open_object_store
 from tuplehub.storage.queue import Queue
@@ -63,7 +76,7 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
     problems.install(app)
     middleware.install(app, settings)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (auth, users, groups, roles, tokens, audit, datasets, uploads, exports, jobs, health):
+    for module in (auth, users, groups, roles, tokens, audit, benchmarks, datasets, uploads, exports, jobs, health):
         api.include_router(module.router)
     app.include_router(api)
     return app

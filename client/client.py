@@ -11,6 +11,7 @@ import httpx
 
 from tuplehub.client.access import Groups, Roles, Tokens, Users, read_audit, whoami
 from tuplehub.client.auth import BearerAuth, SessionAuth
+from tuplehub.client.benchmarks import Benchmarks
 from tuplehub.client.datasets import Datasets
 from tuplehub.client.discovery import embedded_credentials, resolve_url
 from tuplehub.client.errors import raise_for_problem
@@ -64,6 +65,7 @@ class Client:
         elif (credentials := embedded_credentials(self.url)) is not None:
             self.login(*credentials)
         self.datasets = Datasets(self._http)
+        self.benchmarks = Benchmarks(self._http)
         self.jobs = Jobs(self._http)
         self.tokens = Tokens(self._http)
         self.users = Users(self._http)

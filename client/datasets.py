@@ -143,9 +143,11 @@ class Datasets:
     def __init__(self, http: httpx.Client) -> None:
         self._http = http
 
-    def create(self, name: str, *, description: str = "", tags: Iterable[str] = ()) -> Dataset:
+    def create(self, name: str, *, description: str = "", tags: Iterable[str] = (),
+               benchmark: str | None = None) -> Dataset:
+        """An empty dataset; ``benchmark`` (an id) links it to the environment it is recorded on."""
         response = self._http.post("/datasets", json={"name": name, "description": description,
-                                                      "tags": list(tags)})
+                                                      "tags": list(tags), "benchmark": benchmark})
         raise_for_problem(response)
         return Dataset(self._http, DatasetRead.model_validate(response.json()))
 
@@ -154,10 +156,10 @@ class Datasets:
         raise_for_problem(response)
         return Dataset(self._http, DatasetRead.model_validate(response.json()))
 
-    def list(self, *, name: str | None = None, tag: str | None = None, mine: bool = False, offset: int = 0,
-             limit: int = 50) -> Page[DatasetSummary]:
-        params = {k: v for k, v in {"name": name, "tag": tag, "mine": mine or None, "offset": offset,
-                                    "limit": limit}.items() if v is not None}
+    def list(self, *, name: str | None = None, tag: str | None = None, benchmark: str | None = None,
+             owner: str | None = None, mine: bool = False, offset: int = 0, limit: int = 50) -> Page[DatasetSummary]:
+        params = {k: v for k, v in {"name": name, "tag": tag, "benchmark": benchmark, "owner": owner,
+                                    "mine": mine or None, "offset": offset, "limit": limit}.items() if v is not None}
         response = self._http.get("/datasets", params=params)
         raise_for_problem(response)
         return Page[DatasetSummary].model_validate(response.json())

@@ -20,6 +20,7 @@ from tuplehub.storage.schema import TupleSchema
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, examples=["cartpole-mixed"],
                             description="Letters, digits, '.', '_' and '-'; at most 128 characters.")]
+BenchmarkId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="A benchmark's content hash.")]
 Tag = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", examples=["demo"])]
 T = TypeVar("T")
 
@@ -52,6 +53,7 @@ class DatasetCreate(BaseModel):
     name: Name
     description: str = Field("", max_length=10_000)
     tags: list[Tag] = Field(default_factory=list, max_length=64)
+    benchmark: BenchmarkId | None = Field(None, description="The benchmark the data was recorded on.")
 
 
 class DatasetRecord(BaseModel):
@@ -59,6 +61,7 @@ class DatasetRecord(BaseModel):
     name: str
     description: str = ""
     tags: list[str] = Field(default_factory=list)
+    benchmark: str | None = None
     owner: str
     created_at: datetime = Field(default_factory=utcnow)
     public: bool = Field(False, description="Readable by every signed-in user.")

@@ -19,13 +19,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import gymnasium
 import httpx
 import pyarrow.parquet as pq
 import pytest
 
 from tuplehub.client import Client
+from tuplehub.client.benchmarks import describe_env
 from tuplehub.client.cli.server import EmbeddedServer
 from tuplehub.client.uploads import table_from_arrays
+from tuplehub.storage.benchmarks import BenchmarkSpec
 
 from .conftest import admin_client
 from .factories import episode_arrays
@@ -97,6 +100,15 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("POST", "/tokens"): everyone(201),
     ("DELETE", "/tokens/{token_id}"): only({"owner"}, 200, others=404),  # tokens are personal
     ("GET", "/audit"): only({"admin"}, 200, others=403),
+    ("POST", "/benchmarks"): only(CREATORS, 201, others=403),
+    ("GET", "/benchmarks"): everyone(200),
+    ("GET", "/benchmarks/{benchmark_id}"): by_reading(200, also=lambda scope: READERS[scope]),
+    ("GET", "/benchmarks/{benchmark_id}/datasets"): by_reading(200, also=lambda scope: READERS[scope]),
+    ("PUT", "/benchmarks/{benchmark_id}/references"): by_reading(200),
+    ("POST", "/benchmarks/{benchmark_id}/publish"): by_reading(200),
+    ("POST", "/benchmarks/{benchmark_id}/unpublish"):
+        by_reading(200, also=lambda s: {"group_admin"} if s == "group" else set()),
+    ("DELETE", "/benchmarks/{benchmark_id}"): by_reading(204),
     ("POST", "/datasets"): only(CREATORS, 201, others=403),
     ("GET", "/datasets"): everyone(200),
     ("GET", "/datasets/{name}"): by_reading(200, also=lambda scope: READERS[scope]),
@@ -120,11 +132,19 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("GET", "/health/live"): everyone(200, anonymous=200),
     ("GET", "/health/ready"): everyone(200, anonymous=200),
 }
-SCOPED = {key for key in EXPECTED if "/datasets/{name}" in key[1] or key[1].startswith(("/exports", "/jobs/"))}
+SCOPED = {key for key in EXPECTED
+          if ("{name}" in key[1] and key[1].startswith("/datasets")) or key[1].startswith(("/exports", "/jobs/"))
+          or "{benchmark_id}" in key[1]}
 
 
 def fresh(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def pendulum_spec() -> BenchmarkSpec:
+    """A benchmark no one has stored yet: Pendulum with a gravity of its own."""
+    with gymnasium.make("Pendulum-v1", g=1 + uuid.uuid4().int % 10**6 / 10**5) as env:
+        return describe_env(env)
 
 
 @dataclass
@@ -135,6 +155,7 @@ class World:
     tokens: dict[str, str] = field(default_factory=dict)       # role -> API token
     datasets: dict[str, str] = field(default_factory=dict)     # scope -> dataset name
     exports: dict[str, str] = field(default_factory=dict)      # scope -> olivia's finished export job
+    benchmarks: dict[str, str] = field(default_factory=dict)   # scope -> olivia's benchmark
     part: bytes = b""
 
     def http(self, role: str) -> httpx.Client:
@@ -147,6 +168,13 @@ class World:
         if scope != "private":
             dataset.publish(groups=["lab"] if scope == "group" else [], public=scope == "public")
         return dataset.name
+
+    def benchmark(self, scope: str) -> str:
+        """A fresh benchmark of olivia's (a new point of the Pendulum family) with the given visibility."""
+        benchmark = self.olivia.benchmarks.create(pendulum_spec())
+        if scope != "private":
+            benchmark.publish(groups=["lab"] if scope == "group" else [], public=scope == "public")
+        return benchmark.id
 
     def user(self) -> str:
         return self.admin.users.create(fresh("u"), PASSWORD, site_roles=["guest"]).name
@@ -199,6 +227,7 @@ def world(hub_server: EmbeddedServer) -> Iterator[World]:
     world = World(hub_server, admin, olivia, tokens)
     arrays = episode_arrays(episodes=3, length=6, seed=5)
     for scope in SCOPES:
+        world.benchmarks[scope] = world.benchmark(scope)
         name = world.dataset(scope)
         world.olivia.datasets.get(name).upload(arrays).wait()
         world.datasets[scope] = name
@@ -226,6 +255,7 @@ def request_for(world: World, method: str, path: str, role: str, scope: str) -> 
 
     name = world.datasets[scope]
     job = world.exports[scope]
+    bench = world.benchmarks[scope]
     new_user = {"name": fresh("n"), "password": PASSWORD}
     fixed: dict[tuple[str, str], Callable[[], tuple[str, dict[str, Any]]]] = {
         ("POST", "/auth/login"): lambda: ("/auth/login", {"json": {
@@ -261,6 +291,18 @@ def request_for(world: World, method: str, path: str, role: str, scope: str) -> 
         ("POST", "/tokens"): lambda: ("/tokens", {"json": {"name": "t", "rights": ["dataset:read"]}}),
         ("DELETE", "/tokens/{token_id}"): lambda: (f"/tokens/{world.olivia.tokens.create('t').id}", {}),
         ("GET", "/audit"): lambda: ("/audit", {}),
+        ("POST", "/benchmarks"): lambda: ("/benchmarks", {"json": {"spec": pendulum_spec().model_dump(mode="json")}}),
+        ("GET", "/benchmarks"): lambda: ("/benchmarks", {}),
+        ("GET", "/benchmarks/{benchmark_id}"): lambda: (f"/benchmarks/{bench}", {}),
+        ("GET", "/benchmarks/{benchmark_id}/datasets"): lambda: (f"/benchmarks/{bench}/datasets", {}),
+        ("PUT", "/benchmarks/{benchmark_id}/references"): lambda: (f"/benchmarks/{bench}/references", {"json": {
+            "random_return": -1200.0, "expert_return": -150.0}}),
+        ("POST", "/benchmarks/{benchmark_id}/publish"): lambda: (f"/benchmarks/{world.benchmark(scope)}/publish",
+                                                                  {"json": {"public": True}}),
+        ("POST", "/benchmarks/{benchmark_id}/unpublish"): lambda: (
+            f"/benchmarks/{world.benchmark(scope)}/unpublish",
+            {"json": {"public": True} if scope == "public" else {"groups": ["lab"]}}),
+        ("DELETE", "/benchmarks/{benchmark_id}"): lambda: (f"/benchmarks/{world.benchmark(scope)}", {}),
         ("POST", "/datasets"): lambda: ("/datasets", {"json": {"name": fresh("ds")}}),
         ("GET", "/datasets"): lambda: ("/datasets", {}),
         ("GET", "/datasets/{name}"): lambda: (f"/datasets/{name}", {}),

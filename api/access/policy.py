@@ -15,6 +15,7 @@ from typing import Protocol
 
 from tuplehub.api.access.principal import Principal
 from tuplehub.storage.access import Right
+from tuplehub.storage.benchmarks import BenchmarkRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.catalog.base import ReadScope
 from tuplehub.storage.errors import Forbidden, NotFound
@@ -85,6 +86,16 @@ def require_unpublish(caller: Principal, item: Shared, kind: str, group_ids: lis
     if group_ids and all(caller.holds_in(Right.group_update, group) for group in group_ids):
         return
     raise Forbidden(f"only the owner, a {kind} administrator or the group's admin may unpublish this {kind}")
+
+
+async def readable_benchmark(catalog: Catalog, caller: Principal, benchmark_id: str) -> BenchmarkRecord:
+    """A record of the benchmark the caller may read (their own first): one spec may be stored by
+    several owners, each with its own visibility."""
+    records, _ = await catalog.find_records("benchmarks", BenchmarkRecord, where={"benchmark_id": benchmark_id})
+    readable = sorted((r for r in records if can_read(caller, r, "benchmark")), key=lambda r: r.owner != caller.id)
+    if not readable:
+        raise NotFound(f"no benchmark {benchmark_id!r}", benchmark=benchmark_id)
+    return readable[0]
 
 
 async def readable_dataset(catalog: Catalog, caller: Principal, name: str) -> DatasetRecord:

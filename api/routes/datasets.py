@@ -10,6 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.policy import (
     read_scope,
+    readable_benchmark,
     readable_dataset,
     require_create,
     require_owner,
@@ -20,7 +21,7 @@ from tuplehub.api.deps import Caller, CatalogDep, Reader
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.groups import visible_group_ids
 from tuplehub.storage import versions
-from tuplehub.storage.access import GroupRecord, Publish
+from tuplehub.storage.access import GroupRecord, Publish, UserRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidFilter, NotFound
 from tuplehub.storage.filters.language import Filter, FilterNode
@@ -50,11 +51,13 @@ async def _read(catalog: Catalog, record: DatasetRecord) -> DatasetRead:
                        published_to=sorted(group.name for group in groups))
 
 
-@router.post("", status_code=201, responses=problems(Conflict, Forbidden))
+@router.post("", status_code=201, responses=problems(Conflict, Forbidden, NotFound))
 async def create_dataset(body: DatasetCreate, caller: Caller, catalog: CatalogDep) -> DatasetRead:
     """Create an empty, private dataset; its first upload makes version 1."""
     require_create(caller, "dataset")
-    record = await catalog.create_dataset(DatasetRecord(**body.model_dump(), owner=caller.id))
+    if body.benchmark is not None:
+        await readable_benchmark(catalog, caller, body.benchmark)  # linking needs read access to it
+    record = await catalog.create_dataset(DatasetRecord(**body.model_dump(), owner=caller.user_id))
     await audit(catalog, caller, "dataset.create", "dataset", record.id, record.name)
     return DatasetRead(**record.model_dump())
 
@@ -62,13 +65,21 @@ async def create_dataset(body: DatasetCreate, caller: Caller, catalog: CatalogDe
 @router.get("")
 async def list_datasets(caller: Reader, catalog: CatalogDep, name: str | None = None, tag: str | None = None,
                         mine: Annotated[bool, Query(description="Only datasets the caller owns.")] = False,
+                        benchmark: Annotated[str | None, Query(description="Recorded on this benchmark.")] = None,
+                        owner: Annotated[str | None, Query(description="Owned by this user (name).")] = None,
                         offset: Offset = 0, limit: Limit = 50) -> Page[DatasetSummary]:
     """Datasets the caller may read whose name contains ``name`` and that carry ``tag``, by name."""
     if mine and not caller.signed_in:
         return Page(items=[], total=0, offset=offset, limit=limit)
+    owner_id = caller.id if mine else None
+    if owner is not None:
+        try:  # an unknown name simply matches nothing: the listing says no more than before
+            owner_id = (await catalog.get_record("users", UserRecord, name=owner)).id
+        except NotFound:
+            return Page(items=[], total=0, offset=offset, limit=limit)
     items, total = await catalog.list_datasets(name=name, tag=tag, offset=offset, limit=limit,
-                                               readable=read_scope(caller, "dataset"),
-                                               owner=caller.id if mine else None)
+                                               readable=read_scope(caller, "dataset"), owner=owner_id,
+                                               benchmark=benchmark)
     return Page(items=items, total=total, offset=offset, limit=limit)
 
 

@@ -34,13 +34,13 @@ from tuplehub.storage.models import (
 
 M = TypeVar("M", bound=BaseModel)
 
-RecordKind = Literal["users", "groups", "memberships", "roles", "refresh_tokens", "api_tokens", "audit"]
+RecordKind = Literal["users", "groups", "memberships", "roles", "refresh_tokens", "api_tokens", "audit", "benchmarks"]
 
 # Records whose ``unique`` key must not repeat within a namespace. Users and groups share one,
 # so nobody can sign up as a group or found a group named after a user.
 NAMESPACES: dict[RecordKind, str] = {
     "users": "principal", "groups": "principal", "roles": "role", "refresh_tokens": "refresh",
-    "api_tokens": "api-token", "memberships": "membership", "audit": "audit",
+    "api_tokens": "api-token", "memberships": "membership", "audit": "audit", "benchmarks": "benchmark",
 }
 
 
@@ -78,9 +78,10 @@ class Catalog(Protocol):
         """The dataset called ``name``, or :class:`NotFound` (callers check read access after)."""
 
     async def list_datasets(self, *, name: str | None, tag: str | None, offset: int, limit: int,
-                            readable: ReadScope | None = None,
-                            owner: str | None = None) -> tuple[list[DatasetSummary], int]:
-        """A page of datasets (name substring, exact tag, owner) that ``readable`` admits (None: all)."""
+                            readable: ReadScope | None = None, owner: str | None = None,
+                            benchmark: str | None = None) -> tuple[list[DatasetSummary], int]:
+        """A page of datasets (name substring, exact tag, owner, benchmark) that ``readable`` admits
+        (None: all)."""
 
     async def share_dataset(self, dataset_id: str, *, add_groups: Sequence[str] = (),
                             remove_groups: Sequence[str] = (), public: bool | None = None) -> DatasetRecord:
@@ -163,7 +164,7 @@ class Catalog(Protocol):
     async def request_cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued job now, or ask a running one to stop at its next checkpoint."""
 
-    # --- access records: users, groups, memberships, roles, tokens, audit -----------------------
+    # --- small records: users, groups, memberships, roles, tokens, audit, benchmarks -------------
     async def insert_record(self, kind: RecordKind, record: StoredRecord, *, unique: str | None = None) -> None:
         """Store a new record; :class:`Conflict` if ``unique`` is taken in the kind's namespace."""
 

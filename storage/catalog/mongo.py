@@ -42,7 +42,7 @@ _AFTER = True  # pymongo.ReturnDocument.AFTER, without importing the driver at m
 
 # collection -> [(keys, options)]
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
-    "datasets": [([("name", 1)], {"unique": True}), ([("tags", 1)], {})],
+    "datasets": [([("name", 1)], {"unique": True}), ([("tags", 1)], {}), ([("benchmark", 1)], {})],
     "versions": [([("dataset_id", 1), ("number", 1)], {"unique": True}), ([("job_id", 1)], {"unique": True})],
     "blocks": [([("segment", 1), ("seq", 1)], {"unique": True})],
     "episodes": [([("segment", 1), ("index", 1)], {"unique": True}), ([("episode_key", 1), ("segment", 1)], {})],
@@ -50,7 +50,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "jobs": [([("owner", 1), ("created_at", -1)], {}), ([("status", 1)], {}),
              ([("dedup_key", 1)], {"unique": True, "sparse": True})],
     "records": [([("unique_key", 1)], {"unique": True, "sparse": True}), ([("kind", 1), ("created_at", 1)], {}),
-                ([("kind", 1), ("user_id", 1)], {}), ([("kind", 1), ("group_id", 1)], {})],
+                ([("kind", 1), ("user_id", 1)], {}), ([("kind", 1), ("group_id", 1)], {}),
+                ([("kind", 1), ("benchmark_id", 1)], {})],
 }
 
 
@@ -103,8 +104,8 @@ class MongoCatalog:
         return DatasetRecord.model_validate(doc)
 
     async def list_datasets(self, *, name: str | None, tag: str | None, offset: int, limit: int,
-                            readable: ReadScope | None = None,
-                            owner: str | None = None) -> tuple[list[DatasetSummary], int]:
+                            readable: ReadScope | None = None, owner: str | None = None,
+                            benchmark: str | None = None) -> tuple[list[DatasetSummary], int]:
         query: dict[str, Any] = {}
         if name:
             query["name"] = {"$regex": re.escape(name), "$options": "i"}
@@ -112,6 +113,8 @@ class MongoCatalog:
             query["tags"] = tag
         if owner:
             query["owner"] = owner
+        if benchmark:
+            query["benchmark"] = benchmark
         if readable is not None:
             query["$or"] = [{"groups": {"$in": sorted(readable.groups)}}]
             if readable.owner is not None:

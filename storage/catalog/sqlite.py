@@ -159,8 +159,8 @@ class SQLiteCatalog:
         return DatasetRecord.model_validate_json(row[0])
 
     async def list_datasets(self, *, name: str | None, tag: str | None, offset: int, limit: int,
-                            readable: ReadScope | None = None,
-                            owner: str | None = None) -> tuple[list[DatasetSummary], int]:
+                            readable: ReadScope | None = None, owner: str | None = None,
+                            benchmark: str | None = None) -> tuple[list[DatasetSummary], int]:
         where, args = ["1 = 1"], []
         if name:
             where.append("instr(lower(name), lower(?)) > 0")
@@ -168,9 +168,10 @@ class SQLiteCatalog:
         if tag:
             where.append("EXISTS (SELECT 1 FROM json_each(datasets.doc, '$.tags') WHERE value = ?)")
             args.append(tag)
-        if owner:
-            where.append("json_extract(datasets.doc, '$.owner') = ?")
-            args.append(owner)
+        for field, value in (("owner", owner), ("benchmark", benchmark)):
+            if value:
+                where.append(f"json_extract(datasets.doc, '$.{field}') = ?")
+                args.append(value)
         if readable is not None:
             marks = ", ".join("?" for _ in readable.groups) or "NULL"
             where.append(f"""(json_extract(datasets.doc, '$.owner') = ?
