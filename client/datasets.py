@@ -25,7 +25,13 @@ from tuplehub.client.uploads import (
 from tuplehub.storage.filters.language import FilterNode
 from tuplehub.storage.models import DatasetRead, DatasetSummary, EpisodeRead, Page, UploadMode
 
+# Also a pandas DataFrame (tensors as ``observation[i]`` columns), recognised without importing pandas.
 UploadSource = Mapping[str, Any] | pa.Table | str | Path | Iterable[Mapping[str, Any]]
+
+
+def _is_frame(source: object) -> bool:
+    """A pandas DataFrame, recognised without importing pandas."""
+    return type(source).__module__.startswith("pandas") and hasattr(source, "columns")
 
 
 class Dataset:
@@ -59,7 +65,8 @@ class Dataset:
         ``reward``, ``terminated``, ``truncated``, optional ``step``, ``next_observation`` and
         ``info.*``), an Arrow table of the same columns, the path of a Parquet file, or an
         iterator of episodes (dicts of per-step arrays, optionally with ``episode_id`` and
-        ``metadata``). ``mode="append"`` keeps the previous version's episodes; ``"replace"``
+        ``metadata``), or a pandas DataFrame as ``Export.to_pandas()`` makes it.
+        ``mode="append"`` keeps the previous version's episodes; ``"replace"``
         starts over. Memory stays at a few parts of ``part_size`` bytes whatever the source's size.
         """
         metadata = {str(key): dict(value) for key, value in (episode_metadata or {}).items()}
@@ -76,6 +83,10 @@ class Dataset:
                 write_parquet([source], sink, compression=compression)
             elif isinstance(source, Mapping):
                 write_parquet([table_from_arrays(source)], sink, compression=compression)
+            elif _is_frame(source):
+                from tuplehub.client.converters.frames import from_frame
+
+                write_parquet([table_from_arrays(from_frame(source))], sink, compression=compression)
             else:
                 write_parquet(tables_from_episodes(source, late_metadata), sink, compression=compression)
             parts = sink.finish()

@@ -101,6 +101,19 @@ class Export(Job):
             return fill_arrays(schema, batches, rows)
 
 
+    def to_pandas(self) -> Any:
+        """A pandas DataFrame, one row per step, tensors as ``observation[i]`` columns (needs pandas)."""
+        from tuplehub.client.converters.frames import to_frame
+
+        return to_frame(self.to_numpy())
+
+    def to_d4rl(self) -> dict[str, np.ndarray]:
+        """A D4RL dict (``next_observations`` when the export has them); see :mod:`.converters.d4rl`."""
+        from tuplehub.client.converters.d4rl import to_d4rl
+
+        return to_d4rl(self.to_numpy())
+
+
 class _StreamFile(io.RawIOBase):
     """A read-only file over an iterator of byte chunks, for pyarrow's stream reader."""
 
