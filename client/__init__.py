@@ -27,6 +27,7 @@ from tuplehub.storage.errors import (
     Unauthenticated,
 )
 from tuplehub.storage.filters.language import F
+from tuplehub.storage.models import Rebalance, Sampling
 
 __all__ = [
     "Client",
@@ -44,6 +45,8 @@ __all__ = [
     "Jobs",
     "NotFound",
     "RateLimited",
+    "Rebalance",
+    "Sampling",
     "ServerError",
     "TuplehubError",
     "Unauthenticated",

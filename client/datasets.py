@@ -23,7 +23,15 @@ from tuplehub.client.uploads import (
     write_parquet,
 )
 from tuplehub.storage.filters.language import FilterNode
-from tuplehub.storage.models import DatasetRead, DatasetSummary, EpisodeRead, Page, UploadMode
+from tuplehub.storage.models import (
+    DatasetRead,
+    DatasetSummary,
+    EpisodeRead,
+    Page,
+    Rebalance,
+    Sampling,
+    UploadMode,
+)
 
 # Also a pandas DataFrame (tensors as ``observation[i]`` columns), recognised without importing pandas.
 UploadSource = Mapping[str, Any] | pa.Table | str | Path | Iterable[Mapping[str, Any]]
@@ -102,15 +110,21 @@ class Dataset:
 
     def export(self, *, where: FilterNode | None = None, episodes: FilterNode | None = None,
                version: int | None = None, columns: list[str] | None = None, next_observation: bool = False,
+               sample: Sampling | Mapping[str, Any] | None = None, rebalance: Rebalance | None = None,
                format: str = "arrow") -> Export:
         """Start an export of the rows that pass ``where`` in the episodes that pass ``episodes``.
 
-        The default format, an Arrow IPC stream, is decoded while it downloads (``to_numpy``,
-        ``to_arrow``, ``iter_batches``); ask for ``format="parquet"`` to keep a file for other tools.
+        ``sample`` (e.g. ``Sampling(fraction=0.1, seed=1)``, or ``level="tuple"`` for rows) and
+        ``rebalance`` (``Rebalance(keep=F.reward > 0, rest_fraction=0.1)``) apply after the filters;
+        the same seed gives the same rows. The default format, an Arrow IPC stream, is decoded while
+        it downloads (``to_numpy``, ``to_arrow``, ``iter_batches``); ask for ``format="parquet"`` to
+        keep a file for other tools.
         """
         body = {"version": version, "columns": columns, "next_observation": next_observation, "format": format,
                 "where": where.to_json() if where is not None else None,
-                "episodes": episodes.to_json() if episodes is not None else None}
+                "episodes": episodes.to_json() if episodes is not None else None,
+                "sample": sample.model_dump(mode="json") if isinstance(sample, Sampling) else sample,
+                "rebalance": rebalance.model_dump(mode="json", exclude_none=True) if rebalance is not None else None}
         response = self._http.post(f"/datasets/{self.name}/exports", json=body)
         raise_for_problem(response)
         return Export(self._http, response.json())

@@ -47,6 +47,8 @@ def check_export(version: VersionRecord, request: ExportCreate) -> None:
     """Raise the 422 a worker would otherwise fail the job with."""
     compile_filter(request.episodes, "episode", version.tuple_schema)
     compile_filter(request.where, "tuple", version.tuple_schema)
+    if request.rebalance is not None:
+        compile_filter(request.rebalance.keep, "tuple", version.tuple_schema)
     export_columns(version.tuple_schema, request)
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from tuplehub.storage.filters.language import Filter
 from tuplehub.storage.schema import TupleSchema
@@ -382,6 +382,34 @@ class ExportFormat(StrEnum):
     arrow = "arrow"
 
 
+class Sampling(BaseModel):
+    """Take ``n`` or a ``fraction`` of the episodes (exactly) or of the rows, chosen by ``seed``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: Literal["episode", "tuple"] = "episode"
+    fraction: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+
+    @model_validator(mode="after")
+    def _one_size(self) -> Sampling:
+        if (self.fraction is None) == (self.n is None):
+            raise ValueError("give exactly one of fraction and n")
+        return self
+
+
+class Rebalance(BaseModel):
+    """Keep every row that matches ``keep`` and a ``rest_fraction`` of the others (sparse rewards)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "keep": {"op": "gt", "field": "reward", "value": 0}, "rest_fraction": 0.1, "seed": 0}]})
+
+    keep: Filter
+    rest_fraction: float = Field(ge=0, le=1)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+
+
 class ExportCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "version": 1, "episodes": {"op": "in", "field": "metadata.policy", "values": ["expert"]},
@@ -392,6 +420,9 @@ class ExportCreate(BaseModel):
     where: Filter | None = Field(None, description="Tuple filter (row fields and episode fields).")
     columns: list[str] | None = Field(None, description="Columns to return; all when omitted.")
     next_observation: bool = Field(False, description="Add next_observation for every row.")
+    sample: Sampling | None = Field(None, description="After the filters: a seeded sample of episodes or rows.")
+    rebalance: Rebalance | None = Field(None, description="After the filters: all rows matching one filter, "
+                                                          "a fraction of the rest.")
     format: ExportFormat = ExportFormat.parquet
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -44,6 +45,13 @@ class CompiledFilter:
 
     def columns(self, level: str) -> set[str]:
         return {ref.column for ref in self.fields if ref.level == level}
+
+    def mask(self, table: pa.Table) -> np.ndarray:
+        """Per row, whether the filter holds (a null counts as not), for callers that mix masks."""
+        numbered = table.append_column("__row", pa.array(np.arange(len(table), dtype=np.int64)))
+        out = np.zeros(len(table), dtype=bool)
+        out[self.apply(numbered).column("__row").to_numpy()] = True
+        return out
 
     def apply(self, table: pa.Table) -> pa.Table:
         """Rows of ``table`` for which the filter holds; type clashes become InvalidFilter."""

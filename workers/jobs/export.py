@@ -4,23 +4,28 @@ Episode filters are answered from episode records; blocks whose episodes were al
 or whose zone maps rule out the tuple filter, are never read; the rest are decoded one at a time,
 filtered exactly by the compiled Arrow expression and appended to the result file, so memory
 stays at about one block whatever the size of the export.
+
+Sampling and rebalancing come after the filters, in this order: an episode sample narrows the
+episodes before any block is read; rebalancing keeps every row matching its filter and a seeded
+fraction of the rest; a row sample keeps a seeded fraction of rows, or exactly ``n`` of them
+(which takes a first pass that only computes the rows' keys, 8 bytes a row).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tuplehub.storage import blocks
+from tuplehub.storage import blocks, sampling
 from tuplehub.storage.exports import export_columns, output_schema
 from tuplehub.storage.filters.arrow import CompiledFilter, compile_filter
 from tuplehub.storage.filters.prune import may_match
-from tuplehub.storage.models import ExportCreate, ExportFormat, VersionRecord
+from tuplehub.storage.models import ExportCreate, ExportFormat, Rebalance, Sampling, VersionRecord
 from tuplehub.storage.objects import ObjectStore
 from tuplehub.storage.schema import TupleSchema
 from tuplehub.storage.versions import SegmentEpisodes, select_episodes
@@ -29,11 +34,12 @@ from tuplehub.workers.context import JobRun, WorkerContext, run_job
 
 @dataclass
 class ExportPlan:
-    """What an export request means for one schema: columns out, filter, episode fields needed."""
+    """What an export request means for one schema: columns out, filters, episode fields needed."""
 
     schema: TupleSchema
     request: ExportCreate
     where: CompiledFilter
+    keep: CompiledFilter | None
     columns: list[str]
     output: pa.Schema
 
@@ -41,14 +47,38 @@ class ExportPlan:
     def build(cls, schema: TupleSchema, request: ExportCreate) -> ExportPlan:
         columns = export_columns(schema, request)
         where = compile_filter(request.where, "tuple", schema)
-        return cls(schema, request, where, columns, output_schema(schema, columns))
+        keep = compile_filter(request.rebalance.keep, "tuple", schema) if request.rebalance else None
+        return cls(schema, request, where, keep, columns, output_schema(schema, columns))
 
     @property
     def episode_paths(self) -> set[str]:
-        return self.where.columns("episode")
+        return self.where.columns("episode") | (self.keep.columns("episode") if self.keep else set())
 
-    def rows(self, block: blocks.BlockRecord, episodes: SegmentEpisodes, lookup: np.ndarray) -> pa.Table:
-        """The exported rows of one block, in the output schema."""
+    @property
+    def row_sample(self) -> Sampling | None:
+        sample = self.request.sample
+        return sample if sample is not None and sample.level == "tuple" else None
+
+    def rows(self, block: blocks.BlockRecord, episodes: SegmentEpisodes, lookup: np.ndarray,
+             threshold: np.uint64 | None = None) -> pa.Table:
+        """The exported rows of one block, in the output schema (``threshold``: see :meth:`keys`)."""
+        table = self.filtered(block, episodes, lookup)
+        if threshold is not None:
+            table = table.filter(pa.array(self._row_keys(table, self.row_sample) <= threshold))
+        return table.select(self.columns).cast(self.output)
+
+    def keys(self, block: blocks.BlockRecord, episodes: SegmentEpisodes, lookup: np.ndarray) -> np.ndarray:
+        """The sample keys of the rows that pass everything else (first pass of an exact row sample)."""
+        return self._row_keys(self.filtered(block, episodes, lookup), self.row_sample)
+
+    @staticmethod
+    def _row_keys(table: pa.Table, sample: Sampling | Rebalance | None) -> np.ndarray:
+        assert sample is not None
+        return sampling.row_keys(table.column("episode_id").to_numpy(zero_copy_only=False),
+                                 table.column("step").to_numpy(), sample.seed)
+
+    def filtered(self, block: blocks.BlockRecord, episodes: SegmentEpisodes, lookup: np.ndarray) -> pa.Table:
+        """One block's rows that pass the filter, rebalancing and a row fraction; all columns."""
         table = blocks.decode(block.data)
         if "next_observation" in self.columns:
             next_obs = blocks.next_observations(table, blocks.decode(block.tail), self.schema)
@@ -63,7 +93,15 @@ class ExportPlan:
             table = table.append_column(name, episodes.selected.column(name).take(taken))
         if self.request.where is not None:
             table = self.where.apply(table)
-        return table.select(self.columns).cast(self.output)
+        rebalance = self.request.rebalance
+        if rebalance is not None and self.keep is not None and len(table):
+            kept = self.keep.mask(table)
+            rest = sampling.below(self._row_keys(table, rebalance), rebalance.rest_fraction)
+            table = table.filter(pa.array(kept | rest))
+        sample = self.row_sample
+        if sample is not None and sample.fraction is not None and len(table):
+            table = table.filter(pa.array(sampling.below(self._row_keys(table, sample), sample.fraction)))
+        return table
 
 
 def episode_lookup(episodes: SegmentEpisodes) -> np.ndarray:
@@ -109,13 +147,14 @@ async def _export(run: JobRun) -> dict[str, Any]:
     await run.checkpoint(0.0, "plan", "selecting episodes and blocks")
     work = await _plan_blocks(run, version, plan)
     total = sum(len(seqs) for _, seqs in work)
+    threshold = await _row_sample_threshold(run, plan, work)
     writer = await asyncio.to_thread(ResultWriter, run.objects, params["object_key"], request.format, plan.output)
     done, episodes = 0, set()
     try:
         for episodes_of_segment, seqs in work:
             lookup = episode_lookup(episodes_of_segment)
             async for block in catalog.read_blocks(episodes_of_segment.segment.id, seqs):
-                table = await asyncio.to_thread(plan.rows, block, episodes_of_segment, lookup)
+                table = await asyncio.to_thread(plan.rows, block, episodes_of_segment, lookup, threshold)
                 await asyncio.to_thread(writer.write, table)
                 if "episode_id" in table.column_names:
                     episodes.update(table.column("episode_id").unique().to_pylist())
@@ -132,9 +171,44 @@ async def _export(run: JobRun) -> dict[str, Any]:
 BlockPlan = list[tuple[SegmentEpisodes, list[int]]]
 
 
+async def _row_sample_threshold(run: JobRun, plan: ExportPlan, work: BlockPlan) -> np.uint64 | None:
+    """For an exact row sample: the largest key among the ``n`` rows to keep (a first, key-only pass)."""
+    sample = plan.row_sample
+    if sample is None or sample.n is None:
+        return None
+    keys = []
+    for episodes_of_segment, seqs in work:
+        lookup = episode_lookup(episodes_of_segment)
+        async for block in run.catalog.read_blocks(episodes_of_segment.segment.id, seqs):
+            keys.append(await asyncio.to_thread(plan.keys, block, episodes_of_segment, lookup))
+        await run.checkpoint(0.0, "sample", "choosing the rows")
+    every = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
+    if sample.n >= len(every):
+        return np.uint64(2**64 - 1)
+    return np.partition(every, sample.n - 1)[sample.n - 1]
+
+
+def _sample_episodes(selected: list[SegmentEpisodes], sample: Sampling | None) -> list[SegmentEpisodes]:
+    """An episode sample over every segment at once: the same episodes whatever the layout."""
+    if sample is None or sample.level != "episode":
+        return selected
+    ids = [part.selected.column("episode_id").to_numpy(zero_copy_only=False) for part in selected]
+    every = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    keys = sampling.episode_keys(every, sample.seed)
+    wanted = sample.n if sample.n is not None else round((sample.fraction or 0) * len(every))
+    chosen = sampling.smallest(keys, wanted)
+    out, start = [], 0
+    for part, part_ids in zip(selected, ids, strict=True):
+        mask = chosen[start:start + len(part_ids)]
+        start += len(part_ids)
+        out.append(replace(part, selected=part.selected.filter(pa.array(mask))))
+    return out
+
+
 async def _plan_blocks(run: JobRun, version: VersionRecord, plan: ExportPlan) -> BlockPlan:
     """Blocks to read per segment: those holding a selected episode whose zone maps may match."""
     selected = await select_episodes(run.catalog, version, plan.request.episodes, also=plan.where)
+    selected = _sample_episodes(selected, plan.request.sample)
     work = []
     for part in selected:
         if len(part.selected) == 0:
