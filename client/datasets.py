@@ -156,6 +156,14 @@ class Dataset:
         self.record = DatasetRead.model_validate(response.json())
         return self
 
+    def update(self, **card: Any) -> Dataset:
+        """Edit the card: ``description``, ``tags``, ``benchmark``, ``authors``, ``license``,
+        ``citation``, ``behavior_policies``; what is not given stays."""
+        response = self._http.patch(f"/datasets/{self.name}", json=card)
+        raise_for_problem(response)
+        self.record = DatasetRead.model_validate(response.json())
+        return self
+
     def delete(self) -> None:
         """Delete the dataset and every version of it."""
         raise_for_problem(self._http.delete(f"/datasets/{self.name}"))
@@ -168,11 +176,14 @@ class Datasets:
     def __init__(self, http: httpx.Client) -> None:
         self._http = http
 
-    def create(self, name: str, *, description: str = "", tags: Iterable[str] = (),
-               benchmark: str | None = None) -> Dataset:
-        """An empty dataset; ``benchmark`` (an id) links it to the environment it is recorded on."""
+    def create(self, name: str, *, description: str = "", tags: Iterable[str] = (), benchmark: str | None = None,
+               **card: Any) -> Dataset:
+        """An empty dataset; ``benchmark`` (an id) links it to the environment it is recorded on.
+
+        ``card`` takes ``authors``, ``license``, ``citation`` and ``behavior_policies``.
+        """
         response = self._http.post("/datasets", json={"name": name, "description": description,
-                                                      "tags": list(tags), "benchmark": benchmark})
+                                                      "tags": list(tags), "benchmark": benchmark, **card})
         raise_for_problem(response)
         return Dataset(self._http, DatasetRead.model_validate(response.json()))
 

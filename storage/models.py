@@ -54,6 +54,25 @@ class DatasetCreate(BaseModel):
     description: str = Field("", max_length=10_000)
     tags: list[Tag] = Field(default_factory=list, max_length=64)
     benchmark: BenchmarkId | None = Field(None, description="The benchmark the data was recorded on.")
+    authors: list[str] = Field(default_factory=list, max_length=100)
+    license: str = Field("", max_length=100, examples=["CC-BY-4.0"])
+    citation: str = Field("", max_length=10_000, description="How to cite the data (BibTeX welcome).")
+    behavior_policies: list[str] = Field(default_factory=list, max_length=100,
+                                         description="The policies that collected the data, in words.")
+
+
+class DatasetUpdate(BaseModel):
+    """Change a dataset's card; fields left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = Field(None, max_length=10_000)
+    tags: list[Tag] | None = Field(None, max_length=64)
+    benchmark: BenchmarkId | None = None
+    authors: list[str] | None = Field(None, max_length=100)
+    license: str | None = Field(None, max_length=100)
+    citation: str | None = Field(None, max_length=10_000)
+    behavior_policies: list[str] | None = Field(None, max_length=100)
 
 
 class DatasetRecord(BaseModel):
@@ -62,6 +81,10 @@ class DatasetRecord(BaseModel):
     description: str = ""
     tags: list[str] = Field(default_factory=list)
     benchmark: str | None = None
+    authors: list[str] = Field(default_factory=list)
+    license: str = ""
+    citation: str = ""
+    behavior_policies: list[str] = Field(default_factory=list)
     owner: str
     created_at: datetime = Field(default_factory=utcnow)
     public: bool = Field(False, description="Readable by every signed-in user.")
@@ -78,12 +101,64 @@ class UploadMode(StrEnum):
     replace = "replace"
 
 
+class Moments(BaseModel):
+    """Count, sum, sum of squares, min and max: enough to combine statistics across segments."""
+
+    count: int = 0
+    total: float = 0.0
+    squares: float = 0.0
+    low: float | None = None
+    high: float | None = None
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.squares += value * value
+        self.low = value if self.low is None else min(self.low, value)
+        self.high = value if self.high is None else max(self.high, value)
+
+    def merge(self, other: Moments) -> Moments:
+        lows = [v for v in (self.low, other.low) if v is not None]
+        highs = [v for v in (self.high, other.high) if v is not None]
+        return Moments(count=self.count + other.count, total=self.total + other.total,
+                       squares=self.squares + other.squares, low=min(lows) if lows else None,
+                       high=max(highs) if highs else None)
+
+    def summary(self) -> Summary | None:
+        if not self.count:
+            return None
+        mean = self.total / self.count
+        return Summary(mean=mean, std=math.sqrt(max(self.squares / self.count - mean * mean, 0.0)),
+                       min=self.low if self.low is not None else mean,
+                       max=self.high if self.high is not None else mean)
+
+
+class Summary(BaseModel):
+    mean: float
+    std: float
+    min: float
+    max: float
+
+
 class SegmentRef(BaseModel):
     """The blocks and episodes one ingest wrote; versions list the segments they are made of."""
 
     id: str
     episodes: int
     transitions: int
+    returns: Moments | None = Field(None, description="Of the segment's episode returns (computed at ingest).")
+    lengths: Moments | None = None
+    terminated: int = 0
+
+
+class VersionStats(BaseModel):
+    """Figures of a version computed at ingest, shown on the dataset card."""
+
+    episodes: int
+    transitions: int
+    returns: Summary | None
+    lengths: Summary | None
+    terminated_share: float | None = Field(None, description="Share of episodes that ended by termination.")
 
 
 class VersionRecord(BaseModel):
@@ -110,6 +185,24 @@ class VersionRecord(BaseModel):
     def transitions(self) -> int:
         return sum(segment.transitions for segment in self.segments)
 
+    @computed_field
+    @property
+    def stats(self) -> VersionStats | None:
+        """Return and length statistics over every segment (None for data ingested before they existed)."""
+        if any(segment.returns is None or segment.lengths is None for segment in self.segments):
+            return None
+        returns, lengths = Moments(), Moments()
+        for segment in self.segments:
+            returns = returns.merge(segment.returns)  # type: ignore[arg-type]
+            lengths = lengths.merge(segment.lengths)  # type: ignore[arg-type]
+        return VersionStats(episodes=self.episodes, transitions=self.transitions, returns=returns.summary(),
+                            lengths=lengths.summary(),
+                            terminated_share=self.terminated / self.episodes if self.episodes else None)
+
+    @property
+    def terminated(self) -> int:
+        return sum(segment.terminated for segment in self.segments)
+
 
 class DatasetRead(DatasetRecord):
     model_config = ConfigDict(json_schema_extra={"examples": [{
@@ -124,6 +217,7 @@ class DatasetRead(DatasetRecord):
 
     versions: list[VersionRecord] = Field(default_factory=list)
     published_to: list[str] = Field(default_factory=list, description="Names of the groups it is published to.")
+    owner_name: str | None = Field(None, description="The owner's user name (None if the account is gone).")
 
     @computed_field
     @property

@@ -112,6 +112,7 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("POST", "/datasets"): only(CREATORS, 201, others=403),
     ("GET", "/datasets"): everyone(200),
     ("GET", "/datasets/{name}"): by_reading(200, also=lambda scope: READERS[scope]),
+    ("PATCH", "/datasets/{name}"): by_reading(200),
     ("DELETE", "/datasets/{name}"): by_reading(204),
     ("POST", "/datasets/{name}/publish"): by_reading(200),
     # A group admin may take content out of their group (but not out of public view).
@@ -306,6 +307,7 @@ def request_for(world: World, method: str, path: str, role: str, scope: str) -> 
         ("POST", "/datasets"): lambda: ("/datasets", {"json": {"name": fresh("ds")}}),
         ("GET", "/datasets"): lambda: ("/datasets", {}),
         ("GET", "/datasets/{name}"): lambda: (f"/datasets/{name}", {}),
+        ("PATCH", "/datasets/{name}"): lambda: (f"/datasets/{name}", {"json": {"license": "CC-BY-4.0"}}),
         ("DELETE", "/datasets/{name}"): lambda: (f"/datasets/{world.dataset(scope)}", {}),
         ("POST", "/datasets/{name}/publish"): lambda: (f"/datasets/{world.dataset(scope)}/publish", {"json": {
             "public": True}}),

@@ -25,7 +25,15 @@ from tuplehub.storage.access import GroupRecord, Publish, UserRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidFilter, NotFound
 from tuplehub.storage.filters.language import Filter, FilterNode
-from tuplehub.storage.models import DatasetCreate, DatasetRead, DatasetRecord, DatasetSummary, EpisodeRead, Page
+from tuplehub.storage.models import (
+    DatasetCreate,
+    DatasetRead,
+    DatasetRecord,
+    DatasetSummary,
+    DatasetUpdate,
+    EpisodeRead,
+    Page,
+)
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 Offset = Annotated[int, Query(ge=0, le=10**9)]
@@ -47,8 +55,10 @@ def parse_filter(text: str | None) -> FilterNode | None:
 
 async def _read(catalog: Catalog, record: DatasetRecord) -> DatasetRead:
     groups, _ = await catalog.find_records("groups", GroupRecord, where={"id": record.groups})
+    owners, _ = await catalog.find_records("users", UserRecord, where={"id": record.owner})
     return DatasetRead(**record.model_dump(), versions=await catalog.list_versions(record.id),
-                       published_to=sorted(group.name for group in groups))
+                       published_to=sorted(group.name for group in groups),
+                       owner_name=owners[0].name if owners else None)
 
 
 @router.post("", status_code=201, responses=problems(Conflict, Forbidden, NotFound))
@@ -87,6 +97,19 @@ async def list_datasets(caller: Reader, catalog: CatalogDep, name: str | None = 
 async def get_dataset(name: str, caller: Reader, catalog: CatalogDep) -> DatasetRead:
     """A dataset with all of its versions and their episode and transition counts."""
     return await _read(catalog, await readable_dataset(catalog, caller, name))
+
+
+@router.patch("/{name}", responses=problems(NotFound, Forbidden))
+async def update_dataset(name: str, body: DatasetUpdate, caller: Caller, catalog: CatalogDep) -> DatasetRead:
+    """Edit the dataset's card (description, tags, benchmark, authors, license, citation, policies)."""
+    dataset = await readable_dataset(catalog, caller, name)
+    require_owner(caller, dataset, "dataset", "write")
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("benchmark") is not None:
+        await readable_benchmark(catalog, caller, changes["benchmark"])
+    updated = await catalog.update_dataset(dataset.id, **changes) if changes else dataset
+    await audit(catalog, caller, "dataset.update", "dataset", dataset.id, dataset.name, fields=sorted(changes))
+    return await _read(catalog, updated)
 
 
 @router.delete("/{name}", status_code=204, responses=problems(NotFound, Forbidden))

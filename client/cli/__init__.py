@@ -15,6 +15,7 @@ app = typer.Typer(help="tuplehub: store, version, filter and share offline-RL da
 app.add_typer(data.datasets_app, name="datasets")
 app.add_typer(data.jobs_app, name="jobs")
 app.add_typer(benchmarks.benchmarks_app, name="benchmarks")
+app.command("show")(data.show)
 app.command("upload")(data.upload)
 app.command("export")(data.export)
 app.command("demo")(demo)

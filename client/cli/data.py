@@ -46,16 +46,43 @@ def list_datasets(name: Annotated[str | None, typer.Option(help="Name contains t
 
 @datasets_app.command("show")
 def show(name: str, url: Url = None, as_json: AsJson = False) -> None:
-    """Show a dataset and its versions."""
+    """A dataset's card (who, what, how to cite, figures of the latest version) and its versions."""
     with reported_errors(), Client(url) as hub:
         record = hub.datasets.get(name).record
         if as_json:
             emit(record, as_json=True)
             return
-        emit(record, as_json=False, columns=("name", "description", "tags", "owner", "visibility", "published_to",
-                                             "created_at"))
+        emit(record, as_json=False, columns=(
+            "name", "description", "authors", "license", "citation", "tags", "benchmark", "behavior_policies",
+            "owner_name", "visibility", "published_to", "created_at"))
+        stats = record.versions[-1].stats if record.versions else None
+        if stats is not None:
+            for label, summary in (("return", stats.returns), ("length", stats.lengths)):
+                if summary is not None:
+                    typer.echo(f"{label}: mean {summary.mean:.4g} ± {summary.std:.4g} (min {summary.min:.4g}, "
+                               f"max {summary.max:.4g})")
+            if stats.terminated_share is not None:
+                typer.echo(f"terminated: {stats.terminated_share:.1%} of episodes")
         emit([{"version": v.number, "mode": v.mode, "episodes": v.episodes, "transitions": v.transitions,
                "created_at": v.created_at} for v in record.versions], as_json=False)
+
+
+Many = Annotated[list[str] | None, typer.Option(help="Repeat for several.")]
+
+
+@datasets_app.command("update")
+def update(name: str, description: Annotated[str | None, typer.Option()] = None,
+           author: Many = None, license: Annotated[str | None, typer.Option()] = None,
+           citation: Annotated[str | None, typer.Option()] = None, policy: Many = None, tag: Many = None,
+           benchmark: Annotated[str | None, typer.Option(help="Benchmark id.")] = None,
+           url: Url = None, as_json: AsJson = False) -> None:
+    """Edit a dataset's card; options left out stay as they are (repeated ones replace the list)."""
+    card = {"description": description, "authors": author, "license": license, "citation": citation,
+            "behavior_policies": policy, "tags": tag, "benchmark": benchmark}
+    with reported_errors(), Client(url) as hub:
+        updated = hub.datasets.get(name).update(**{k: v for k, v in card.items() if v is not None})
+        emit(updated.record, as_json=as_json, columns=("name", "description", "authors", "license", "tags",
+                                                       "behavior_policies"))
 
 
 Groups = Annotated[list[str] | None, typer.Option("--group", help="Repeat for several.")]

@@ -83,6 +83,9 @@ class Catalog(Protocol):
         """A page of datasets (name substring, exact tag, owner, benchmark) that ``readable`` admits
         (None: all)."""
 
+    async def update_dataset(self, dataset_id: str, **fields: Any) -> DatasetRecord:
+        """Set card fields of a dataset (description, tags, authors...); :class:`NotFound` if gone."""
+
     async def share_dataset(self, dataset_id: str, *, add_groups: Sequence[str] = (),
                             remove_groups: Sequence[str] = (), public: bool | None = None) -> DatasetRecord:
         """Change who a dataset is published to, atomically (two publishes never lose each other's

@@ -134,6 +134,15 @@ class MongoCatalog:
             summaries.append(summary)
         return summaries, total
 
+    async def update_dataset(self, dataset_id: str, **fields: Any) -> DatasetRecord:
+        check_fields(DatasetRecord, fields)
+        values = DatasetRecord.model_construct(**fields).model_dump(include=set(fields))
+        doc = await self.db.datasets.find_one_and_update({"_id": dataset_id}, {"$set": values},
+                                                         return_document=_AFTER)
+        if doc is None:
+            raise NotFound(f"no dataset {dataset_id!r}")
+        return DatasetRecord.model_validate(doc)
+
     async def share_dataset(self, dataset_id: str, *, add_groups: Sequence[str] = (),
                             remove_groups: Sequence[str] = (), public: bool | None = None) -> DatasetRecord:
         # One field cannot take $addToSet and $pull in one update; each update is atomic on its own.

@@ -190,6 +190,18 @@ class SQLiteCatalog:
             return [_summary(dataset, version) for dataset, version in rows], total
         return await self._run(work)
 
+    async def update_dataset(self, dataset_id: str, **fields: Any) -> DatasetRecord:
+        check_fields(DatasetRecord, fields)
+
+        def work(conn: sqlite3.Connection) -> DatasetRecord:
+            row = conn.execute("SELECT doc FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no dataset {dataset_id!r}")
+            record = DatasetRecord.model_validate({**json.loads(row[0]), **fields})
+            conn.execute("UPDATE datasets SET doc = ? WHERE id = ?", (record.model_dump_json(), dataset_id))
+            return record
+        return await self._run(work, write=True)
+
     async def share_dataset(self, dataset_id: str, *, add_groups: Sequence[str] = (),
                             remove_groups: Sequence[str] = (), public: bool | None = None) -> DatasetRecord:
         def work(conn: sqlite3.Connection) -> DatasetRecord:

@@ -22,7 +22,7 @@ from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.contract import UploadLayout, inspect_upload, normalize_batch
 from tuplehub.storage.episodes import EpisodeSplitter, EpisodeStats
 from tuplehub.storage.errors import InvalidUpload, NotFound
-from tuplehub.storage.models import EpisodeRecord, SegmentRef, UploadMode, VersionRecord
+from tuplehub.storage.models import EpisodeRecord, Moments, SegmentRef, UploadMode, VersionRecord
 from tuplehub.storage.objects import ObjectStore
 from tuplehub.storage.versions import commit_segment, segment_id
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
@@ -131,7 +131,8 @@ async def _ingest(run: JobRun) -> dict[str, Any]:
     reader = UploadReader(run.objects, upload.object_key, segment, upload.episode_metadata)
     steps = reader.steps()
     await run.checkpoint(0.0, "ingest", "reading the upload")
-    episodes = transitions = 0
+    episodes = transitions = terminated = 0
+    returns, lengths = Moments(), Moments()  # for the dataset card, computed while the data passes by
     upcoming = asyncio.create_task(asyncio.to_thread(next, steps, None))
     try:
         while (step := await upcoming) is not None:
@@ -141,6 +142,10 @@ async def _ingest(run: JobRun) -> dict[str, Any]:
             await catalog.put_episodes(step.episodes)
             episodes += len(step.episodes)
             transitions = step.rows_done
+            for record in step.episodes:
+                returns.add(record.return_)
+                lengths.add(record.length)
+                terminated += record.terminated
             fraction = 0.95 * step.rows_done / max(reader.total_rows, 1)
             await run.checkpoint(fraction, "ingest", f"{step.rows_done} of {reader.total_rows} rows")
     finally:
@@ -150,7 +155,8 @@ async def _ingest(run: JobRun) -> dict[str, Any]:
     await run.checkpoint(0.97, "commit", "making the version visible")
     await _check_dataset_still_there(catalog, upload.dataset, upload.dataset_id)
     version = await commit_segment(catalog, upload.dataset_id, mode=UploadMode(upload.mode),
-                                   segment=SegmentRef(id=segment, episodes=episodes, transitions=transitions),
+                                   segment=SegmentRef(id=segment, episodes=episodes, transitions=transitions,
+                                                      returns=returns, lengths=lengths, terminated=terminated),
                                    schema=reader.layout.schema, job_id=run.job.id)
     await asyncio.to_thread(run.objects.delete, upload.object_key)
     return _result(upload.dataset, version, version.segments[-1])
