@@ -21,6 +21,7 @@ from tuplehub.api.routes import (
     auth,
     benchmarks,
     datasets,
+    derive,
     exports,
     groups,
     health,
@@ -76,7 +77,8 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
     problems.install(app)
     middleware.install(app, settings)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (auth, users, groups, roles, tokens, audit, benchmarks, datasets, uploads, exports, jobs, health):
+    for module in (auth, users, groups, roles, tokens, audit, benchmarks, datasets, derive, uploads, exports, jobs,
+                   health):
         api.include_router(module.router)
     app.include_router(api)
     return app

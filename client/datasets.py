@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pyarrow as pa
+from pydantic import BaseModel
 
 from tuplehub.client.errors import raise_for_problem
 from tuplehub.client.exports import Export
@@ -22,10 +23,12 @@ from tuplehub.client.uploads import (
     tables_from_episodes,
     write_parquet,
 )
+from tuplehub.storage.errors import NotFound
 from tuplehub.storage.filters.language import FilterNode
 from tuplehub.storage.models import (
     DatasetRead,
     DatasetSummary,
+    DeriveSource,
     EpisodeRead,
     Page,
     Rebalance,
@@ -35,6 +38,18 @@ from tuplehub.storage.models import (
 
 # Also a pandas DataFrame (tensors as ``observation[i]`` columns), recognised without importing pandas.
 UploadSource = Mapping[str, Any] | pa.Table | str | Path | Iterable[Mapping[str, Any]]
+
+
+def _source_json(source: DeriveSource | Mapping[str, Any]) -> dict[str, Any]:
+    """A derive source as JSON; the server validates it (a mistake comes back as a 422 naming it)."""
+    if isinstance(source, DeriveSource):
+        return source.model_dump(mode="json", exclude_none=True)
+    out = {}
+    for key, value in source.items():
+        if value is None:
+            continue
+        out[key] = value.model_dump(mode="json", exclude_none=True) if isinstance(value, BaseModel) else value
+    return out
 
 
 def _is_frame(source: object) -> bool:
@@ -186,6 +201,37 @@ class Datasets:
                                                       "tags": list(tags), "benchmark": benchmark, **card})
         raise_for_problem(response)
         return Dataset(self._http, DatasetRead.model_validate(response.json()))
+
+    def derive(self, target: str, sources: Iterable[DeriveSource | Mapping[str, Any]], *,
+               mode: UploadMode | str = UploadMode.replace, renumber: bool = False, create: bool = True,
+               **card: Any) -> Job:
+        """Make ``target``'s next version on the server from whole episodes of ``sources``.
+
+        Each source names a ``dataset`` (and ``version``, ``episodes`` filter, episode ``sample``).
+        The target is created first if missing (with ``card`` fields). Returns the ``derive`` job.
+        """
+        if create:
+            try:
+                self.get(target)
+            except NotFound:
+                self.create(target, **card)
+        body = {"sources": [_source_json(s) for s in sources], "mode": UploadMode(mode).value, "renumber": renumber}
+        response = self._http.post(f"/datasets/{target}/derive", json=body)
+        raise_for_problem(response)
+        return Job(self._http, response.json())
+
+    def merge(self, target: str, names: Iterable[str], *, renumber: bool = True, **card: Any) -> Job:
+        """One dataset holding every episode of ``names`` (latest versions), renumbered 0..N-1 by default."""
+        return self.derive(target, [{"dataset": name} for name in names], renumber=renumber, **card)
+
+    def split(self, source: str, *, train: str, validation: str, fraction: float = 0.8, seed: int = 0,
+              version: int | None = None) -> tuple[Job, Job]:
+        """Split episodes into two datasets, ``fraction`` of them (exactly, rounded) to ``train``."""
+        jobs = []
+        for target, complement in ((train, False), (validation, True)):
+            sample = Sampling(fraction=fraction, seed=seed, complement=complement)
+            jobs.append(self.derive(target, [{"dataset": source, "version": version, "sample": sample}]))
+        return jobs[0], jobs[1]
 
     def get(self, name: str) -> Dataset:
         response = self._http.get(f"/datasets/{name}")

@@ -177,16 +177,22 @@ class BlockBuilder:
         """A given next_observation must equal the following row's observation inside an episode."""
         spec = self.schema.observation
         obs = column_to_numpy(block.column("observation"), spec).reshape(len(block), -1)
-        given = column_to_numpy(block.column("next_observation"), spec).reshape(len(block), -1)
+        column = block.column("next_observation")
+        missing = column.is_null().to_numpy(zero_copy_only=False)
+        given = column_to_numpy(column, spec).reshape(len(block), -1)
         if successor is not None:
             nxt = column_to_numpy(successor.column("observation"), spec).reshape(1, -1)
             obs = np.concatenate([obs[1:], nxt])
             inside = np.ones(len(block), dtype=bool)
         else:
-            obs = obs[1:]
-            given = given[:-1]
+            obs, given, missing = obs[1:], given[:-1], missing[:-1]
             inside = np.ones(len(block) - 1, dtype=bool)
         inside[ends] = False
+        null_inside = np.flatnonzero(inside & missing)
+        if null_inside.size:
+            raise InvalidUpload("missing value (null) inside an episode; only an episode's last row may leave "
+                                "next_observation out", column="next_observation",
+                                row=self._row_start + int(null_inside[0]), reason="null")
         differs = np.flatnonzero(inside & np.any(given != obs, axis=1))
         if differs.size:
             row = self._row_start + int(differs[0])

@@ -184,8 +184,12 @@ def _int64(column: pa.Array, name: str, first_row: int) -> pa.Array:
 
 
 def _reject_nulls(column: pa.Array, name: str, first_row: int, *, per_row: int = 1) -> None:
-    """Nulls are refused outside info columns; ``per_row`` values of ``column`` make up one row."""
-    if name.startswith("info.") or column.null_count == 0:
+    """Nulls are refused outside info columns; ``per_row`` values of ``column`` make up one row.
+
+    ``next_observation`` may be null on an episode's last row (its final observation is unknown);
+    the block builder refuses a null anywhere else, once episode ends are known.
+    """
+    if name.startswith("info.") or name == "next_observation" or column.null_count == 0:
         return
     row = _first_true(column.is_null()) // per_row
     raise InvalidUpload("missing value (null)", column=name, row=first_row + row, reason="null")

@@ -6,6 +6,7 @@ Request bodies are ``XCreate``; what the API returns is ``XRead``; what only the
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from datetime import UTC, datetime
@@ -149,6 +150,7 @@ class SegmentRef(BaseModel):
     returns: Moments | None = Field(None, description="Of the segment's episode returns (computed at ingest).")
     lengths: Moments | None = None
     terminated: int = 0
+    content_hash: str | None = Field(None, description="Of its rows and episode metadata, however they were cut.")
 
 
 class VersionStats(BaseModel):
@@ -159,6 +161,25 @@ class VersionStats(BaseModel):
     returns: Summary | None
     lengths: Summary | None
     terminated_share: float | None = Field(None, description="Share of episodes that ended by termination.")
+
+
+class LineageSource(BaseModel):
+    """One input of a derived version: which version, and which of its episodes."""
+
+    dataset: str
+    dataset_id: str
+    version: int
+    content_hash: str | None
+    episodes: Filter | None = None
+    sample: Sampling | None = None
+
+
+class Lineage(BaseModel):
+    """How a derived version was made, enough to make it again."""
+
+    sources: list[LineageSource]
+    renumber: bool
+    job_id: str
 
 
 class VersionRecord(BaseModel):
@@ -172,6 +193,7 @@ class VersionRecord(BaseModel):
     segments: list[SegmentRef]
     tuple_schema: TupleSchema = Field(alias="schema")
     job_id: str
+    lineage: Lineage | None = Field(None, description="Set on versions derived from other versions.")
 
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
@@ -202,6 +224,15 @@ class VersionRecord(BaseModel):
     @property
     def terminated(self) -> int:
         return sum(segment.terminated for segment in self.segments)
+
+    @computed_field
+    @property
+    def content_hash(self) -> str | None:
+        """Of the version's content (rows and episode metadata, in order): equal data, equal hash."""
+        if any(segment.content_hash is None for segment in self.segments):
+            return None
+        joined = "".join(segment.content_hash or "" for segment in self.segments)
+        return hashlib.sha256(joined.encode()).hexdigest()[:32]
 
 
 class DatasetRead(DatasetRecord):
@@ -275,6 +306,7 @@ class EpisodeRead(EpisodeBase):
 class JobKind(StrEnum):
     ingest = "ingest"
     export = "export"
+    derive = "derive"
 
 
 class JobStatus(StrEnum):
@@ -485,6 +517,7 @@ class Sampling(BaseModel):
     fraction: float | None = Field(None, gt=0, le=1)
     n: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0, le=2**63 - 1)
+    complement: bool = Field(False, description="Take what the same sample leaves out (the other part of a split).")
 
     @model_validator(mode="after")
     def _one_size(self) -> Sampling:
@@ -518,6 +551,37 @@ class ExportCreate(BaseModel):
     rebalance: Rebalance | None = Field(None, description="After the filters: all rows matching one filter, "
                                                           "a fraction of the rest.")
     format: ExportFormat = ExportFormat.parquet
+
+
+class DeriveSource(BaseModel):
+    """Whole episodes of one version: an episode filter and an episode sample, nothing per row."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Name
+    version: int | None = Field(None, ge=1, description="The latest when omitted.")
+    episodes: Filter | None = None
+    sample: Sampling | None = None
+
+    @model_validator(mode="after")
+    def _whole_episodes(self) -> DeriveSource:
+        if self.sample is not None and self.sample.level != "episode":
+            raise ValueError("a derived dataset keeps whole episodes: sample at the episode level "
+                             "(export rows instead to sample them)")
+        return self
+
+
+class DeriveCreate(BaseModel):
+    """Make a version of this dataset from episodes of others (or of itself), on the server."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "sources": [{"dataset": "pendulum-mixed", "episodes": {"op": "gt", "field": "return", "value": -300}}],
+        "mode": "replace"}]})
+
+    sources: list[DeriveSource] = Field(min_length=1, max_length=32)
+    mode: UploadMode = UploadMode.replace
+    renumber: bool = Field(False, description="Number the episodes 0..N-1 (needed when sources share ids); "
+                                              "the original ids stay in metadata.source.")
 
 
 class DownloadURL(BaseModel):

@@ -26,6 +26,7 @@ from tuplehub.storage.models import (
     DatasetRecord,
     EpisodeRead,
     EpisodeRecord,
+    Lineage,
     Page,
     SegmentRef,
     UploadMode,
@@ -60,7 +61,7 @@ async def get_version(catalog: Catalog, dataset: DatasetRecord, number: int | No
 
 
 async def commit_segment(catalog: Catalog, dataset_id: str, *, mode: UploadMode, segment: SegmentRef,
-                         schema: TupleSchema, job_id: str) -> VersionRecord:
+                         schema: TupleSchema, job_id: str, lineage: Lineage | None = None) -> VersionRecord:
     """Make an ingested segment visible as the dataset's next version, exactly once per job."""
     for _ in range(_COMMIT_ATTEMPTS):
         done = await catalog.find_version_by_job(job_id)
@@ -79,7 +80,7 @@ async def commit_segment(catalog: Catalog, dataset_id: str, *, mode: UploadMode,
             segments = [*parent.segments, segment]
         version = VersionRecord(dataset_id=dataset_id, number=(parent.number + 1) if parent else 1, mode=mode,
                                 parent=parent.number if parent else None, segments=segments,
-                                schema=schema, job_id=job_id)
+                                schema=schema, job_id=job_id, lineage=lineage)
         if await catalog.insert_version(version):
             return version
     raise StoreUnavailable("too many concurrent commits to this dataset; the ingest will be retried")

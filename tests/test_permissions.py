@@ -113,6 +113,7 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("GET", "/datasets"): everyone(200),
     ("GET", "/datasets/{name}"): by_reading(200, also=lambda scope: READERS[scope]),
     ("PATCH", "/datasets/{name}"): by_reading(200),
+    ("POST", "/datasets/{name}/derive"): by_reading(202),
     ("DELETE", "/datasets/{name}"): by_reading(204),
     ("POST", "/datasets/{name}/publish"): by_reading(200),
     # A group admin may take content out of their group (but not out of public view).
@@ -308,6 +309,8 @@ def request_for(world: World, method: str, path: str, role: str, scope: str) -> 
         ("GET", "/datasets"): lambda: ("/datasets", {}),
         ("GET", "/datasets/{name}"): lambda: (f"/datasets/{name}", {}),
         ("PATCH", "/datasets/{name}"): lambda: (f"/datasets/{name}", {"json": {"license": "CC-BY-4.0"}}),
+        ("POST", "/datasets/{name}/derive"): lambda: (f"/datasets/{world.dataset(scope)}/derive", {"json": {
+            "sources": [{"dataset": world.datasets["public"]}]}}),
         ("DELETE", "/datasets/{name}"): lambda: (f"/datasets/{world.dataset(scope)}", {}),
         ("POST", "/datasets/{name}/publish"): lambda: (f"/datasets/{world.dataset(scope)}/publish", {"json": {
             "public": True}}),

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tuplehub.client.cli import access, benchmarks, data
+from tuplehub.client.cli import access, benchmarks, data, lineage
 from tuplehub.client.cli.demo import demo
 
 app = typer.Typer(help="tuplehub: store, version, filter and share offline-RL datasets.", no_args_is_help=True,
@@ -16,6 +16,8 @@ app.add_typer(data.datasets_app, name="datasets")
 app.add_typer(data.jobs_app, name="jobs")
 app.add_typer(benchmarks.benchmarks_app, name="benchmarks")
 app.command("show")(data.show)
+app.command("derive")(lineage.derive)
+app.command("lineage")(lineage.lineage)
 app.command("upload")(data.upload)
 app.command("export")(data.export)
 app.command("demo")(demo)

@@ -63,8 +63,10 @@ class ExportPlan:
              threshold: np.uint64 | None = None) -> pa.Table:
         """The exported rows of one block, in the output schema (``threshold``: see :meth:`keys`)."""
         table = self.filtered(block, episodes, lookup)
-        if threshold is not None:
-            table = table.filter(pa.array(self._row_keys(table, self.row_sample) <= threshold))
+        sample = self.row_sample
+        if threshold is not None and sample is not None:
+            chosen = self._row_keys(table, sample) <= threshold
+            table = table.filter(pa.array(~chosen if sample.complement else chosen))
         return table.select(self.columns).cast(self.output)
 
     def keys(self, block: blocks.BlockRecord, episodes: SegmentEpisodes, lookup: np.ndarray) -> np.ndarray:
@@ -100,7 +102,8 @@ class ExportPlan:
             table = table.filter(pa.array(kept | rest))
         sample = self.row_sample
         if sample is not None and sample.fraction is not None and len(table):
-            table = table.filter(pa.array(sampling.below(self._row_keys(table, sample), sample.fraction)))
+            chosen = sampling.below(self._row_keys(table, sample), sample.fraction)
+            table = table.filter(pa.array(~chosen if sample.complement else chosen))
         return table
 
 
@@ -145,7 +148,7 @@ async def _export(run: JobRun) -> dict[str, Any]:
     request = ExportCreate.model_validate(params["request"])
     plan = ExportPlan.build(version.tuple_schema, request)
     await run.checkpoint(0.0, "plan", "selecting episodes and blocks")
-    work = await _plan_blocks(run, version, plan)
+    work = await plan_blocks(run, version, plan)
     total = sum(len(seqs) for _, seqs in work)
     threshold = await _row_sample_threshold(run, plan, work)
     writer = await asyncio.to_thread(ResultWriter, run.objects, params["object_key"], request.format, plan.output)
@@ -197,6 +200,8 @@ def _sample_episodes(selected: list[SegmentEpisodes], sample: Sampling | None) -
     keys = sampling.episode_keys(every, sample.seed)
     wanted = sample.n if sample.n is not None else round((sample.fraction or 0) * len(every))
     chosen = sampling.smallest(keys, wanted)
+    if sample.complement:
+        chosen = ~chosen
     out, start = [], 0
     for part, part_ids in zip(selected, ids, strict=True):
         mask = chosen[start:start + len(part_ids)]
@@ -205,7 +210,7 @@ def _sample_episodes(selected: list[SegmentEpisodes], sample: Sampling | None) -
     return out
 
 
-async def _plan_blocks(run: JobRun, version: VersionRecord, plan: ExportPlan) -> BlockPlan:
+async def plan_blocks(run: JobRun, version: VersionRecord, plan: ExportPlan) -> BlockPlan:
     """Blocks to read per segment: those holding a selected episode whose zone maps may match."""
     selected = await select_episodes(run.catalog, version, plan.request.episodes, also=plan.where)
     selected = _sample_episodes(selected, plan.request.sample)

@@ -19,10 +19,11 @@ import pyarrow.parquet as pq
 
 from tuplehub.storage.blocks import BlockBuilder, BlockRecord
 from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.content import ContentHasher
 from tuplehub.storage.contract import UploadLayout, inspect_upload, normalize_batch
 from tuplehub.storage.episodes import EpisodeSplitter, EpisodeStats
 from tuplehub.storage.errors import InvalidUpload, NotFound
-from tuplehub.storage.models import EpisodeRecord, Moments, SegmentRef, UploadMode, VersionRecord
+from tuplehub.storage.models import EpisodeRecord, Lineage, Moments, SegmentRef, UploadMode, VersionRecord
 from tuplehub.storage.objects import ObjectStore
 from tuplehub.storage.versions import commit_segment, segment_id
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
@@ -51,6 +52,7 @@ class UploadReader:
     total_rows: int = 0
     layout: UploadLayout | None = None
     used_metadata: set[str] = field(default_factory=set)
+    content: ContentHasher = field(default_factory=ContentHasher)
 
     def steps(self) -> Iterator[Step]:
         with self.objects.open_read(self.key) as handle:
@@ -66,6 +68,7 @@ class UploadReader:
                 if batch.num_rows == 0:
                     continue
                 columns = normalize_batch(batch, layout, splitter.rows)
+                self.content.update(columns)
                 blocks = list(builder.add(splitter.feed(columns)))
                 yield Step(blocks, self._records(splitter.collect()), splitter.rows)
             yield Step(list(builder.finish()), self._records(splitter.close()), splitter.rows)
@@ -119,8 +122,13 @@ async def ingest(ctx: WorkerContext, job_id: str) -> None:
 
 
 async def _ingest(run: JobRun) -> dict[str, Any]:
-    catalog, params = run.catalog, run.job.params
-    upload = await catalog.get_upload(params["upload_id"])
+    return await ingest_upload(run, run.job.params["upload_id"])
+
+
+async def ingest_upload(run: JobRun, upload_id: str, *, lineage: Lineage | None = None) -> dict[str, Any]:
+    """Turn one completed upload into the dataset's next version (``lineage`` for derived ones)."""
+    catalog = run.catalog
+    upload = await catalog.get_upload(upload_id)
     committed = await catalog.find_version_by_job(run.job.id)
     if committed is not None:  # an earlier attempt committed, then died before saying so
         await asyncio.to_thread(run.objects.delete, upload.object_key)
@@ -156,8 +164,9 @@ async def _ingest(run: JobRun) -> dict[str, Any]:
     await _check_dataset_still_there(catalog, upload.dataset, upload.dataset_id)
     version = await commit_segment(catalog, upload.dataset_id, mode=UploadMode(upload.mode),
                                    segment=SegmentRef(id=segment, episodes=episodes, transitions=transitions,
-                                                      returns=returns, lengths=lengths, terminated=terminated),
-                                   schema=reader.layout.schema, job_id=run.job.id)
+                                                      returns=returns, lengths=lengths, terminated=terminated,
+                                                      content_hash=reader.content.hexdigest(upload.episode_metadata)),
+                                   schema=reader.layout.schema, job_id=run.job.id, lineage=lineage)
     await asyncio.to_thread(run.objects.delete, upload.object_key)
     return _result(upload.dataset, version, version.segments[-1])
 
@@ -169,13 +178,17 @@ def _result(dataset: str, version: VersionRecord, segment: SegmentRef) -> dict[s
 
 
 async def _discard(run: JobRun) -> None:
+    upload = await run.catalog.get_upload(run.job.params["upload_id"])
+    await discard_attempt(run, upload.object_key)
+
+
+async def discard_attempt(run: JobRun, object_key: str) -> None:
     """A failed or cancelled ingest leaves the dataset as it was: drop its segment and its bytes."""
     segment = segment_id(run.job.id, run.job.attempts)
     committed = await run.catalog.find_version_by_job(run.job.id)
     if committed is None or segment not in {s.id for s in committed.segments}:
         await run.catalog.delete_segment(segment)
-    upload = await run.catalog.get_upload(run.job.params["upload_id"])
-    await asyncio.to_thread(run.objects.delete, upload.object_key)
+    await asyncio.to_thread(run.objects.delete, object_key)
 
 
 async def _check_dataset_still_there(catalog: Catalog, name: str, dataset_id: str) -> None:

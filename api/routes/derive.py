@@ -1,0 +1,60 @@
+"""Derived datasets: a version made on the server from whole episodes of other versions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from tuplehub.api.access.policy import readable_dataset, require_owner
+from tuplehub.api.deps import Caller, CatalogDep, QueueDep
+from tuplehub.api.problems import problems
+from tuplehub.storage import versions
+from tuplehub.storage.errors import Forbidden, InvalidFilter, InvalidRequest, InvalidUpload, NotFound
+from tuplehub.storage.exports import output_schema
+from tuplehub.storage.filters.arrow import compile_filter
+from tuplehub.storage.models import DeriveCreate, JobKind, JobRead, JobRecord, UploadMode
+
+router = APIRouter(tags=["datasets"])
+
+
+@router.post("/datasets/{name}/derive", status_code=202,
+             responses=problems(NotFound, Forbidden, InvalidFilter, InvalidRequest))
+async def derive_dataset(name: str, body: DeriveCreate, caller: Caller, catalog: CatalogDep,
+                         queue: QueueDep) -> JobRead:
+    """Start a ``derive`` job: the chosen episodes of the sources become this dataset's next version.
+
+    Used for saving an export as a dataset, merging datasets and splitting one (two derives with
+    complementary samples). Each source must be readable by the caller; the target must be theirs.
+    """
+    target = await readable_dataset(catalog, caller, name)
+    require_owner(caller, target, "dataset", "write")
+    sources, schemas = [], []
+    for number, source in enumerate(body.sources):
+        dataset = await readable_dataset(catalog, caller, source.dataset)
+        version = await versions.get_version(catalog, dataset, source.version)
+        compile_filter(source.episodes, "episode", version.tuple_schema)
+        columns = version.tuple_schema.export_columns()
+        schema = output_schema(version.tuple_schema, columns)
+        if body.renumber:
+            schema = schema.remove(schema.get_field_index("episode_id"))
+        if schemas and not schema.equals(schemas[0]):
+            raise InvalidRequest(f"source {number} ({source.dataset}@{version.number}) has other columns or types "
+                                 "than source 0; only alike datasets can be merged", field="sources")
+        schemas.append(schema)
+        sources.append({"dataset": dataset.name, "dataset_id": dataset.id, "version": version.number,
+                        "episodes": source.episodes.to_json() if source.episodes is not None else None,
+                        "sample": source.sample.model_dump(mode="json") if source.sample is not None else None})
+    if body.mode == UploadMode.append:
+        latest = (await catalog.list_versions(target.id))[-1:]
+        source_version = await versions.get_version(catalog, await catalog.get_dataset(sources[0]["dataset"]),
+                                                    sources[0]["version"])
+        if latest:
+            try:
+                versions.check_appendable(latest[0], source_version.tuple_schema)
+            except InvalidUpload as exc:
+                raise InvalidRequest(exc.detail, field="mode") from exc
+    job = JobRecord(kind=JobKind.derive, owner=caller.user_id, params={
+        "dataset": target.name, "dataset_id": target.id, "mode": body.mode.value, "renumber": body.renumber,
+        "sources": sources})
+    stored = await catalog.create_job(job)
+    await queue.enqueue(stored)
+    return JobRead.from_record(stored)

@@ -1,0 +1,98 @@
+"""Derived datasets from the command line: ``tuplehub derive`` and ``tuplehub lineage``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Annotated
+
+import typer
+
+from tuplehub.client.cli.output import emit, reported_errors
+from tuplehub.client.client import Client
+from tuplehub.storage.errors import NotFound
+from tuplehub.storage.models import DeriveSource, VersionRecord
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Url = Annotated[str | None, typer.Option("--url", envvar="TUPLEHUB_URL", help="Server URL.")]
+MAX_DEPTH = 10
+
+
+def derive(target: str,
+           source: Annotated[list[str], typer.Option("--source", help=(
+               'JSON of one source, e.g. \'{"dataset": "walks", "version": 2, "episodes": {...}, '
+               '"sample": {"fraction": 0.8, "seed": 0}}\'; repeat to merge.'))],
+           renumber: Annotated[bool, typer.Option(help="Number the episodes 0..N-1.")] = False,
+           mode: Annotated[str, typer.Option(help="replace or append.")] = "replace",
+           url: Url = None, as_json: AsJson = False) -> None:
+    """Make TARGET's next version on the server from whole episodes of other versions."""
+    with reported_errors(), Client(url) as hub:
+        sources = [DeriveSource.model_validate_json(text) for text in source]
+        job = hub.datasets.derive(target, sources, mode=mode, renumber=renumber)
+        job.wait(progress=None if not as_json else False)
+        emit(job.record, as_json=as_json, columns=("id", "status", "result"))
+
+
+def _command(target: str, version: VersionRecord) -> str:
+    assert version.lineage is not None
+    parts = ["tuplehub", "derive", f"{target}-rebuilt"]
+    for source in version.lineage.sources:
+        spec = {"dataset": source.dataset, "version": source.version}
+        if source.episodes is not None:
+            spec["episodes"] = source.episodes.to_json()
+        if source.sample is not None:
+            spec["sample"] = source.sample.model_dump(mode="json")
+        parts += ["--source", json.dumps(spec, separators=(",", ":"))]
+    if version.lineage.renumber:
+        parts.append("--renumber")
+    return shlex.join(parts)
+
+
+def _describe(hub: Client, name: str, number: int | None, depth: int, lines: list[str]) -> None:
+    indent = "  " * depth
+    try:
+        record = hub.datasets.get(name).record
+    except NotFound:
+        lines.append(f"{indent}{name}@{number}: not readable")
+        return
+    version = next((v for v in record.versions if v.number == number), None) if number else \
+        (record.versions[-1] if record.versions else None)
+    if version is None:
+        lines.append(f"{indent}{name}: no such version")
+        return
+    label = f"{indent}{name}@{version.number} (content {version.content_hash or 'unknown'})"
+    if version.lineage is None:
+        lines.append(f"{label}: uploaded by job {version.job_id}")
+        return
+    lines.append(f"{label}: derived by job {version.lineage.job_id}"
+                 + (", episodes renumbered" if version.lineage.renumber else "") + " from")
+    for source in version.lineage.sources:
+        choice = []
+        if source.episodes is not None:
+            choice.append(f"episodes {json.dumps(source.episodes.to_json())}")
+        if source.sample is not None:
+            choice.append(f"sample {source.sample.model_dump_json(exclude_defaults=True)}")
+        lines.append(f"{indent}  - {source.dataset}@{source.version}" + (f": {'; '.join(choice)}" if choice else ""))
+        if depth < MAX_DEPTH:
+            _describe(hub, source.dataset, source.version, depth + 2, lines)
+    if depth == 0:
+        lines.append("rebuild with:")
+        lines.append(f"  {_command(name, version)}")
+        lines.append(f"  (the rebuilt version's content hash is {version.content_hash})")
+
+
+def lineage(dataset: Annotated[str, typer.Argument(help="name or name@version")], url: Url = None,
+            as_json: AsJson = False) -> None:
+    """Where a dataset version came from, down to uploads, and how to rebuild it."""
+    name, _, number = dataset.partition("@")
+    with reported_errors(), Client(url) as hub:
+        if as_json:
+            record = hub.datasets.get(name).record
+            chosen = [v for v in record.versions if not number or v.number == int(number)][-1:]
+            emit([{"version": v.number, "content_hash": v.content_hash,
+                   "lineage": v.lineage.model_dump(mode="json") if v.lineage else None} for v in chosen],
+                 as_json=True)
+            return
+        lines: list[str] = []
+        _describe(hub, name, int(number) if number else None, 0, lines)
+        typer.echo("\n".join(lines))
