@@ -62,7 +62,8 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
         objects = open_object_store(settings.resolved_objects_url(), **settings.object_store_options())
         queue = await Queue.connect(redis_url, settings.queue_name)
         limiter = LoginLimiter(queue.pool, per_user=settings.login_attempts_per_user,
-                               per_address=settings.login_attempts_per_address, window_s=settings.login_window_s)
+                               per_address=settings.login_attempts_per_address, window_s=settings.login_window_s,
+                               namespace=settings.queue_name)
         try:
             yield {"settings": settings, "catalog": catalog, "objects": objects, "queue": queue,
                    "signer": signer, "limiter": limiter}

@@ -641,7 +641,7 @@ def _clear_login_counters(server: EmbeddedServer) -> None:
     import redis as redis_lib
 
     with redis_lib.Redis.from_url(server.settings.redis_url or "") as client:
-        for key in client.scan_iter("tuplehub:login-failures:*"):
+        for key in client.scan_iter(f"{server.settings.queue_name}:login-failures:*"):
             client.delete(key)
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from tuplehub.storage.errors import RateLimited
 
-_PREFIX = "tuplehub:login-failures:"
 # Count and start the window in one step (atomic, and works on Redis before 7, which lacks EXPIRE NX).
 _COUNT = """
 local attempts = redis.call('INCR', KEYS[1])
@@ -22,8 +21,9 @@ return {attempts, redis.call('TTL', KEYS[1])}
 
 
 class LoginLimiter:
-    def __init__(self, redis: Any, *, per_user: int, per_address: int, window_s: int) -> None:
+    def __init__(self, redis: Any, *, per_user: int, per_address: int, window_s: int, namespace: str) -> None:
         self._redis = redis
+        self._prefix = f"{namespace}:login-failures:"  # deployments sharing a Redis count apart
         self.per_user = per_user
         self.per_address = per_address
         self.window_s = window_s
@@ -36,14 +36,14 @@ class LoginLimiter:
 
     async def attempt(self, username: str, address: str) -> None:
         """Count a sign-in attempt, or refuse it (429) when the user or the address is over its limit."""
-        await self._count(f"{_PREFIX}user:{username.lower()}", self.per_user, "user")
-        await self._count(f"{_PREFIX}address:{address}", self.per_address, "address")
+        await self._count(f"{self._prefix}user:{username.lower()}", self.per_user, "user")
+        await self._count(f"{self._prefix}address:{address}", self.per_address, "address")
 
     async def succeeded(self, username: str, address: str) -> None:
         """A right password: forget the user's failures and give the address its attempt back."""
-        await self._redis.delete(f"{_PREFIX}user:{username.lower()}")
-        await self._redis.decr(f"{_PREFIX}address:{address}")
+        await self._redis.delete(f"{self._prefix}user:{username.lower()}")
+        await self._redis.decr(f"{self._prefix}address:{address}")
 
     async def signup(self, address: str) -> None:
         """Sign-ups count against the address and are never given back."""
-        await self._count(f"{_PREFIX}signup:{address}", self.per_address, "address")
+        await self._count(f"{self._prefix}signup:{address}", self.per_address, "address")
