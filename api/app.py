@@ -17,6 +17,7 @@ from tuplehub.api.access.bootstrap import bootstrap
 from tuplehub.api.access.ratelimit import LoginLimiter
 from tuplehub.api.access.tokens import Signer
 from tuplehub.api.routes import (
+    artifacts,
     audit,
     auth,
     benchmarks,
@@ -78,8 +79,8 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
     problems.install(app)
     middleware.install(app, settings)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (auth, users, groups, roles, tokens, audit, benchmarks, datasets, derive, uploads, exports, jobs,
-                   health):
+    for module in (auth, users, groups, roles, tokens, audit, benchmarks, artifacts, datasets, derive, uploads,
+                   exports, jobs, health):
         api.include_router(module.router)
     app.include_router(api)
     return app

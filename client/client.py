@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from tuplehub.client.access import Groups, Roles, Tokens, Users, read_audit, whoami
+from tuplehub.client.artifacts import Artifacts
 from tuplehub.client.auth import BearerAuth, SessionAuth
 from tuplehub.client.benchmarks import Benchmarks
 from tuplehub.client.datasets import Datasets
@@ -66,6 +67,7 @@ class Client:
             self.login(*credentials)
         self.datasets = Datasets(self._http)
         self.benchmarks = Benchmarks(self._http)
+        self.artifacts = Artifacts(self._http)
         self.jobs = Jobs(self._http)
         self.tokens = Tokens(self._http)
         self.users = Users(self._http)

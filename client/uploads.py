@@ -194,7 +194,7 @@ def _is_floating(arrow_type: pa.DataType) -> bool:
 
 
 def send_file(path: Path, sink: PartSink) -> None:
-    """Send a Parquet file as it is, a part at a time."""
+    """Send a file as it is (a Parquet upload, an artifact), a part at a time."""
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(sink.part_size), b""):
             sink.write(chunk)

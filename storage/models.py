@@ -307,6 +307,7 @@ class JobKind(StrEnum):
     ingest = "ingest"
     export = "export"
     derive = "derive"
+    artifact = "artifact"
 
 
 class JobStatus(StrEnum):
@@ -450,6 +451,7 @@ class UploadRecord(BaseModel):
     multipart_id: str | None = None
     status: UploadStatus = UploadStatus.open
     episode_metadata: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    artifact: dict[str, Any] | None = Field(None, description="Set when the session uploads an artifact.")
     job_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime

@@ -109,6 +109,16 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("POST", "/benchmarks/{benchmark_id}/unpublish"):
         by_reading(200, also=lambda s: {"group_admin"} if s == "group" else set()),
     ("DELETE", "/benchmarks/{benchmark_id}"): by_reading(204),
+    ("POST", "/artifacts/uploads"): only(CREATORS, 201, others=403),
+    ("GET", "/artifacts"): everyone(200),
+    ("GET", "/artifacts/{artifact_id}"): by_reading(200, also=lambda scope: READERS[scope]),
+    ("GET", "/artifacts/{artifact_id}/url"): by_reading(200, also=lambda scope: READERS[scope]),
+    ("GET", "/artifacts/{artifact_id}/file"): by_reading(200, also=lambda scope: READERS[scope]),
+    ("PUT", "/artifacts/{artifact_id}/links"): by_reading(200),
+    ("POST", "/artifacts/{artifact_id}/publish"): by_reading(200),
+    ("POST", "/artifacts/{artifact_id}/unpublish"):
+        by_reading(200, also=lambda s: {"group_admin"} if s == "group" else set()),
+    ("DELETE", "/artifacts/{artifact_id}"): by_reading(204),
     ("POST", "/datasets"): only(CREATORS, 201, others=403),
     ("GET", "/datasets"): everyone(200),
     ("GET", "/datasets/{name}"): by_reading(200, also=lambda scope: READERS[scope]),
@@ -136,7 +146,7 @@ EXPECTED: dict[tuple[str, str], Row] = {
 }
 SCOPED = {key for key in EXPECTED
           if ("{name}" in key[1] and key[1].startswith("/datasets")) or key[1].startswith(("/exports", "/jobs/"))
-          or "{benchmark_id}" in key[1]}
+          or "{benchmark_id}" in key[1] or "{artifact_id}" in key[1]}
 
 
 def fresh(prefix: str) -> str:
@@ -158,6 +168,7 @@ class World:
     datasets: dict[str, str] = field(default_factory=dict)     # scope -> dataset name
     exports: dict[str, str] = field(default_factory=dict)      # scope -> olivia's finished export job
     benchmarks: dict[str, str] = field(default_factory=dict)   # scope -> olivia's benchmark
+    artifacts: dict[str, str] = field(default_factory=dict)    # scope -> olivia's artifact
     part: bytes = b""
 
     def http(self, role: str) -> httpx.Client:
@@ -177,6 +188,13 @@ class World:
         if scope != "private":
             benchmark.publish(groups=["lab"] if scope == "group" else [], public=scope == "public")
         return benchmark.id
+
+    def artifact(self, scope: str) -> str:
+        """A fresh artifact of olivia's (new bytes) with the given visibility."""
+        artifact = self.olivia.artifacts.upload(uuid.uuid4().bytes, name="notes.txt")
+        if scope != "private":
+            artifact.publish(groups=["lab"] if scope == "group" else [], public=scope == "public")
+        return artifact.id
 
     def user(self) -> str:
         return self.admin.users.create(fresh("u"), PASSWORD, site_roles=["guest"]).name
@@ -230,6 +248,7 @@ def world(hub_server: EmbeddedServer) -> Iterator[World]:
     arrays = episode_arrays(episodes=3, length=6, seed=5)
     for scope in SCOPES:
         world.benchmarks[scope] = world.benchmark(scope)
+        world.artifacts[scope] = world.artifact(scope)
         name = world.dataset(scope)
         world.olivia.datasets.get(name).upload(arrays).wait()
         world.datasets[scope] = name
@@ -258,6 +277,7 @@ def request_for(world: World, method: str, path: str, role: str, scope: str) -> 
     name = world.datasets[scope]
     job = world.exports[scope]
     bench = world.benchmarks[scope]
+    art = world.artifacts[scope]
     new_user = {"name": fresh("n"), "password": PASSWORD}
     fixed: dict[tuple[str, str], Callable[[], tuple[str, dict[str, Any]]]] = {
         ("POST", "/auth/login"): lambda: ("/auth/login", {"json": {
@@ -305,6 +325,18 @@ def request_for(world: World, method: str, path: str, role: str, scope: str) -> 
             f"/benchmarks/{world.benchmark(scope)}/unpublish",
             {"json": {"public": True} if scope == "public" else {"groups": ["lab"]}}),
         ("DELETE", "/benchmarks/{benchmark_id}"): lambda: (f"/benchmarks/{world.benchmark(scope)}", {}),
+        ("POST", "/artifacts/uploads"): lambda: ("/artifacts/uploads", {"json": {"name": "x.bin"}}),
+        ("GET", "/artifacts"): lambda: ("/artifacts", {}),
+        ("GET", "/artifacts/{artifact_id}"): lambda: (f"/artifacts/{art}", {}),
+        ("GET", "/artifacts/{artifact_id}/url"): lambda: (f"/artifacts/{art}/url", {}),
+        ("GET", "/artifacts/{artifact_id}/file"): lambda: (f"/artifacts/{art}/file", {}),
+        ("PUT", "/artifacts/{artifact_id}/links"): lambda: (f"/artifacts/{art}/links", {"json": {}}),
+        ("POST", "/artifacts/{artifact_id}/publish"): lambda: (f"/artifacts/{world.artifact(scope)}/publish",
+                                                                {"json": {"public": True}}),
+        ("POST", "/artifacts/{artifact_id}/unpublish"): lambda: (
+            f"/artifacts/{world.artifact(scope)}/unpublish",
+            {"json": {"public": True} if scope == "public" else {"groups": ["lab"]}}),
+        ("DELETE", "/artifacts/{artifact_id}"): lambda: (f"/artifacts/{world.artifact(scope)}", {}),
         ("POST", "/datasets"): lambda: ("/datasets", {"json": {"name": fresh("ds")}}),
         ("GET", "/datasets"): lambda: ("/datasets", {}),
         ("GET", "/datasets/{name}"): lambda: (f"/datasets/{name}", {}),

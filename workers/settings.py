@@ -19,6 +19,7 @@ from tuplehub.storage.objects import open_object_store
 from tuplehub.storage.queue import Queue, redis_settings
 from tuplehub.storage.settings import Settings
 from tuplehub.workers.context import WorkerContext
+from tuplehub.workers.jobs.artifact import artifact
 from tuplehub.workers.jobs.derive import derive
 from tuplehub.workers.jobs.export import export
 from tuplehub.workers.jobs.ingest import ingest
@@ -62,6 +63,8 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
             func(ingest, name="ingest", timeout=settings.ingest_timeout_s + ARQ_TIMEOUT_MARGIN_S,
                  max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES),
             func(export, name="export", timeout=settings.export_timeout_s + ARQ_TIMEOUT_MARGIN_S,
+                 max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES),
+            func(artifact, name="artifact", timeout=settings.ingest_timeout_s + ARQ_TIMEOUT_MARGIN_S,
                  max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES),
             func(derive, name="derive",
                  timeout=settings.export_timeout_s + settings.ingest_timeout_s + ARQ_TIMEOUT_MARGIN_S,

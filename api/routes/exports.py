@@ -8,8 +8,6 @@ resume. The job's ownership is checked again before any byte or URL is handed ou
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Iterator
 from datetime import timedelta
 
 from fastapi import APIRouter, Request
@@ -20,15 +18,13 @@ from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, ObjectsDep, QueueDep, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.jobs import own_job
+from tuplehub.api.streaming import RANGE_RESPONSES, stream_object
 from tuplehub.storage import versions
 from tuplehub.storage.errors import Conflict, InvalidFilter, InvalidRequest, NotFound
 from tuplehub.storage.exports import check_export, dedup_key
 from tuplehub.storage.models import DownloadURL, ExportCreate, JobKind, JobRead, JobRecord, JobStatus, utcnow
-from tuplehub.storage.objects import ObjectStore
 
 router = APIRouter(tags=["exports"])
-STREAM_CHUNK = 4 * 2**20
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 MEDIA_TYPES = {"parquet": "application/vnd.apache.parquet", "arrow": "application/vnd.apache.arrow.stream"}
 
 
@@ -82,63 +78,11 @@ async def export_url(job_id: str, request: Request, caller: Caller, catalog: Cat
 
 
 @router.get("/exports/{job_id}/file", responses={
-    **problems(NotFound, Conflict), 206: {"description": "The requested byte range."},
-    416: {"description": "The range lies outside the file."}})
+    **problems(NotFound, Conflict), **RANGE_RESPONSES})
 async def download_export(job_id: str, request: Request, caller: Caller, catalog: CatalogDep,
                           objects: ObjectsDep) -> StreamingResponse:
     """Stream the result file; a ``Range: bytes=a-b`` header asks for part of it."""
     job = await _finished_export(catalog, job_id, caller)
-    key, fmt = job.result["object_key"], job.result["format"]
-    size = await asyncio.to_thread(objects.size, key)
-    byte_range = _byte_range(request.headers.get("range"), size)
-    start, end = byte_range or (0, size)
-    headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start),
-               "Content-Disposition": f'attachment; filename="{job_id}.{fmt}"'}
-    if byte_range is not None:
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    return StreamingResponse(_chunks(objects, key, start, end), status_code=206 if byte_range else 200,
-                             headers=headers, media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"))
-
-
-def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``[start, end)`` of a single satisfiable range, as RFC 9110 reads it.
-
-    No header, several ranges or a malformed one mean "the whole file" (the header is ignored);
-    a well-formed range that lies outside the file is a 416.
-    """
-    match = _RANGE.match(header.strip()) if header else None
-    if match is None or match.group(1) == match.group(2) == "":
-        return None
-    first, last = match.groups()
-    if first == "":  # the last N bytes
-        start, end = max(0, size - int(last)), size
-        if int(last) == 0 or size == 0:
-            raise RangeNotSatisfiable(f"range {header!r} selects no byte of the {size}-byte file", size=size)
-        return start, end
-    start = int(first)
-    if last and int(last) < start:
-        return None
-    if start >= size:
-        raise RangeNotSatisfiable(f"range {header!r} starts past the end of the {size}-byte file", size=size)
-    return start, min(size, int(last) + 1) if last else size
-
-
-class RangeNotSatisfiable(InvalidRequest):
-    code, status = "range-not-satisfiable", 416
-
-    def __init__(self, detail: str, *, size: int) -> None:
-        super().__init__(detail, size=size)
-        self.headers = {"Content-Range": f"bytes */{size}"}
-
-
-def _chunks(objects: ObjectStore, key: str, start: int, end: int) -> Iterator[bytes]:
-    """Read ``[start, end)`` in chunks; Starlette runs this in a thread."""
-    with objects.open_read(key) as handle:
-        handle.seek(start)
-        remaining = end - start
-        while remaining > 0:
-            chunk = handle.read(min(STREAM_CHUNK, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            yield bytes(chunk) if not isinstance(chunk, bytes) else chunk
+    fmt = job.result["format"]
+    return await stream_object(objects, job.result["object_key"], request, filename=f"{job_id}.{fmt}",
+                               media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"))

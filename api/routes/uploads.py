@@ -42,7 +42,7 @@ router = APIRouter(tags=["uploads"])
 WRITE_CHUNK = 8 * 2**20
 
 
-def _read(record: UploadRecord, objects: ObjectStore) -> UploadRead:
+def upload_read(record: UploadRecord, objects: ObjectStore) -> UploadRead:
     transport = "presigned" if objects.presigned_uploads else "api"
     return UploadRead(**record.model_dump(), transport=transport)
 
@@ -52,8 +52,9 @@ async def _own_upload(catalog: Catalog, upload_id: str, caller: Principal) -> Up
     upload = await catalog.get_upload(upload_id)
     if upload.owner != caller.id and not caller.holds(Right.job_manage):
         raise NotFound(f"no upload {upload_id!r}", upload=upload_id)
-    if not caller.allows(Right.dataset_create):
-        raise Forbidden("this API token may not write datasets (it lacks dataset:create)")
+    needed = Right.artifact_create if upload.artifact is not None else Right.dataset_create
+    if not caller.allows(needed):
+        raise Forbidden(f"this API token may not upload this (it lacks {needed})")
     return upload
 
 
@@ -85,12 +86,12 @@ async def create_upload(name: str, body: UploadCreate, caller: Caller, catalog: 
                           mode=body.mode, part_size=body.part_size, object_key=key, multipart_id=multipart_id,
                           episode_metadata=body.episode_metadata,
                           expires_at=utcnow() + timedelta(seconds=settings.upload_ttl_s))
-    return _read(await catalog.create_upload(record), objects)
+    return upload_read(await catalog.create_upload(record), objects)
 
 
 @router.get("/uploads/{upload_id}", responses=problems(NotFound, Forbidden))
 async def get_upload(upload_id: str, caller: Caller, catalog: CatalogDep, objects: ObjectsDep) -> UploadRead:
-    return _read(await _own_upload(catalog, upload_id, caller), objects)
+    return upload_read(await _own_upload(catalog, upload_id, caller), objects)
 
 
 @router.post("/uploads/{upload_id}/parts", responses=problems(NotFound, Conflict, InvalidRequest))
@@ -173,9 +174,14 @@ async def _ingest_job(catalog: Catalog, queue: Queue, upload: UploadRecord) -> J
     try:
         job = await catalog.get_job(upload.job_id or "")
     except NotFound:
-        job = await catalog.create_job(JobRecord(id=upload.job_id, kind=JobKind.ingest, owner=upload.owner, params={
-            "upload_id": upload.id, "dataset_id": upload.dataset_id, "dataset": upload.dataset,
-            "mode": upload.mode}))
+        if upload.artifact is not None:
+            record = JobRecord(id=upload.job_id, kind=JobKind.artifact, owner=upload.owner,
+                               params={"upload_id": upload.id, "name": upload.artifact["name"]})
+        else:
+            record = JobRecord(id=upload.job_id, kind=JobKind.ingest, owner=upload.owner, params={
+                "upload_id": upload.id, "dataset_id": upload.dataset_id, "dataset": upload.dataset,
+                "mode": upload.mode})
+        job = await catalog.create_job(record)
     if job.status == JobStatus.queued:
         await queue.enqueue(job)
     return job

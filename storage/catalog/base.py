@@ -34,13 +34,15 @@ from tuplehub.storage.models import (
 
 M = TypeVar("M", bound=BaseModel)
 
-RecordKind = Literal["users", "groups", "memberships", "roles", "refresh_tokens", "api_tokens", "audit", "benchmarks"]
+RecordKind = Literal["users", "groups", "memberships", "roles", "refresh_tokens", "api_tokens", "audit", "benchmarks",
+                     "artifacts"]
 
 # Records whose ``unique`` key must not repeat within a namespace. Users and groups share one,
 # so nobody can sign up as a group or found a group named after a user.
 NAMESPACES: dict[RecordKind, str] = {
     "users": "principal", "groups": "principal", "roles": "role", "refresh_tokens": "refresh",
     "api_tokens": "api-token", "memberships": "membership", "audit": "audit", "benchmarks": "benchmark",
+    "artifacts": "artifact",
 }
 
 
@@ -76,6 +78,9 @@ class Catalog(Protocol):
 
     async def get_dataset(self, name: str) -> DatasetRecord:
         """The dataset called ``name``, or :class:`NotFound` (callers check read access after)."""
+
+    async def get_dataset_by_id(self, dataset_id: str) -> DatasetRecord | None:
+        """The dataset with this id, or None (links and lineage refer to datasets by id)."""
 
     async def list_datasets(self, *, name: str | None, tag: str | None, offset: int, limit: int,
                             readable: ReadScope | None = None, owner: str | None = None,

@@ -51,7 +51,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
              ([("dedup_key", 1)], {"unique": True, "sparse": True})],
     "records": [([("unique_key", 1)], {"unique": True, "sparse": True}), ([("kind", 1), ("created_at", 1)], {}),
                 ([("kind", 1), ("user_id", 1)], {}), ([("kind", 1), ("group_id", 1)], {}),
-                ([("kind", 1), ("benchmark_id", 1)], {})],
+                ([("kind", 1), ("benchmark_id", 1)], {}), ([("kind", 1), ("artifact_id", 1)], {})],
 }
 
 
@@ -102,6 +102,10 @@ class MongoCatalog:
         if doc is None:
             raise NotFound(f"no dataset named {name!r}", name=name)
         return DatasetRecord.model_validate(doc)
+
+    async def get_dataset_by_id(self, dataset_id: str) -> DatasetRecord | None:
+        doc = await self.db.datasets.find_one({"_id": dataset_id})
+        return None if doc is None else DatasetRecord.model_validate(doc)
 
     async def list_datasets(self, *, name: str | None, tag: str | None, offset: int, limit: int,
                             readable: ReadScope | None = None, owner: str | None = None,

@@ -158,6 +158,10 @@ class SQLiteCatalog:
             raise NotFound(f"no dataset named {name!r}", name=name)
         return DatasetRecord.model_validate_json(row[0])
 
+    async def get_dataset_by_id(self, dataset_id: str) -> DatasetRecord | None:
+        row = await self._run(lambda c: c.execute("SELECT doc FROM datasets WHERE id = ?", (dataset_id,)).fetchone())
+        return None if row is None else DatasetRecord.model_validate_json(row[0])
+
     async def list_datasets(self, *, name: str | None, tag: str | None, offset: int, limit: int,
                             readable: ReadScope | None = None, owner: str | None = None,
                             benchmark: str | None = None) -> tuple[list[DatasetSummary], int]:

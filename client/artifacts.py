@@ -1,0 +1,134 @@
+"""Artifacts from the client: upload any file (stored once per content), find it, download it.
+
+    art = hub.artifacts.upload("policy.d3", metadata={"algorithm": "CQL"}, datasets=["pendulum-mixed"])
+    art.download("copy.d3")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mimetypes
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tuplehub.client.errors import raise_for_problem
+from tuplehub.client.jobs import Job
+from tuplehub.client.uploads import DEFAULT_PART_SIZE, PartSink, send_file
+from tuplehub.storage.artifacts import ArtifactRead
+from tuplehub.storage.models import Page
+
+DOWNLOAD_CHUNK = 4 * 2**20
+
+
+class Artifact:
+    def __init__(self, http: httpx.Client, record: ArtifactRead) -> None:
+        self._http = http
+        self.record = record
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def _stream(self) -> Any:
+        response = self._http.get(f"/artifacts/{self.id}/url")
+        raise_for_problem(response)
+        answer = response.json()
+        if answer.get("expires_at") is None:  # through the API, with our credentials
+            return self._http.stream("GET", answer["url"], timeout=600)
+        return httpx.stream("GET", answer["url"], timeout=600)  # presigned: no API credentials go along
+
+    def download(self, path: str | Path) -> Path:
+        """Write the bytes to ``path`` (streamed; memory stays at one chunk)."""
+        target = Path(path)
+        with self._stream() as response, target.open("wb") as handle:
+            if response.status_code >= 400:
+                response.read()
+                raise_for_problem(response)
+            for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                handle.write(chunk)
+        return target
+
+    def read(self) -> bytes:
+        """The whole content in memory (for small artifacts: hyperparameters, configs)."""
+        with self._stream() as response:
+            if response.status_code >= 400:
+                response.read()
+                raise_for_problem(response)
+            return response.read()
+
+    def link(self, *, benchmarks: Iterable[str] = (), datasets: Iterable[str] = ()) -> Artifact:
+        """Replace the benchmarks (ids) and datasets (names) this artifact is linked to."""
+        response = self._http.put(f"/artifacts/{self.id}/links",
+                                  json={"benchmarks": list(benchmarks), "datasets": list(datasets)})
+        raise_for_problem(response)
+        self.record = ArtifactRead.model_validate(response.json())
+        return self
+
+    def publish(self, *, groups: Iterable[str] = (), public: bool = False) -> Artifact:
+        return self._share("publish", groups, public)
+
+    def unpublish(self, *, groups: Iterable[str] = (), public: bool = False) -> Artifact:
+        return self._share("unpublish", groups, public)
+
+    def _share(self, action: str, groups: Iterable[str], public: bool) -> Artifact:
+        response = self._http.post(f"/artifacts/{self.id}/{action}", json={"groups": list(groups), "public": public})
+        raise_for_problem(response)
+        self.record = ArtifactRead.model_validate(response.json())
+        return self
+
+    def delete(self) -> None:
+        raise_for_problem(self._http.delete(f"/artifacts/{self.id}"))
+
+    def __repr__(self) -> str:
+        return f"<Artifact {self.record.name} {self.id[:12]}>"
+
+
+class Artifacts:
+    def __init__(self, http: httpx.Client) -> None:
+        self._http = http
+
+    def upload(self, source: str | Path | bytes, *, name: str | None = None, media_type: str | None = None,
+               metadata: Mapping[str, Any] | None = None, benchmarks: Iterable[str] = (),
+               datasets: Iterable[str] = (), part_size: int = DEFAULT_PART_SIZE) -> Artifact:
+        """Upload a file (or bytes) in parts and wait until it is stored; the same bytes get the same id."""
+        if isinstance(source, bytes) and name is None:
+            raise ValueError("give a name for an artifact uploaded from bytes")
+        label = name or Path(source).name  # type: ignore[arg-type]
+        guessed = mimetypes.guess_type(label)[0] if media_type is None else media_type
+        response = self._http.post("/artifacts/uploads", json={
+            "name": label, "media_type": guessed or "application/octet-stream", "metadata": dict(metadata or {}),
+            "benchmarks": list(benchmarks), "datasets": list(datasets), "part_size": part_size})
+        raise_for_problem(response)
+        session = response.json()
+        sink = PartSink(self._http, session)
+        try:
+            if isinstance(source, bytes):
+                sink.write(source)
+            else:
+                send_file(Path(source), sink)
+            parts = sink.finish()
+        except BaseException:
+            sink.abort()
+            with contextlib.suppress(Exception):
+                self._http.delete(f"/uploads/{session['id']}")
+            raise
+        response = self._http.post(f"/uploads/{session['id']}/complete", json={"parts": parts})
+        raise_for_problem(response)
+        job = Job(self._http, response.json()).wait(progress=False)
+        return self.get(job.result["artifact_id"])  # type: ignore[index]
+
+    def get(self, artifact_id: str) -> Artifact:
+        response = self._http.get(f"/artifacts/{artifact_id}")
+        raise_for_problem(response)
+        return Artifact(self._http, ArtifactRead.model_validate(response.json()))
+
+    def list(self, *, name: str | None = None, benchmark: str | None = None, dataset: str | None = None,
+             offset: int = 0, limit: int = 100) -> Page[ArtifactRead]:
+        params = {k: v for k, v in {"name": name, "benchmark": benchmark, "dataset": dataset, "offset": offset,
+                                    "limit": limit}.items() if v is not None}
+        response = self._http.get("/artifacts", params=params)
+        raise_for_problem(response)
+        return Page[ArtifactRead].model_validate(response.json())

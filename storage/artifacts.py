@@ -1,0 +1,69 @@
+"""Artifacts: any file (a policy, a time series, hyperparameters), stored once per content.
+
+An artifact's id is the SHA-256 of its bytes. Uploading the same bytes again, by anyone, keeps one
+object in the store; each owner keeps their own record of it (name, media type, metadata, links
+to benchmarks and datasets, visibility), like benchmarks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from tuplehub.storage.access import StoredRecord
+
+
+class ArtifactUploadCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "name": "sac-policy.d3", "media_type": "application/octet-stream", "metadata": {"algorithm": "SAC"},
+        "benchmarks": [], "datasets": ["pendulum-mixed"]}]})
+
+    name: str = Field(min_length=1, max_length=200)
+    media_type: str = Field("application/octet-stream", max_length=200,
+                                  pattern=r"^[\w.+-]+/[\w.+-]+$")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    benchmarks: list[str] = Field(default_factory=list, max_length=100, description="Benchmark ids to link.")
+    datasets: list[str] = Field(default_factory=list, max_length=100, description="Dataset names to link.")
+    part_size: int = Field(64 * 2**20, ge=2**16, le=2**32)
+
+
+class ArtifactLinks(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    benchmarks: list[str] = Field(default_factory=list, max_length=100)
+    datasets: list[str] = Field(default_factory=list, max_length=100, description="Dataset names.")
+
+
+class ArtifactRecord(StoredRecord):
+    artifact_id: str
+    name: str
+    media_type: str
+    size: int
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    object_key: str
+    benchmarks: list[str] = Field(default_factory=list)
+    datasets: list[str] = Field(default_factory=list, description="Dataset ids.")
+    owner: str
+    public: bool = False
+    groups: list[str] = Field(default_factory=list)
+
+    @computed_field
+    @property
+    def visibility(self) -> Literal["private", "groups", "public"]:
+        return "public" if self.public else "groups" if self.groups else "private"
+
+
+class ArtifactRead(BaseModel):
+    id: str = Field(description="SHA-256 of the content.")
+    name: str
+    media_type: str
+    size: int
+    metadata: dict[str, Any]
+    benchmarks: list[str]
+    datasets: list[str] = Field(description="Names of the linked datasets the caller may read.")
+    owner: str
+    visibility: Literal["private", "groups", "public"]
+    created_at: datetime
+

@@ -1,0 +1,96 @@
+"""Artifacts: content-addressed, deduplicated, uploaded in parts, linked, downloadable, shared by the rules."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import gymnasium
+import httpx
+import pytest
+
+from tuplehub.client import Client, NotFound
+from tuplehub.client.cli.server import EmbeddedServer
+
+from .conftest import admin_client, admin_token
+
+PASSWORD = "artifact-Passphrase-1"
+
+
+@pytest.fixture
+def hub(hub_server: EmbeddedServer) -> Iterator[Client]:
+    with admin_client(hub_server) as client:
+        yield client
+
+
+def user(hub: Client, server: EmbeddedServer) -> Client:
+    name = f"a-{uuid.uuid4().hex[:8]}"
+    hub.users.create(name, PASSWORD)
+    client = Client(server.url)
+    client.login(name, PASSWORD, remember=False)
+    return client
+
+
+def test_an_artifact_is_its_content_hash_and_comes_back_whole(hub: Client, tmp_path: Path) -> None:
+    payload = os.urandom(300_000)  # several 64 KiB parts
+    source = tmp_path / "policy.json"
+    source.write_bytes(payload)
+    artifact = hub.artifacts.upload(source, metadata={"algorithm": "CQL", "steps": 1000}, part_size=2**16)
+    assert artifact.id == hashlib.sha256(payload).hexdigest()
+    assert (artifact.record.name, artifact.record.media_type, artifact.record.size) == (
+        "policy.json", "application/json", len(payload))
+    assert artifact.record.metadata == {"algorithm": "CQL", "steps": 1000}
+    assert artifact.download(tmp_path / "copy").read_bytes() == payload
+    assert artifact.read() == payload
+
+
+def test_the_same_bytes_are_stored_once(hub_server: EmbeddedServer, hub: Client) -> None:
+    payload = os.urandom(1000)
+    first = hub.artifacts.upload(payload, name="a.bin")
+    again = hub.artifacts.upload(payload, name="a.bin")
+    assert again.id == first.id
+    assert hub.artifacts.list(name="a.bin").total >= 1
+    with user(hub, hub_server) as other:
+        theirs = other.artifacts.upload(payload, name="theirs.bin")  # their own record, the same bytes
+        assert theirs.id == first.id
+        assert theirs.record.name == "theirs.bin"
+        stored = Path(hub_server.settings.data_dir) / "objects" / "artifacts" / first.id
+        assert stored.read_bytes() == payload
+        first.delete()
+        assert stored.exists()  # still theirs
+        assert other.artifacts.get(first.id).read() == payload
+        theirs.delete()
+        assert not stored.exists()  # nobody refers to the bytes any more
+
+
+def test_links_and_listing(hub_server: EmbeddedServer, hub: Client) -> None:
+    with gymnasium.make("Pendulum-v1", g=7.7) as env:
+        bench = hub.benchmarks.create_from_env(env)
+    dataset = hub.datasets.create(f"art-{uuid.uuid4().hex[:8]}", benchmark=bench.id)
+    artifact = hub.artifacts.upload(os.urandom(100), name="params.yaml", benchmarks=[bench.id],
+                                    datasets=[dataset.name])
+    assert artifact.record.datasets == [dataset.name]
+    assert [a.id for a in hub.artifacts.list(dataset=dataset.name).items] == [artifact.id]
+    assert [a.id for a in hub.artifacts.list(benchmark=bench.id).items] == [artifact.id]
+    with user(hub, hub_server) as other:
+        private = other.datasets.create(f"p-{uuid.uuid4().hex[:8]}")
+        mine = other.artifacts.upload(os.urandom(10), name="x.bin")
+        with pytest.raises(NotFound):
+            other.artifacts.get(artifact.id)  # private to the admin
+        with pytest.raises(NotFound):
+            mine.link(datasets=[dataset.name])  # linking needs read access
+        mine.link(datasets=[private.name])
+        assert mine.record.datasets == [private.name]
+        assert hub.artifacts.get(mine.id).record.datasets == [private.name]  # the admin reads everything
+
+
+def test_ranges_of_an_artifact_can_be_fetched(hub_server: EmbeddedServer, hub: Client) -> None:
+    payload = bytes(range(256)) * 40
+    artifact = hub.artifacts.upload(payload, name="r.bin")
+    headers = {"Authorization": f"Bearer {admin_token(hub_server)}", "Range": "bytes=100-199"}
+    response = httpx.get(f"{hub_server.url}/api/v1/artifacts/{artifact.id}/file", headers=headers)
+    assert response.status_code == 206
+    assert response.content == payload[100:200]
