@@ -4,8 +4,9 @@ Rows follow the tuple contract: the observation an action was taken in (the rese
 included), the action, the reward, ``terminated`` and ``truncated`` kept apart, the observation
 that followed (so a truncated episode keeps its final state), and scalar ``info`` entries as
 ``info.<key>``. Complete episodes are sent in batches of about ``batch_rows`` rows, each an
-``append`` upload, so memory stays bounded and an interruption loses at most the episode under
-way: closing the recorder (or leaving its ``with`` block, even through an exception) sends the
+``append`` upload ingested while recording goes on (one at a time, so episodes keep their order),
+so memory stays bounded and an interruption loses at most the episode under way: closing the
+recorder (or leaving its ``with`` block, even through an exception) sends the
 complete episodes and drops the unfinished one, or keeps it marked ``unfinished``.
 
     with Recorder(gymnasium.make("CartPole-v1"), dataset, episode_metadata={"policy": "random"}) as env:
@@ -132,6 +133,8 @@ class _Stream:
             warnings.warn(f"info keys {sorted(extra)} first appeared after the first batch and are not recorded",
                           stacklevel=3)
         episodes, self.ready = [e.to_upload(self.info_keys) for e in self.ready], []
+        if self.jobs:  # appends commit in the order their ingests finish: one at a time keeps episode order
+            self.jobs[-1].wait(progress=False)
         self.jobs.append(self.dataset.upload(iter(episodes), mode="append"))
 
     def close(self, *, wait: bool) -> list[Job]:
@@ -209,10 +212,11 @@ class VectorRecorder(gymnasium.vector.VectorWrapper):
                  first_episode_id: int | None = None) -> None:
         super().__init__(env)
         _check_spaces(env.single_observation_space)
-        mode = env.metadata.get("autoreset_mode", gymnasium.vector.AutoresetMode.NEXT_STEP)
-        if mode not in (gymnasium.vector.AutoresetMode.NEXT_STEP, gymnasium.vector.AutoresetMode.SAME_STEP):
+        modes = getattr(gymnasium.vector, "AutoresetMode", None)  # gymnasium 1.0 only resets on the next step
+        mode = env.metadata.get("autoreset_mode", modes.NEXT_STEP if modes else None)
+        if modes is not None and mode not in (modes.NEXT_STEP, modes.SAME_STEP):
             raise InvalidRequest(f"autoreset mode {mode} is not supported; use NEXT_STEP or SAME_STEP")
-        self._same_step = mode == gymnasium.vector.AutoresetMode.SAME_STEP
+        self._same_step = modes is not None and mode == modes.SAME_STEP
         self._stream = _Stream(dataset, batch_rows=batch_rows, episode_metadata=episode_metadata,
                                first_episode_id=first_episode_id)
         self._episodes: list[_Episode | None] = [None] * env.num_envs

@@ -108,3 +108,75 @@ def test_minari_round_trip_is_identical(hub: Client, tmp_path: Path, monkeypatch
     for original, copied in zip(originals, copies, strict=True):
         for field in ("observations", "actions", "rewards", "terminations", "truncations"):
             np.testing.assert_array_equal(getattr(copied, field), getattr(original, field), err_msg=field)
+
+
+def _cartpole_export(hub: Client, *, episodes: int = 12) -> tuple[dict[str, np.ndarray], gymnasium.Space]:
+    from tuplehub.client.recorder import Recorder
+
+    env = gymnasium.make("CartPole-v1", max_episode_steps=25)
+    dataset = hub.datasets.create(f"d3-{uuid.uuid4().hex[:8]}")
+    with Recorder(env, dataset) as recording:
+        recording.action_space.seed(0)
+        for episode in range(episodes):
+            recording.reset(seed=episode)
+            done = False
+            while not done:
+                *_, terminated, truncated, _ = recording.step(recording.action_space.sample())
+                done = terminated or truncated
+    return dataset.export(next_observation=True).to_numpy(), env.action_space
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_d3rlpy_gets_every_episode_with_the_benchmarks_action_space(hub: Client) -> None:
+    from tuplehub.client.converters.d3rlpy import to_d3rlpy
+
+    arrays, action_space = _cartpole_export(hub)
+    last = np.flatnonzero(np.diff(arrays["episode_id"], append=-1) != 0)
+    arrays["truncated"][last[0]] = True  # terminated and truncated at once: d3rlpy must still accept it
+    arrays["terminated"][last[0]] = True
+    dataset = to_d3rlpy(arrays, action_space)
+    assert len(dataset.episodes) == 12
+    assert sum(len(e.rewards) for e in dataset.episodes) == len(arrays["reward"])
+    assert dataset.episodes[0].terminated  # terminal wins over truncation
+    ends = arrays["terminated"][last] & ~arrays["truncated"][last]
+    assert [e.terminated for e in dataset.episodes][1:] == ends[1:].tolist()
+    assert dataset.dataset_info.action_size == 2
+    # A subset that never takes action 1 still has CartPole's two actions (inferring would say one).
+    left_only = to_d3rlpy({k: v[arrays["action"] == 0] for k, v in arrays.items()}, action_space)
+    assert left_only.dataset_info.action_size == 2
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
+def test_a_d3rlpy_algorithm_trains_on_an_export(hub: Client) -> None:
+    import d3rlpy
+
+    from tuplehub.client.converters.d3rlpy import to_d3rlpy
+
+    arrays, action_space = _cartpole_export(hub, episodes=8)
+    dataset = to_d3rlpy(arrays, action_space)
+    algo = d3rlpy.algos.DiscreteBCConfig(batch_size=16).create(device="cpu")
+    algo.fit(dataset, n_steps=20, n_steps_per_epoch=20, show_progress=False, save_interval=10**9,
+             experiment_name=f"tuplehub-{uuid.uuid4().hex[:6]}")
+    actions = algo.predict(arrays["observation"][:5])
+    assert actions.shape == (5,)
+    assert set(actions.tolist()) <= {0, 1}
+
+
+def test_torch_sees_transitions_in_memory_and_streamed(hub: Client) -> None:
+    import torch
+
+    from tuplehub.client.converters.torch import TransitionDataset, TransitionStream
+
+    arrays = episode_arrays(episodes=5, length=8, obs_dim=4, seed=12)
+    dataset = hub.datasets.create(f"pt-{uuid.uuid4().hex[:8]}")
+    dataset.upload(arrays).wait()
+    export = dataset.export(next_observation=True)
+    transitions = TransitionDataset(export.to_numpy())
+    assert len(transitions) == len(arrays["reward"])
+    first = transitions[0]
+    assert first["observation"].shape == (4,)
+    assert first["terminated"].dtype == torch.float32
+    streamed = list(TransitionStream(lambda: dataset.export(next_observation=True)))
+    rows = torch.cat([batch["reward"] for batch in streamed])
+    assert torch.equal(rows, torch.from_numpy(arrays["reward"]))
+    assert streamed[0]["next_observation"].shape[1:] == (4,)

