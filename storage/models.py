@@ -171,7 +171,9 @@ class LineageSource(BaseModel):
     version: int
     content_hash: str | None
     episodes: Filter | None = None
+    where: Filter | None = None
     sample: Sampling | None = None
+    rebalance: Rebalance | None = None
 
 
 class Lineage(BaseModel):
@@ -556,21 +558,27 @@ class ExportCreate(BaseModel):
 
 
 class DeriveSource(BaseModel):
-    """Whole episodes of one version: an episode filter and an episode sample, nothing per row."""
+    """What to take from one version: the selections of an export.
+
+    With only an episode filter and an episode sample, whole episodes are taken. A tuple filter, a
+    row sample or rebalancing cut episodes into *pieces* (runs of consecutive steps); each piece
+    becomes an episode of its own, ending ``truncated`` where it was cut (not terminal: the real
+    episode went on), so ``renumber`` is required.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     dataset: Name
     version: int | None = Field(None, ge=1, description="The latest when omitted.")
     episodes: Filter | None = None
+    where: Filter | None = None
     sample: Sampling | None = None
+    rebalance: Rebalance | None = None
 
-    @model_validator(mode="after")
-    def _whole_episodes(self) -> DeriveSource:
-        if self.sample is not None and self.sample.level != "episode":
-            raise ValueError("a derived dataset keeps whole episodes: sample at the episode level "
-                             "(export rows instead to sample them)")
-        return self
+    @property
+    def cuts_episodes(self) -> bool:
+        return self.where is not None or self.rebalance is not None or \
+            (self.sample is not None and self.sample.level == "tuple")
 
 
 class DeriveCreate(BaseModel):
@@ -584,6 +592,13 @@ class DeriveCreate(BaseModel):
     mode: UploadMode = UploadMode.replace
     renumber: bool = Field(False, description="Number the episodes 0..N-1 (needed when sources share ids); "
                                               "the original ids stay in metadata.source.")
+
+    @model_validator(mode="after")
+    def _pieces_need_new_ids(self) -> DeriveCreate:
+        if not self.renumber and any(source.cuts_episodes for source in self.sources):
+            raise ValueError("a tuple filter, row sample or rebalancing cuts episodes into pieces, which need "
+                             "ids of their own: set renumber")
+        return self
 
 
 class DownloadURL(BaseModel):

@@ -128,9 +128,46 @@ def test_a_split_is_exact_disjoint_and_repeatable(hub: Client, source: Dataset) 
     assert split(2) != (train, validation)
 
 
+def test_row_selections_cut_episodes_into_pieces(hub: Client, source: Dataset) -> None:
+    where = (F.step >= 2) & (F.step < 5)
+    with pytest.raises(InvalidRequest, match="set renumber"):
+        hub.datasets.derive(fresh(), [{"dataset": source.name, "where": where}])
+    target = fresh()
+    hub.datasets.derive(target, [{"dataset": source.name, "where": where | (F.step >= 7)}], renumber=True).wait()
+    expected = source.export(where=where | (F.step >= 7), next_observation=True).to_numpy()
+    derived = hub.datasets.get(target).export(next_observation=True).to_numpy()
+    for name in ("step", "observation", "action", "reward", "terminated", "next_observation"):
+        np.testing.assert_array_equal(derived[name], expected[name], err_msg=name)
+    episodes = hub.datasets.get(target).episodes(limit=1000).items
+    breaks = (np.diff(expected["episode_id"]) != 0) | (np.diff(expected["step"]) != 1)
+    assert len(episodes) == 1 + int(breaks.sum())  # one episode per run of consecutive steps
+    first = episodes[0]
+    assert (first.first_step, first.length, first.termination) == (2, 3, "truncated")  # cut, not terminal
+    assert first.metadata["source"] == {"dataset": source.name, "version": 1, "episode_id": 0, "first_step": 2}
+    assert first.metadata["policy"] == "expert"
+    originals = {e.episode_id: e for e in source.episodes(limit=100).items}
+    for piece in episodes:
+        origin = originals[piece.metadata["source"]["episode_id"]]
+        reaches_end = piece.first_step + piece.length - 1 == origin.last_step
+        # a piece that reaches the real end keeps the real ending; any other was cut: truncated
+        assert piece.termination == (origin.termination if reaches_end else "truncated")
+
+
+def test_a_row_sample_saved_as_a_dataset_rebuilds_to_the_same_hash(hub: Client, source: Dataset) -> None:
+    selection = {"dataset": source.name, "sample": Sampling(level="tuple", n=40, seed=3),
+                 "rebalance": {"keep": (F.step == 0).to_json(), "rest_fraction": 0.5, "seed": 1}}
+    first, second = fresh(), fresh()
+    for target in (first, second):
+        hub.datasets.derive(target, [selection], renumber=True).wait()
+    assert latest(hub, first).episodes > 0
+    assert latest(hub, first).content_hash == latest(hub, second).content_hash
+    rows = hub.datasets.get(first).export().to_numpy()
+    assert len(rows["reward"]) == 40
+
+
 def test_what_a_derived_dataset_cannot_be_is_refused(hub: Client, source: Dataset) -> None:
-    with pytest.raises(InvalidRequest, match="whole episodes"):
-        hub.datasets.derive(fresh(), [{"dataset": source.name, "sample": {"level": "tuple", "n": 5}}])
+    with pytest.raises(InvalidRequest, match="nope"):
+        hub.datasets.derive(fresh(), [{"dataset": source.name, "where": F.nope > 1}], renumber=True)
     wide = hub.datasets.create(fresh())
     wide.upload(episode_arrays(episodes=2, length=4, obs_dim=7, seed=1)).wait()
     with pytest.raises(InvalidRequest, match="other columns or types"):

@@ -20,10 +20,11 @@ router = APIRouter(tags=["datasets"])
              responses=problems(NotFound, Forbidden, InvalidFilter, InvalidRequest))
 async def derive_dataset(name: str, body: DeriveCreate, caller: Caller, catalog: CatalogDep,
                          queue: QueueDep) -> JobRead:
-    """Start a ``derive`` job: the chosen episodes of the sources become this dataset's next version.
+    """Start a ``derive`` job: what the sources select becomes this dataset's next version.
 
     Used for saving an export as a dataset, merging datasets and splitting one (two derives with
     complementary samples). Each source must be readable by the caller; the target must be theirs.
+    Row-level selections cut episodes into pieces, each its own (renumbered) episode.
     """
     target = await readable_dataset(catalog, caller, name)
     require_owner(caller, target, "dataset", "write")
@@ -32,6 +33,9 @@ async def derive_dataset(name: str, body: DeriveCreate, caller: Caller, catalog:
         dataset = await readable_dataset(catalog, caller, source.dataset)
         version = await versions.get_version(catalog, dataset, source.version)
         compile_filter(source.episodes, "episode", version.tuple_schema)
+        compile_filter(source.where, "tuple", version.tuple_schema)
+        if source.rebalance is not None:
+            compile_filter(source.rebalance.keep, "tuple", version.tuple_schema)
         columns = version.tuple_schema.export_columns()
         schema = output_schema(version.tuple_schema, columns)
         if body.renumber:
@@ -41,8 +45,8 @@ async def derive_dataset(name: str, body: DeriveCreate, caller: Caller, catalog:
                                  "than source 0; only alike datasets can be merged", field="sources")
         schemas.append(schema)
         sources.append({"dataset": dataset.name, "dataset_id": dataset.id, "version": version.number,
-                        "episodes": source.episodes.to_json() if source.episodes is not None else None,
-                        "sample": source.sample.model_dump(mode="json") if source.sample is not None else None})
+                        **source.model_dump(mode="json", include={"episodes", "where", "sample", "rebalance"},
+                                            exclude_none=True)})
     if body.mode == UploadMode.append:
         latest = (await catalog.list_versions(target.id))[-1:]
         source_version = await versions.get_version(catalog, await catalog.get_dataset(sources[0]["dataset"]),

@@ -37,11 +37,9 @@ def _command(target: str, version: VersionRecord) -> str:
     assert version.lineage is not None
     parts = ["tuplehub", "derive", f"{target}-rebuilt"]
     for source in version.lineage.sources:
-        spec = {"dataset": source.dataset, "version": source.version}
-        if source.episodes is not None:
-            spec["episodes"] = source.episodes.to_json()
-        if source.sample is not None:
-            spec["sample"] = source.sample.model_dump(mode="json")
+        spec = {"dataset": source.dataset, "version": source.version,
+                **source.model_dump(mode="json", include={"episodes", "where", "sample", "rebalance"},
+                                    exclude_none=True)}
         parts += ["--source", json.dumps(spec, separators=(",", ":"))]
     if version.lineage.renumber:
         parts.append("--renumber")
@@ -67,11 +65,8 @@ def _describe(hub: Client, name: str, number: int | None, depth: int, lines: lis
     lines.append(f"{label}: derived by job {version.lineage.job_id}"
                  + (", episodes renumbered" if version.lineage.renumber else "") + " from")
     for source in version.lineage.sources:
-        choice = []
-        if source.episodes is not None:
-            choice.append(f"episodes {json.dumps(source.episodes.to_json())}")
-        if source.sample is not None:
-            choice.append(f"sample {source.sample.model_dump_json(exclude_defaults=True)}")
+        choice = [f"{key} {json.dumps(value, separators=(',', ':'))}" for key, value in source.model_dump(
+            mode="json", include={"episodes", "where", "sample", "rebalance"}, exclude_none=True).items()]
         lines.append(f"{indent}  - {source.dataset}@{source.version}" + (f": {'; '.join(choice)}" if choice else ""))
         if depth < MAX_DEPTH:
             _describe(hub, source.dataset, source.version, depth + 2, lines)

@@ -150,7 +150,7 @@ async def _export(run: JobRun) -> dict[str, Any]:
     await run.checkpoint(0.0, "plan", "selecting episodes and blocks")
     work = await plan_blocks(run, version, plan)
     total = sum(len(seqs) for _, seqs in work)
-    threshold = await _row_sample_threshold(run, plan, work)
+    threshold = await row_sample_threshold(run, plan, work)
     writer = await asyncio.to_thread(ResultWriter, run.objects, params["object_key"], request.format, plan.output)
     done, episodes = 0, set()
     try:
@@ -174,7 +174,7 @@ async def _export(run: JobRun) -> dict[str, Any]:
 BlockPlan = list[tuple[SegmentEpisodes, list[int]]]
 
 
-async def _row_sample_threshold(run: JobRun, plan: ExportPlan, work: BlockPlan) -> np.uint64 | None:
+async def row_sample_threshold(run: JobRun, plan: ExportPlan, work: BlockPlan) -> np.uint64 | None:
     """For an exact row sample: the largest key among the ``n`` rows to keep (a first, key-only pass)."""
     sample = plan.row_sample
     if sample is None or sample.n is None:
