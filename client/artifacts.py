@@ -16,6 +16,7 @@ import httpx
 
 from tuplehub.client.errors import raise_for_problem
 from tuplehub.client.jobs import Job
+from tuplehub.client.sharing import Shareable
 from tuplehub.client.uploads import DEFAULT_PART_SIZE, PartSink, send_file
 from tuplehub.storage.artifacts import ArtifactRead
 from tuplehub.storage.models import Page
@@ -23,10 +24,14 @@ from tuplehub.storage.models import Page
 DOWNLOAD_CHUNK = 4 * 2**20
 
 
-class Artifact:
+class Artifact(Shareable):
     def __init__(self, http: httpx.Client, record: ArtifactRead) -> None:
         self._http = http
         self.record = record
+
+    @property
+    def _path(self) -> str:
+        return f"/artifacts/{self.id}"
 
     @property
     def id(self) -> str:
@@ -67,17 +72,6 @@ class Artifact:
         self.record = ArtifactRead.model_validate(response.json())
         return self
 
-    def publish(self, *, groups: Iterable[str] = (), public: bool = False) -> Artifact:
-        return self._share("publish", groups, public)
-
-    def unpublish(self, *, groups: Iterable[str] = (), public: bool = False) -> Artifact:
-        return self._share("unpublish", groups, public)
-
-    def _share(self, action: str, groups: Iterable[str], public: bool) -> Artifact:
-        response = self._http.post(f"/artifacts/{self.id}/{action}", json={"groups": list(groups), "public": public})
-        raise_for_problem(response)
-        self.record = ArtifactRead.model_validate(response.json())
-        return self
 
     def delete(self) -> None:
         raise_for_problem(self._http.delete(f"/artifacts/{self.id}"))

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from tuplehub.client.errors import raise_for_problem
+from tuplehub.client.sharing import Shareable
 from tuplehub.storage.benchmarks import BenchmarkRead, BenchmarkSpec, SeedPolicy, WrapperSpec, space_to_json
 from tuplehub.storage.errors import InvalidRequest
 from tuplehub.storage.models import DatasetSummary, Page
@@ -125,12 +126,16 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-class Benchmark:
+class Benchmark(Shareable):
     """A handle on one stored benchmark."""
 
     def __init__(self, http: httpx.Client, record: BenchmarkRead) -> None:
         self._http = http
         self.record = record
+
+    @property
+    def _path(self) -> str:
+        return f"/benchmarks/{self.id}"
 
     @property
     def id(self) -> str:
@@ -163,17 +168,6 @@ class Benchmark:
         self.record = BenchmarkRead.model_validate(response.json())
         return self
 
-    def publish(self, *, groups: Iterable[str] = (), public: bool = False) -> Benchmark:
-        return self._share("publish", groups, public)
-
-    def unpublish(self, *, groups: Iterable[str] = (), public: bool = False) -> Benchmark:
-        return self._share("unpublish", groups, public)
-
-    def _share(self, action: str, groups: Iterable[str], public: bool) -> Benchmark:
-        response = self._http.post(f"/benchmarks/{self.id}/{action}", json={"groups": list(groups), "public": public})
-        raise_for_problem(response)
-        self.record = BenchmarkRead.model_validate(response.json())
-        return self
 
     def delete(self) -> None:
         raise_for_problem(self._http.delete(f"/benchmarks/{self.id}"))

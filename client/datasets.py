@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from tuplehub.client.errors import raise_for_problem
 from tuplehub.client.exports import Export
 from tuplehub.client.jobs import Job
+from tuplehub.client.sharing import Shareable
 from tuplehub.client.uploads import (
     DEFAULT_PARALLEL,
     DEFAULT_PART_SIZE,
@@ -57,12 +58,16 @@ def _is_frame(source: object) -> bool:
     return type(source).__module__.startswith("pandas") and hasattr(source, "columns")
 
 
-class Dataset:
+class Dataset(Shareable):
     """A handle on one dataset; ``record`` is what the server last said about it."""
 
     def __init__(self, http: httpx.Client, record: DatasetRead) -> None:
         self._http = http
         self.record = record
+
+    @property
+    def _path(self) -> str:
+        return f"/datasets/{self.name}"
 
     @property
     def name(self) -> str:
@@ -157,19 +162,6 @@ class Dataset:
         raise_for_problem(response)
         return Page[EpisodeRead].model_validate(response.json())
 
-    def publish(self, *, groups: Iterable[str] = (), public: bool = False) -> Dataset:
-        """Let members of ``groups`` (and everyone signed in, with ``public``) read this dataset."""
-        return self._share("publish", groups, public)
-
-    def unpublish(self, *, groups: Iterable[str] = (), public: bool = False) -> Dataset:
-        """Withdraw the dataset from ``groups`` (and from public view, with ``public``)."""
-        return self._share("unpublish", groups, public)
-
-    def _share(self, action: str, groups: Iterable[str], public: bool) -> Dataset:
-        response = self._http.post(f"/datasets/{self.name}/{action}", json={"groups": list(groups), "public": public})
-        raise_for_problem(response)
-        self.record = DatasetRead.model_validate(response.json())
-        return self
 
     def update(self, **card: Any) -> Dataset:
         """Edit the card: ``description``, ``tags``, ``benchmark``, ``authors``, ``license``,

@@ -20,13 +20,11 @@ from tuplehub.api.access.policy import (
     readable_dataset,
     require_create,
     require_owner,
-    require_publish,
-    require_unpublish,
 )
 from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, ObjectsDep, Reader, SettingsDep
 from tuplehub.api.problems import problems
-from tuplehub.api.routes.groups import visible_group_ids
+from tuplehub.api.routes.sharing import change_sharing
 from tuplehub.api.routes.uploads import upload_read
 from tuplehub.api.streaming import RANGE_RESPONSES, stream_object
 from tuplehub.storage.access import Publish
@@ -154,26 +152,15 @@ async def set_links(artifact_id: str, body: ArtifactLinks, caller: Caller, catal
 @router.post("/{artifact_id}/publish", responses=problems(NotFound, Forbidden))
 async def publish_artifact(artifact_id: str, body: Publish, caller: Caller, catalog: CatalogDep) -> ArtifactRead:
     record = await readable_artifact(catalog, caller, artifact_id)
-    group_ids = await visible_group_ids(catalog, caller, body.groups)
-    require_publish(caller, record, KIND, group_ids, body.public)
-    updated = await catalog.update_record("artifacts", ArtifactRecord, record.id, public=record.public or body.public,
-                                          groups=sorted(set(record.groups) | set(group_ids)))
-    await audit(catalog, caller, "artifact.publish", KIND, artifact_id, record.name, groups=body.groups,
-                public=body.public)
-    return await _read(catalog, caller, updated or record)
+    return await _read(catalog, caller, await change_sharing(catalog, caller, record, body, action="publish",
+                                                             target_id=artifact_id, label=record.name))
 
 
 @router.post("/{artifact_id}/unpublish", responses=problems(NotFound, Forbidden))
 async def unpublish_artifact(artifact_id: str, body: Publish, caller: Caller, catalog: CatalogDep) -> ArtifactRead:
     record = await readable_artifact(catalog, caller, artifact_id)
-    group_ids = await visible_group_ids(catalog, caller, body.groups)
-    require_unpublish(caller, record, KIND, group_ids if not body.public else [])
-    updated = await catalog.update_record("artifacts", ArtifactRecord, record.id,
-                                          public=record.public and not body.public,
-                                          groups=sorted(set(record.groups) - set(group_ids)))
-    await audit(catalog, caller, "artifact.unpublish", KIND, artifact_id, record.name, groups=body.groups,
-                public=body.public)
-    return await _read(catalog, caller, updated or record)
+    return await _read(catalog, caller, await change_sharing(catalog, caller, record, body, action="unpublish",
+                                                             target_id=artifact_id, label=record.name))
 
 
 @router.delete("/{artifact_id}", status_code=204, responses=problems(NotFound, Forbidden))

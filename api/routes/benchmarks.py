@@ -19,12 +19,10 @@ from tuplehub.api.access.policy import (
     readable_benchmark,
     require_create,
     require_owner,
-    require_publish,
-    require_unpublish,
 )
 from tuplehub.api.deps import Caller, CatalogDep, Reader
 from tuplehub.api.problems import problems
-from tuplehub.api.routes.groups import visible_group_ids
+from tuplehub.api.routes.sharing import change_sharing
 from tuplehub.storage.access import Publish
 from tuplehub.storage.benchmarks import BenchmarkCreate, BenchmarkRead, BenchmarkRecord, space_from_json
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound
@@ -140,28 +138,16 @@ async def set_references(benchmark_id: str, body: References, caller: Caller, ca
 @router.post("/{benchmark_id}/publish", responses=problems(NotFound, Forbidden))
 async def publish_benchmark(benchmark_id: str, body: Publish, caller: Caller, catalog: CatalogDep) -> BenchmarkRead:
     record = await readable_benchmark(catalog, caller, benchmark_id)
-    group_ids = await visible_group_ids(catalog, caller, body.groups)
-    require_publish(caller, record, KIND, group_ids, body.public)
-    updated = await catalog.update_record("benchmarks", BenchmarkRecord, record.id,
-                                          public=record.public or body.public,
-                                          groups=sorted(set(record.groups) | set(group_ids)))
-    await audit(catalog, caller, "benchmark.publish", KIND, benchmark_id, record.name or record.family,
-                groups=body.groups, public=body.public)
-    return BenchmarkRead.from_record(updated or record)
+    return BenchmarkRead.from_record(await change_sharing(catalog, caller, record, body, action="publish",
+                                                          target_id=benchmark_id, label=record.name or record.family))
 
 
 @router.post("/{benchmark_id}/unpublish", responses=problems(NotFound, Forbidden))
 async def unpublish_benchmark(benchmark_id: str, body: Publish, caller: Caller,
                               catalog: CatalogDep) -> BenchmarkRead:
     record = await readable_benchmark(catalog, caller, benchmark_id)
-    group_ids = await visible_group_ids(catalog, caller, body.groups)
-    require_unpublish(caller, record, KIND, group_ids if not body.public else [])
-    updated = await catalog.update_record("benchmarks", BenchmarkRecord, record.id,
-                                          public=record.public and not body.public,
-                                          groups=sorted(set(record.groups) - set(group_ids)))
-    await audit(catalog, caller, "benchmark.unpublish", KIND, benchmark_id, record.name or record.family,
-                groups=body.groups, public=body.public)
-    return BenchmarkRead.from_record(updated or record)
+    return BenchmarkRead.from_record(await change_sharing(catalog, caller, record, body, action="unpublish",
+                                                          target_id=benchmark_id, label=record.name or record.family))
 
 
 @router.delete("/{benchmark_id}", status_code=204, responses=problems(NotFound, Forbidden))

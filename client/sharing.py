@@ -1,0 +1,37 @@
+"""Publishing from the client: one implementation for datasets, benchmarks and artifacts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Self
+
+import httpx
+from pydantic import BaseModel
+
+from tuplehub.client.errors import raise_for_problem
+
+
+class Shareable:
+    """A handle whose ``record`` the server sends back after ``POST {path}/publish|unpublish``."""
+
+    _http: httpx.Client
+    record: Any
+
+    @property
+    def _path(self) -> str:
+        raise NotImplementedError
+
+    def publish(self, *, groups: Iterable[str] = (), public: bool = False) -> Self:
+        """Let members of ``groups`` (and everyone signed in, with ``public``) read it."""
+        return self._share("publish", groups, public)
+
+    def unpublish(self, *, groups: Iterable[str] = (), public: bool = False) -> Self:
+        """Withdraw it from ``groups`` (and from public view, with ``public``)."""
+        return self._share("unpublish", groups, public)
+
+    def _share(self, action: str, groups: Iterable[str], public: bool) -> Self:
+        response = self._http.post(f"{self._path}/{action}", json={"groups": list(groups), "public": public})
+        raise_for_problem(response)
+        model: type[BaseModel] = type(self.record)
+        self.record = model.model_validate(response.json())
+        return self
