@@ -483,6 +483,16 @@ def test_two_groups_see_nothing_of_each_other_even_through_presigned_urls(
                 assert http.post(f"/datasets/{shared.name}/exports", json={}).status_code == 404
                 assert http.get("/datasets").json()["total"] == 0
                 assert http.get("/jobs").json()["total"] == 0
+            # Artifacts too: bytes go to S3 in presigned parts; the download URL is handed out only
+            # after the read check, and expires within minutes.
+            artifact = a.artifacts.upload(b"weights" * 1000, name="policy.bin")
+            assert artifact.read() == b"weights" * 1000
+            signed = a._http.get(f"/artifacts/{artifact.id}/url").json()
+            assert signed["url"].startswith(s3_endpoint)
+            assert int(parse_qs(urlparse(signed["url"]).query)["X-Amz-Expires"][0]) <= 300
+            with api(server, login(server, bob)["access_token"]) as http:
+                for suffix in ("", "/url", "/file"):
+                    assert http.get(f"/artifacts/{artifact.id}{suffix}").status_code == 404, suffix
             # carol (team-a) reads the shared dataset and exports it; once it is withdrawn, her
             # finished export is withdrawn too: read access is checked again when the result is fetched.
             mine = c.datasets.get(shared.name).export(format="parquet")
