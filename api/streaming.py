@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -25,11 +26,17 @@ async def stream_object(objects: ObjectStore, key: str, request: Request, *, fil
     byte_range = _byte_range(request.headers.get("range"), size)
     start, end = byte_range or (0, size)
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start),
-               "Content-Disposition": f'attachment; filename="{filename}"'}
+               "Content-Disposition": _disposition(filename)}
     if byte_range is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     return StreamingResponse(_chunks(objects, key, start, end), status_code=206 if byte_range else 200,
                              headers=headers, media_type=media_type)
+
+
+def _disposition(filename: str) -> str:
+    """An attachment header any name survives: an ASCII fallback plus the UTF-8 name (RFC 6266)."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
+    return f'attachment; filename="{fallback}"; filename*=UTF-8\'\'{quote(filename, safe="")}'''
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:

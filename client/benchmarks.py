@@ -77,8 +77,10 @@ def describe_env(env: Any, *, seed_policy: SeedPolicy | None = None) -> Benchmar
         wrappers.append(WrapperSpec(entry_point=_importable(wrapper.entry_point, f"wrapper {wrapper.name}"),
                                     kwargs=_json_kwargs(wrapper.kwargs, f"wrapper {wrapper.name}")))
     registered = spec.id if _is_registered(spec.id) else None
+    # render_mode says how to show the environment, not what it is: the same env renders either way.
+    kwargs = {key: value for key, value in spec.kwargs.items() if key != "render_mode"}
     return BenchmarkSpec(
-        env_id=registered, entry_point=entry_point, kwargs=_json_kwargs(spec.kwargs, "the environment's"),
+        env_id=registered, entry_point=entry_point, kwargs=_json_kwargs(kwargs, "the environment's"),
         wrappers=wrappers, max_episode_steps=spec.max_episode_steps, seed_policy=seed_policy or SeedPolicy(),
         observation_space=space_to_json(env.observation_space), action_space=space_to_json(env.action_space),
         requirements=_requirements([entry_point, *(w.entry_point for w in wrappers)]))

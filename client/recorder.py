@@ -102,14 +102,13 @@ class _Stream:
 
     @staticmethod
     def _first_id(dataset: Dataset) -> int:
-        """Continue after the dataset's last episode id, so appended episodes never collide."""
-        last = dataset.episodes(limit=1)
-        if last.total == 0:
+        """Continue after the dataset's highest episode id, so appended episodes never collide."""
+        if dataset.refresh().latest_version is None:
             return 0
-        final = dataset.episodes(offset=last.total - 1, limit=1).items[0].episode_id
-        if not isinstance(final, int):
+        ids = dataset.export(columns=["episode_id"]).to_numpy()["episode_id"]
+        if ids.dtype.kind not in "iu":
             raise InvalidRequest(f"dataset {dataset.name} numbers its episodes with strings; pass first_episode_id")
-        return final + 1
+        return int(ids.max()) + 1 if len(ids) else 0
 
     def start(self, seed: int | None) -> _Episode:
         episode_id, self.next_id = self.next_id, self.next_id + 1
@@ -132,10 +131,11 @@ class _Stream:
         if extra:
             warnings.warn(f"info keys {sorted(extra)} first appeared after the first batch and are not recorded",
                           stacklevel=3)
-        episodes, self.ready = [e.to_upload(self.info_keys) for e in self.ready], []
         if self.jobs:  # appends commit in the order their ingests finish: one at a time keeps episode order
-            self.jobs[-1].wait(progress=False)
+            self.jobs[-1].wait(progress=False)  # (raises if it failed; the episodes here stay ready)
+        episodes = [e.to_upload(self.info_keys) for e in self.ready]
         self.jobs.append(self.dataset.upload(iter(episodes), mode="append"))
+        self.ready = []
 
     def close(self, *, wait: bool) -> list[Job]:
         self.send()
@@ -241,10 +241,11 @@ class VectorRecorder(gymnasium.vector.VectorWrapper):
                 self._episodes[i] = self._begin(None, observations[i])
                 continue
             done = bool(terminated[i] or truncated[i])
-            final = observations[i]
-            if self._same_step and done:
+            final, step_info = observations[i], _sub_info(info, i)
+            if self._same_step and done:  # the returned observation and info already belong to the next episode
                 final = info["final_obs"][i]
-            episode.add(actions[i], final, rewards[i], terminated[i], truncated[i], _sub_info(info, i))
+                step_info = _sub_info(info.get("final_info", {}), i)
+            episode.add(actions[i], final, rewards[i], terminated[i], truncated[i], step_info)
             if done:
                 self._stream.finish(episode)
                 self._episodes[i] = self._begin(None, observations[i]) if self._same_step else None

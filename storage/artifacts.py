@@ -8,11 +8,17 @@ to benchmarks and datasets, visibility), like benchmarks.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
 from tuplehub.storage.access import StoredRecord
+from tuplehub.storage.models import storable
+
+
+def _storable_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    storable(metadata, "metadata")
+    return metadata
 
 
 class ArtifactUploadCreate(BaseModel):
@@ -23,7 +29,7 @@ class ArtifactUploadCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     media_type: str = Field("application/octet-stream", max_length=200,
                                   pattern=r"^[\w.+-]+/[\w.+-]+$")
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Annotated[dict[str, Any], AfterValidator(_storable_metadata)] = Field(default_factory=dict)
     benchmarks: list[str] = Field(default_factory=list, max_length=100, description="Benchmark ids to link.")
     datasets: list[str] = Field(default_factory=list, max_length=100, description="Dataset names to link.")
     part_size: int = Field(64 * 2**20, ge=2**16, le=2**32)

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field, model_validator
 
 from tuplehub.storage.access import StoredRecord
 from tuplehub.storage.errors import InvalidRequest
@@ -26,8 +26,10 @@ ENTRY_POINT = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"  # "package.module:Attribute"
 # --- spaces ---------------------------------------------------------------------------------------
 
 
-def _number(value: float) -> float | str:
-    """JSON has no infinities: they travel as the strings "inf" and "-inf"."""
+def _number(value: Any) -> float | int | str:
+    """JSON has no infinities: they travel as the strings "inf" and "-inf"; integers stay exact."""
+    if isinstance(value, np.integer):
+        return int(value)
     value = float(value)
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
@@ -65,10 +67,10 @@ def space_to_json(space: Any) -> dict[str, Any]:
 def _array(value: Any, shape: list[int], dtype: np.dtype) -> np.ndarray:
     """Bounds in the box's own dtype (the stored numbers came from it, so nothing is lost)."""
     flat = value if isinstance(value, list) else [value]
-    numbers = np.array([float(v) for v in flat], dtype=np.float64)
-    if np.issubdtype(dtype, np.integer):
-        numbers = np.clip(numbers, np.iinfo(dtype).min, np.iinfo(dtype).max)
-    numbers = numbers.astype(dtype)
+    if np.issubdtype(dtype, np.integer):  # exact: int64 bounds do not survive a trip through float
+        numbers = np.array([int(v) for v in flat], dtype=dtype)
+    else:
+        numbers = np.array([float(v) for v in flat], dtype=np.float64).astype(dtype)
     return np.broadcast_to(numbers, shape).copy() if numbers.size == 1 else numbers.reshape(shape)
 
 
@@ -130,6 +132,14 @@ class BenchmarkSpec(BaseModel):
     observation_space: dict[str, Any]
     action_space: dict[str, Any]
     requirements: dict[str, str] = Field(default_factory=dict, description="Distribution name -> version.")
+
+    @model_validator(mode="after")
+    def _plain_json(self) -> BenchmarkSpec:
+        try:
+            self.canonical_json()
+        except ValueError as exc:  # NaN or infinity in kwargs: no canonical JSON, so no content id
+            raise ValueError(f"the spec must be plain JSON (no NaN or infinity): {exc}") from exc
+        return self
 
     @property
     def family(self) -> str:

@@ -1,8 +1,9 @@
 """Content hashes of ingested data: equal rows and metadata give equal hashes, however they were cut.
 
-Each column gets its own running BLAKE2b fed with the column's values in a canonical byte form
-(numbers as little-endian machine values with one NaN bit pattern, tensors flattened, strings
-length-prefixed, nulls zeroed and flagged), so where batches or blocks begin does not matter. The
+Each column gets two running BLAKE2b hashes: one of its values in a canonical byte form (numbers
+as little-endian machine values with one NaN bit pattern, tensors flattened, strings
+length-prefixed, nulls as zeros), one of a byte per row saying whether it is null. Both are fed
+row-aligned bytes only, so where batches or blocks begin does not matter. The
 digest covers column names and types, every column's hash and the episode metadata.
 """
 
@@ -19,24 +20,27 @@ import pyarrow as pa
 _DIGEST = 32
 
 
-def _canonical(array: pa.Array) -> bytes:
+def _canonical(array: pa.Array) -> tuple[bytes, bytes]:
+    """The values' bytes (nulls as zeros) and one byte per row saying whether it is null."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
+    nulls = array.is_null().to_numpy(zero_copy_only=False).astype(np.uint8).tobytes()
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-        return b"".join(len(v).to_bytes(4, "little") + v for v in (s.encode() for s in array.to_pylist()))
-    nulls = array.is_null().to_numpy(zero_copy_only=False) if array.null_count else None
+        texts = [(s or "").encode() for s in array.to_pylist()]
+        return b"".join(len(v).to_bytes(4, "little") + v for v in texts), nulls
     if pa.types.is_fixed_size_list(array.type):
+        # Null rows' slots hold whatever the writer left there: zero them, whole rows at a time.
         width = array.type.list_size
-        values = array.flatten().to_numpy(zero_copy_only=False) if not array.null_count else \
-            array.fill_null(pa.scalar([0] * width, array.type)).flatten().to_numpy(zero_copy_only=False)
+        values = array.values.slice(array.offset * width, len(array) * width).to_numpy(zero_copy_only=False)
+        values = values.reshape(len(array), width).copy()
+        values[np.frombuffer(nulls, dtype=np.uint8).astype(bool)] = 0
     else:
+        if array.null_count:
+            array = array.fill_null(False if pa.types.is_boolean(array.type) else 0)
         values = array.to_numpy(zero_copy_only=False)
-        if nulls is not None and values.dtype.kind != "f":
-            values = np.where(nulls, 0, values)
     if values.dtype.kind == "f":
         values = np.where(np.isnan(values), np.nan, values)  # one NaN pattern
-    data = np.ascontiguousarray(values.astype(values.dtype.newbyteorder("<"), copy=False)).tobytes()
-    return data + (np.packbits(nulls).tobytes() if nulls is not None else b"")
+    return np.ascontiguousarray(values.astype(values.dtype.newbyteorder("<"), copy=False)).tobytes(), nulls
 
 
 class ContentHasher:
@@ -46,14 +50,18 @@ class ContentHasher:
 
     def update(self, columns: Mapping[str, pa.Array]) -> None:
         for name, array in columns.items():
-            hasher = self._columns.setdefault(name, hashlib.blake2b(digest_size=_DIGEST))
+            values, nulls = self._columns.setdefault(name, (hashlib.blake2b(digest_size=_DIGEST),
+                                                            hashlib.blake2b(digest_size=_DIGEST)))
             self._types.setdefault(name, str(array.type))
-            hasher.update(_canonical(array))
+            data, flags = _canonical(array)
+            values.update(data)
+            nulls.update(flags)
 
     def hexdigest(self, episode_metadata: Mapping[str, Any]) -> str:
         final = hashlib.blake2b(digest_size=_DIGEST)
         for name in sorted(self._columns):
             final.update(f"{name}:{self._types[name]}:".encode())
-            final.update(self._columns[name].digest())
+            values, nulls = self._columns[name]
+            final.update(values.digest() + nulls.digest())
         final.update(json.dumps(episode_metadata, sort_keys=True, separators=(",", ":")).encode())
         return final.hexdigest()[:32]

@@ -199,6 +199,12 @@ def _tensor(column: pa.Array, spec: TensorSpec, name: str, first_row: int) -> pa
     value_type = pa.from_numpy_dtype(np.dtype(spec.dtype))
     if spec.is_scalar:
         return column.cast(value_type)
+    if column.null_count:  # whole rows left out (a last row's next_observation): zeros, flagged null
+        missing = column.is_null().to_numpy(zero_copy_only=False)
+        given = _tensor(column.filter(pa.array(~missing)), spec, name, first_row)
+        full = np.zeros((len(column), spec.size), dtype=np.dtype(spec.dtype))
+        full[~missing] = given.values.to_numpy(zero_copy_only=False).reshape(-1, spec.size)
+        return pa.FixedSizeListArray.from_arrays(pa.array(full.ravel()), spec.size, mask=pa.array(missing))
     values = column
     n = len(column)
     for depth, size in enumerate(_nesting(column.type, spec)):

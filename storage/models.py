@@ -391,7 +391,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 _METADATA_DEPTH = 32
 
 
-def _storable(value: Any, path: str, depth: int = 0) -> Any:
+def storable(value: Any, path: str, depth: int = 0) -> Any:
     """Metadata every catalog can store: BSON has no integers past int64, JSON no NaN."""
     if depth > _METADATA_DEPTH:
         raise ValueError(f"{path} nests deeper than {_METADATA_DEPTH} levels")
@@ -410,15 +410,15 @@ def _storable(value: Any, path: str, depth: int = 0) -> Any:
             # Operator-looking or dotted keys would be read as query syntax by a document database.
             if not isinstance(key, str) or key.startswith("$") or "." in key or "\x00" in key:
                 raise ValueError(f"{path} has the key {key!r}; keys may not start with '$' or hold '.'")
-        return {key: _storable(item, f"{path}.{key}", depth + 1) for key, item in value.items()}
+        return {key: storable(item, f"{path}.{key}", depth + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [_storable(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+        return [storable(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
     raise ValueError(f"{path} holds a {type(value).__name__}, which JSON cannot carry")
 
 
 def _check_metadata(metadata: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for episode, values in metadata.items():
-        _storable(values, f"episode_metadata[{episode!r}]")
+        storable(values, f"episode_metadata[{episode!r}]")
     return metadata
 
 

@@ -62,6 +62,12 @@ class ObjectStore:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(key), recursive=True)
 
+    def move(self, source: str, target: str) -> None:
+        """Put ``source`` at ``target`` whole (a rename locally; copy then delete on S3)."""
+        path = self.path(target)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.mv(self.path(source), path)
+
     def presign_get(self, key: str, expires_s: int) -> str | None:
         """A URL that reads ``key`` without credentials, or None where the store has none."""
         return None

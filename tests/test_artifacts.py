@@ -94,3 +94,15 @@ def test_ranges_of_an_artifact_can_be_fetched(hub_server: EmbeddedServer, hub: C
     response = httpx.get(f"{hub_server.url}/api/v1/artifacts/{artifact.id}/file", headers=headers)
     assert response.status_code == 206
     assert response.content == payload[100:200]
+
+
+def test_any_name_can_be_downloaded_and_re_uploads_update_the_record(hub_server: EmbeddedServer,
+                                                                     hub: Client) -> None:
+    payload = os.urandom(64)
+    artifact = hub.artifacts.upload(payload, name="策略 \"v1\".d3")
+    response = httpx.get(f"{hub_server.url}/api/v1/artifacts/{artifact.id}/file",
+                         headers={"Authorization": f"Bearer {admin_token(hub_server)}"})
+    assert response.status_code == 200
+    assert "filename*=UTF-8''" in response.headers["content-disposition"]
+    renamed = hub.artifacts.upload(payload, name="policy-v1.d3", metadata={"step": 2})
+    assert (renamed.id, renamed.record.name, renamed.record.metadata) == (artifact.id, "policy-v1.d3", {"step": 2})

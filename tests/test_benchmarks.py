@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -179,3 +180,25 @@ def test_benchmark_commands(hub_server: EmbeddedServer, hub: Client) -> None:
     shown = runner.invoke(app, ["benchmarks", "show", benchmark.id, "--url", hub_server.url])
     assert shown.exit_code == 0, shown.output
     assert '"g": 5.5' in shown.output
+
+
+@pytest.mark.parametrize("space", [{"type": "Discrete", "n": 0}, {"type": "Dict", "spaces": {"a": 5}},
+                                   {"type": "MultiBinary", "n": -1}, {"type": "Nope"}])
+def test_a_bad_space_description_is_a_422(hub: Client, pendulum: gymnasium.Env, space: dict) -> None:
+    spec = describe_env(pendulum).model_dump(mode="json")
+    response = hub.benchmarks._http.post("/benchmarks", json={"spec": {**spec, "action_space": space}})
+    assert response.status_code == 422, response.text
+
+
+def test_kwargs_must_be_plain_json_and_render_mode_is_not_part_of_the_spec(hub: Client) -> None:
+    spec = describe_env(gymnasium.make("Pendulum-v1")).model_dump(mode="json")
+    body = json.dumps({"spec": {**spec, "kwargs": {"g": float("nan")}}})  # Python writes NaN; JSON has none
+    response = hub.benchmarks._http.post("/benchmarks", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    with gymnasium.make("Pendulum-v1", render_mode="rgb_array") as shown:
+        assert describe_env(shown).content_id() == describe_env(gymnasium.make("Pendulum-v1")).content_id()
+
+
+def test_integer_bounds_survive_the_round_trip() -> None:
+    box = spaces.Box(np.iinfo(np.int64).min, np.iinfo(np.int64).max, shape=(2,), dtype=np.int64)
+    assert space_from_json(space_to_json(box)) == box

@@ -180,3 +180,10 @@ def test_torch_sees_transitions_in_memory_and_streamed(hub: Client) -> None:
     rows = torch.cat([batch["reward"] for batch in streamed])
     assert torch.equal(rows, torch.from_numpy(arrays["reward"]))
     assert streamed[0]["next_observation"].shape[1:] == (4,)
+
+
+def test_converters_never_join_steps_across_a_gap() -> None:
+    arrays = episode_arrays(episodes=1, length=9, ragged=False, seed=1)
+    kept = {k: v[np.isin(arrays["step"], [0, 1, 2, 6, 7])] for k, v in arrays.items()}  # a filtered export
+    d4rl = to_d4rl(kept)
+    assert d4rl["timeouts"].tolist() == [False, False, True, False, True]  # each run ends; none joins the next

@@ -172,3 +172,15 @@ def test_what_a_derived_dataset_cannot_be_is_refused(hub: Client, source: Datase
     wide.upload(episode_arrays(episodes=2, length=4, obs_dim=7, seed=1)).wait()
     with pytest.raises(InvalidRequest, match="other columns or types"):
         hub.datasets.derive(fresh(), [{"dataset": source.name}, {"dataset": wide.name}], renumber=True)
+
+
+def test_sources_without_next_observations_and_appended_pieces(hub: Client) -> None:
+    plain = hub.datasets.create(fresh())
+    plain.upload(episode_arrays(episodes=4, length=6, seed=2, next_observation=False)).wait()
+    target = fresh()
+    hub.datasets.derive(target, [{"dataset": plain.name}]).wait()
+    assert latest(hub, target).episodes == 4
+    # Renumbered pieces appended after existing episodes continue after the highest id.
+    hub.datasets.derive(target, [{"dataset": plain.name, "where": F.step < 2}], mode="append", renumber=True).wait()
+    ids = [e.episode_id for e in hub.datasets.get(target).episodes(limit=100).items]
+    assert ids == [0, 1, 2, 3, 4, 5, 6, 7]

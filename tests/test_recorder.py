@@ -141,3 +141,16 @@ def test_vector_environments_record_each_sub_environment(dataset: Dataset, mode:
     fell = (np.abs(final[:, 0]) > 2.4) | (np.abs(final[:, 2]) > 0.2095)
     assert fell.all()  # the true final state, not the next episode's reset observation
     assert len(np.unique(ids)) >= 6
+
+
+def test_recording_again_continues_after_the_highest_id(dataset: Dataset) -> None:
+    envs = gymnasium.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync")
+    with VectorRecorder(envs, dataset) as recording:  # episodes finish, and are stored, out of id order
+        recording.reset(seed=0)
+        recording.action_space.seed(1)
+        for _ in range(80):
+            recording.step(recording.action_space.sample())
+    highest = max(e.episode_id for e in dataset.episodes(limit=1000).items)
+    with Recorder(gymnasium.make("CartPole-v1"), dataset) as recording:
+        play(recording, 1)
+    assert dataset.episodes(limit=1000).items[-1].episode_id == highest + 1

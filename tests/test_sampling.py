@@ -119,3 +119,10 @@ def test_bad_sampling_requests_are_422(one_piece: Dataset) -> None:
         one_piece.export(sample={"n": 0})
     with pytest.raises(InvalidRequest, match="nope"):
         one_piece.export(rebalance=Rebalance(keep=F.nope > 0, rest_fraction=0.5))
+
+
+def test_an_episode_sample_ignores_how_the_filter_reached_the_catalog(three_pieces: Dataset) -> None:
+    """An indexed filter may leave a segment with no episodes at all; the sample must not change."""
+    indexed = rows_of(three_pieces, episodes=F.length > 11, sample=Sampling(n=3, seed=4))
+    unindexed = rows_of(three_pieces, episodes=~(F.length <= 11), sample=Sampling(n=3, seed=4))
+    assert indexed == unindexed

@@ -53,9 +53,16 @@ async def _linked_dataset_ids(catalog: Catalog, caller: Principal, links: Artifa
 
 
 async def _read(catalog: Catalog, caller: Principal, record: ArtifactRecord) -> ArtifactRead:
+    """The record as the caller sees it: links to what they may not read are left out."""
+    benchmarks = []
+    for benchmark in record.benchmarks:
+        try:
+            benchmarks.append((await readable_benchmark(catalog, caller, benchmark)).benchmark_id)
+        except NotFound:
+            continue
     return ArtifactRead(id=record.artifact_id, datasets=sorted(await _dataset_names(catalog, caller, record)),
-                        **record.model_dump(include={"name", "media_type", "size", "metadata", "benchmarks",
-                                                     "owner", "visibility", "created_at"}))
+                        benchmarks=benchmarks, **record.model_dump(include={
+                            "name", "media_type", "size", "metadata", "owner", "visibility", "created_at"}))
 
 
 async def _dataset_names(catalog: Catalog, caller: Principal, record: ArtifactRecord) -> list[str]:

@@ -61,8 +61,10 @@ async def create_benchmark(body: BenchmarkCreate, caller: Caller, catalog: Catal
     for which in ("observation_space", "action_space"):
         try:
             space_from_json(getattr(body.spec, which))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidRequest(f"spec.{which} does not describe a gymnasium space: {exc}", field=which) from exc
+        except InvalidRequest:
+            raise
+        except Exception as exc:  # gymnasium asserts on bad sizes; any failure means a bad description
+            raise InvalidRequest(f"spec.{which} does not describe a gymnasium space: {exc!r}", field=which) from exc
     benchmark_id = body.spec.content_id()
     record = BenchmarkRecord(benchmark_id=benchmark_id, family=body.spec.family, owner=caller.user_id,
                              **body.model_dump(exclude={"spec"}), spec=body.spec)

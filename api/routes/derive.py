@@ -51,9 +51,12 @@ async def derive_dataset(name: str, body: DeriveCreate, caller: Caller, catalog:
         latest = (await catalog.list_versions(target.id))[-1:]
         source_version = await versions.get_version(catalog, await catalog.get_dataset(sources[0]["dataset"]),
                                                     sources[0]["version"])
+        schema = source_version.tuple_schema
+        if body.renumber:  # the job writes integer ids
+            schema = schema.model_copy(update={"episode_id": "int"})
         if latest:
             try:
-                versions.check_appendable(latest[0], source_version.tuple_schema)
+                versions.check_appendable(latest[0], schema)
             except InvalidUpload as exc:
                 raise InvalidRequest(exc.detail, field="mode") from exc
     job = JobRecord(kind=JobKind.derive, owner=caller.user_id, params={

@@ -9,11 +9,19 @@ import numpy as np
 
 
 def episode_slices(arrays: Mapping[str, np.ndarray]) -> Iterator[slice]:
-    """The row range of each episode, in order; rows of one episode are contiguous in an export."""
+    """The row range of each run of consecutive steps of one episode, in order.
+
+    A whole-episode export gives one run per episode; a filtered or sampled one can leave gaps,
+    and steps on either side of a gap are no transition of each other, so they become two runs.
+    """
     ids = np.asarray(arrays["episode_id"])
     if ids.size == 0:
         return
-    starts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+    breaks = ids[1:] != ids[:-1]
+    if "step" in arrays:
+        steps = np.asarray(arrays["step"])
+        breaks |= steps[1:] != steps[:-1] + 1
+    starts = np.flatnonzero(breaks) + 1
     bounds = [0, *starts.tolist(), ids.size]
     for start, stop in itertools.pairwise(bounds):
         yield slice(start, stop)

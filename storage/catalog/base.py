@@ -60,12 +60,14 @@ def sort_stamp(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def check_fields(model: type[BaseModel], fields: Mapping[str, Any]) -> None:
-    """Query keys come from our code, never from a request, and values are plain: a mapping would
+def check_fields(model: type[BaseModel], fields: Mapping[str, Any], *, query: bool = True) -> None:
+    """Keys come from our code, never from a request, and query values are plain: a mapping would
     read as operators to a document database. This guard keeps it that way."""
     unknown = set(fields) - set(model.model_fields)
     if unknown:
         raise ValueError(f"{model.__name__} has no field(s) {sorted(unknown)}")
+    if not query:
+        return
     nested = sorted(key for key, value in fields.items() if isinstance(value, Mapping))
     if nested:
         raise ValueError(f"query values must be plain, not mappings: {nested}")

@@ -139,7 +139,7 @@ class MongoCatalog:
         return summaries, total
 
     async def update_dataset(self, dataset_id: str, **fields: Any) -> DatasetRecord:
-        check_fields(DatasetRecord, fields)
+        check_fields(DatasetRecord, fields, query=False)
         values = DatasetRecord.model_construct(**fields).model_dump(include=set(fields))
         doc = await self.db.datasets.find_one_and_update({"_id": dataset_id}, {"$set": values},
                                                          return_document=_AFTER)
@@ -370,7 +370,7 @@ class MongoCatalog:
 
     async def update_record(self, kind: RecordKind, model: type[M], record_id: str, *,
                             expected: Mapping[str, Any] | None = None, **changes: Any) -> M | None:
-        check_fields(model, changes)
+        check_fields(model, changes, query=False)
         query = {**self._query(kind, model, expected or {}), "_id": f"{kind}/{record_id}"}
         fields = model.model_construct(**changes).model_dump(include=set(changes))
         doc = await self.db.records.find_one_and_update(query, {"$set": fields}, return_document=_AFTER)

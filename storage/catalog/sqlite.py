@@ -195,7 +195,7 @@ class SQLiteCatalog:
         return await self._run(work)
 
     async def update_dataset(self, dataset_id: str, **fields: Any) -> DatasetRecord:
-        check_fields(DatasetRecord, fields)
+        check_fields(DatasetRecord, fields, query=False)
 
         def work(conn: sqlite3.Connection) -> DatasetRecord:
             row = conn.execute("SELECT doc FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
@@ -474,7 +474,7 @@ class SQLiteCatalog:
 
     async def update_record(self, kind: RecordKind, model: type[M], record_id: str, *,
                             expected: Mapping[str, Any] | None = None, **changes: Any) -> M | None:
-        check_fields(model, changes)
+        check_fields(model, changes, query=False)
         clause, args = self._where(kind, model, expected or {})
 
         def work(conn: sqlite3.Connection) -> M | None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tuplehub.storage.errors import InvalidRequest
 from tuplehub.storage.models import (
     DeriveSource,
     ExportCreate,
@@ -59,7 +60,8 @@ async def _derive(run: JobRun) -> dict[str, Any]:
     metadata: dict[str, dict[str, Any]] = {}
     lineage: list[LineageSource] = []
     writer: ResultWriter | None = None
-    next_id = 0
+    appending = params["mode"] == UploadMode.append.value and params["renumber"]
+    next_id = await _next_free_id(run, params["dataset_id"]) if appending else 0
     try:
         for number, source in enumerate(params["sources"]):
             version = await _version(run, source["dataset_id"], source["version"])
@@ -110,6 +112,21 @@ async def _derive(run: JobRun) -> dict[str, Any]:
     result = await ingest_upload(run, upload_id, lineage=Lineage(sources=lineage, renumber=params["renumber"],
                                                                  job_id=run.job.id))
     return {**result, "derived_from": [f"{s.dataset}@{s.version}" for s in lineage]}
+
+
+async def _next_free_id(run: JobRun, dataset_id: str) -> int:
+    """Renumbered episodes appended to a dataset start after its highest episode id."""
+    versions = await run.catalog.list_versions(dataset_id)
+    if not versions:
+        return 0
+    highest = -1
+    for segment in versions[-1].segments:
+        for record in await run.catalog.list_episodes(segment.id):
+            if not isinstance(record.episode_id, int):
+                raise InvalidRequest("the target numbers its episodes with strings; renumbered episodes can only "
+                                     "replace its content", field="mode")
+            highest = max(highest, record.episode_id)
+    return highest + 1
 
 
 async def _version(run: JobRun, dataset_id: str, number: int) -> VersionRecord:

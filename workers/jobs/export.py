@@ -191,12 +191,14 @@ async def row_sample_threshold(run: JobRun, plan: ExportPlan, work: BlockPlan) -
     return np.partition(every, sample.n - 1)[sample.n - 1]
 
 
-def _sample_episodes(selected: list[SegmentEpisodes], sample: Sampling | None) -> list[SegmentEpisodes]:
+def _sample_episodes(selected: list[SegmentEpisodes], sample: Sampling | None,
+                     schema: TupleSchema) -> list[SegmentEpisodes]:
     """An episode sample over every segment at once: the same episodes whatever the layout."""
     if sample is None or sample.level != "episode":
         return selected
-    ids = [part.selected.column("episode_id").to_numpy(zero_copy_only=False) for part in selected]
-    every = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    kind = np.int64 if schema.episode_id == "int" else object  # an empty segment's column has no type
+    ids = [np.asarray(part.selected.column("episode_id").to_pylist(), dtype=kind) for part in selected]
+    every = np.concatenate(ids) if ids else np.zeros(0, dtype=kind)
     keys = sampling.episode_keys(every, sample.seed)
     wanted = sample.n if sample.n is not None else round((sample.fraction or 0) * len(every))
     chosen = sampling.smallest(keys, wanted)
@@ -213,7 +215,7 @@ def _sample_episodes(selected: list[SegmentEpisodes], sample: Sampling | None) -
 async def plan_blocks(run: JobRun, version: VersionRecord, plan: ExportPlan) -> BlockPlan:
     """Blocks to read per segment: those holding a selected episode whose zone maps may match."""
     selected = await select_episodes(run.catalog, version, plan.request.episodes, also=plan.where)
-    selected = _sample_episodes(selected, plan.request.sample)
+    selected = _sample_episodes(selected, plan.request.sample, plan.schema)
     work = []
     for part in selected:
         if len(part.selected) == 0:
