@@ -16,7 +16,7 @@ import numpy as np
 _MASK = np.uint64(2**64 - 1)
 
 
-def _mix(values: np.ndarray) -> np.ndarray:
+def mix64(values: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: a fast, well-spread bijection on 64-bit integers."""
     with np.errstate(over="ignore"):
         z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
@@ -27,10 +27,10 @@ def _mix(values: np.ndarray) -> np.ndarray:
 
 def episode_keys(episode_ids: np.ndarray, seed: int) -> np.ndarray:
     """A key per episode id (integers or strings), the same for the same (seed, id)."""
-    salt = _mix(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    salt = mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
     if episode_ids.dtype.kind in "iu":
         with np.errstate(over="ignore"):
-            return _mix(episode_ids.astype(np.int64).view(np.uint64) ^ salt)
+            return mix64(episode_ids.astype(np.int64).view(np.uint64) ^ salt)
     digests = [hashlib.blake2b(f"{seed}:{value}".encode(), digest_size=8).digest() for value in episode_ids]
     return np.frombuffer(b"".join(digests), dtype="<u8").copy() if digests else np.zeros(0, np.uint64)
 
@@ -38,7 +38,7 @@ def episode_keys(episode_ids: np.ndarray, seed: int) -> np.ndarray:
 def row_keys(episode_ids: np.ndarray, steps: np.ndarray, seed: int) -> np.ndarray:
     """A key per row, from its episode's key and its step."""
     with np.errstate(over="ignore"):
-        return _mix(episode_keys(episode_ids, seed) ^ _mix(steps.astype(np.int64).view(np.uint64)))
+        return mix64(episode_keys(episode_ids, seed) ^ mix64(steps.astype(np.int64).view(np.uint64)))
 
 
 def smallest(keys: np.ndarray, n: int) -> np.ndarray:

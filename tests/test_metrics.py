@@ -1,0 +1,96 @@
+"""Dataset-quality metrics on the reference note's worked examples, and properties that must hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tuplehub.storage.errors import InvalidRequest
+from tuplehub.workers.metrics.coverage import quantise, state_action_coverage
+from tuplehub.workers.metrics.episodes import episode_returns
+from tuplehub.workers.metrics.quality import estimated_return_improvement, trajectory_quality
+from tuplehub.workers.metrics.returns import return_statistics
+
+# Four episodes with rewards [1,1,1], [0,0], [2,2,2,2] and [1] (metrics.md, sections 2 and 3).
+IDS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+REWARDS = np.array([1, 1, 1, 0, 0, 2, 2, 2, 2, 1], dtype=np.float32)
+ENDS = np.array([0, 0, 1, 0, 1, 0, 0, 0, 1, 1], dtype=bool)
+
+
+def test_returns_with_and_without_discount() -> None:
+    np.testing.assert_array_equal(episode_returns(IDS, REWARDS), [3, 0, 8, 1])
+    np.testing.assert_allclose(episode_returns(IDS, REWARDS, gamma=0.5), [1.75, 0, 3.75, 1])
+    assert episode_returns(IDS, REWARDS, gamma=0.5).mean() == pytest.approx(1.625)
+
+
+def test_return_statistics() -> None:
+    truncated = np.zeros_like(ENDS)
+    truncated[9], terminated = True, ENDS.copy()
+    terminated[9] = False
+    stats = return_statistics(IDS, REWARDS, terminated, truncated, seed=1)
+    assert stats.value == pytest.approx(3.0)
+    assert stats.ci_low is not None
+    assert stats.ci_low <= 3.0 <= stats.ci_high
+    assert stats.details["ended_truncated"] == 0.25
+    assert stats.details["reward_sparsity"] == pytest.approx((0 + 1 + 0 + 0) / 4)
+    assert stats.details["length_max"] == 4
+    assert return_statistics(IDS, REWARDS, terminated, truncated, seed=1) == stats  # same seed, same record
+    single = return_statistics(IDS[:3], REWARDS[:3], ENDS[:3], ENDS[:3] & False)
+    assert single.details["return_std"] is None
+    assert single.ci_low is None
+
+
+def test_trajectory_quality() -> None:
+    returns = episode_returns(IDS, REWARDS)
+    assert trajectory_quality(returns, random_return=1, expert_return=9).value == pytest.approx(0.25)
+    random_data, expert_data = np.full(20, -1200.0), np.full(20, -150.0)
+    assert trajectory_quality(random_data, random_return=-1200, expert_return=-150).value == 0
+    assert trajectory_quality(expert_data, random_return=-1200, expert_return=-150).value == 1
+    with pytest.raises(InvalidRequest, match="reference returns"):
+        trajectory_quality(returns, random_return=None, expert_return=9)
+    with pytest.raises(InvalidRequest, match="must exceed"):
+        trajectory_quality(returns, random_return=9, expert_return=1)
+
+
+def test_return_improvement() -> None:
+    returns = np.array([3.0, 0.0, 8.0, 1.0])
+    automatic = estimated_return_improvement(returns)
+    assert automatic.value == pytest.approx(5 / 3)
+    assert automatic.details["leave_best_out"] == pytest.approx(1.25)
+    assert estimated_return_improvement(returns, lower_bound=-2).value == pytest.approx(1.0)
+    assert estimated_return_improvement(np.array([2.0, 2.0])).value == 0
+    with pytest.raises(InvalidRequest, match="exceeds"):
+        estimated_return_improvement(returns, lower_bound=1)
+
+
+def test_state_action_coverage() -> None:
+    data = np.array([(0, 0), (0, 1), (0, 0), (1, 0), (2, 1), (2, 1)])
+    reference = np.array([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)])
+    assert state_action_coverage(data, reference_cells=reference).value == pytest.approx(4 / 6)
+    cells, clipped = quantise(np.array([0.0, 0.05, 0.5, 0.51, 1.0]), [0.0], [1.0], 10)
+    assert cells.ravel().tolist() == [0, 0, 5, 5, 9]
+    assert clipped == 0
+    assert state_action_coverage(cells).details["distinct"] == 3
+    _, outside = quantise(np.array([-1.0, 0.5, 2.0, 0.2]), [0.0], [1.0], 10)
+    assert outside == 0.5
+    with pytest.raises(InvalidRequest, match="equal sizes"):
+        state_action_coverage(data, reference_cells=reference[:5])
+
+
+def test_properties_that_must_hold() -> None:
+    rng = np.random.default_rng(0)
+    episodes = [rng.normal(size=rng.integers(3, 9)) for _ in range(30)]
+    ids = np.concatenate([np.full(len(e), i) for i, e in enumerate(episodes)])
+    rewards = np.concatenate(episodes)
+    order = rng.permutation(30)  # episode order does not matter
+    shuffled_ids = np.concatenate([np.full(len(episodes[i]), i) for i in order])
+    shuffled = np.concatenate([episodes[i] for i in order])
+    ends = np.zeros(len(rewards), dtype=bool)
+    for name, function in (("returns", lambda i, r: return_statistics(i, r, ends, ends).value),
+                           ("tq", lambda i, r: trajectory_quality(episode_returns(i, r), random_return=-5,
+                                                                  expert_return=5).value),
+                           ("eri", lambda i, r: estimated_return_improvement(episode_returns(i, r)).value)):
+        assert function(ids, rewards) == pytest.approx(function(shuffled_ids, shuffled)), name
+    cells = rng.integers(0, 4, size=(200, 3))
+    assert state_action_coverage(np.concatenate([cells, cells])).details["distinct"] == \
+        state_action_coverage(cells).details["distinct"]  # a duplicated dataset covers nothing new
