@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,44 @@ def test_properties_that_must_hold() -> None:
     cells = rng.integers(0, 4, size=(200, 3))
     assert state_action_coverage(np.concatenate([cells, cells])).details["distinct"] == \
         state_action_coverage(cells).details["distinct"]  # a duplicated dataset covers nothing new
+
+
+def test_shannon_entropy_worked_examples() -> None:
+    from tuplehub.workers.metrics.entropy import shannon_entropy
+
+    assert shannon_entropy(np.array([0.0, 1.0, 3.0, 6.0]), k=1).value == pytest.approx(2.974420, abs=1e-6)
+    square = np.array([(0, 0), (1, 0), (0, 1), (3, 0)], dtype=float)
+    assert shannon_entropy(square, k=1).value == pytest.approx(3.324637, abs=1e-6)
+    # Exact duplicates are dropped instead of breaking the logarithm; constant columns too.
+    noisy = np.concatenate([square, square[:1]])
+    padded = np.column_stack([noisy, np.ones(len(noisy))])
+    result = shannon_entropy(padded, k=1)
+    assert result.value == pytest.approx(3.324637, abs=1e-6)
+    assert result.details["duplicate_share"] == pytest.approx(0.2)
+    assert result.details["constant_dimensions"] == 1
+    assert result.warnings
+
+
+def test_shannon_entropy_of_a_gaussian_with_subsampled_queries() -> None:
+    from tuplehub.workers.metrics.entropy import shannon_entropy
+
+    points = np.random.default_rng(3).normal(size=(20_000, 3))
+    result = shannon_entropy(points, k=5, queries=4_000, seed=1)
+    exact = 1.5 * (1 + math.log(2 * math.pi))
+    assert result.ci_low is not None
+    assert abs(result.value - exact) < 0.05
+    assert result.details["subsampled"]
+    assert shannon_entropy(points, k=5, queries=4_000, seed=1) == result  # the same seed, the same number
+
+
+def test_behavioral_entropy_worked_example() -> None:
+    from tuplehub.workers.metrics.entropy import behavioral_entropy
+
+    square = np.array([(0, 0), (1, 0), (0, 1), (3, 0)], dtype=float)
+    result = behavioral_entropy(square, alpha=0.5, dimension=2, k=1)
+    assert result.params["beta"] == pytest.approx(0.832555, abs=1e-6)
+    assert result.value == pytest.approx(0.346547, abs=1e-6)
+    assert result.details["plug_in"] == pytest.approx(7.305181, abs=1e-5)
+    assert behavioral_entropy(square, alpha=1.0, beta=1.0, k=1).value == pytest.approx(0.342931, abs=1e-6)
+    with pytest.raises(InvalidRequest, match="D >= 2"):
+        behavioral_entropy(square[:, :1].copy() + np.arange(4)[:, None], alpha=0.5, k=1)
