@@ -147,8 +147,10 @@ def test_d3rlpy_gets_every_episode_with_the_benchmarks_action_space(hub: Client)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
-def test_a_d3rlpy_algorithm_trains_on_an_export(hub: Client) -> None:
+def test_a_d3rlpy_algorithm_trains_on_an_export(hub: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import d3rlpy
+
+    monkeypatch.chdir(tmp_path)  # d3rlpy writes its logs under the working directory
 
     from tuplehub.client.converters.d3rlpy import to_d3rlpy
 
