@@ -66,12 +66,8 @@ class Artifact(Shareable):
 
     def link(self, *, benchmarks: Iterable[str] = (), datasets: Iterable[str] = ()) -> Artifact:
         """Replace the benchmarks (ids) and datasets (names) this artifact is linked to."""
-        response = self._http.put(f"/artifacts/{self.id}/links",
-                                  json={"benchmarks": list(benchmarks), "datasets": list(datasets)})
-        raise_for_problem(response)
-        self.record = ArtifactRead.model_validate(response.json())
-        return self
-
+        return self._apply(self._http.put(f"/artifacts/{self.id}/links",
+                                          json={"benchmarks": list(benchmarks), "datasets": list(datasets)}))
 
     def delete(self) -> None:
         raise_for_problem(self._http.delete(f"/artifacts/{self.id}"))

@@ -164,12 +164,8 @@ class Benchmark(Shareable):
         return Page[DatasetSummary].model_validate(response.json())
 
     def set_references(self, *, random_return: float | None, expert_return: float | None) -> Benchmark:
-        response = self._http.put(f"/benchmarks/{self.id}/references",
-                                  json={"random_return": random_return, "expert_return": expert_return})
-        raise_for_problem(response)
-        self.record = BenchmarkRead.model_validate(response.json())
-        return self
-
+        return self._apply(self._http.put(f"/benchmarks/{self.id}/references",
+                                          json={"random_return": random_return, "expert_return": expert_return}))
 
     def delete(self) -> None:
         raise_for_problem(self._http.delete(f"/benchmarks/{self.id}"))

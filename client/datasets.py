@@ -162,14 +162,10 @@ class Dataset(Shareable):
         raise_for_problem(response)
         return Page[EpisodeRead].model_validate(response.json())
 
-
     def update(self, **card: Any) -> Dataset:
         """Edit the card: ``description``, ``tags``, ``benchmark``, ``authors``, ``license``,
         ``citation``, ``behavior_policies``; what is not given stays."""
-        response = self._http.patch(f"/datasets/{self.name}", json=card)
-        raise_for_problem(response)
-        self.record = DatasetRead.model_validate(response.json())
-        return self
+        return self._apply(self._http.patch(f"/datasets/{self.name}", json=card))
 
     def delete(self) -> None:
         """Delete the dataset and every version of it."""

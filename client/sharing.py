@@ -1,4 +1,4 @@
-"""Publishing from the client: one implementation for datasets, benchmarks and artifacts."""
+"""Changing a record from the client: one implementation for datasets, benchmarks and artifacts."""
 
 from __future__ import annotations
 
@@ -30,7 +30,10 @@ class Shareable:
         return self._share("unpublish", groups, public)
 
     def _share(self, action: str, groups: Iterable[str], public: bool) -> Self:
-        response = self._http.post(f"{self._path}/{action}", json={"groups": list(groups), "public": public})
+        return self._apply(self._http.post(f"{self._path}/{action}", json={"groups": list(groups), "public": public}))
+
+    def _apply(self, response: httpx.Response) -> Self:
+        """Take the record the server answered with (after a change), or raise its problem."""
         raise_for_problem(response)
         model: type[BaseModel] = type(self.record)
         self.record = model.model_validate(response.json())

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field
 
 from tuplehub.storage.models import new_id, utcnow
 
@@ -84,6 +84,19 @@ class StoredRecord(BaseModel):
 
     id: str = Field(default_factory=new_id)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class SharedRecord(StoredRecord):
+    """An owned record that can be published to groups or to everyone (benchmarks, artifacts)."""
+
+    owner: str
+    public: bool = False
+    groups: list[str] = Field(default_factory=list, description="Ids of the groups it is published to.")
+
+    @computed_field
+    @property
+    def visibility(self) -> Literal["private", "groups", "public"]:
+        return "public" if self.public else "groups" if self.groups else "private"
 
 
 # --- users ------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from tuplehub.storage.access import StoredRecord
+from tuplehub.storage.access import SharedRecord
 from tuplehub.storage.models import storable
 
 
@@ -42,7 +42,7 @@ class ArtifactLinks(BaseModel):
     datasets: list[str] = Field(default_factory=list, max_length=100, description="Dataset names.")
 
 
-class ArtifactRecord(StoredRecord):
+class ArtifactRecord(SharedRecord):
     artifact_id: str
     name: str
     media_type: str
@@ -51,14 +51,6 @@ class ArtifactRecord(StoredRecord):
     object_key: str
     benchmarks: list[str] = Field(default_factory=list)
     datasets: list[str] = Field(default_factory=list, description="Dataset ids.")
-    owner: str
-    public: bool = False
-    groups: list[str] = Field(default_factory=list)
-
-    @computed_field
-    @property
-    def visibility(self) -> Literal["private", "groups", "public"]:
-        return "public" if self.public else "groups" if self.groups else "private"
 
 
 class ArtifactRead(BaseModel):

@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from tuplehub.storage.access import StoredRecord
+from tuplehub.storage.access import SharedRecord
 from tuplehub.storage.errors import InvalidRequest
 
 ENTRY_POINT = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"  # "package.module:Attribute", importable by name
@@ -165,7 +165,7 @@ class BenchmarkCreate(BaseModel):
     expert_return: float | None = Field(None, description="Reference return of an expert policy (for metrics).")
 
 
-class BenchmarkRecord(StoredRecord):
+class BenchmarkRecord(SharedRecord):
     benchmark_id: str
     family: str
     name: str = ""
@@ -173,14 +173,6 @@ class BenchmarkRecord(StoredRecord):
     spec: BenchmarkSpec
     random_return: float | None = None
     expert_return: float | None = None
-    owner: str
-    public: bool = False
-    groups: list[str] = Field(default_factory=list)
-
-    @computed_field
-    @property
-    def visibility(self) -> Literal["private", "groups", "public"]:
-        return "public" if self.public else "groups" if self.groups else "private"
 
 
 class BenchmarkRead(BaseModel):
