@@ -24,11 +24,7 @@ from tuplehub.storage.models import Page
 DOWNLOAD_CHUNK = 4 * 2**20
 
 
-class Artifact(Shareable):
-    def __init__(self, http: httpx.Client, record: ArtifactRead) -> None:
-        self._http = http
-        self.record = record
-
+class Artifact(Shareable[ArtifactRead]):
     @property
     def _path(self) -> str:
         return f"/artifacts/{self.id}"

@@ -128,12 +128,8 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-class Benchmark(Shareable):
+class Benchmark(Shareable[BenchmarkRead]):
     """A handle on one stored benchmark."""
-
-    def __init__(self, http: httpx.Client, record: BenchmarkRead) -> None:
-        self._http = http
-        self.record = record
 
     @property
     def _path(self) -> str:

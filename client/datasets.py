@@ -58,12 +58,8 @@ def _is_frame(source: object) -> bool:
     return type(source).__module__.startswith("pandas") and hasattr(source, "columns")
 
 
-class Dataset(Shareable):
+class Dataset(Shareable[DatasetRead]):
     """A handle on one dataset; ``record`` is what the server last said about it."""
-
-    def __init__(self, http: httpx.Client, record: DatasetRead) -> None:
-        self._http = http
-        self.record = record
 
     @property
     def _path(self) -> str:

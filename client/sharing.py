@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Self
+from typing import Generic, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from tuplehub.client.errors import raise_for_problem
 
+R = TypeVar("R", bound=BaseModel)
 
-class Shareable:
-    """A handle whose ``record`` the server sends back after ``POST {path}/publish|unpublish``."""
 
-    _http: httpx.Client
-    record: Any
+class Shareable(Generic[R]):
+    """A handle on one server record (``record``: what the server last said about it)."""
+
+    def __init__(self, http: httpx.Client, record: R) -> None:
+        self._http = http
+        self.record = record
 
     @property
     def _path(self) -> str:
