@@ -27,6 +27,7 @@ from tuplehub.api.routes import (
     groups,
     health,
     jobs,
+    metrics,
     roles,
     tokens,
     uploads,
@@ -80,7 +81,7 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
     middleware.install(app, settings)
     api = APIRouter(prefix=API_PREFIX)
     for module in (auth, users, groups, roles, tokens, audit, benchmarks, artifacts, datasets, derive, uploads,
-                   exports, jobs, health):
+                   exports, metrics, jobs, health):
         api.include_router(module.router)
     app.include_router(api)
     return app

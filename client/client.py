@@ -17,6 +17,7 @@ from tuplehub.client.datasets import Datasets
 from tuplehub.client.discovery import embedded_credentials, resolve_url
 from tuplehub.client.errors import raise_for_problem
 from tuplehub.client.jobs import Job
+from tuplehub.client.metrics import Metrics
 from tuplehub.client.sessions import Session, SessionStore
 from tuplehub.storage.access import AuditRecord, Me
 from tuplehub.storage.models import JobKind, JobRead, JobStatus, Page
@@ -69,6 +70,7 @@ class Client:
         self.benchmarks = Benchmarks(self._http)
         self.artifacts = Artifacts(self._http)
         self.jobs = Jobs(self._http)
+        self.metrics = Metrics(self._http)
         self.tokens = Tokens(self._http)
         self.users = Users(self._http)
         self.groups = Groups(self._http)

@@ -1,14 +1,24 @@
-"""The record every dataset-quality metric returns, whatever computed it.
+"""Dataset-quality metrics as the catalog, the API and the client see them.
 
 Metrics are pure functions (``tuplehub.workers.metrics``): arrays and parameters in, a
 :class:`MetricResult` out. The same algorithm version, parameters and seed give the same number.
+A ``metrics`` job computes a :class:`MetricsCreate` on one dataset version and keeps one
+:class:`MetricRecord` per (version, result key); a benchmark carries the :class:`MetricFrame`
+that makes coverage and entropies of its datasets comparable.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuplehub.storage.access import StoredRecord
+from tuplehub.storage.models import DatasetRecord, JobKind, JobRecord, Name
 
 
 class MetricResult(BaseModel):
@@ -24,3 +34,195 @@ class MetricResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     details: dict[str, Any] = Field(default_factory=dict, description="Figures beside the value (histograms...).")
     algo_version: str
+
+
+class ComparisonRow(BaseModel):
+    dataset: str
+    version: int
+    results: dict[str, MetricResult] = Field(
+        default_factory=dict, description="By result key (the metric name, or 'policy_value:<artifact id>').")
+
+
+class Comparison(BaseModel):
+    benchmark: str | None = Field(None, description="The benchmark id all rows share, if any.")
+    rows: list[ComparisonRow]
+    warnings: list[str] = Field(default_factory=list)
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+class MetricName(StrEnum):
+    returns = "returns"
+    trajectory_quality = "trajectory_quality"
+    return_improvement = "return_improvement"
+    state_action_coverage = "state_action_coverage"
+    shannon_entropy = "shannon_entropy"
+    behavioral_entropy = "behavioral_entropy"
+    average_q = "average_q"
+    policy_value = "policy_value"
+
+
+class _MetricParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReturnsParams(_MetricParams):
+    metric: Literal["returns"] = "returns"
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount of the episode returns (1: undiscounted).")
+    bins: int = Field(50, ge=1, le=1000, description="Bins of the return histogram.")
+
+
+class TrajectoryQualityParams(_MetricParams):
+    metric: Literal["trajectory_quality"] = "trajectory_quality"
+    random_return: float | None = Field(None, description="Overrides the benchmark's random reference.")
+    expert_return: float | None = Field(None, description="Overrides the benchmark's expert reference.")
+
+
+class ReturnImprovementParams(_MetricParams):
+    metric: Literal["return_improvement"] = "return_improvement"
+    lower_bound: float | None = Field(None, description="c in G - c; the data's smallest return if unset.")
+
+
+class CoverageParams(_MetricParams):
+    metric: Literal["state_action_coverage"] = "state_action_coverage"
+    bins: int = Field(20, ge=2, le=1000, description="Bins per continuous dimension of the frozen frame.")
+    reference: Name | None = Field(None, description="Normalise by this dataset's coverage at the same size.")
+    reference_version: int | None = Field(None, ge=1, description="The reference's version; its latest if unset.")
+
+
+class _KnnParams(_MetricParams):
+    k: int = Field(5, ge=1, le=100)
+    queries: int = Field(20_000, ge=100, le=1_000_000, description="Seeded query points (every point a neighbour).")
+    max_points: int = Field(500_000, ge=1_000, le=2_000_000,
+                            description="Rows above this are subsampled, seeded, before the search.")
+
+
+class ShannonEntropyParams(_KnnParams):
+    metric: Literal["shannon_entropy"] = "shannon_entropy"
+
+
+class BehavioralEntropyParams(_KnnParams):
+    metric: Literal["behavioral_entropy"] = "behavioral_entropy"
+    alpha: float = Field(0.5, gt=0, le=10, description="Prelec weighting exponent.")
+    beta: float | None = Field(None, gt=0, description="Prelec scale; (ln D)^(1 - alpha) if unset.")
+
+
+class _FittedQParams(_MetricParams):
+    gamma: float = Field(0.99, ge=0, lt=1)
+    steps: int | None = Field(None, ge=10, le=1_000_000, description="Q gradient steps per seed (fixed).")
+    seeds: int | None = Field(None, ge=1, le=10, description="Training seeds: the spread is the interval.")
+    max_rows: int = Field(500_000, ge=1_000, le=5_000_000,
+                          description="Transitions above this are subsampled, seeded, before training.")
+
+
+class AverageQParams(_FittedQParams):
+    metric: Literal["average_q"] = "average_q"
+    target: Literal["policy", "sarsa", "fqi"] = Field(
+        "policy", description="Next-state value: a behaviour-cloned policy, the data's next action, or the max.")
+    bc_steps: int | None = Field(None, ge=10, le=1_000_000)
+
+
+class PolicyValueParams(_FittedQParams):
+    metric: Literal["policy_value"] = "policy_value"
+    policy: str = Field(pattern=r"^[0-9a-f]{64}$", description="The id of a TorchScript policy artifact.")
+
+
+MetricParams = Annotated[
+    ReturnsParams | TrajectoryQualityParams | ReturnImprovementParams | CoverageParams | ShannonEntropyParams
+    | BehavioralEntropyParams | AverageQParams | PolicyValueParams, Field(discriminator="metric")]
+
+# What runs after every ingest and what the sweep keeps fresh (linear in rows, seconds at 2 M rows),
+# with trajectory quality beside them where the benchmark has reference returns.
+CHEAP_METRICS = (MetricName.returns, MetricName.return_improvement, MetricName.state_action_coverage)
+# Fitted-Q metrics need torch on the worker (the ``torch`` extra).
+TORCH_METRICS = (MetricName.average_q, MetricName.policy_value)
+
+
+def result_key(params: BaseModel) -> str:
+    """A version keeps one result per key: the metric, and for a policy's value the policy too."""
+    metric = params.metric  # type: ignore[attr-defined]
+    return f"{metric}:{params.policy}" if metric == MetricName.policy_value else metric  # type: ignore[attr-defined]
+
+
+class MetricsCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "metrics": [{"metric": "returns"}, {"metric": "state_action_coverage", "bins": 20},
+                    {"metric": "behavioral_entropy", "alpha": 0.5}], "seed": 0}]})
+
+    version: int | None = Field(None, ge=1, description="The dataset version; the latest if unset.")
+    metrics: list[MetricParams] = Field(min_length=1, max_length=16)
+    seed: int = Field(0, ge=0, lt=2**63, description="Seeds every subsample, bootstrap and training run.")
+
+
+def metrics_job(dataset: DatasetRecord, version: int, request: MetricsCreate, *, owner: str,
+                scheduled: bool = False) -> JobRecord:
+    """The catalog job for a metrics request. Scheduled jobs (after an ingest, by the sweep) share a
+    key per version, so at most one of them waits in the queue for a version at a time, and they
+    skip what the data cannot give instead of failing."""
+    return JobRecord(kind=JobKind.metrics, owner=owner, params={
+        "dataset": dataset.name, "dataset_id": dataset.id, "version": version,
+        "request": request.model_dump(mode="json"), "scheduled": scheduled},
+        dedup_key=f"metrics:{dataset.id}:{version}:scheduled" if scheduled else None)
+
+
+# --- results -----------------------------------------------------------------------------------
+
+class MetricRecord(StoredRecord):
+    """The latest result of one key on one dataset version, with what is needed to recompute it."""
+
+    dataset_id: str
+    version: int
+    key: str
+    params: dict[str, Any] = Field(description="The request for this metric, as JSON.")
+    seed: int
+    benchmark_inputs: dict[str, Any] = Field(
+        default_factory=dict, description="What came from the benchmark (frame id, references): stale if changed.")
+    job_id: str
+    result: MetricResult
+
+
+class MetricRead(BaseModel):
+    dataset: str
+    version: int
+    key: str
+    computed_at: datetime
+    job_id: str
+    params: dict[str, Any]
+    benchmark_inputs: dict[str, Any]
+    result: MetricResult
+
+
+# --- the frozen frame ------------------------------------------------------------------------------
+
+class MetricFrame(BaseModel):
+    """How a benchmark's data is turned into features for coverage and kNN entropies, frozen.
+
+    Continuous columns (float observations and actions) are standardised by ``mean``/``scale`` and,
+    above 6 dimensions, projected on the principal ``components`` of a reference sample; coverage
+    bins the first ``coverage_dims`` features on ``coverage_low``/``coverage_high``, entropies use
+    the first ``entropy_dims``. Integer columns (discrete observations, actions) are used as they
+    are. Freezing all of it per benchmark is what makes two datasets' numbers comparable.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="Where it was frozen from: 'dataset@version', or set by hand.")
+    mean: list[float]
+    scale: list[float]
+    components: list[list[float]] | None = Field(None, description="Rows are unit axes in standardised units.")
+    coverage_dims: int = Field(ge=0)
+    coverage_low: list[float]
+    coverage_high: list[float]
+    entropy_dims: int = Field(ge=0)
+
+    @property
+    def frame_id(self) -> str:
+        canonical = json.dumps(self.model_dump(exclude={"source"}), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class MetricFrameRecord(StoredRecord):
+    """A benchmark's frozen frame: one per benchmark id, shared by every owner's record of it."""
+
+    benchmark_id: str
+    frame: MetricFrame

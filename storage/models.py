@@ -310,6 +310,7 @@ class JobKind(StrEnum):
     export = "export"
     derive = "derive"
     artifact = "artifact"
+    metrics = "metrics"
 
 
 class JobStatus(StrEnum):

@@ -6,7 +6,10 @@ lost (a restart without persistence, an expired key) is put back from the catalo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from tuplehub.storage.errors import StoreUnavailable
 from tuplehub.storage.models import JobRecord
@@ -18,6 +21,10 @@ if TYPE_CHECKING:
 JOB_KEY = "arq:job:"
 IN_PROGRESS_KEY = "arq:in-progress:"
 RESULT_KEY = "arq:result:"
+LOCK_KEY = "tuplehub:lock:"
+# A held lock expires this long after its holder stops renewing it (a dead worker's lock frees itself).
+LOCK_TTL_S = 30.0
+MAX_HOLD_S = 24 * 3600
 
 
 def redis_settings(url: str) -> RedisSettings:
@@ -56,6 +63,39 @@ class Queue:
     async def release(self, job_id: str) -> None:
         """Forget that a dead worker was running the job, so a live worker may start it again."""
         await self.pool.delete(IN_PROGRESS_KEY + job_id)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str, *, wait: Callable[[], Awaitable[None]], wait_s: float,
+                        poll_s: float = 1.0) -> AsyncIterator[None]:
+        """Hold the lock ``name`` across workers while the block runs; renewed until it ends.
+
+        While another holder has it, ``wait`` is awaited between polls (a job checks for
+        cancellation there) for at most ``wait_s`` seconds, then :class:`TimeoutError`.
+        """
+        lock = self.pool.lock(LOCK_KEY + name, timeout=LOCK_TTL_S)
+        for _ in range(max(1, int(wait_s / poll_s))):
+            if await lock.acquire(blocking=False):
+                break
+            await wait()
+            await asyncio.sleep(poll_s)
+        else:
+            raise TimeoutError(f"{name} stayed locked for {wait_s:.0f} s")
+        renew = asyncio.create_task(self._renew(lock))
+        try:
+            yield
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            with contextlib.suppress(Exception):  # expired meanwhile: someone else may hold it now
+                await lock.release()
+
+    @staticmethod
+    async def _renew(lock: Any) -> None:
+        for _ in range(int(MAX_HOLD_S / (LOCK_TTL_S / 3))):
+            await asyncio.sleep(LOCK_TTL_S / 3)
+            with contextlib.suppress(Exception):
+                await lock.reacquire()
 
     async def ping(self) -> None:
         try:

@@ -31,8 +31,10 @@ def episode_keys(episode_ids: np.ndarray, seed: int) -> np.ndarray:
     if episode_ids.dtype.kind in "iu":
         with np.errstate(over="ignore"):
             return mix64(episode_ids.astype(np.int64).view(np.uint64) ^ salt)
-    digests = [hashlib.blake2b(f"{seed}:{value}".encode(), digest_size=8).digest() for value in episode_ids]
-    return np.frombuffer(b"".join(digests), dtype="<u8").copy() if digests else np.zeros(0, np.uint64)
+    distinct, inverse = np.unique(np.asarray(episode_ids, dtype=object).astype(str), return_inverse=True)
+    digests = [hashlib.blake2b(f"{seed}:{value}".encode(), digest_size=8).digest() for value in distinct]
+    keys = np.frombuffer(b"".join(digests), dtype="<u8") if digests else np.zeros(0, np.uint64)
+    return keys[inverse.reshape(-1)]  # hashed once per episode, not once per row
 
 
 def row_keys(episode_ids: np.ndarray, steps: np.ndarray, seed: int) -> np.ndarray:

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(5.0, gt=0, description="How often a running job proves it is alive.")
     stale_after_s: float = Field(60.0, gt=0, description="A running job silent this long is re-run.")
     requeue_every_s: int = Field(60, ge=1, description="How often lost jobs are looked for.")
+    metrics_timeout_s: int = Field(3600, ge=10, description="Longest a metrics job may run.")
+    metrics_threads: int = Field(2, ge=1, le=256, description="CPU threads torch may use for fitted Q evaluation.")
+    auto_metrics: bool = Field(True, description="Compute the cheap metrics after every ingest.")
+    metrics_recompute_every_s: int = Field(3600, ge=0, description=(
+        "How often missing and stale metric results are looked for and recomputed; 0 turns it off."))
 
     upload_ttl_s: int = Field(24 * 3600, ge=60, description="An open upload session expires after this.")
     presign_ttl_s: int = Field(600, ge=30, le=3600, description="Lifetime of presigned URLs.")

@@ -69,6 +69,8 @@ def owner_or_admin(status: int) -> Row:
     return only({"owner", "admin"}, status, others=404)
 
 
+FRAME = {"source": "by hand", "mean": [0.0] * 4, "scale": [1.0] * 4, "coverage_dims": 4,
+         "coverage_low": [-1.0] * 4, "coverage_high": [1.0] * 4, "entropy_dims": 4}
 LAB_ADMINS = {"group_admin", "admin"}
 LAB_VISIBLE = {"member", "contributor", "owner", "group_admin", "admin"}
 CREATORS = {"contributor", "owner", "admin"}
@@ -136,6 +138,12 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("PUT", "/uploads/{upload_id}/parts/{number}"): owner_or_admin(200),
     ("POST", "/uploads/{upload_id}/complete"): owner_or_admin(202),
     ("POST", "/datasets/{name}/exports"): by_reading(202, also=lambda scope: READERS[scope]),
+    ("POST", "/datasets/{name}/metrics"): by_reading(202, also=lambda scope: READERS[scope]),
+    ("GET", "/datasets/{name}/metrics"): by_reading(200, also=lambda scope: READERS[scope]),
+    ("GET", "/benchmarks/{benchmark_id}/metrics"): by_reading(200, also=lambda scope: READERS[scope]),
+    ("GET", "/benchmarks/{benchmark_id}/frame"): by_reading(200, also=lambda scope: READERS[scope]),
+    ("PUT", "/benchmarks/{benchmark_id}/frame"): by_reading(200),
+    ("DELETE", "/benchmarks/{benchmark_id}/frame"): by_reading(204),
     ("GET", "/exports/{job_id}/url"): owner_or_admin(200),
     ("GET", "/exports/{job_id}/file"): owner_or_admin(200),
     ("GET", "/jobs"): everyone(200),
@@ -195,6 +203,12 @@ class World:
         if scope != "private":
             artifact.publish(groups=["lab"] if scope == "group" else [], public=scope == "public")
         return artifact.id
+
+    def framed_benchmark(self, scope: str) -> str:
+        """A fresh benchmark of olivia's whose metric frame is set."""
+        benchmark = self.benchmark(scope)
+        self.olivia._http.put(f"/benchmarks/{benchmark}/frame", json=FRAME).raise_for_status()
+        return benchmark
 
     def user(self) -> str:
         return self.admin.users.create(fresh("u"), PASSWORD, site_roles=["guest"]).name
@@ -356,6 +370,14 @@ def request_for(world: World, method: str, path: str, role: str, scope: str) -> 
         ("PUT", "/uploads/{upload_id}/parts/{number}"): lambda: (upload_url("/parts/1"), {"content": world.part}),
         ("POST", "/uploads/{upload_id}/complete"): complete,
         ("POST", "/datasets/{name}/exports"): lambda: (f"/datasets/{name}/exports", {"json": {"format": "arrow"}}),
+        ("POST", "/datasets/{name}/metrics"): lambda: (f"/datasets/{name}/metrics", {"json": {
+            "metrics": [{"metric": "returns"}]}}),
+        ("GET", "/datasets/{name}/metrics"): lambda: (f"/datasets/{name}/metrics", {}),
+        ("GET", "/benchmarks/{benchmark_id}/metrics"): lambda: (f"/benchmarks/{bench}/metrics", {}),
+        ("GET", "/benchmarks/{benchmark_id}/frame"): lambda: (f"/benchmarks/{world.framed_benchmark(scope)}/frame", {}),
+        ("PUT", "/benchmarks/{benchmark_id}/frame"): lambda: (f"/benchmarks/{bench}/frame", {"json": FRAME}),
+        ("DELETE", "/benchmarks/{benchmark_id}/frame"): lambda: (
+            f"/benchmarks/{world.framed_benchmark(scope)}/frame", {}),
         ("GET", "/exports/{job_id}/url"): lambda: (f"/exports/{job}/url", {}),
         ("GET", "/exports/{job_id}/file"): lambda: (f"/exports/{job}/file", {}),
         ("GET", "/jobs"): lambda: ("/jobs", {}),

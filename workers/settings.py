@@ -23,6 +23,8 @@ from tuplehub.workers.jobs.artifact import artifact
 from tuplehub.workers.jobs.derive import derive
 from tuplehub.workers.jobs.export import export
 from tuplehub.workers.jobs.ingest import ingest
+from tuplehub.workers.jobs.metric_schedule import recompute_metrics
+from tuplehub.workers.jobs.metrics import metrics
 from tuplehub.workers.recovery import maintain
 
 # Seconds between queue polls: the latency a client sees between "complete upload" and "running".
@@ -69,8 +71,12 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
             func(derive, name="derive",
                  timeout=settings.export_timeout_s + settings.ingest_timeout_s + ARQ_TIMEOUT_MARGIN_S,
                  max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES),
+            func(metrics, name="metrics", timeout=settings.metrics_timeout_s + ARQ_TIMEOUT_MARGIN_S,
+                 max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES),
         ],
-        cron_jobs=[cron(maintain, name="maintain", **_every(settings.requeue_every_s), timeout=300)],
+        cron_jobs=[cron(maintain, name="maintain", **_every(settings.requeue_every_s), timeout=300)] + (
+            [cron(recompute_metrics, name="recompute_metrics", **_every(settings.metrics_recompute_every_s),
+                  timeout=300)] if settings.metrics_recompute_every_s else []),
         redis_settings=redis_settings(redis_url),
         queue_name=settings.queue_name,
         on_startup=startup,

@@ -25,6 +25,7 @@ from tuplehub.storage.access import GroupRecord, Publish, UserRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidFilter, NotFound
 from tuplehub.storage.filters.language import Filter, FilterNode
+from tuplehub.storage.metrics import MetricRecord
 from tuplehub.storage.models import (
     DatasetCreate,
     DatasetRead,
@@ -118,6 +119,7 @@ async def delete_dataset(name: str, caller: Caller, catalog: CatalogDep) -> Resp
     dataset = await readable_dataset(catalog, caller, name)
     require_owner(caller, dataset, "dataset", "delete")
     await catalog.delete_dataset(dataset.id)
+    await catalog.delete_records("metrics", MetricRecord, dataset_id=dataset.id)
     await audit(catalog, caller, "dataset.delete", "dataset", dataset.id, dataset.name)
     return Response(status_code=204)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tuplehub.client.cli import access, benchmarks, data, lineage
+from tuplehub.client.cli import access, benchmarks, data, lineage, metrics
 from tuplehub.client.cli.demo import demo
 
 app = typer.Typer(help="tuplehub: store, version, filter and share offline-RL datasets.", no_args_is_help=True,
@@ -15,6 +15,7 @@ app = typer.Typer(help="tuplehub: store, version, filter and share offline-RL da
 app.add_typer(data.datasets_app, name="datasets")
 app.add_typer(data.jobs_app, name="jobs")
 app.add_typer(benchmarks.benchmarks_app, name="benchmarks")
+app.add_typer(metrics.metrics_app, name="metrics")
 app.command("show")(data.show)
 app.command("derive")(lineage.derive)
 app.command("lineage")(lineage.lineage)

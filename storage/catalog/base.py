@@ -35,14 +35,14 @@ from tuplehub.storage.models import (
 M = TypeVar("M", bound=BaseModel)
 
 RecordKind = Literal["users", "groups", "memberships", "roles", "refresh_tokens", "api_tokens", "audit", "benchmarks",
-                     "artifacts"]
+                     "artifacts", "metrics", "metric_frames"]
 
 # Records whose ``unique`` key must not repeat within a namespace. Users and groups share one,
 # so nobody can sign up as a group or found a group named after a user.
 NAMESPACES: dict[RecordKind, str] = {
     "users": "principal", "groups": "principal", "roles": "role", "refresh_tokens": "refresh",
     "api_tokens": "api-token", "memberships": "membership", "audit": "audit", "benchmarks": "benchmark",
-    "artifacts": "artifact",
+    "artifacts": "artifact", "metrics": "metric", "metric_frames": "metric-frame",
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuplehub.storage.models import JobRecord, JobStatus, utcnow
+from tuplehub.storage.models import JobKind, JobRecord, JobStatus, utcnow
 
 
 def update(job: JobRecord, fields: dict[str, Any]) -> JobRecord | None:
@@ -29,8 +29,10 @@ def finish(job: JobRecord, status: JobStatus, result: dict[str, Any] | None,
     if job.status.finished:
         return None
     update: dict[str, Any] = {"status": status, "result": result, "error": error, "finished_at": utcnow()}
-    if status != JobStatus.succeeded:
-        update["dedup_key"] = None  # a failed export must not be handed out again as the answer
+    if status != JobStatus.succeeded or job.kind != JobKind.export:
+        # A finished export's key answers identical requests; a failed one's must not, and other
+        # kinds' keys only keep two identical jobs from being queued at once.
+        update["dedup_key"] = None
     if status == JobStatus.succeeded:
         update["progress"] = job.progress.model_copy(update={"fraction": 1.0, "stage": "done"})
     return JobRecord.model_validate({**job.model_dump(), **update})

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 EPISODE_LENGTH = 1000
+FQE_ROWS = 500_000  # the metrics job caps fitted Q evaluation at this many sampled transitions
 
 
 def data(rows: int) -> dict[str, np.ndarray]:
@@ -31,6 +32,17 @@ def data(rows: int) -> dict[str, np.ndarray]:
     ends = np.zeros(rows, dtype=bool)
     ends[EPISODE_LENGTH - 1::EPISODE_LENGTH] = True
     return {"episode_id": ids, "observation": observation, "action": action, "reward": reward, "ends": ends}
+
+
+def fqe_sample(arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """A seeded sample of transitions, next observations shifted inside episodes (episode ends terminate)."""
+    total = len(arrays["reward"])
+    chosen = np.sort(np.random.default_rng(0).choice(total, size=min(rows, total), replace=False))
+    ends = arrays["ends"][chosen]
+    following = np.where(ends, chosen, np.minimum(chosen + 1, total - 1))
+    return {"observation": arrays["observation"][chosen], "action": arrays["action"][chosen],
+            "reward": arrays["reward"][chosen], "next_observation": arrays["observation"][following],
+            "terminated": ends, "initial": chosen % EPISODE_LENGTH == 0}
 
 
 def run(metric: str, rows: int, queries: int) -> dict[str, object]:
@@ -52,6 +64,13 @@ def run(metric: str, rows: int, queries: int) -> dict[str, object]:
         features = np.column_stack([arrays["observation"][:, :6], arrays["action"][:, :2]])
         cells, _ = coverage.quantise(features, [-30.0] * 6 + [-1.0] * 2, [30.0] * 6 + [1.0] * 2, 20)
         result = coverage.state_action_coverage(cells)
+    elif metric == "average_q":
+        from tuplehub.workers.metrics import fqe
+
+        sample = fqe_sample(arrays, FQE_ROWS)
+        arrays.clear()  # the full data is no longer needed: free it before torch allocates its copy
+        result = fqe.average_q_value(sample["observation"], sample["action"], sample["reward"],
+                                     sample["next_observation"], sample["terminated"], initial=sample["initial"])
     elif metric == "shannon_entropy":
         result = entropy.shannon_entropy(arrays["observation"][:1_000_000, :16], queries=queries)
     else:
@@ -63,7 +82,8 @@ def run(metric: str, rows: int, queries: int) -> dict[str, object]:
             "queried": result.details.get("queried")}
 
 
-METRICS = ["returns", "trajectory_quality", "return_improvement", "coverage", "shannon_entropy", "behavioral_entropy"]
+METRICS = ["returns", "trajectory_quality", "return_improvement", "coverage", "shannon_entropy", "behavioral_entropy",
+           "average_q"]
 
 
 def main() -> None:

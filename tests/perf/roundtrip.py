@@ -106,10 +106,12 @@ def pyarrow_reference(arrays: dict[str, np.ndarray], folder: Path) -> tuple[floa
     return written - started, read - written
 
 
-def start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(folder: Path, *, auto_metrics: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """``tuplehub serve`` in a fresh folder; its URL. Without ``auto_metrics`` (what ``metrics_job.py``
+    measures), so the metrics job after the ingest does not share the two cores with the exports."""
     # Its local admin's credentials go to a config folder of this run, not the user's.
     os.environ["TUPLEHUB_CONFIG_DIR"] = str(folder.parent / "config")
-    env = {**os.environ, "TUPLEHUB_DATA_DIR": str(folder)}
+    env = {**os.environ, "TUPLEHUB_DATA_DIR": str(folder), "TUPLEHUB_AUTO_METRICS": str(auto_metrics).lower()}
     for name in ("TUPLEHUB_URL", "TUPLEHUB_CATALOG_URL", "TUPLEHUB_OBJECTS_URL", "TUPLEHUB_REDIS_URL"):
         env.pop(name, None)
     process = subprocess.Popen([sys.executable, "-m", "tuplehub.client.cli", "serve", "--port", "0"], env=env,

@@ -10,6 +10,7 @@ duplicating them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,9 @@ from tuplehub.storage.models import EpisodeRecord, Lineage, Moments, SegmentRef,
 from tuplehub.storage.objects import ObjectStore
 from tuplehub.storage.versions import commit_segment, segment_id
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
+from tuplehub.workers.jobs.metric_schedule import queue_cheap_metrics
+
+logger = logging.getLogger("tuplehub.workers")
 
 BATCH_BYTES = 16 * 2**20  # uncompressed bytes per batch read: bounds memory whatever the row width
 READ_BUFFER = 8 * 2**20
@@ -168,7 +172,19 @@ async def ingest_upload(run: JobRun, upload_id: str, *, lineage: Lineage | None 
                                                       content_hash=reader.content.hexdigest(upload.episode_metadata)),
                                    schema=reader.layout.schema, job_id=run.job.id, lineage=lineage)
     await asyncio.to_thread(run.objects.delete, upload.object_key)
+    if run.settings.auto_metrics:
+        await _queue_cheap_metrics(run, upload.dataset_id, version.number)
     return _result(upload.dataset, version, version.segments[-1])
+
+
+async def _queue_cheap_metrics(run: JobRun, dataset_id: str, version: int) -> None:
+    """Never fails the ingest: the periodic sweep computes what this could not queue."""
+    try:
+        dataset = await run.catalog.get_dataset_by_id(dataset_id)
+        if dataset is not None:
+            await queue_cheap_metrics(run.catalog, run.ctx["queue"], dataset, version)
+    except Exception:
+        logger.exception("could not queue the cheap metrics of %s version %d", dataset_id, version)
 
 
 def _result(dataset: str, version: VersionRecord, segment: SegmentRef) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from tuplehub.storage.errors import InvalidRequest
 from tuplehub.storage.metrics import MetricResult
-from tuplehub.storage.sampling import mix64
+from tuplehub.storage.sampling import mix64, smallest
 
 VERSION = "1"
 
@@ -69,3 +69,34 @@ def state_action_coverage(cells: np.ndarray, *, reference_cells: np.ndarray | No
         warnings.append("no reference: the value is the raw count of distinct cells")
     return MetricResult(metric="state_action_coverage", value=value, n_rows_used=n, n_episodes_used=0,
                         params=params or {}, warnings=warnings, details=details, algo_version=VERSION)
+
+
+def coverage_against_reference(cells: np.ndarray, keys: np.ndarray, reference_cells: np.ndarray,
+                               reference_keys: np.ndarray, *, subsamples: int = 5, params: dict | None = None,
+                               clipped: float = 0.0, seed: int = 0) -> MetricResult:
+    """SACo against a reference of any size: both sides cut to the smaller size by seeded row keys.
+
+    u grows with the number of rows, so the larger side is subsampled to the smaller one's size,
+    ``subsamples`` times with different seeds; the value is the mean ratio, the interval its range.
+    """
+    size = min(len(cells), len(reference_cells))
+    if size == 0:
+        raise InvalidRequest("coverage against a reference needs rows on both sides", field="reference")
+    ratios, distincts = [], []
+    for salt in range(subsamples):
+        with np.errstate(over="ignore"):
+            own = smallest(mix64(keys ^ np.uint64(salt)), size)
+            theirs = smallest(mix64(reference_keys ^ np.uint64(salt)), size)
+        result = state_action_coverage(cells[own], reference_cells=reference_cells[theirs], params=params,
+                                       clipped=clipped)
+        ratios.append(result.value)
+        distincts.append((result.details["distinct"], result.details["reference_distinct"]))
+    values = np.asarray(ratios, dtype=np.float64)
+    resampled = size < max(len(cells), len(reference_cells))
+    return result.model_copy(update={
+        "value": float(values.mean()), "ci_low": float(values.min()) if resampled else None,
+        "ci_high": float(values.max()) if resampled else None,
+        "ci_method": f"range over {subsamples} seeded subsamples to {size} rows" if resampled else None,
+        "seed": seed, "n_rows_used": size,
+        "details": {**result.details, "compared_rows": size, "subsample_values": ratios,
+                    "distinct_pairs": distincts, "rows": len(cells), "reference_rows": len(reference_cells)}})

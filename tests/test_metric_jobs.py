@@ -1,0 +1,338 @@
+"""Metrics as jobs: computed on a real server from stored versions, kept, compared, recomputed when stale."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import gymnasium as gym
+import httpx
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tuplehub.client import Client
+from tuplehub.client.cli import app
+from tuplehub.client.cli.server import EmbeddedServer
+from tuplehub.storage.catalog import open_catalog
+from tuplehub.storage.errors import InvalidRequest
+from tuplehub.storage.metrics import MetricFrame
+from tuplehub.storage.models import JobStatus
+from tuplehub.storage.queue import Queue
+from tuplehub.workers.jobs.metric_schedule import recompute_metrics, stale_request
+from tuplehub.workers.metrics.episodes import episode_returns
+from tuplehub.workers.metrics.returns import return_statistics
+
+from .conftest import admin_client, admin_token
+from .factories import episode_arrays
+
+
+@pytest.fixture
+def hub(hub_server: EmbeddedServer) -> Iterator[Client]:
+    with admin_client(hub_server) as client:
+        yield client
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _wait_for_metrics(hub: Client, dataset: str) -> None:
+    """Wait for every metrics job of ``dataset`` (the automatic one after an ingest included)."""
+    for job in hub.jobs.list(kind="metrics", limit=1000).items:
+        if job.params["dataset"] == dataset:
+            hub.jobs.get(job.id).wait(timeout=120)
+
+
+def _pendulum(hub: Client, **references: float) -> str:
+    benchmark = hub.benchmarks.create_from_env(gym.make("Pendulum-v1"), name=_name("pendulum"))
+    if references:
+        benchmark.set_references(**references)
+    return benchmark.id
+
+
+def _pendulum_data(seed: int, episodes: int = 12) -> dict[str, np.ndarray]:
+    return episode_arrays(episodes=episodes, length=30, obs_dim=3, act_dim=1, seed=seed)
+
+
+def test_cheap_metrics_run_after_every_ingest(hub: Client) -> None:
+    benchmark = _pendulum(hub, random_return=-20.0, expert_return=20.0)
+    arrays = _pendulum_data(seed=1)
+    dataset = hub.datasets.create(_name("auto"), benchmark=benchmark)
+    dataset.upload(arrays).wait()
+    _wait_for_metrics(hub, dataset.name)
+    results = {r.key: r for r in hub.metrics.results(dataset.name)}
+    assert set(results) == {"returns", "trajectory_quality", "return_improvement", "state_action_coverage"}
+    expected = return_statistics(arrays["episode_id"], arrays["reward"], arrays["terminated"], arrays["truncated"])
+    assert results["returns"].result.value == pytest.approx(expected.value)
+    assert (results["returns"].result.ci_low, results["returns"].result.ci_high) == pytest.approx(
+        (expected.ci_low, expected.ci_high))
+    returns = episode_returns(arrays["episode_id"], arrays["reward"])
+    assert results["trajectory_quality"].result.value == pytest.approx((returns.mean() + 20) / 40)
+    assert results["trajectory_quality"].benchmark_inputs == {"references": [-20.0, 20.0]}
+    coverage = results["state_action_coverage"].result
+    assert coverage.n_rows_used == len(arrays["reward"])
+    assert coverage.value is not None
+    assert results["state_action_coverage"].benchmark_inputs["frame"] == hub.metrics.frame(benchmark).frame_id
+
+
+def test_requested_metrics_with_subsampling_and_the_same_seed_giving_the_same_numbers(hub: Client) -> None:
+    benchmark = _pendulum(hub)
+    dataset = hub.datasets.create(_name("req"), benchmark=benchmark)
+    dataset.upload(_pendulum_data(seed=2, episodes=70)).wait()
+    rows = dataset.refresh().record.versions[-1].transitions
+    request = [{"metric": "shannon_entropy", "max_points": 1000, "queries": 200},
+               {"metric": "behavioral_entropy", "alpha": 0.7, "queries": 200}]
+    first = hub.metrics.compute(dataset.name, request, seed=3).wait(timeout=120)
+    assert first.result is not None
+    assert set(first.result["results"]) == {"shannon_entropy", "behavioral_entropy"}
+    values = {r.key: r.result for r in hub.metrics.results(dataset.name)}
+    shannon = values["shannon_entropy"]
+    assert shannon.n_rows_used < rows
+    assert shannon.seed == 3
+    assert any("subsample" in w for w in shannon.warnings)
+    assert values["behavioral_entropy"].params["alpha"] == 0.7
+    hub.metrics.compute(dataset.name, request, seed=3).wait(timeout=120)
+    again = {r.key: r.result for r in hub.metrics.results(dataset.name)}
+    assert again["shannon_entropy"].value == shannon.value
+    assert again["behavioral_entropy"].value == values["behavioral_entropy"].value
+
+
+def test_bad_requests_are_refused_before_any_job(hub_server: EmbeddedServer, hub: Client) -> None:
+    dataset = hub.datasets.create(_name("bad"))
+    dataset.upload(_pendulum_data(seed=3, episodes=3)).wait()
+    with pytest.raises(InvalidRequest, match="reference returns"):
+        hub.metrics.compute(dataset.name, ["trajectory_quality"])
+    headers = {"Authorization": f"Bearer {admin_token(hub_server)}"}
+    base = f"{hub_server.url}/api/v1/datasets/{dataset.name}/metrics"
+    for body, field in (({"metrics": [{"metric": "entropy"}]}, "metric"),
+                        ({"metrics": [{"metric": "returns", "gamma": 2}]}, "gamma"),
+                        ({"metrics": [{"metric": "policy_value", "policy": "0" * 64}]}, "policy"),
+                        ({"metrics": [{"metric": "returns", "colour": "red"}]}, "colour"),
+                        ({"metrics": []}, "metrics"),
+                        ({"metrics": [{"metric": "state_action_coverage", "reference": "nowhere"}]}, None)):
+        response = httpx.post(base, json=body, headers=headers)
+        assert 400 <= response.status_code < 500, (body, response.text)
+        if field:
+            assert field in response.text
+    assert httpx.post(base, json={"metrics": [{"metric": "returns"}], "version": 9}, headers=headers).status_code \
+        == 404
+
+
+def test_compare_and_report_across_a_benchmarks_datasets(hub_server: EmbeddedServer, hub: Client,
+                                                         tmp_path: Path) -> None:
+    benchmark = _pendulum(hub, random_return=-20.0, expert_return=20.0)
+    names = []
+    for seed in (4, 5):
+        dataset = hub.datasets.create(_name("cmp"), benchmark=benchmark)
+        dataset.upload(_pendulum_data(seed=seed)).wait()
+        names.append(dataset.name)
+    for name in names:
+        _wait_for_metrics(hub, name)
+    hub.metrics.compute(names[1], [{"metric": "state_action_coverage", "reference": names[0]}]).wait(timeout=120)
+    comparison = hub.metrics.compare(names)
+    assert [row.dataset for row in comparison.rows] == names
+    assert comparison.benchmark == benchmark
+    normalised = comparison.rows[1].results["state_action_coverage"]
+    assert normalised.details["reference"] == f"{names[0]}@1"
+    assert normalised.value > 0
+    stranger = hub.datasets.create(_name("other"))
+    stranger.upload(_pendulum_data(seed=6, episodes=3)).wait()
+    with pytest.raises(InvalidRequest, match="no benchmark"):
+        hub.metrics.compare([names[0], stranger.name])
+
+    env = {"TUPLEHUB_URL": hub_server.url, "TUPLEHUB_TOKEN": admin_token(hub_server)}
+    runner = CliRunner()
+    table = runner.invoke(app, ["metrics", "compare", *names], env=env)
+    assert table.exit_code == 0, table.output
+    assert "TRAJECTORY_QUALITY" in table.output
+    assert names[0] in table.output
+    out = tmp_path / "report"
+    drawn = runner.invoke(app, ["metrics", "report", *names, "--out", str(out)], env=env)
+    assert drawn.exit_code == 0, drawn.output
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page
+    assert names[1] in page
+    assert (out / "returns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shown = runner.invoke(app, ["metrics", "show", names[0]], env=env)
+    assert shown.exit_code == 0
+    assert "return_improvement" in shown.output
+
+
+def test_a_changed_frame_or_reference_makes_results_stale_and_the_sweep_recomputes_them(
+        hub_server: EmbeddedServer, hub: Client) -> None:
+    benchmark = _pendulum(hub, random_return=-20.0, expert_return=20.0)
+    dataset = hub.datasets.create(_name("stale"), benchmark=benchmark)
+    dataset.upload(_pendulum_data(seed=7)).wait()
+    _wait_for_metrics(hub, dataset.name)
+
+    async def sweep() -> tuple[object, int]:
+        catalog = await open_catalog(hub_server.settings.resolved_catalog_url())
+        queue = await Queue.connect(hub_server.settings.redis_url, hub_server.settings.queue_name)
+        try:
+            record = await catalog.get_dataset(dataset.name)
+            stale = await stale_request(catalog, record, 1)
+            return stale, await recompute_metrics({"catalog": catalog, "queue": queue})  # type: ignore[typeddict-item]
+        finally:
+            await queue.aclose()
+            await catalog.aclose()
+
+    fresh, _ = asyncio.run(sweep())
+    assert fresh is None
+    old_frame = hub.metrics.frame(benchmark)
+    hub.metrics.set_frame(benchmark, MetricFrame.model_validate({
+        **old_frame.model_dump(), "coverage_low": [x - 1 for x in old_frame.coverage_low], "source": "by hand"}))
+    hub.benchmarks.get(benchmark).set_references(random_return=-10.0, expert_return=10.0)
+    stale, queued = asyncio.run(sweep())
+    assert stale is not None
+    assert {p.metric for p in stale.metrics} == {"state_action_coverage", "trajectory_quality"}
+    assert queued >= 1
+    _wait_for_metrics(hub, dataset.name)
+    results = {r.key: r for r in hub.metrics.results(dataset.name)}
+    assert results["trajectory_quality"].benchmark_inputs == {"references": [-10.0, 10.0]}
+    assert results["state_action_coverage"].benchmark_inputs["frame"] != old_frame.frame_id
+    assert asyncio.run(sweep())[0] is None
+
+
+def test_a_new_version_gets_the_metrics_its_dataset_had(hub_server: EmbeddedServer, hub: Client) -> None:
+    dataset = hub.datasets.create(_name("newver"))
+    dataset.upload(_pendulum_data(seed=8)).wait()
+    hub.metrics.compute(dataset.name, [{"metric": "shannon_entropy", "queries": 100}]).wait(timeout=120)
+    dataset.upload(_pendulum_data(seed=9), mode="replace").wait()
+    _wait_for_metrics(hub, dataset.name)
+
+    async def sweep() -> int:
+        catalog = await open_catalog(hub_server.settings.resolved_catalog_url())
+        queue = await Queue.connect(hub_server.settings.redis_url, hub_server.settings.queue_name)
+        try:
+            return await recompute_metrics({"catalog": catalog, "queue": queue})  # type: ignore[typeddict-item]
+        finally:
+            await queue.aclose()
+            await catalog.aclose()
+
+    assert asyncio.run(sweep()) >= 1
+    _wait_for_metrics(hub, dataset.name)
+    assert "shannon_entropy" in {r.key for r in hub.metrics.results(dataset.name, version=2)}
+
+
+def test_results_follow_the_datasets_sharing(hub_server: EmbeddedServer, hub: Client) -> None:
+    dataset = hub.datasets.create(_name("private"))
+    dataset.upload(_pendulum_data(seed=10, episodes=3)).wait()
+    password = "a long enough password"
+    user = _name("reader")
+    hub.users.create(user, password=password)
+    with Client(hub_server.url) as other:
+        other.login(user, password, remember=False)
+        with pytest.raises(Exception, match="no dataset"):
+            other.metrics.results(dataset.name)
+        dataset.publish(public=True)
+        assert other.metrics.results(dataset.name) is not None
+
+
+def test_the_job_refuses_what_failed_and_reports_it(hub: Client) -> None:
+    dataset = hub.datasets.create(_name("fail"))
+    dataset.upload(_pendulum_data(seed=11, episodes=3)).wait()
+    job = hub.metrics.compute(dataset.name, [{"metric": "shannon_entropy", "k": 100}])
+    with pytest.raises(Exception, match="k = 100"):
+        job.wait(timeout=120)
+    assert hub.jobs.get(job.id).status == JobStatus.failed
+
+
+def test_one_version_is_computed_by_one_job_at_a_time(redis_url: str) -> None:
+    """The per-version lock: a second holder waits (checking in between) until the first lets go."""
+    async def scenario() -> list[str]:
+        queue = await Queue.connect(redis_url, f"test:{uuid.uuid4().hex}")
+        events: list[str] = []
+        waits = 0
+
+        async def wait() -> None:
+            nonlocal waits
+            waits += 1
+
+        async def holder(name: str, hold_s: float) -> None:
+            async with queue.exclusive("metrics:ds:1", wait=wait, wait_s=10, poll_s=0.05):
+                events.append(f"{name} in")
+                await asyncio.sleep(hold_s)
+                events.append(f"{name} out")
+
+        try:
+            first = asyncio.create_task(holder("first", 0.3))
+            await asyncio.sleep(0.05)
+            await holder("second", 0)
+            await first
+            async with queue.exclusive("metrics:ds:2", wait=wait, wait_s=1, poll_s=0.05):
+                with pytest.raises(TimeoutError):
+                    await queue.exclusive("metrics:ds:2", wait=wait, wait_s=0.2, poll_s=0.05).__aenter__()
+        finally:
+            await queue.aclose()
+        assert waits > 0
+        return events
+
+    assert asyncio.run(scenario()) == ["first in", "first out", "second in", "second out"]
+
+
+def _policy_bytes(scale: float) -> bytes:
+    """A TorchScript policy for Pendulum: a = scale * observation[0], as a user would upload one."""
+    import io
+    import warnings
+
+    torch = pytest.importorskip("torch")
+
+    class Linear(torch.nn.Module):
+        def __init__(self, scale: float) -> None:
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, observation: torch.Tensor) -> torch.Tensor:
+            return self.scale * observation[:, :1]
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript, which d3rlpy's save_policy still writes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(Linear(scale)), buffer)
+    return buffer.getvalue()
+
+
+def test_fitted_q_and_policy_values_through_the_job(hub_server: EmbeddedServer, hub: Client) -> None:
+    pytest.importorskip("torch")
+    benchmark = _pendulum(hub)
+    dataset = hub.datasets.create(_name("fqe"), benchmark=benchmark)
+    arrays = _pendulum_data(seed=12, episodes=10)
+    dataset.upload(arrays).wait()
+    quick = {"steps": 200, "seeds": 2}
+    policies = [hub.artifacts.upload(_policy_bytes(scale), name=f"policy-{scale}.pt").id for scale in (0.5, -0.5)]
+    job = hub.metrics.compute(dataset.name, [
+        {"metric": "average_q", "bc_steps": 100, **quick},
+        {"metric": "average_q", "target": "sarsa", **quick},  # the same key: replaces the BC one
+        *({"metric": "policy_value", "policy": policy, **quick} for policy in policies)], seed=1)
+    job.wait(timeout=300)
+    results = {r.key: r.result for r in hub.metrics.results(dataset.name)}
+    average_q = results["average_q"]
+    assert average_q.params["target"] == "sarsa"
+    assert average_q.seed == 1
+    assert len(average_q.details["per_seed"]["average_q"]) == 2
+    assert average_q.ci_low is not None
+    assert average_q.ci_low <= average_q.value <= average_q.ci_high
+    # Rows without a next action in the data (the last of each truncated episode) are left out.
+    truncated_ends = int(arrays["truncated"].sum())
+    assert average_q.n_rows_used == len(arrays["reward"]) - truncated_ends
+    for policy in policies:
+        value = results[f"policy_value:{policy}"]
+        assert value.metric == "policy_value"
+        assert value.details["initial_state_value"] == value.value
+    ranked = hub.metrics.policies(dataset.name)
+    assert [r.key for r in ranked] == sorted((f"policy_value:{p}" for p in policies),
+                                             key=lambda k: -results[k].value)
+
+    dataset.publish(public=True)
+    user, password = _name("peer"), "a long enough password"
+    hub.users.create(user, password=password)
+    with Client(hub_server.url) as peer:
+        peer.login(user, password, remember=False)
+        seen = {r.key for r in peer.metrics.results(dataset.name)}
+        assert "average_q" in seen
+        assert not any(key.startswith("policy_value") for key in seen)
+        with pytest.raises(InvalidRequest, match="no policy artifact"):
+            peer.metrics.compute(dataset.name, [{"metric": "policy_value", "policy": policies[0]}])

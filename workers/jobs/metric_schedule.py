@@ -1,0 +1,128 @@
+"""Metrics nobody asked for: the cheap set after every ingest, and a sweep for missing or stale ones.
+
+A result is stale when its metric's algorithm changed (its ``algo_version``), or what it took from
+the benchmark changed (the frozen frame, the reference returns). A new version is missing the
+results its dataset's earlier versions had, which the sweep computes with the same parameters.
+Only each dataset's latest version is kept fresh. Jobs the sweep queues carry a per-version
+``dedup_key``, so a slow job is never queued twice, and the job's own lock keeps it from running
+beside a user's request on the same version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from tuplehub.storage.benchmarks import BenchmarkRecord
+from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.errors import NotFound
+from tuplehub.storage.metrics import (
+    CHEAP_METRICS,
+    TORCH_METRICS,
+    MetricFrameRecord,
+    MetricName,
+    MetricRecord,
+    MetricsCreate,
+    metrics_job,
+)
+from tuplehub.storage.models import DatasetRecord
+from tuplehub.storage.queue import Queue
+from tuplehub.workers.context import WorkerContext
+from tuplehub.workers.jobs.metrics import benchmark_of
+from tuplehub.workers.metrics import coverage, entropy, fqe, quality, returns
+
+logger = logging.getLogger("tuplehub.workers")
+
+ALGORITHM_VERSIONS = {
+    MetricName.returns: returns.VERSION, MetricName.trajectory_quality: quality.VERSION,
+    MetricName.return_improvement: quality.VERSION, MetricName.state_action_coverage: coverage.VERSION,
+    MetricName.shannon_entropy: entropy.VERSION, MetricName.behavioral_entropy: entropy.VERSION,
+    MetricName.average_q: fqe.VERSION, MetricName.policy_value: fqe.VERSION,
+}
+FRAMED = (MetricName.state_action_coverage, MetricName.shannon_entropy, MetricName.behavioral_entropy)
+PAGE = 500
+MAX_DATASETS = 1_000_000
+
+
+async def queue_cheap_metrics(catalog: Catalog, queue: Queue, dataset: DatasetRecord, version: int) -> None:
+    """After an ingest: the cheap metrics of the new version, in the background."""
+    benchmark = await benchmark_of(catalog, dataset)
+    request = MetricsCreate.model_validate({"metrics": _cheap(benchmark), "seed": 0})
+    await queue.enqueue(await catalog.create_job(metrics_job(dataset, version, request, owner=dataset.owner,
+                                                             scheduled=True)))
+
+
+def _cheap(benchmark: BenchmarkRecord | None) -> list[dict[str, Any]]:
+    chosen = [{"metric": metric.value} for metric in CHEAP_METRICS]
+    if benchmark is not None and benchmark.random_return is not None and benchmark.expert_return is not None:
+        chosen.append({"metric": MetricName.trajectory_quality.value})
+    return chosen
+
+
+async def recompute_metrics(ctx: WorkerContext) -> int:
+    """The sweep: queue a job for every dataset whose latest version lacks fresh results; how many."""
+    catalog, queue = ctx["catalog"], ctx["queue"]
+    queued = 0
+    for offset in range(0, MAX_DATASETS, PAGE):
+        page, total = await catalog.list_datasets(name=None, tag=None, offset=offset, limit=PAGE)
+        for summary in page:
+            if summary.latest_version is None:
+                continue
+            try:
+                request = await stale_request(catalog, summary, summary.latest_version)
+                if request is not None:
+                    job = await catalog.create_job(metrics_job(summary, summary.latest_version, request,
+                                                               owner=summary.owner, scheduled=True))
+                    queued += await queue.enqueue(job)
+            except NotFound:  # deleted meanwhile
+                continue
+            except Exception:
+                logger.exception("metrics sweep: dataset %s skipped", summary.name)
+        if offset + PAGE >= total:
+            break
+    return queued
+
+
+async def stale_request(catalog: Catalog, dataset: DatasetRecord, version: int) -> MetricsCreate | None:
+    """What the sweep would recompute on ``version``: missing and stale results, with their parameters."""
+    records, _ = await catalog.find_records("metrics", MetricRecord, where={"dataset_id": dataset.id})
+    benchmark = await benchmark_of(catalog, dataset)
+    frame_id = None
+    if dataset.benchmark is not None:
+        with contextlib.suppress(NotFound):
+            frame_id = (await catalog.get_record("metric_frames", MetricFrameRecord,
+                                                 benchmark_id=dataset.benchmark)).frame.frame_id
+    wanted: dict[str, dict[str, Any]] = {}
+    for params in _cheap(benchmark):
+        wanted[params["metric"]] = params
+    for record in records:  # oldest first: the latest parameters of each key win
+        wanted[record.key] = record.params
+    current = {record.key: record for record in records if record.version == version}
+    torch = fqe.torch_available()
+    chosen = []
+    seed = 0
+    for key, params in wanted.items():
+        metric = MetricName(params["metric"])
+        if metric in TORCH_METRICS and not torch:
+            continue
+        record = current.get(key)
+        if record is None or _stale(record, metric, benchmark, frame_id):
+            chosen.append(params)
+            seed = record.seed if record is not None else seed
+    if not chosen:
+        return None
+    return MetricsCreate.model_validate({"metrics": chosen, "seed": seed})
+
+
+def _stale(record: MetricRecord, metric: MetricName, benchmark: BenchmarkRecord | None, frame_id: str | None) -> bool:
+    if record.result.algo_version != ALGORITHM_VERSIONS[metric]:
+        return True
+    inputs = record.benchmark_inputs
+    if metric in FRAMED and "frame" in inputs and inputs["frame"] != frame_id:
+        return True
+    if "references" in inputs:
+        now = [benchmark.random_return, benchmark.expert_return] if benchmark is not None else [None, None]
+        return inputs["references"] != now
+    return False
+
