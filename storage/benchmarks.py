@@ -190,3 +190,29 @@ class BenchmarkRead(BaseModel):
     @classmethod
     def from_record(cls, record: BenchmarkRecord) -> BenchmarkRead:
         return cls(id=record.benchmark_id, **record.model_dump(exclude={"id", "benchmark_id"}))
+
+
+def continuous_dimensions(spec: BenchmarkSpec) -> int | None:
+    """Float Box dimensions of the observation and action spaces together (what a metric frame
+    scales); None when a space is neither a Box nor discrete, so the count is not known."""
+    total = 0
+    for space in (spec.observation_space, spec.action_space):
+        kind = space.get("type")
+        if kind == "Box":
+            total += math.prod(space["shape"]) if np.dtype(space["dtype"]).kind == "f" else 0
+        elif kind not in ("Discrete", "MultiDiscrete", "MultiBinary"):
+            return None
+    return total
+
+
+def metrics_record(records: list[BenchmarkRecord], dataset_owner: str) -> BenchmarkRecord | None:
+    """Which record of a benchmark the metrics of a dataset take reference returns from.
+
+    One spec may be stored by several owners, each with their own references. The dataset owner's
+    record comes first, then public ones, oldest first, preferring records that have references;
+    other users' private records are never used (their references are theirs).
+    """
+    usable = [r for r in records if r.owner == dataset_owner or r.public]
+    ranked = sorted(usable, key=lambda r: (r.random_return is None or r.expert_return is None,
+                                           r.owner != dataset_owner, r.created_at))
+    return ranked[0] if ranked else None

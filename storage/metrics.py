@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuplehub.storage.access import StoredRecord
 from tuplehub.storage.models import DatasetRecord, JobKind, JobRecord, Name
@@ -153,6 +153,15 @@ class MetricsCreate(BaseModel):
     metrics: list[MetricParams] = Field(min_length=1, max_length=16)
     seed: int = Field(0, ge=0, lt=2**63, description="Seeds every subsample, bootstrap and training run.")
 
+    @model_validator(mode="after")
+    def _one_per_key(self) -> MetricsCreate:
+        keys = [result_key(params) for params in self.metrics]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise ValueError(f"each result is asked for once: {', '.join(repeated)} repeats (a version keeps one "
+                             "result per key)")
+        return self
+
 
 def metrics_job(dataset: DatasetRecord, version: int, request: MetricsCreate, *, owner: str,
                 scheduled: bool = False) -> JobRecord:
@@ -162,7 +171,7 @@ def metrics_job(dataset: DatasetRecord, version: int, request: MetricsCreate, *,
     return JobRecord(kind=JobKind.metrics, owner=owner, params={
         "dataset": dataset.name, "dataset_id": dataset.id, "version": version,
         "request": request.model_dump(mode="json"), "scheduled": scheduled},
-        dedup_key=f"metrics:{dataset.id}:{version}:scheduled" if scheduled else None)
+        dedup_key=f"metrics:{dataset.id}:{version}:{request.seed}:scheduled" if scheduled else None)
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -194,6 +203,9 @@ class MetricRead(BaseModel):
 
 # --- the frozen frame ------------------------------------------------------------------------------
 
+MAX_FRAME_DIMS = 100_000
+FRAME_LIMIT = 1e12  # standardised units: larger bounds would overflow the bin arithmetic
+
 class MetricFrame(BaseModel):
     """How a benchmark's data is turned into features for coverage and kNN entropies, frozen.
 
@@ -204,16 +216,35 @@ class MetricFrame(BaseModel):
     are. Freezing all of it per benchmark is what makes two datasets' numbers comparable.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    source: str = Field(description="Where it was frozen from: 'dataset@version', or set by hand.")
-    mean: list[float]
-    scale: list[float]
-    components: list[list[float]] | None = Field(None, description="Rows are unit axes in standardised units.")
-    coverage_dims: int = Field(ge=0)
-    coverage_low: list[float]
-    coverage_high: list[float]
-    entropy_dims: int = Field(ge=0)
+    source: str = Field(max_length=500, description="Where it came from: a version's sample, or set by hand.")
+    mean: list[Annotated[float, Field(ge=-FRAME_LIMIT, le=FRAME_LIMIT)]] = Field(max_length=MAX_FRAME_DIMS)
+    scale: list[Annotated[float, Field(gt=0, le=FRAME_LIMIT)]] = Field(max_length=MAX_FRAME_DIMS)
+    components: list[list[Annotated[float, Field(ge=-1, le=1)]]] | None = Field(
+        None, min_length=1, max_length=MAX_FRAME_DIMS, description="Rows are unit axes in standardised units.")
+    coverage_dims: int = Field(ge=0, le=MAX_FRAME_DIMS)
+    coverage_low: list[Annotated[float, Field(ge=-FRAME_LIMIT, le=FRAME_LIMIT)]]
+    coverage_high: list[Annotated[float, Field(ge=-FRAME_LIMIT, le=FRAME_LIMIT)]]
+    entropy_dims: int = Field(ge=0, le=MAX_FRAME_DIMS)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MetricFrame:
+        d = len(self.mean)
+        width = len(self.components) if self.components is not None else d
+        problems = []
+        if len(self.scale) != d:
+            problems.append(f"scale needs {d} entries, one per mean")
+        if self.components is not None and any(len(axis) != d for axis in self.components):
+            problems.append(f"every component needs {d} entries")
+        if self.coverage_dims > width or self.entropy_dims > width:
+            problems.append(f"coverage_dims and entropy_dims are at most {width}")
+        if len(self.coverage_low) != self.coverage_dims or len(self.coverage_high) != self.coverage_dims or any(
+                high <= low for low, high in zip(self.coverage_low, self.coverage_high, strict=False)):
+            problems.append("coverage_low and coverage_high need coverage_dims entries each, with high > low")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def frame_id(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from tuplehub.storage.errors import InvalidRequest
 from tuplehub.storage.metrics import MetricFrame
 from tuplehub.storage.models import JobStatus
 from tuplehub.storage.queue import Queue
-from tuplehub.workers.jobs.metric_schedule import recompute_metrics, stale_request
+from tuplehub.workers.jobs.metric_schedule import recompute_metrics, stale_requests
 from tuplehub.workers.metrics.episodes import episode_returns
 from tuplehub.workers.metrics.returns import return_statistics
 
@@ -87,7 +88,7 @@ def test_requested_metrics_with_subsampling_and_the_same_seed_giving_the_same_nu
                {"metric": "behavioral_entropy", "alpha": 0.7, "queries": 200}]
     first = hub.metrics.compute(dataset.name, request, seed=3).wait(timeout=120)
     assert first.result is not None
-    assert set(first.result["results"]) == {"shannon_entropy", "behavioral_entropy"}
+    assert set(first.result["computed"]) == {"shannon_entropy", "behavioral_entropy"}
     values = {r.key: r.result for r in hub.metrics.results(dataset.name)}
     shannon = values["shannon_entropy"]
     assert shannon.n_rows_used < rows
@@ -112,6 +113,7 @@ def test_bad_requests_are_refused_before_any_job(hub_server: EmbeddedServer, hub
                         ({"metrics": [{"metric": "policy_value", "policy": "0" * 64}]}, "policy"),
                         ({"metrics": [{"metric": "returns", "colour": "red"}]}, "colour"),
                         ({"metrics": []}, "metrics"),
+                        ({"metrics": [{"metric": "returns"}, {"metric": "returns", "gamma": 0.9}]}, "once"),
                         ({"metrics": [{"metric": "state_action_coverage", "reference": "nowhere"}]}, None)):
         response = httpx.post(base, json=body, headers=headers)
         assert 400 <= response.status_code < 500, (body, response.text)
@@ -173,27 +175,27 @@ def test_a_changed_frame_or_reference_makes_results_stale_and_the_sweep_recomput
         queue = await Queue.connect(hub_server.settings.redis_url, hub_server.settings.queue_name)
         try:
             record = await catalog.get_dataset(dataset.name)
-            stale = await stale_request(catalog, record, 1)
+            stale = await stale_requests(catalog, record, 1)
             return stale, await recompute_metrics({"catalog": catalog, "queue": queue})  # type: ignore[typeddict-item]
         finally:
             await queue.aclose()
             await catalog.aclose()
 
     fresh, _ = asyncio.run(sweep())
-    assert fresh is None
+    assert fresh == []
     old_frame = hub.metrics.frame(benchmark)
     hub.metrics.set_frame(benchmark, MetricFrame.model_validate({
         **old_frame.model_dump(), "coverage_low": [x - 1 for x in old_frame.coverage_low], "source": "by hand"}))
     hub.benchmarks.get(benchmark).set_references(random_return=-10.0, expert_return=10.0)
     stale, queued = asyncio.run(sweep())
-    assert stale is not None
-    assert {p.metric for p in stale.metrics} == {"state_action_coverage", "trajectory_quality"}
+    assert len(stale) == 1
+    assert {p.metric for p in stale[0].metrics} == {"state_action_coverage", "trajectory_quality"}
     assert queued >= 1
     _wait_for_metrics(hub, dataset.name)
     results = {r.key: r for r in hub.metrics.results(dataset.name)}
     assert results["trajectory_quality"].benchmark_inputs == {"references": [-10.0, 10.0]}
     assert results["state_action_coverage"].benchmark_inputs["frame"] != old_frame.frame_id
-    assert asyncio.run(sweep())[0] is None
+    assert asyncio.run(sweep())[0] == []
 
 
 def test_a_new_version_gets_the_metrics_its_dataset_had(hub_server: EmbeddedServer, hub: Client) -> None:
@@ -304,8 +306,7 @@ def test_fitted_q_and_policy_values_through_the_job(hub_server: EmbeddedServer, 
     quick = {"steps": 200, "seeds": 2}
     policies = [hub.artifacts.upload(_policy_bytes(scale), name=f"policy-{scale}.pt").id for scale in (0.5, -0.5)]
     job = hub.metrics.compute(dataset.name, [
-        {"metric": "average_q", "bc_steps": 100, **quick},
-        {"metric": "average_q", "target": "sarsa", **quick},  # the same key: replaces the BC one
+        {"metric": "average_q", "target": "sarsa", **quick},
         *({"metric": "policy_value", "policy": policy, **quick} for policy in policies)], seed=1)
     job.wait(timeout=300)
     results = {r.key: r.result for r in hub.metrics.results(dataset.name)}
@@ -322,6 +323,10 @@ def test_fitted_q_and_policy_values_through_the_job(hub_server: EmbeddedServer, 
         value = results[f"policy_value:{policy}"]
         assert value.metric == "policy_value"
         assert value.details["initial_state_value"] == value.value
+    hub.metrics.compute(dataset.name, [{"metric": "average_q", "bc_steps": 100, **quick}]).wait(timeout=300)
+    replaced = {r.key: r.result for r in hub.metrics.results(dataset.name)}["average_q"]
+    assert replaced.params["target"] == "policy"
+    assert "behaviour_cloning" in replaced.details
     ranked = hub.metrics.policies(dataset.name)
     assert [r.key for r in ranked] == sorted((f"policy_value:{p}" for p in policies),
                                              key=lambda k: -results[k].value)
@@ -336,3 +341,94 @@ def test_fitted_q_and_policy_values_through_the_job(hub_server: EmbeddedServer, 
         assert not any(key.startswith("policy_value") for key in seen)
         with pytest.raises(InvalidRequest, match="no policy artifact"):
             peer.metrics.compute(dataset.name, [{"metric": "policy_value", "policy": policies[0]}])
+
+
+def _peer(hub_server: EmbeddedServer, hub: Client) -> Client:
+    user, password = _name("peer"), "a long enough password"
+    hub.users.create(user, password=password)
+    peer = Client(hub_server.url)
+    peer.login(user, password, remember=False)
+    return peer
+
+
+def test_only_the_first_owner_of_a_benchmark_may_change_its_frame(hub_server: EmbeddedServer, hub: Client) -> None:
+    benchmark = _pendulum(hub)
+    dataset = hub.datasets.create(_name("frame"), benchmark=benchmark)
+    dataset.upload(_pendulum_data(seed=13)).wait()
+    _wait_for_metrics(hub, dataset.name)
+    frame = hub.metrics.frame(benchmark)
+    assert dataset.name not in frame.source  # the frame is shown to every reader of the benchmark
+    with _peer(hub_server, hub) as peer:
+        same = peer.benchmarks.create_from_env(gym.make("Pendulum-v1"))  # the same spec: the same id
+        assert same.id == benchmark
+        with pytest.raises(Exception, match="first owner"):
+            peer.metrics.set_frame(benchmark, frame)
+        with pytest.raises(Exception, match="first owner"):
+            peer.metrics.reset_frame(benchmark)
+    headers = {"Authorization": f"Bearer {admin_token(hub_server)}"}
+    url = f"{hub_server.url}/api/v1/benchmarks/{benchmark}/frame"
+    body = frame.model_dump(mode="json")
+    for broken, field in (({**body, "mean": [float("nan")] * 4}, "mean"), ({**body, "components": []}, "components"),
+                          ({**body, "coverage_low": [1e300] * 4}, "coverage_low"),
+                          ({**body, "scale": [0.0] * 4}, "scale")):
+        response = httpx.put(url, content=json_dumps(broken), headers={**headers, "Content-Type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert field in response.text
+    narrow = {"source": "by hand", "mean": [0.0] * 3, "scale": [1.0] * 3, "coverage_dims": 3,
+              "coverage_low": [-1.0] * 3, "coverage_high": [1.0] * 3, "entropy_dims": 3}
+    response = httpx.put(url, json=narrow, headers=headers)
+    assert response.status_code == 422
+    assert "4 continuous dimensions" in response.text
+    assert hub.metrics.frame(benchmark) == frame
+
+
+def json_dumps(value: object) -> str:
+    """JSON with NaN written out, as a careless client would send it."""
+    return json.dumps(value)
+
+
+def test_storing_results_needs_write_access_and_results_hide_what_a_reader_cannot_see(
+        hub_server: EmbeddedServer, hub: Client) -> None:
+    benchmark = _pendulum(hub)
+    shared = hub.datasets.create(_name("shared"), benchmark=benchmark)
+    private = hub.datasets.create(_name("secret"), benchmark=benchmark)
+    for dataset, seed in ((shared, 14), (private, 15)):
+        dataset.upload(_pendulum_data(seed=seed)).wait()
+        _wait_for_metrics(hub, dataset.name)
+    hub.metrics.compute(shared.name, [{"metric": "state_action_coverage", "reference": private.name}]).wait(
+        timeout=120)
+    shared.publish(public=True)
+    with _peer(hub_server, hub) as peer:
+        with pytest.raises(Exception, match="write access"):
+            peer.metrics.compute(shared.name, ["returns"])
+        seen = {r.key for r in peer.metrics.results(shared.name)}
+        assert "returns" in seen
+        assert "state_action_coverage" not in seen
+    assert "state_action_coverage" in {r.key for r in hub.metrics.results(shared.name)}
+
+
+def test_data_that_does_not_match_its_benchmark_keeps_the_benchmarks_frame(hub: Client) -> None:
+    benchmark = _pendulum(hub)
+    matching = hub.datasets.create(_name("match"), benchmark=benchmark)
+    matching.upload(_pendulum_data(seed=16)).wait()
+    _wait_for_metrics(hub, matching.name)
+    frame = hub.metrics.frame(benchmark)
+    wide = hub.datasets.create(_name("wide"), benchmark=benchmark)
+    wide.upload(episode_arrays(episodes=8, length=20, obs_dim=5, act_dim=1, seed=17)).wait()
+    _wait_for_metrics(hub, wide.name)
+    results = {r.key: r.result for r in hub.metrics.results(wide.name)}
+    assert results["returns"].value is not None  # the rest of the job is not lost
+    coverage = results["state_action_coverage"]
+    assert coverage.value is None
+    assert "does not match its benchmark" in coverage.warnings[0]
+    assert hub.metrics.frame(benchmark) == frame
+
+
+def test_the_sweep_schedule_is_a_cron_of_the_setting() -> None:
+    from tuplehub.workers.settings import _every
+
+    assert _every(30) == {"second": set(range(0, 60, 30))}
+    assert _every(600) == {"minute": set(range(0, 60, 10)), "second": 0}
+    assert _every(3600) == {"hour": set(range(24)), "minute": 0, "second": 0}
+    assert _every(6 * 3600) == {"hour": {0, 6, 12, 18}, "minute": 0, "second": 0}
+    assert _every(86400) == {"hour": {0}, "minute": 0, "second": 0}

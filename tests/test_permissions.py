@@ -138,7 +138,7 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("PUT", "/uploads/{upload_id}/parts/{number}"): owner_or_admin(200),
     ("POST", "/uploads/{upload_id}/complete"): owner_or_admin(202),
     ("POST", "/datasets/{name}/exports"): by_reading(202, also=lambda scope: READERS[scope]),
-    ("POST", "/datasets/{name}/metrics"): by_reading(202, also=lambda scope: READERS[scope]),
+    ("POST", "/datasets/{name}/metrics"): by_reading(202),  # results are shared: storing them needs write access
     ("GET", "/datasets/{name}/metrics"): by_reading(200, also=lambda scope: READERS[scope]),
     ("GET", "/benchmarks/{benchmark_id}/metrics"): by_reading(200, also=lambda scope: READERS[scope]),
     ("GET", "/benchmarks/{benchmark_id}/frame"): by_reading(200, also=lambda scope: READERS[scope]),

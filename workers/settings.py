@@ -36,13 +36,17 @@ ARQ_EXTRA_TRIES = 5
 
 
 def _every(seconds: int) -> dict[str, Any]:
-    """Cron fields for 'every ``seconds``' (rounded to what divides a minute or an hour)."""
+    """Cron fields for 'every ``seconds``' (rounded up to what divides a minute, an hour or a day)."""
     if seconds < 60:
         step = next(s for s in (1, 2, 3, 5, 10, 15, 20, 30) if s >= seconds)
         return {"second": set(range(0, 60, step))}
-    minutes = max(1, seconds // 60)
-    step = next((m for m in (1, 2, 3, 5, 10, 15, 20, 30) if m >= minutes), 60)
-    return {"minute": set(range(0, 60, step)), "second": 0}
+    if seconds <= 1800:
+        minutes = max(1, seconds // 60)
+        step = next(m for m in (1, 2, 3, 5, 10, 15, 20, 30) if m >= minutes)
+        return {"minute": set(range(0, 60, step)), "second": 0}
+    hours = max(1, -(-seconds // 3600))
+    step = next((h for h in (1, 2, 3, 4, 6, 8, 12) if h >= hours), 24)
+    return {"hour": set(range(0, 24, step)), "minute": 0, "second": 0}
 
 
 def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = True, burst: bool = False) -> Worker:

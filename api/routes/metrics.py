@@ -8,21 +8,27 @@ computed under another frame then count as stale and the schedule recomputes the
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
 from tuplehub.api.access.audit import audit
-from tuplehub.api.access.policy import read_scope, readable_benchmark, readable_dataset, require_owner
+from tuplehub.api.access.policy import (
+    can_read,
+    manages_all,
+    read_scope,
+    readable_benchmark,
+    readable_dataset,
+    require_owner,
+)
 from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, QueueDep, Reader
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.artifacts import readable_artifact
 from tuplehub.storage import versions
-from tuplehub.storage.benchmarks import BenchmarkRecord
+from tuplehub.storage.benchmarks import BenchmarkRecord, continuous_dimensions, metrics_record
 from tuplehub.storage.catalog import Catalog
-from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from tuplehub.storage.errors import Forbidden, InvalidRequest, NotFound
 from tuplehub.storage.metrics import (
     Comparison,
     ComparisonRow,
@@ -41,15 +47,23 @@ from tuplehub.storage.models import DatasetRecord, JobRead
 router = APIRouter(tags=["metrics"])
 
 
-@router.post("/datasets/{name}/metrics", status_code=202, responses=problems(NotFound, InvalidRequest))
+@router.post("/datasets/{name}/metrics", status_code=202, responses=problems(NotFound, Forbidden, InvalidRequest))
 async def request_metrics(name: str, body: MetricsCreate, caller: Caller, catalog: CatalogDep,
                           queue: QueueDep) -> JobRead:
     """Start a ``metrics`` job on a version (the latest by default); poll the job, then read the results.
 
-    What can be checked before any data is read is checked here: the version, reference returns
-    for trajectory quality, the coverage reference, the policy artifact.
+    Results replace the version's earlier ones of the same key, so storing them needs write access
+    to the dataset; a reader may still ask for the value of a policy artifact they can read. What
+    can be checked before any data is read is checked here: the version, reference returns for
+    trajectory quality, the coverage reference, the policy artifact.
     """
     dataset = await readable_dataset(catalog, caller, name)
+    if any(not isinstance(params, PolicyValueParams) for params in body.metrics):
+        try:
+            require_owner(caller, dataset, "dataset", "write")
+        except Forbidden as exc:
+            raise Forbidden("storing metric results on a dataset needs write access to it (its owner or a dataset "
+                            "administrator); readers may evaluate their own policies (policy_value)") from exc
     version = await versions.get_version(catalog, dataset, body.version)
     for params in body.metrics:
         await _check(catalog, caller, dataset, params)
@@ -64,7 +78,8 @@ async def _check(catalog: Catalog, caller: Principal, dataset: DatasetRecord, pa
         if dataset.benchmark is not None:
             records, _ = await catalog.find_records("benchmarks", BenchmarkRecord,
                                                     where={"benchmark_id": dataset.benchmark})
-        if not any(r.random_return is not None and r.expert_return is not None for r in records):
+        chosen = metrics_record(records, dataset.owner)
+        if chosen is None or chosen.random_return is None or chosen.expert_return is None:
             raise InvalidRequest("trajectory quality needs random and expert reference returns: give them in the "
                                  "request or store them on the dataset's benchmark", field="references")
     elif isinstance(params, CoverageParams) and params.reference is not None:
@@ -95,16 +110,26 @@ async def _results(catalog: Catalog, caller: Principal, dataset: DatasetRecord, 
                                                                             "version": version})
     shown = []
     for record in records:
-        policy = record.params.get("policy")
-        if policy is not None:
-            try:
-                await readable_artifact(catalog, caller, policy)
-            except NotFound:
-                continue
+        if not await _may_see(catalog, caller, record):
+            continue
         shown.append(MetricRead(dataset=dataset.name, version=version, key=record.key, computed_at=record.created_at,
                                 job_id=record.job_id, params=record.params,
                                 benchmark_inputs=record.benchmark_inputs, result=record.result))
     return sorted(shown, key=lambda read: read.key)
+
+
+async def _may_see(catalog: Catalog, caller: Principal, record: MetricRecord) -> bool:
+    """A result shows what went into it: a policy's value needs the policy, a coverage ratio its reference."""
+    try:
+        if (policy := record.params.get("policy")) is not None:
+            await readable_artifact(catalog, caller, policy)
+        if (reference := record.benchmark_inputs.get("reference_id")) is not None:
+            dataset = await catalog.get_dataset_by_id(reference)
+            if dataset is None or not can_read(caller, dataset, "dataset"):
+                return False
+    except NotFound:
+        return False
+    return True
 
 
 @router.get("/benchmarks/{benchmark_id}/metrics", responses=problems(NotFound, InvalidRequest))
@@ -149,43 +174,43 @@ async def _stored_frame(catalog: Catalog, benchmark_id: str) -> MetricFrameRecor
         raise NotFound(f"benchmark {benchmark_id} has no frozen metric frame yet", benchmark=benchmark_id) from exc
 
 
-@router.put("/benchmarks/{benchmark_id}/frame", responses=problems(NotFound, Forbidden, InvalidRequest, Conflict))
+async def _frame_author(catalog: Catalog, caller: Principal, benchmark_id: str) -> BenchmarkRecord:
+    """The frame is shared by every record of a benchmark, so only the first record's owner (who
+    published the spec first) or a benchmark administrator may change it."""
+    readable = await readable_benchmark(catalog, caller, benchmark_id)
+    records, _ = await catalog.find_records("benchmarks", BenchmarkRecord, where={"benchmark_id": benchmark_id})
+    first = min(records, key=lambda r: r.created_at)
+    if first.owner == caller.id:
+        require_owner(caller, first, "benchmark", "write")  # the token must allow it too
+    elif not manages_all(caller, "benchmark"):
+        raise Forbidden("a benchmark's metric frame is shared by everyone who stores it: only its first owner or a "
+                        "benchmark administrator may change it")
+    return readable
+
+
+@router.put("/benchmarks/{benchmark_id}/frame", responses=problems(NotFound, Forbidden, InvalidRequest))
 async def set_frame(benchmark_id: str, body: MetricFrame, caller: Caller, catalog: CatalogDep) -> MetricFrame:
     """Replace the frame by hand (bounds agreed in a paper, say); results under the old one go stale."""
-    record = await readable_benchmark(catalog, caller, benchmark_id)
-    require_owner(caller, record, "benchmark", "write")
-    _check_frame(body)
-    with contextlib.suppress(NotFound):
-        await catalog.delete_records("metric_frames", MetricFrameRecord, benchmark_id=benchmark_id)
-    await catalog.insert_record("metric_frames", MetricFrameRecord(benchmark_id=benchmark_id, frame=body),
-                                unique=benchmark_id)
+    record = await _frame_author(catalog, caller, benchmark_id)
+    expected = continuous_dimensions(record.spec)
+    if expected is not None and len(body.mean) != expected:
+        raise InvalidRequest(f"the benchmark's spaces have {expected} continuous dimensions, the frame "
+                             f"{len(body.mean)}", field="mean")
+    try:
+        stored = await _stored_frame(catalog, benchmark_id)
+        await catalog.update_record("metric_frames", MetricFrameRecord, stored.id, frame=body)
+    except NotFound:
+        await catalog.insert_record("metric_frames", MetricFrameRecord(benchmark_id=benchmark_id, frame=body),
+                                    unique=benchmark_id)
     await audit(catalog, caller, "benchmark.frame", "benchmark", benchmark_id, record.name or record.family,
                 frame=body.frame_id)
     return body
 
 
-def _check_frame(frame: MetricFrame) -> None:
-    d = len(frame.mean)
-    width = len(frame.components) if frame.components is not None else d
-    problems_found = []
-    if len(frame.scale) != d or any(s <= 0 for s in frame.scale):
-        problems_found.append("scale needs one positive number per mean")
-    if frame.components is not None and any(len(axis) != d for axis in frame.components):
-        problems_found.append(f"every component needs {d} entries")
-    if frame.coverage_dims > width or frame.entropy_dims > width:
-        problems_found.append(f"coverage_dims and entropy_dims are at most {width}")
-    if len(frame.coverage_low) != frame.coverage_dims or len(frame.coverage_high) != frame.coverage_dims or any(
-            h <= lo for lo, h in zip(frame.coverage_low, frame.coverage_high, strict=False)):
-        problems_found.append("coverage_low and coverage_high need coverage_dims entries with high > low")
-    if problems_found:
-        raise InvalidRequest("; ".join(problems_found), field="frame")
-
-
 @router.delete("/benchmarks/{benchmark_id}/frame", status_code=204, responses=problems(NotFound, Forbidden))
 async def reset_frame(benchmark_id: str, caller: Caller, catalog: CatalogDep) -> Response:
     """Forget the frame: the next metrics job freezes a new one from its version."""
-    record = await readable_benchmark(catalog, caller, benchmark_id)
-    require_owner(caller, record, "benchmark", "write")
+    record = await _frame_author(catalog, caller, benchmark_id)
     await _stored_frame(catalog, benchmark_id)
     await catalog.delete_records("metric_frames", MetricFrameRecord, benchmark_id=benchmark_id)
     await audit(catalog, caller, "benchmark.frame_reset", "benchmark", benchmark_id, record.name or record.family)

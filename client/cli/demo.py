@@ -3,7 +3,8 @@
 It records CartPole episodes with two policies (uniformly random, and a pole-balancing heuristic),
 uploads them with each episode's policy as metadata, waits for the ingest job, exports the
 heuristic's transitions where the pole is nearly upright, checks the export against the recorded
-arrays, and prints what it did and how long each step took.
+arrays, shows the quality metrics the server computed after the ingest, and prints what it did
+and how long each step took.
 """
 
 from __future__ import annotations
@@ -108,7 +109,31 @@ def demo(episodes: Annotated[int, typer.Option(min=2, max=10_000, help="Episodes
         timings["export → numpy"] = time.perf_counter() - started
 
         _check(arrays, metadata, kept)
+        started = time.perf_counter()
+        quality = _quality(hub, result.get("version"))
+        timings["quality metrics"] = time.perf_counter() - started
         _report(arrays, metadata, kept, result, timings)
+        typer.echo(quality)
+
+
+def _quality(hub: Client, version: int | None) -> str:
+    """The cheap metrics of the new version: the job the ingest queued, or one asked for now."""
+    queued = [job for job in hub.jobs.list(kind="metrics", limit=100).items
+              if job.params.get("dataset") == DATASET and job.params.get("version") == version]
+    job = hub.jobs.get(queued[0].id) if queued else hub.metrics.compute(DATASET, version=version)
+    job.wait(progress=False)
+    results = {read.key: read.result for read in hub.metrics.results(DATASET, version=version)}
+    returns, improvement, coverage = (results.get(key) for key in (
+        "returns", "return_improvement", "state_action_coverage"))
+    parts = []
+    if returns is not None and returns.value is not None:
+        interval = f" [{returns.ci_low:.1f}, {returns.ci_high:.1f}]" if returns.ci_low is not None else ""
+        parts.append(f"return mean {returns.value:.1f}{interval}")
+    if improvement is not None and improvement.value is not None:
+        parts.append(f"return improvement {improvement.value:.2f}")
+    if coverage is not None and coverage.value is not None:
+        parts.append(f"{coverage.value:.0f} state-action cells ({coverage.details['distinct_per_row']:.2f} per row)")
+    return "quality (computed after the ingest): " + ", ".join(parts)
 
 
 def _expected_mask(arrays: dict[str, np.ndarray], metadata: dict[int, dict[str, Any]]) -> np.ndarray:

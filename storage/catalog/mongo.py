@@ -51,7 +51,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
              ([("dedup_key", 1)], {"unique": True, "sparse": True})],
     "records": [([("unique_key", 1)], {"unique": True, "sparse": True}), ([("kind", 1), ("created_at", 1)], {}),
                 ([("kind", 1), ("user_id", 1)], {}), ([("kind", 1), ("group_id", 1)], {}),
-                ([("kind", 1), ("benchmark_id", 1)], {}), ([("kind", 1), ("artifact_id", 1)], {})],
+                ([("kind", 1), ("benchmark_id", 1)], {}), ([("kind", 1), ("artifact_id", 1)], {}),
+                ([("kind", 1), ("dataset_id", 1), ("version", 1)], {})],
 }
 
 

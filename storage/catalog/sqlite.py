@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL, id TEXT NOT NULL, space TEXT, ukey TEXT, created_at TEXT NOT NULL, doc TEXT NOT NULL,
     PRIMARY KEY (kind, id), UNIQUE (space, ukey));
 CREATE INDEX IF NOT EXISTS records_by_time ON records (kind, created_at);
+CREATE INDEX IF NOT EXISTS records_by_dataset ON records (kind, json_extract(doc, '$.dataset_id'));
 """
 
 _OPS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "="}

@@ -6,7 +6,7 @@ Starts a fresh embedded server (``tuplehub serve``), uploads the data, then meas
   benchmark's frame frozen on the way), from ingest success to job success;
 - a requested job with both kNN entropies on their default 500,000-row subsample;
 - optionally (``--fqe``, needs torch) a job with the average Q-value on its 500,000-row subsample;
-- the server process's peak RSS (VmHWM), API and worker together, ingest included.
+- the server process's peak RSS (VmHWM) after each job, API and worker together, ingest included.
 
     python tests/perf/metrics_job.py [--shape ant-expert] [--fqe]
 """
@@ -60,22 +60,21 @@ def main() -> None:
                 auto = [j for j in hub.jobs.list(kind="metrics").items if j.params["dataset"] == shape.name]
                 done = hub.jobs.get(auto[0].id).wait(timeout=3600, progress=False)
                 seconds = (done.record.finished_at - done.record.started_at).total_seconds()
-                rows.append(("cheap set after ingest", seconds, done.result))
+                rows.append(("cheap set after ingest", seconds, done.result, peak_rss_mb(process.pid)))
                 print(f"after ingest: {time.perf_counter() - ingested:.1f} s to success", flush=True)
                 seconds, result = timed_job(hub, shape.name, ["shannon_entropy", "behavioral_entropy"])
-                rows.append(("kNN entropies (500 k rows)", seconds, result))
+                rows.append(("kNN entropies (500 k rows)", seconds, result, peak_rss_mb(process.pid)))
                 if args.fqe:
                     seconds, result = timed_job(hub, shape.name, ["average_q"])
-                    rows.append(("average Q (500 k rows)", seconds, result))
+                    rows.append(("average Q (500 k rows)", seconds, result, peak_rss_mb(process.pid)))
             rss = peak_rss_mb(process.pid)
         finally:
             process.terminate()
             process.wait(timeout=60)
-    print(f"| job on {shape.name} ({shape.transitions} rows) | seconds | values |")
-    print("|---|---|---|")
-    for name, seconds, result in rows:
-        values = ", ".join(f"{k} {v:.4g}" for k, v in result.get("results", {}).items() if v is not None)
-        print(f"| {name} | {seconds:.1f} | {values} |")
+    print(f"| job on {shape.name} ({shape.transitions} rows) | seconds | server peak RSS MB so far | computed |")
+    print("|---|---|---|---|")
+    for name, seconds, result, peak in rows:
+        print(f"| {name} | {seconds:.1f} | {peak:.0f} | {', '.join(result.get('computed', []))} |")
     print(f"\nserver peak RSS (API + worker, ingest included): {rss:.0f} MB")
 
 

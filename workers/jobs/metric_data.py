@@ -1,9 +1,9 @@
 """What the ``metrics`` job reads from a version: one pass over its blocks, memory bounded.
 
 Every row contributes a few scalars (episode, step, reward, ends, a seeded row key: about 30 bytes)
-and, once a frame is known, its coverage cell. Observations and actions, the wide columns, are
-kept only for a seeded subsample of at most ``sample_rows`` rows (plus every episode's first row,
-whose value a policy evaluation needs), so memory follows the sample, not the version.
+and, once a frame is known, its coverage cell as one 64-bit key. Observations and actions, the wide columns, are
+kept only for a seeded subsample of at most ``sample_rows`` rows (plus every episode's first row
+when a policy evaluation needs their values), so memory follows the sample, not the version.
 
 Row keys come from (episode id, step) and the seed, as for exports, so the same seed picks the
 same rows however the version was uploaded.
@@ -25,6 +25,7 @@ from tuplehub.storage.models import ExportCreate, ExportFormat, VersionRecord
 from tuplehub.storage.schema import TupleSchema, column_to_numpy
 from tuplehub.workers.context import JobRun
 from tuplehub.workers.jobs.export import ExportPlan, episode_lookup, plan_blocks
+from tuplehub.workers.metrics.coverage import cell_keys
 from tuplehub.workers.metrics.frame import coverage_cells, split_columns
 
 SAMPLED = ("observation", "action", "reward", "terminated", "next_observation", "next_action", "next_known",
@@ -33,7 +34,7 @@ SAMPLED = ("observation", "action", "reward", "terminated", "next_observation", 
 
 @dataclass
 class Cells:
-    """Coverage cells of every row, under a frame and a number of bins."""
+    """The coverage cell of every row under a frame and a number of bins, as one 64-bit key a row."""
 
     frame: MetricFrame
     bins: int
@@ -43,12 +44,12 @@ class Cells:
     def add(self, observation: np.ndarray, action: np.ndarray) -> None:
         continuous, discrete = split_columns(observation, action)
         cells, clipped = coverage_cells(self.frame, continuous, discrete, self.bins)
-        self.parts.append(cells)
+        self.parts.append(cell_keys(cells))
         self.clipped_rows += clipped * len(cells)
 
     @property
-    def cells(self) -> np.ndarray:
-        return np.concatenate(self.parts) if self.parts else np.zeros((0, 0), dtype=np.int64)
+    def keys(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=np.uint64)
 
     @property
     def clipped(self) -> float:
@@ -126,12 +127,12 @@ class _Scan:
             self.cells.add(observation[:rows], action[:rows])
         chosen = sampling.below(keys, self.threshold)
         if self.keep_initial:
-            chosen |= steps == 0
+            chosen |= starts
         chosen[rows:] = False
         if chosen.any():
             next_action = np.concatenate([action[1:], action[-1:]])  # meaningful where ``follows``
             picked = {"observation": observation, "action": action, "reward": reward, "terminated": terminated,
-                      "next_action": next_action, "next_known": follows, "initial": steps == 0, "key": keys}
+                      "next_action": next_action, "next_known": follows, "initial": starts.copy(), "key": keys}
             if "next_observation" in table.column_names:
                 picked["next_observation"] = column_to_numpy(table.column("next_observation"),
                                                              self.schema.observation)
@@ -142,7 +143,12 @@ class _Scan:
 
     def result(self, rows: int) -> VersionData:
         joined = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in self.scalars.items()}
-        sample = {name: np.concatenate(parts) for name, parts in self.sample.items() if parts}
+        sample = {}
+        for name in list(self.sample):  # one column at a time: the blocks' copies go as the whole one comes
+            parts = self.sample.pop(name)
+            if parts:
+                sample[name] = np.concatenate(parts)
+            parts.clear()
         return VersionData(rows=rows, sample=sample, sample_fraction=self.threshold, cells=self.cells, **joined)
 
 

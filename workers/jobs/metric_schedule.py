@@ -30,16 +30,11 @@ from tuplehub.storage.models import DatasetRecord
 from tuplehub.storage.queue import Queue
 from tuplehub.workers.context import WorkerContext
 from tuplehub.workers.jobs.metrics import benchmark_of
-from tuplehub.workers.metrics import coverage, entropy, fqe, quality, returns
+from tuplehub.workers.metrics import fqe
+from tuplehub.workers.metrics.versions import ALGORITHM_VERSIONS
 
 logger = logging.getLogger("tuplehub.workers")
 
-ALGORITHM_VERSIONS = {
-    MetricName.returns: returns.VERSION, MetricName.trajectory_quality: quality.VERSION,
-    MetricName.return_improvement: quality.VERSION, MetricName.state_action_coverage: coverage.VERSION,
-    MetricName.shannon_entropy: entropy.VERSION, MetricName.behavioral_entropy: entropy.VERSION,
-    MetricName.average_q: fqe.VERSION, MetricName.policy_value: fqe.VERSION,
-}
 FRAMED = (MetricName.state_action_coverage, MetricName.shannon_entropy, MetricName.behavioral_entropy)
 PAGE = 500
 MAX_DATASETS = 1_000_000
@@ -70,8 +65,7 @@ async def recompute_metrics(ctx: WorkerContext) -> int:
             if summary.latest_version is None:
                 continue
             try:
-                request = await stale_request(catalog, summary, summary.latest_version)
-                if request is not None:
+                for request in await stale_requests(catalog, summary, summary.latest_version):
                     job = await catalog.create_job(metrics_job(summary, summary.latest_version, request,
                                                                owner=summary.owner, scheduled=True))
                     queued += await queue.enqueue(job)
@@ -84,8 +78,9 @@ async def recompute_metrics(ctx: WorkerContext) -> int:
     return queued
 
 
-async def stale_request(catalog: Catalog, dataset: DatasetRecord, version: int) -> MetricsCreate | None:
-    """What the sweep would recompute on ``version``: missing and stale results, with their parameters."""
+async def stale_requests(catalog: Catalog, dataset: DatasetRecord, version: int) -> list[MetricsCreate]:
+    """What the sweep would recompute on ``version``: missing and stale results with the parameters
+    and seed they were last computed with, one request per seed."""
     records, _ = await catalog.find_records("metrics", MetricRecord, where={"dataset_id": dataset.id})
     benchmark = await benchmark_of(catalog, dataset)
     frame_id = None
@@ -93,33 +88,28 @@ async def stale_request(catalog: Catalog, dataset: DatasetRecord, version: int) 
         with contextlib.suppress(NotFound):
             frame_id = (await catalog.get_record("metric_frames", MetricFrameRecord,
                                                  benchmark_id=dataset.benchmark)).frame.frame_id
-    wanted: dict[str, dict[str, Any]] = {}
-    for params in _cheap(benchmark):
-        wanted[params["metric"]] = params
-    for record in records:  # oldest first: the latest parameters of each key win
-        wanted[record.key] = record.params
+    wanted: dict[str, tuple[dict[str, Any], int]] = {params["metric"]: (params, 0) for params in _cheap(benchmark)}
+    for record in sorted(records, key=lambda r: r.created_at):  # the latest computation of each key wins
+        wanted[record.key] = (record.params, record.seed)
     current = {record.key: record for record in records if record.version == version}
     torch = fqe.torch_available()
-    chosen = []
-    seed = 0
-    for key, params in wanted.items():
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for key, (params, seed) in wanted.items():
         metric = MetricName(params["metric"])
         if metric in TORCH_METRICS and not torch:
             continue
         record = current.get(key)
         if record is None or _stale(record, metric, benchmark, frame_id):
-            chosen.append(params)
-            seed = record.seed if record is not None else seed
-    if not chosen:
-        return None
-    return MetricsCreate.model_validate({"metrics": chosen, "seed": seed})
+            by_seed.setdefault(seed, []).append(params)
+    return [MetricsCreate.model_validate({"metrics": chosen, "seed": seed}) for seed, chosen in by_seed.items()]
 
 
 def _stale(record: MetricRecord, metric: MetricName, benchmark: BenchmarkRecord | None, frame_id: str | None) -> bool:
     if record.result.algo_version != ALGORITHM_VERSIONS[metric]:
         return True
     inputs = record.benchmark_inputs
-    if metric in FRAMED and "frame" in inputs and inputs["frame"] != frame_id:
+    # None: computed on the version's own frame, its data not matching the benchmark: nothing to redo.
+    if metric in FRAMED and inputs.get("frame") is not None and inputs["frame"] != frame_id:
         return True
     if "references" in inputs:
         now = [benchmark.random_return, benchmark.expert_return] if benchmark is not None else [None, None]

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from tuplehub.storage.access import MembershipRecord
 from tuplehub.storage.artifacts import ArtifactRecord
-from tuplehub.storage.benchmarks import BenchmarkRecord, space_from_json
+from tuplehub.storage.benchmarks import BenchmarkRecord, continuous_dimensions, metrics_record, space_from_json
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, InvalidRequest, JobCancelled, NotFound
 from tuplehub.storage.metrics import (
@@ -30,6 +31,7 @@ from tuplehub.storage.metrics import (
     CoverageParams,
     MetricFrame,
     MetricFrameRecord,
+    MetricName,
     MetricRecord,
     MetricResult,
     MetricsCreate,
@@ -46,12 +48,15 @@ from tuplehub.workers.jobs.metric_data import Cells, VersionData, scan_version
 from tuplehub.workers.metrics import coverage, entropy, quality, returns
 from tuplehub.workers.metrics.episodes import episode_returns
 from tuplehub.workers.metrics.frame import entropy_points, freeze_frame, split_columns
+from tuplehub.workers.metrics.versions import ALGORITHM_VERSIONS
 
 READ_SHARE = 0.3  # of the progress bar, for reading the version
 # Rows kept to freeze a benchmark's frame when no other metric needs a larger sample.
 FRAME_SAMPLE_ROWS = 200_000
 KNN = (ShannonEntropyParams, BehavioralEntropyParams)
 FITTED_Q = (AverageQParams, PolicyValueParams)
+# A job waits this long at most for another one on its version (it holds a worker slot meanwhile).
+MAX_LOCK_WAIT_S = 600
 
 
 async def metrics(ctx: WorkerContext, job_id: str) -> None:
@@ -70,7 +75,7 @@ async def _metrics(run: JobRun) -> dict[str, Any]:
         await run.checkpoint(0.0, "waiting", "another metrics job is computing this version")
 
     async with run.ctx["queue"].exclusive(f"metrics:{dataset.id}:{version.number}", wait=waiting,
-                                          wait_s=run.settings.metrics_timeout_s):
+                                          wait_s=min(MAX_LOCK_WAIT_S, run.settings.metrics_timeout_s / 2)):
         job = MetricsJob(run, dataset, version, request, await benchmark_of(run.catalog, dataset))
         return await job.compute_all(skip_unavailable=bool(params.get("scheduled")))
 
@@ -83,13 +88,11 @@ async def _version(run: JobRun, dataset_id: str, number: int) -> VersionRecord:
 
 
 async def benchmark_of(catalog: Catalog, dataset: DatasetRecord) -> BenchmarkRecord | None:
-    """The benchmark record metrics take references from: one spec may be stored by several owners,
-    so the dataset owner's own record first, else the oldest one with reference returns."""
+    """The record of the dataset's benchmark whose reference returns its metrics use."""
     if dataset.benchmark is None:
         return None
     records, _ = await catalog.find_records("benchmarks", BenchmarkRecord, where={"benchmark_id": dataset.benchmark})
-    ranked = sorted(records, key=lambda r: (r.owner != dataset.owner, r.random_return is None, r.created_at))
-    return ranked[0] if ranked else None
+    return metrics_record(records, dataset.owner)
 
 
 @dataclass
@@ -108,12 +111,16 @@ class MetricsJob:
         self.benchmark = benchmark
         self.seed = request.seed
         self.frame: MetricFrame | None = None
+        self.frame_problem = "no metric frame"
         self.frame_warning: list[str] = []
 
     async def compute_all(self, *, skip_unavailable: bool) -> dict[str, Any]:
+        """Each metric in turn; one that the data cannot give is kept as an undefined result saying
+        why (so the sweep does not retry it until something changes), unless it was the only one
+        asked for by a person, who gets the error."""
         wanted = self.request.metrics
         data = await self._read()
-        values: dict[str, float | None] = {}
+        computed_keys: list[str] = []
         skipped: dict[str, str] = {}
         share = (1 - READ_SHARE) / len(wanted)
         for number, params in enumerate(wanted):
@@ -126,13 +133,13 @@ class MetricsJob:
                 if len(wanted) == 1 and not skip_unavailable:
                     raise
                 skipped[key] = exc.detail
-                continue
+                computed = Computed(_undefined(params, exc.detail, data), self._inputs_of(params))
             await self._store(key, params.model_dump(mode="json"), computed)
-            values[key] = computed.result.value
-        if not values and skipped and not skip_unavailable:
-            raise InvalidRequest("no metric could be computed: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()),
-                                 field="metrics")
-        return {"dataset": self.dataset.name, "version": self.version.number, "results": values, "skipped": skipped}
+            computed_keys.append(key)
+        await self._forget_if_deleted()
+        # Keys only: a policy's value is for readers of the policy, and the job's owner may not be one.
+        return {"dataset": self.dataset.name, "version": self.version.number,
+                "computed": [k for k in computed_keys if k not in skipped], "skipped": skipped}
 
     # --- reading -----------------------------------------------------------------------------
     async def _read(self) -> VersionData:
@@ -145,6 +152,9 @@ class MetricsJob:
             self.frame = await self._stored_frame()
             if self.frame is None:
                 sample_rows = max(sample_rows, FRAME_SAMPLE_ROWS)
+            elif (problem := self._frame_problem(self.frame)) is not None:
+                self.frame, self.frame_problem = None, problem
+                needs_frame = False
         cells = Cells(self.frame, coverage_bins[0]) if coverage_bins and self.frame is not None else None
 
         async def report(fraction: float) -> None:
@@ -155,10 +165,25 @@ class MetricsJob:
                                   keep_initial=any(isinstance(p, PolicyValueParams) for p in wanted),
                                   cells=cells, report=report)
         if needs_frame and self.frame is None:
-            self.frame = await self._freeze(data)
-        if coverage_bins and data.cells is None:  # the frame was frozen from this very pass: bin in a second
+            try:
+                self.frame = await self._freeze(data)
+            except InvalidRequest as exc:
+                self.frame_problem = exc.detail
+        if coverage_bins and data.cells is None and self.frame is not None:  # frozen from this very pass
             data.cells = (await self._binned(self.version, coverage_bins[0], report)).cells
         return data
+
+    def _frame_problem(self, frame: MetricFrame) -> str | None:
+        """Why ``frame`` cannot describe this version's data, if it cannot."""
+        width = self._continuous_width()
+        if width != len(frame.mean):
+            return (f"the benchmark's metric frame has {len(frame.mean)} continuous dimensions, this version "
+                    f"{width}: the data does not match its benchmark")
+        return None
+
+    def _continuous_width(self) -> int:
+        schema = self.version.tuple_schema
+        return sum(max(spec.size, 1) for spec in (schema.observation, schema.action) if spec.is_floating)
 
     async def _binned(self, version: VersionRecord, bins: int, report: Callable[[float], Any]) -> VersionData:
         """A pass that only bins every row of ``version`` (and keys it, for same-size comparisons)."""
@@ -176,21 +201,30 @@ class MetricsJob:
         return None
 
     async def _freeze(self, data: VersionData) -> MetricFrame:
-        continuous, _ = split_columns(data.sample["observation"], data.sample["action"])
+        """Freeze a frame from a seeded sample of this version; store it on the benchmark if the data
+        matches the benchmark's spaces (otherwise it would bin everyone else's data wrongly)."""
+        chosen = data.sampled_below(FRAME_SAMPLE_ROWS)  # the same rows whatever else the request holds
+        continuous, _ = split_columns(data.sample["observation"][chosen], data.sample["action"][chosen])
         low, high = self._space_bounds()
-        frame = await asyncio.to_thread(freeze_frame, continuous, low=low, high=high,
-                                        source=f"{self.dataset.name}@{self.version.number}")
-        if self.dataset.benchmark is None:
-            self.frame_warning = ["the dataset has no benchmark: features were scaled and binned on this version's "
-                                  "own frame, so the value does not compare across datasets"]
+        frame = await asyncio.to_thread(freeze_frame, continuous, low=low, high=high, source=(
+            f"a seeded sample of {int(chosen.sum())} rows of version {self.version.number} of dataset "
+            f"{self.dataset.id}"))
+        expected = continuous_dimensions(self.benchmark.spec) if self.benchmark is not None else None
+        if self.dataset.benchmark is None or expected != self._continuous_width():
+            self.frame_warning = [
+                "features were scaled and binned on this version's own frame ("
+                + ("the dataset has no benchmark" if self.dataset.benchmark is None
+                   else "the data does not match its benchmark's spaces") + "), so the value does not compare "
+                "across datasets"]
             return frame
         try:
-            await self.run.catalog.insert_record("metric_frames", MetricFrameRecord(benchmark_id=self.dataset.benchmark,
-                                                                              frame=frame),
-                                                 unique=self.dataset.benchmark)
+            await self.run.catalog.insert_record("metric_frames", MetricFrameRecord(
+                benchmark_id=self.dataset.benchmark, frame=frame), unique=self.dataset.benchmark)
         except Conflict:  # another job froze it first: use theirs, so every dataset stays alike
             stored = await self._stored_frame()
-            assert stored is not None
+            if stored is None or self._frame_problem(stored) is not None:
+                raise InvalidRequest("the benchmark's metric frame changed while this job ran; run it again",
+                                     field="frame") from None
             return stored
         return frame
 
@@ -222,11 +256,14 @@ class MetricsJob:
                                              data.truncated, gamma=params.gamma, bins=params.bins, seed=self.seed)
             return Computed(result, {})
         if isinstance(params, TrajectoryQualityParams):
-            return self._trajectory_quality(params, data)
+            return await asyncio.to_thread(self._trajectory_quality, params, data)
         if isinstance(params, ReturnImprovementParams):
             result = quality.estimated_return_improvement(episode_returns(data.episode, data.reward),
                                                           lower_bound=params.lower_bound, n_rows=data.rows)
             return Computed(result, {})
+        if self.frame is None and isinstance(params, CoverageParams | ShannonEntropyParams
+                                             | BehavioralEntropyParams):
+            raise InvalidRequest(self.frame_problem, field="frame")
         if isinstance(params, CoverageParams):
             return await self._coverage(params, data)
         if isinstance(params, KNN):
@@ -234,42 +271,55 @@ class MetricsJob:
         return await self._fitted_q(params, data, start, share)
 
     def _trajectory_quality(self, params: TrajectoryQualityParams, data: VersionData) -> Computed:
-        random_return, expert_return, inputs = params.random_return, params.expert_return, {}
+        random_return, expert_return = params.random_return, params.expert_return
+        inputs = self._inputs_of(params)
         if self.benchmark is not None and (random_return is None or expert_return is None):
-            inputs = {"references": [self.benchmark.random_return, self.benchmark.expert_return]}
             random_return = self.benchmark.random_return if random_return is None else random_return
             expert_return = self.benchmark.expert_return if expert_return is None else expert_return
         result = quality.trajectory_quality(episode_returns(data.episode, data.reward), random_return=random_return,
                                             expert_return=expert_return, seed=self.seed, n_rows=data.rows)
         return Computed(result, inputs)
 
-    def _frame_inputs(self) -> dict[str, Any]:
-        assert self.frame is not None
-        return {"frame": self.frame.frame_id} if self.dataset.benchmark else {}
+    def _inputs_of(self, params: Any) -> dict[str, Any]:
+        """What a result takes from the benchmark, to tell later whether it went stale."""
+        if isinstance(params, TrajectoryQualityParams) and (params.random_return is None
+                                                           or params.expert_return is None):
+            benchmark = self.benchmark
+            return {"references": [benchmark.random_return if benchmark else None,
+                                   benchmark.expert_return if benchmark else None]}
+        if isinstance(params, CoverageParams | ShannonEntropyParams | BehavioralEntropyParams) \
+                and self.dataset.benchmark is not None:
+            return {"frame": self.frame.frame_id if self.frame is not None and not self.frame_warning else None}
+        return {}
 
     async def _coverage(self, params: CoverageParams, data: VersionData) -> Computed:
         assert data.cells is not None
-        cells = data.cells.cells
+        keys, inputs = data.cells.keys, self._inputs_of(params)
         request = params.model_dump(mode="json")
+        episodes = int(data.episode[-1]) + 1 if len(data.episode) else 0
         if params.reference is None:
-            result = await asyncio.to_thread(coverage.state_action_coverage, cells, params=request,
-                                             clipped=data.cells.clipped)
+            result = await asyncio.to_thread(coverage.coverage_of_keys, keys, params=request,
+                                             clipped=data.cells.clipped, episodes=episodes)
         else:
-            reference = await self._reference_version(params)
-            binned = await self._binned(reference, params.bins, lambda _: asyncio.sleep(0))
+            reference, version = await self._reference_version(params)
+            binned = await self._binned(version, params.bins, lambda _: asyncio.sleep(0))
             assert binned.cells is not None
             result = await asyncio.to_thread(
-                coverage.coverage_against_reference, cells, data.key, binned.cells.cells, binned.key,
+                coverage.coverage_against_reference, keys, data.key, binned.cells.keys, binned.key,
                 params=request, clipped=data.cells.clipped, seed=self.seed)
-            result.details["reference"] = f"{params.reference}@{reference.number}"
+            result.details["reference"] = f"{reference.name}@{version.number}"
+            inputs["reference_id"] = reference.id
         result.warnings.extend(self.frame_warning)
-        return Computed(result, self._frame_inputs())
+        return Computed(result, inputs)
 
-    async def _reference_version(self, params: CoverageParams) -> VersionRecord:
+    async def _reference_version(self, params: CoverageParams) -> tuple[DatasetRecord, VersionRecord]:
         try:
             reference = await self.run.catalog.get_dataset(params.reference or "")
         except NotFound as exc:
             raise InvalidRequest(f"the reference dataset {params.reference!r} is gone", field="reference") from exc
+        if not await self._owner_reads(reference):
+            raise InvalidRequest(f"the reference dataset {params.reference!r} is not readable by the job's owner",
+                                 field="reference")
         if reference.benchmark != self.dataset.benchmark:
             raise InvalidRequest(f"the reference {params.reference!r} is not of this dataset's benchmark: coverage "
                                  "compares data binned alike", field="reference")
@@ -278,7 +328,17 @@ class MetricsJob:
         if not chosen:
             raise InvalidRequest(f"{params.reference!r} has no version {params.reference_version or ''}".strip(),
                                  field="reference_version")
-        return chosen[-1]
+        return reference, chosen[-1]
+
+    async def _owner_reads(self, dataset: DatasetRecord) -> bool:
+        """Whether the job's owner may read ``dataset``: the sweep re-runs stored requests as the
+        dataset's owner, so access withdrawn since the request must not be used."""
+        owner = self.run.job.owner
+        if dataset.public or dataset.owner == owner:
+            return True
+        memberships, _ = await self.run.catalog.find_records("memberships", MembershipRecord,
+                                                             where={"user_id": owner})
+        return any(m.group_id in dataset.groups for m in memberships)
 
     async def _entropy(self, params: ShannonEntropyParams | BehavioralEntropyParams, data: VersionData) -> Computed:
         assert self.frame is not None
@@ -294,7 +354,7 @@ class MetricsJob:
         result = _subsampled(result, len(points), data.rows, self.seed)
         result.params.update(max_points=params.max_points)
         result.warnings.extend(self.frame_warning)
-        return Computed(result, self._frame_inputs())
+        return Computed(result, self._inputs_of(params))
 
     async def _fitted_q(self, params: AverageQParams | PolicyValueParams, data: VersionData, start: float,
                         share: float) -> Computed:
@@ -325,9 +385,14 @@ class MetricsJob:
         if low is not None:
             arguments.update(action_low=low, action_high=high)
         arguments["threads"] = self.run.settings.metrics_threads
+        every = bool(chosen.all())  # the usual case: no copy of the wide columns
+
+        def rows(name: str) -> np.ndarray:
+            return sample[name] if every else sample[name][chosen]
+
         result = await _threaded(self.run, start, share, result_key(params), lambda progress: fqe.average_q_value(
-            sample["observation"][chosen], sample["action"][chosen], sample["reward"][chosen],
-            sample["next_observation"][chosen], sample["terminated"][chosen], progress=progress, **arguments))
+            rows("observation"), rows("action"), rows("reward"), rows("next_observation"), rows("terminated"),
+            progress=progress, **arguments))
         result = _subsampled(result, int(chosen.sum()), data.rows, self.seed)
         result.params.update(max_rows=params.max_rows)
         return Computed(result, {})
@@ -355,21 +420,39 @@ class MetricsJob:
         def read() -> bytes:
             with self.run.objects.open_read(records[0].object_key) as handle:
                 return handle.read()
-        return await asyncio.to_thread(read)
+        try:
+            return await asyncio.to_thread(read)
+        except NotFound as exc:  # deleted between the lookup and the read
+            raise InvalidRequest(f"the policy artifact {artifact_id} is gone", field="policy") from exc
 
     # --- storing -----------------------------------------------------------------------------
     async def _store(self, key: str, params: dict[str, Any], computed: Computed) -> None:
         catalog = self.run.catalog
         fields = {"params": params, "seed": self.seed, "benchmark_inputs": computed.benchmark_inputs,
                   "job_id": self.run.job.id, "result": computed.result, "created_at": utcnow()}
-        existing, _ = await catalog.find_records("metrics", MetricRecord, where={
-            "dataset_id": self.dataset.id, "version": self.version.number, "key": key}, limit=1)
-        if existing:
-            await catalog.update_record("metrics", MetricRecord, existing[0].id, **fields)
-            return
-        await catalog.insert_record("metrics", MetricRecord(dataset_id=self.dataset.id, version=self.version.number,
-                                                            key=key, **fields),
-                                    unique=f"{self.dataset.id}:{self.version.number}:{key}")
+        where = {"dataset_id": self.dataset.id, "version": self.version.number, "key": key}
+        for _ in range(2):  # a concurrent first insert (a lock lost to a stalled worker) turns into an update
+            existing, _ = await catalog.find_records("metrics", MetricRecord, where=where, limit=1)
+            if existing:
+                await catalog.update_record("metrics", MetricRecord, existing[0].id, **fields)
+                return
+            with contextlib.suppress(Conflict):
+                await catalog.insert_record("metrics", MetricRecord(
+                    dataset_id=self.dataset.id, version=self.version.number, key=key, **fields),
+                    unique=f"{self.dataset.id}:{self.version.number}:{key}")
+                return
+
+    async def _forget_if_deleted(self) -> None:
+        """A dataset deleted while its metrics were computed must not keep the results stored since."""
+        if await self.run.catalog.get_dataset_by_id(self.dataset.id) is None:
+            await self.run.catalog.delete_records("metrics", MetricRecord, dataset_id=self.dataset.id)
+
+
+def _undefined(params: Any, reason: str, data: VersionData) -> MetricResult:
+    """What a metric the data cannot give is stored as: no value, and why."""
+    return MetricResult(metric=params.metric, value=None, n_rows_used=0, n_episodes_used=0,
+                        params=params.model_dump(mode="json"), warnings=[reason],
+                        algo_version=ALGORITHM_VERSIONS[MetricName(params.metric)])
 
 
 def _subsampled(result: MetricResult, used: int, rows: int, seed: int) -> MetricResult:

@@ -50,16 +50,22 @@ def state_action_coverage(cells: np.ndarray, *, reference_cells: np.ndarray | No
 
     The reference must be binned alike and have the same number of rows (u grows with size).
     """
-    n = len(cells)
-    count = distinct(cells) if n else 0
+    reference = cell_keys(reference_cells) if reference_cells is not None else None
+    return coverage_of_keys(cell_keys(cells), reference_keys=reference, params=params, clipped=clipped)
+
+
+def coverage_of_keys(keys: np.ndarray, *, reference_keys: np.ndarray | None = None, params: dict | None = None,
+                     clipped: float = 0.0, episodes: int = 0) -> MetricResult:
+    """:func:`state_action_coverage` on cells already mixed into keys (8 bytes a row, what jobs keep)."""
+    n = len(keys)
+    count = int(np.unique(keys).size) if n else 0
     warnings = [f"{clipped:.1%} of rows fell outside the bounds and were put in the edge bins"] if clipped else []
     details = {"distinct": count, "distinct_per_row": count / n if n else None, "clipped_share": clipped}
-    value = None
-    if reference_cells is not None:
-        if len(reference_cells) != n:
-            raise InvalidRequest(f"the reference has {len(reference_cells)} rows, the data {n}: coverage compares "
+    if reference_keys is not None:
+        if len(reference_keys) != n:
+            raise InvalidRequest(f"the reference has {len(reference_keys)} rows, the data {n}: coverage compares "
                                  "equal sizes (subsample the reference)", field="reference")
-        reference = distinct(reference_cells)
+        reference = int(np.unique(reference_keys).size)
         if reference == 0:
             raise InvalidRequest("the reference has no rows", field="reference")
         value = count / reference
@@ -67,14 +73,17 @@ def state_action_coverage(cells: np.ndarray, *, reference_cells: np.ndarray | No
     else:
         value = float(count)
         warnings.append("no reference: the value is the raw count of distinct cells")
-    return MetricResult(metric="state_action_coverage", value=value, n_rows_used=n, n_episodes_used=0,
+    return MetricResult(metric="state_action_coverage", value=value, n_rows_used=n, n_episodes_used=episodes,
                         params=params or {}, warnings=warnings, details=details, algo_version=VERSION)
 
 
-def coverage_against_reference(cells: np.ndarray, keys: np.ndarray, reference_cells: np.ndarray,
-                               reference_keys: np.ndarray, *, subsamples: int = 5, params: dict | None = None,
+def coverage_against_reference(cells: np.ndarray, rows: np.ndarray, reference_cells: np.ndarray,
+                               reference_rows: np.ndarray, *, subsamples: int = 5, params: dict | None = None,
                                clipped: float = 0.0, seed: int = 0) -> MetricResult:
     """SACo against a reference of any size: both sides cut to the smaller size by seeded row keys.
+
+    ``cells`` and ``reference_cells`` are cell keys (:func:`cell_keys`), ``rows`` and ``reference_rows``
+    the rows' seeded sample keys.
 
     u grows with the number of rows, so the larger side is subsampled to the smaller one's size,
     ``subsamples`` times with different seeds; the value is the mean ratio, the interval its range.
@@ -85,10 +94,10 @@ def coverage_against_reference(cells: np.ndarray, keys: np.ndarray, reference_ce
     ratios, distincts = [], []
     for salt in range(subsamples):
         with np.errstate(over="ignore"):
-            own = smallest(mix64(keys ^ np.uint64(salt)), size)
-            theirs = smallest(mix64(reference_keys ^ np.uint64(salt)), size)
-        result = state_action_coverage(cells[own], reference_cells=reference_cells[theirs], params=params,
-                                       clipped=clipped)
+            own = smallest(mix64(rows ^ np.uint64(salt)), size)
+            theirs = smallest(mix64(reference_rows ^ np.uint64(salt)), size)
+        result = coverage_of_keys(cells[own], reference_keys=reference_cells[theirs], params=params,
+                                  clipped=clipped)
         ratios.append(result.value)
         distincts.append((result.details["distinct"], result.details["reference_distinct"]))
     values = np.asarray(ratios, dtype=np.float64)

@@ -22,6 +22,7 @@ MAX_GRID_DIMS = 6
 MAX_ENTROPY_DIMS = 16
 # Coverage bounds from a reference sample: the 0.1 % and 99.9 % quantiles of each feature.
 QUANTILES = (0.1, 99.9)
+MAX_SPAN = 1_000.0  # standard deviations: wider space bounds are treated as none
 
 
 def split_columns(observation: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +43,9 @@ def freeze_frame(continuous: np.ndarray, *, source: str, low: np.ndarray | None 
     n, d = x.shape
     if d and n < 2:
         raise InvalidRequest("freezing the metric frame needs at least two rows", field="version")
+    if not np.isfinite(x).all():
+        raise InvalidRequest("observations or actions hold NaN or infinity: no frame can be fitted to them",
+                             field="version")
     mean = x.mean(axis=0) if d else np.zeros(0)
     scale = x.std(axis=0) if d else np.zeros(0)
     scale[scale == 0] = 1.0
@@ -60,7 +64,9 @@ def freeze_frame(continuous: np.ndarray, *, source: str, low: np.ndarray | None 
     if components is None and low is not None and high is not None:  # finite space bounds win where they exist
         space_low, space_high = (np.asarray(low, dtype=np.float64) - mean) / scale, \
             (np.asarray(high, dtype=np.float64) - mean) / scale
-        finite = np.isfinite(space_low) & np.isfinite(space_high)
+        # Bounds like float32's largest number are "unbounded" written finitely: binning on them
+        # would put every row in one bin.
+        finite = np.isfinite(space_low) & np.isfinite(space_high) & (space_high - space_low <= MAX_SPAN)
         lows, highs = np.where(finite, space_low, lows), np.where(finite, space_high, highs)
     highs = np.where(highs > lows, highs, lows + 1.0)
     return MetricFrame(source=source, mean=mean.tolist(), scale=scale.tolist(),
