@@ -432,3 +432,21 @@ def test_the_sweep_schedule_is_a_cron_of_the_setting() -> None:
     assert _every(3600) == {"hour": set(range(24)), "minute": 0, "second": 0}
     assert _every(6 * 3600) == {"hour": {0, 6, 12, 18}, "minute": 0, "second": 0}
     assert _every(86400) == {"hour": {0}, "minute": 0, "second": 0}
+
+
+def test_discrete_actions_are_binned_as_they_are_and_fitted_directly(hub: Client) -> None:
+    pytest.importorskip("torch")
+    benchmark = hub.benchmarks.create_from_env(gym.make("CartPole-v1"), name=_name("cartpole")).id
+    arrays = episode_arrays(episodes=10, length=20, obs_dim=4, act_dim=1, seed=18)
+    arrays["action"] = np.random.default_rng(18).integers(0, 2, size=len(arrays["reward"]))
+    dataset = hub.datasets.create(_name("discrete"), benchmark=benchmark)
+    dataset.upload(arrays).wait()
+    _wait_for_metrics(hub, dataset.name)
+    hub.metrics.compute(dataset.name, [{"metric": "average_q", "target": "fqi", "steps": 100, "seeds": 1}]).wait(
+        timeout=300)
+    results = {r.key: r.result for r in hub.metrics.results(dataset.name)}
+    frame = hub.metrics.frame(benchmark)
+    assert len(frame.mean) == 4  # the observations only: action ids are not scaled
+    assert results["state_action_coverage"].details["distinct"] <= len(arrays["reward"])
+    assert results["average_q"].params["target"] == "fqi"
+    assert results["average_q"].value is not None

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tuplehub.storage import sampling
-from tuplehub.storage.metrics import MetricFrame
+from tuplehub.storage.metrics import MetricFrame, MetricResult
 from tuplehub.storage.models import ExportCreate, ExportFormat, VersionRecord
 from tuplehub.storage.schema import TupleSchema, column_to_numpy
 from tuplehub.workers.context import JobRun
@@ -73,6 +73,11 @@ class VersionData:
     def sampled_below(self, rows: int) -> np.ndarray:
         """A mask over the sample: the (nested, seeded) subsample of about ``rows`` of all rows."""
         return sampling.below(self.sample["key"], rows / max(self.rows, 1))
+
+    def sampled(self, chosen: np.ndarray, *names: str) -> list[np.ndarray]:
+        """Columns of the sample's ``chosen`` rows; no copy when that is all of them (the usual case)."""
+        every = bool(chosen.all())
+        return [self.sample[name] if every else self.sample[name][chosen] for name in names]
 
 
 @dataclass
@@ -172,3 +177,11 @@ async def scan_version(run: JobRun, version: VersionRecord, *, seed: int, sample
             await report(done / total)
     await asyncio.to_thread(scan.close)
     return scan.result(version.transitions)
+
+
+def note_subsample(result: MetricResult, used: int, rows: int, seed: int) -> MetricResult:
+    """Say in the result that (and how) the metric saw a seeded subsample of the version."""
+    if used < rows:
+        result.warnings.append(f"computed on a seeded subsample of {used} of {rows} rows (seed {seed})")
+    result.details.update(subsample_rows=used, version_rows=rows, subsample_seed=seed)
+    return result.model_copy(update={"n_rows_used": used, "seed": seed})

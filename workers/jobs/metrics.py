@@ -6,8 +6,9 @@ and each result says how many rows it used. A Redis lock per version means two j
 compute the same version's metrics at once (a user's request and the schedule, say); the second
 waits. Progress names the metric being computed.
 
-A metric that cannot be computed on this data (no reference returns for trajectory quality, say)
-is reported under ``skipped`` and the others still run; the job fails only if none succeeded.
+A metric that cannot be computed on this data (fewer distinct points than ``k``, a frame that
+does not fit) is stored as an undefined result saying why, and the others still run; only a
+person's request for that one metric alone fails with the error.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from typing import Any
 import numpy as np
 
 from tuplehub.storage.access import MembershipRecord
-from tuplehub.storage.artifacts import ArtifactRecord
 from tuplehub.storage.benchmarks import BenchmarkRecord, continuous_dimensions, metrics_record, space_from_json
 from tuplehub.storage.catalog import Catalog
-from tuplehub.storage.errors import Conflict, InvalidRequest, JobCancelled, NotFound
+from tuplehub.storage.errors import Conflict, InvalidRequest, NotFound
 from tuplehub.storage.metrics import (
     AverageQParams,
     BehavioralEntropyParams,
@@ -43,8 +43,9 @@ from tuplehub.storage.metrics import (
     result_key,
 )
 from tuplehub.storage.models import DatasetRecord, VersionRecord, utcnow
-from tuplehub.workers.context import AttemptSuperseded, JobRun, WorkerContext, run_job
-from tuplehub.workers.jobs.metric_data import Cells, VersionData, scan_version
+from tuplehub.workers.context import JobRun, WorkerContext, run_job
+from tuplehub.workers.jobs.metric_data import Cells, VersionData, note_subsample, scan_version
+from tuplehub.workers.jobs.metric_fitted_q import fitted_q
 from tuplehub.workers.metrics import coverage, entropy, quality, returns
 from tuplehub.workers.metrics.episodes import episode_returns
 from tuplehub.workers.metrics.frame import entropy_points, freeze_frame, split_columns
@@ -133,7 +134,7 @@ class MetricsJob:
                 if len(wanted) == 1 and not skip_unavailable:
                     raise
                 skipped[key] = exc.detail
-                computed = Computed(_undefined(params, exc.detail, data), self._inputs_of(params))
+                computed = Computed(_undefined(params, exc.detail), self._inputs_of(params))
             await self._store(key, params.model_dump(mode="json"), computed)
             computed_keys.append(key)
         await self._forget_if_deleted()
@@ -204,7 +205,7 @@ class MetricsJob:
         """Freeze a frame from a seeded sample of this version; store it on the benchmark if the data
         matches the benchmark's spaces (otherwise it would bin everyone else's data wrongly)."""
         chosen = data.sampled_below(FRAME_SAMPLE_ROWS)  # the same rows whatever else the request holds
-        continuous, _ = split_columns(data.sample["observation"][chosen], data.sample["action"][chosen])
+        continuous, _ = split_columns(*data.sampled(chosen, "observation", "action"))
         low, high = self._space_bounds()
         frame = await asyncio.to_thread(freeze_frame, continuous, low=low, high=high, source=(
             f"a seeded sample of {int(chosen.sum())} rows of version {self.version.number} of dataset "
@@ -268,7 +269,8 @@ class MetricsJob:
             return await self._coverage(params, data)
         if isinstance(params, KNN):
             return await self._entropy(params, data)
-        return await self._fitted_q(params, data, start, share)
+        return Computed(await fitted_q(self.run, params, data, seed=self.seed, schema=self.version.tuple_schema,
+                                       benchmark=self.benchmark, start=start, share=share), {})
 
     def _trajectory_quality(self, params: TrajectoryQualityParams, data: VersionData) -> Computed:
         random_return, expert_return = params.random_return, params.expert_return
@@ -342,88 +344,18 @@ class MetricsJob:
 
     async def _entropy(self, params: ShannonEntropyParams | BehavioralEntropyParams, data: VersionData) -> Computed:
         assert self.frame is not None
-        chosen = data.sampled_below(params.max_points)
-        continuous, _ = split_columns(data.sample["observation"][chosen], data.sample["action"][chosen])
-        points = entropy_points(self.frame, continuous)
+        observation, action = data.sampled(data.sampled_below(params.max_points), "observation", "action")
+        points = await asyncio.to_thread(lambda: entropy_points(self.frame, split_columns(observation, action)[0]))
         if isinstance(params, BehavioralEntropyParams):
             result = await asyncio.to_thread(entropy.behavioral_entropy, points, alpha=params.alpha, beta=params.beta,
                                              k=params.k, queries=params.queries, seed=self.seed)
         else:
             result = await asyncio.to_thread(entropy.shannon_entropy, points, k=params.k, queries=params.queries,
                                              seed=self.seed)
-        result = _subsampled(result, len(points), data.rows, self.seed)
+        result = note_subsample(result, len(points), data.rows, self.seed)
         result.params.update(max_points=params.max_points)
         result.warnings.extend(self.frame_warning)
         return Computed(result, self._inputs_of(params))
-
-    async def _fitted_q(self, params: AverageQParams | PolicyValueParams, data: VersionData, start: float,
-                        share: float) -> Computed:
-        from tuplehub.workers.metrics import fqe
-
-        if not fqe.torch_available():
-            raise InvalidRequest("fitted Q evaluation needs torch on the workers: pip install 'tuplehub[torch]'",
-                                 field="metric")
-        sample = data.sample
-        chosen = data.sampled_below(params.max_rows)
-        if isinstance(params, PolicyValueParams):
-            chosen |= sample["initial"]
-        n_actions, low, high = self._action_space(data)
-        arguments: dict[str, Any] = {"n_actions": n_actions, "gamma": params.gamma}
-        if params.steps is not None:
-            arguments["steps"] = params.steps
-        arguments["seeds"] = tuple(range(self.seed, self.seed + (params.seeds or len(fqe.SEEDS))))
-        if isinstance(params, PolicyValueParams):
-            arguments["policy"] = fqe.load_policy(await self._policy_bytes(params.policy))
-            arguments["initial"] = sample["initial"][chosen]
-        else:
-            arguments["target"] = params.target
-            if params.bc_steps is not None:
-                arguments["bc_steps"] = params.bc_steps
-            if params.target == "sarsa":
-                chosen &= sample["next_known"] | sample["terminated"]  # no next action in the data: left out
-                arguments["next_action"] = sample["next_action"][chosen]
-        if low is not None:
-            arguments.update(action_low=low, action_high=high)
-        arguments["threads"] = self.run.settings.metrics_threads
-        every = bool(chosen.all())  # the usual case: no copy of the wide columns
-
-        def rows(name: str) -> np.ndarray:
-            return sample[name] if every else sample[name][chosen]
-
-        result = await _threaded(self.run, start, share, result_key(params), lambda progress: fqe.average_q_value(
-            rows("observation"), rows("action"), rows("reward"), rows("next_observation"), rows("terminated"),
-            progress=progress, **arguments))
-        result = _subsampled(result, int(chosen.sum()), data.rows, self.seed)
-        result.params.update(max_rows=params.max_rows)
-        return Computed(result, {})
-
-    def _action_space(self, data: VersionData) -> tuple[int | None, np.ndarray | None, np.ndarray | None]:
-        """Discrete: the number of actions (from the benchmark, else the data). Continuous: Box bounds if any."""
-        spec = self.version.tuple_schema.action
-        space = self.benchmark.spec.action_space if self.benchmark is not None else None
-        if not spec.is_floating:
-            if space is not None and space.get("type") == "Discrete":
-                return int(space["n"]), None, None
-            return int(data.sample["action"].max()) + 1 if len(data.sample.get("action", [])) else 1, None, None
-        if space is not None and space.get("type") == "Box":
-            box = space_from_json(space)
-            if np.all(np.isfinite(box.low)) and np.all(np.isfinite(box.high)):
-                return None, box.low.reshape(-1).astype(np.float64), box.high.reshape(-1).astype(np.float64)
-        return None, None, None
-
-    async def _policy_bytes(self, artifact_id: str) -> bytes:
-        records, _ = await self.run.catalog.find_records("artifacts", ArtifactRecord,
-                                                         where={"artifact_id": artifact_id}, limit=1)
-        if not records:
-            raise InvalidRequest(f"the policy artifact {artifact_id} is gone", field="policy")
-
-        def read() -> bytes:
-            with self.run.objects.open_read(records[0].object_key) as handle:
-                return handle.read()
-        try:
-            return await asyncio.to_thread(read)
-        except NotFound as exc:  # deleted between the lookup and the read
-            raise InvalidRequest(f"the policy artifact {artifact_id} is gone", field="policy") from exc
 
     # --- storing -----------------------------------------------------------------------------
     async def _store(self, key: str, params: dict[str, Any], computed: Computed) -> None:
@@ -448,42 +380,8 @@ class MetricsJob:
             await self.run.catalog.delete_records("metrics", MetricRecord, dataset_id=self.dataset.id)
 
 
-def _undefined(params: Any, reason: str, data: VersionData) -> MetricResult:
+def _undefined(params: Any, reason: str) -> MetricResult:
     """What a metric the data cannot give is stored as: no value, and why."""
     return MetricResult(metric=params.metric, value=None, n_rows_used=0, n_episodes_used=0,
                         params=params.model_dump(mode="json"), warnings=[reason],
                         algo_version=ALGORITHM_VERSIONS[MetricName(params.metric)])
-
-
-def _subsampled(result: MetricResult, used: int, rows: int, seed: int) -> MetricResult:
-    """Say in the result that (and how) the metric saw a seeded subsample of the version."""
-    if used < rows:
-        result.warnings.append(f"computed on a seeded subsample of {used} of {rows} rows (seed {seed})")
-    result.details.update(subsample_rows=used, version_rows=rows, subsample_seed=seed)
-    return result.model_copy(update={"n_rows_used": used, "seed": seed})
-
-
-async def _threaded(run: JobRun, start: float, share: float, stage: str,
-                    work: Callable[[Callable[[float], None]], MetricResult]) -> MetricResult:
-    """Run ``work`` in a thread, turning its progress calls into checkpoints; a cancel stops it there."""
-    state: dict[str, Any] = {"fraction": 0.0, "stop": None}
-
-    def progress(fraction: float) -> None:
-        if state["stop"] is not None:
-            raise state["stop"]
-        state["fraction"] = fraction
-
-    task = asyncio.ensure_future(asyncio.to_thread(work, progress))
-    try:
-        for _ in range(int(run.settings.metrics_timeout_s / 2) + 1):
-            done, _ = await asyncio.wait({task}, timeout=2.0)
-            if done:
-                break
-            try:
-                await run.checkpoint(start + share * state["fraction"], stage, f"{state['fraction']:.0%}")
-            except (JobCancelled, AttemptSuperseded) as exc:
-                state["stop"] = exc
-        return await task
-    finally:
-        if not task.done() and state["stop"] is None:  # timed out: a thread cannot be killed, so it stops itself
-            state["stop"] = JobCancelled("the job ran out of time")

@@ -12,6 +12,8 @@ sample first. Integer columns (discrete observations, action ids) are used as th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from tuplehub.storage.errors import InvalidRequest
@@ -22,42 +24,60 @@ MAX_GRID_DIMS = 6
 MAX_ENTROPY_DIMS = 16
 # Coverage bounds from a reference sample: the 0.1 % and 99.9 % quantiles of each feature.
 QUANTILES = (0.1, 99.9)
+CHUNK_ROWS = 65_536
 MAX_SPAN = 1_000.0  # standard deviations: wider space bounds are treated as none
 
 
 def split_columns(observation: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(continuous float64 (n, d), discrete int64 (n, q)) from the observation and action arrays."""
+    """(continuous (n, d), discrete int64 (n, q)) from the observation and action arrays.
+
+    Continuous columns keep their float width (float32 stays float32: half the memory of a copy
+    in float64); :func:`features` computes in float64 a chunk at a time.
+    """
     n = len(observation)
     continuous, discrete = [], []
     for values in (observation, action):
         flat = np.asarray(values).reshape(n, -1)
         (discrete if flat.dtype.kind in "iub" else continuous).append(flat)
-    as_matrix = [np.concatenate(parts, axis=1) if parts else np.zeros((n, 0)) for parts in (continuous, discrete)]
-    return as_matrix[0].astype(np.float64, copy=False), as_matrix[1].astype(np.int64, copy=False)
+    wide = np.result_type(np.float32, *continuous)
+    return (np.concatenate(continuous, axis=1, dtype=wide) if continuous else np.zeros((n, 0), dtype=wide),
+            np.concatenate(discrete, axis=1, dtype=np.int64) if discrete else np.zeros((n, 0), dtype=np.int64))
 
 
 def freeze_frame(continuous: np.ndarray, *, source: str, low: np.ndarray | None = None,
                  high: np.ndarray | None = None) -> MetricFrame:
     """A frame fitted on a reference sample of continuous features (``low``/``high``: space bounds, may be inf)."""
-    x = np.asarray(continuous, dtype=np.float64)
+    x = np.asarray(continuous)
     n, d = x.shape
     if d and n < 2:
         raise InvalidRequest("freezing the metric frame needs at least two rows", field="version")
-    if not np.isfinite(x).all():
-        raise InvalidRequest("observations or actions hold NaN or infinity: no frame can be fitted to them",
-                             field="version")
-    mean = x.mean(axis=0) if d else np.zeros(0)
-    scale = x.std(axis=0) if d else np.zeros(0)
-    scale[scale == 0] = 1.0
-    z = (x - mean) / scale
+    # Moments a chunk at a time, in float64: a full float64 copy of a 200,000 x 113 sample is 180 MB.
+    total = np.zeros(d)
+    for chunk in _chunks(x):
+        if not np.isfinite(chunk).all():
+            raise InvalidRequest("observations or actions hold NaN or infinity: no frame can be fitted to them",
+                                 field="version")
+        total += chunk.sum(axis=0)
+    mean = total / max(n, 1)
+    covariance = np.zeros((d, d))  # of the centred data, a second pass: no cancellation
+    for chunk in _chunks(x):
+        centred = chunk - mean
+        covariance += centred.T @ centred
+    covariance /= max(n, 1)
+    scale = np.sqrt(np.diag(covariance)).copy()
+    scale[scale <= 1e-9 * np.maximum(np.abs(mean), 1.0)] = 1.0  # constant columns, up to rounding
     components = None
     if d > MAX_GRID_DIMS:
-        eigenvalues, eigenvectors = np.linalg.eigh(z.T @ z / n)
+        correlation = covariance / np.outer(scale, scale)
+        eigenvalues, eigenvectors = np.linalg.eigh(correlation)
         order = np.argsort(eigenvalues)[::-1][:MAX_ENTROPY_DIMS]
         axes = eigenvectors[:, order].T
         # An eigenvector's sign is arbitrary: fix it (largest entry positive) so refits agree.
         components = axes * np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])[:, None]
-        z = z @ components.T
+    provisional = MetricFrame(source=source, mean=mean.tolist(), scale=scale.tolist(),
+                              components=components.tolist() if components is not None else None,
+                              coverage_dims=0, coverage_low=[], coverage_high=[], entropy_dims=0)
+    z = features(provisional, x)
     coverage_dims = min(z.shape[1], MAX_GRID_DIMS)
     grid = z[:, :coverage_dims]
     lows, highs = (np.percentile(grid, QUANTILES, axis=0) if coverage_dims else (np.zeros(0), np.zeros(0)))
@@ -75,14 +95,25 @@ def freeze_frame(continuous: np.ndarray, *, source: str, low: np.ndarray | None 
                        entropy_dims=min(z.shape[1], MAX_ENTROPY_DIMS))
 
 
+def _chunks(x: np.ndarray) -> Iterator[np.ndarray]:
+    for start in range(0, len(x), CHUNK_ROWS):
+        yield x[start:start + CHUNK_ROWS].astype(np.float64)
+
+
 def features(frame: MetricFrame, continuous: np.ndarray) -> np.ndarray:
-    """Standardised (and projected) continuous features under ``frame``."""
-    x = np.asarray(continuous, dtype=np.float64)
+    """Standardised (and projected) continuous features under ``frame``, float64, computed a chunk of
+    rows at a time so no full-width float64 copy of the data is made."""
+    x = np.asarray(continuous)
     if x.shape[1] != len(frame.mean):
         raise InvalidRequest(f"the benchmark's metric frame has {len(frame.mean)} continuous dimensions, the data "
                              f"{x.shape[1]}: the dataset does not match its benchmark", field="frame")
-    z = (x - np.asarray(frame.mean)) / np.asarray(frame.scale)
-    return z @ np.asarray(frame.components).T if frame.components is not None else z
+    mean, scale = np.asarray(frame.mean), np.asarray(frame.scale)
+    axes = np.asarray(frame.components).T if frame.components is not None else None
+    out = np.empty((len(x), axes.shape[1] if axes is not None else x.shape[1]))
+    for start in range(0, len(x), CHUNK_ROWS):
+        z = (x[start:start + CHUNK_ROWS].astype(np.float64) - mean) / scale
+        out[start:start + CHUNK_ROWS] = z @ axes if axes is not None else z
+    return out
 
 
 def coverage_cells(frame: MetricFrame, continuous: np.ndarray, discrete: np.ndarray,
