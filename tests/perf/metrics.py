@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 EPISODE_LENGTH = 1000
-FQE_ROWS = 500_000  # the metrics job caps fitted Q evaluation at this many sampled transitions
+FQE_ROWS = 400_000  # the metrics job caps fitted Q evaluation at this many sampled transitions
 
 
 def data(rows: int) -> dict[str, np.ndarray]:
