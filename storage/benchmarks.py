@@ -192,17 +192,19 @@ class BenchmarkRead(BaseModel):
         return cls(id=record.benchmark_id, **record.model_dump(exclude={"id", "benchmark_id"}))
 
 
-def continuous_dimensions(spec: BenchmarkSpec) -> int | None:
-    """Float Box dimensions of the observation and action spaces together (what a metric frame
+def continuous_widths(spec: BenchmarkSpec) -> tuple[int, int] | None:
+    """Float Box dimensions of the observation space and of the action space (what a metric frame
     scales); None when a space is neither a Box nor discrete, so the count is not known."""
-    total = 0
+    widths = []
     for space in (spec.observation_space, spec.action_space):
         kind = space.get("type")
         if kind == "Box":
-            total += math.prod(space["shape"]) if np.dtype(space["dtype"]).kind == "f" else 0
-        elif kind not in ("Discrete", "MultiDiscrete", "MultiBinary"):
+            widths.append(math.prod(space["shape"]) if np.dtype(space["dtype"]).kind == "f" else 0)
+        elif kind in ("Discrete", "MultiDiscrete", "MultiBinary"):
+            widths.append(0)
+        else:
             return None
-    return total
+    return widths[0], widths[1]
 
 
 def metrics_record(records: list[BenchmarkRecord], dataset_owner: str) -> BenchmarkRecord | None:

@@ -146,13 +146,16 @@ def result_key(params: BaseModel) -> str:
     return f"{metric}:{params.policy}" if metric == MetricName.policy_value else metric  # type: ignore[attr-defined]
 
 
+MAX_METRICS_PER_REQUEST = 16
+
+
 class MetricsCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "metrics": [{"metric": "returns"}, {"metric": "state_action_coverage", "bins": 20},
                     {"metric": "behavioral_entropy", "alpha": 0.5}], "seed": 0}]})
 
     version: int | None = Field(None, ge=1, description="The dataset version; the latest if unset.")
-    metrics: list[MetricParams] = Field(min_length=1, max_length=16)
+    metrics: list[MetricParams] = Field(min_length=1, max_length=MAX_METRICS_PER_REQUEST)
     seed: int = Field(0, ge=0, lt=2**63, description="Seeds every subsample, bootstrap and training run.")
 
     @model_validator(mode="after")
@@ -173,7 +176,12 @@ def metrics_job(dataset: DatasetRecord, version: int, request: MetricsCreate, *,
     return JobRecord(kind=JobKind.metrics, owner=owner, params={
         "dataset": dataset.name, "dataset_id": dataset.id, "version": version,
         "request": request.model_dump(mode="json"), "scheduled": scheduled},
-        dedup_key=f"metrics:{dataset.id}:{version}:{request.seed}:scheduled" if scheduled else None)
+        dedup_key=f"metrics:{dataset.id}:{version}:{_keys_digest(request)}:scheduled" if scheduled else None)
+
+
+def _keys_digest(request: MetricsCreate) -> str:
+    keys = json.dumps([request.seed, sorted(result_key(params) for params in request.metrics)])
+    return hashlib.sha256(keys.encode()).hexdigest()[:16]
 
 
 # --- results -----------------------------------------------------------------------------------

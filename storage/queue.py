@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from tuplehub.storage.errors import StoreUnavailable
+from tuplehub.storage.errors import Conflict, StoreUnavailable
 from tuplehub.storage.models import JobRecord
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class Queue:
         """Hold the lock ``name`` across workers while the block runs; renewed until it ends.
 
         While another holder has it, ``wait`` is awaited between polls (a job checks for
-        cancellation there) for at most ``wait_s`` seconds, then :class:`TimeoutError`.
+        cancellation there) for at most ``wait_s`` seconds, then :class:`Conflict`.
         """
         lock = self.pool.lock(LOCK_KEY + name, timeout=LOCK_TTL_S)
         for _ in range(max(1, int(wait_s / poll_s))):
@@ -79,7 +79,8 @@ class Queue:
             await wait()
             await asyncio.sleep(poll_s)
         else:
-            raise TimeoutError(f"{name} stayed locked for {wait_s:.0f} s")
+            # Not an outage: a job that gets this fails instead of retrying.
+            raise Conflict(f"another job kept {name} busy for {wait_s:.0f} s; ask again later", name=name)
         renew = asyncio.create_task(self._renew(lock))
         try:
             yield

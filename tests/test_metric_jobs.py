@@ -18,7 +18,7 @@ from tuplehub.client import Client
 from tuplehub.client.cli import app
 from tuplehub.client.cli.server import EmbeddedServer
 from tuplehub.storage.catalog import open_catalog
-from tuplehub.storage.errors import InvalidRequest
+from tuplehub.storage.errors import Conflict, InvalidRequest
 from tuplehub.storage.metrics import MetricFrame
 from tuplehub.storage.models import JobStatus
 from tuplehub.storage.queue import Queue
@@ -48,7 +48,9 @@ def _wait_for_metrics(hub: Client, dataset: str) -> None:
 
 
 def _pendulum(hub: Client, **references: float) -> str:
-    benchmark = hub.benchmarks.create_from_env(gym.make("Pendulum-v1"), name=_name("pendulum"))
+    """A benchmark of this test's own (Pendulum with a gravity nobody else uses), so frames do not mix."""
+    gravity = 1 + uuid.uuid4().int % 10**6 / 10**5
+    benchmark = hub.benchmarks.create_from_env(gym.make("Pendulum-v1", g=gravity), name=_name("pendulum"))
     if references:
         benchmark.set_references(**references)
     return benchmark.id
@@ -265,7 +267,7 @@ def test_one_version_is_computed_by_one_job_at_a_time(redis_url: str) -> None:
             await holder("second", 0)
             await first
             async with queue.exclusive("metrics:ds:2", wait=wait, wait_s=1, poll_s=0.05):
-                with pytest.raises(TimeoutError):
+                with pytest.raises(Conflict, match="busy"):
                     await queue.exclusive("metrics:ds:2", wait=wait, wait_s=0.2, poll_s=0.05).__aenter__()
         finally:
             await queue.aclose()
@@ -359,7 +361,7 @@ def test_only_the_first_owner_of_a_benchmark_may_change_its_frame(hub_server: Em
     frame = hub.metrics.frame(benchmark)
     assert dataset.name not in frame.source  # the frame is shown to every reader of the benchmark
     with _peer(hub_server, hub) as peer:
-        same = peer.benchmarks.create_from_env(gym.make("Pendulum-v1"))  # the same spec: the same id
+        same = peer.benchmarks.create(hub.benchmarks.get(benchmark).spec)  # the same spec: the same id
         assert same.id == benchmark
         with pytest.raises(Exception, match="first owner"):
             peer.metrics.set_frame(benchmark, frame)
@@ -428,10 +430,12 @@ def test_the_sweep_schedule_is_a_cron_of_the_setting() -> None:
     from tuplehub.workers.settings import _every
 
     assert _every(30) == {"second": set(range(0, 60, 30))}
+    assert _every(45) == {"minute": set(range(60)), "second": 0}
+    assert _every(90) == {"minute": set(range(0, 60, 2)), "second": 0}
     assert _every(600) == {"minute": set(range(0, 60, 10)), "second": 0}
     assert _every(3600) == {"hour": set(range(24)), "minute": 0, "second": 0}
     assert _every(6 * 3600) == {"hour": {0, 6, 12, 18}, "minute": 0, "second": 0}
-    assert _every(86400) == {"hour": {0}, "minute": 0, "second": 0}
+    assert _every(86400) == _every(7 * 86400) == {"hour": {0}, "minute": 0, "second": 0}
 
 
 def test_discrete_actions_are_binned_as_they_are_and_fitted_directly(hub: Client) -> None:
@@ -450,3 +454,38 @@ def test_discrete_actions_are_binned_as_they_are_and_fitted_directly(hub: Client
     assert results["state_action_coverage"].details["distinct"] <= len(arrays["reward"])
     assert results["average_q"].params["target"] == "fqi"
     assert results["average_q"].value is not None
+
+
+def test_only_public_data_or_the_first_owners_freezes_a_benchmarks_frame(hub_server: EmbeddedServer,
+                                                                        hub: Client) -> None:
+    with _peer(hub_server, hub) as peer:
+        benchmark = _pendulum(hub)
+        peer.benchmarks.create(hub.benchmarks.get(benchmark).spec)  # the same spec, the peer's record of it
+        mine = peer.datasets.create(_name("early"), benchmark=benchmark)
+        mine.upload(_pendulum_data(seed=19)).wait()
+        _wait_for_metrics(peer, mine.name)
+        coverage = {r.key: r.result for r in peer.metrics.results(mine.name)}["state_action_coverage"]
+        assert coverage.value is not None
+        assert "may not set it" in coverage.warnings[-1]
+        with pytest.raises(Exception, match="no frozen metric frame"):
+            hub.metrics.frame(benchmark)
+        policy = peer.artifacts.upload(_policy_bytes(0.5), name="mine.pt").id if _has_torch() else None
+    if policy is not None:  # a reader evaluates their own policy on the admin's dataset, not others'
+        dataset = hub.datasets.create(_name("theirs"), benchmark=benchmark)
+        dataset.upload(_pendulum_data(seed=20)).wait()
+        dataset.publish(public=True)
+        baseline = hub.artifacts.upload(_policy_bytes(-0.5), name="baseline.pt")
+        baseline.publish(public=True)
+        with _peer(hub_server, hub) as other:
+            mine_too = other.artifacts.upload(_policy_bytes(0.25), name="own.pt").id
+            with pytest.raises(Exception, match="your own policies"):
+                other.metrics.compute(dataset.name, [{"metric": "policy_value", "policy": baseline.id}])
+            other.metrics.compute(dataset.name, [{"metric": "policy_value", "policy": mine_too, "steps": 50,
+                                                  "seeds": 1}]).wait(timeout=300)
+            assert f"policy_value:{mine_too}" in {r.key for r in other.metrics.results(dataset.name)}
+
+
+def _has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None

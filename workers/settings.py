@@ -36,15 +36,16 @@ ARQ_EXTRA_TRIES = 5
 
 
 def _every(seconds: int) -> dict[str, Any]:
-    """Cron fields for 'every ``seconds``' (rounded up to what divides a minute, an hour or a day)."""
-    if seconds < 60:
+    """Cron fields for 'every ``seconds``', rounded up to what divides a minute, an hour or a day
+    (a day at most)."""
+    if seconds <= 30:
         step = next(s for s in (1, 2, 3, 5, 10, 15, 20, 30) if s >= seconds)
         return {"second": set(range(0, 60, step))}
     if seconds <= 1800:
-        minutes = max(1, seconds // 60)
+        minutes = -(-seconds // 60)
         step = next(m for m in (1, 2, 3, 5, 10, 15, 20, 30) if m >= minutes)
         return {"minute": set(range(0, 60, step)), "second": 0}
-    hours = max(1, -(-seconds // 3600))
+    hours = -(-seconds // 3600)
     step = next((h for h in (1, 2, 3, 4, 6, 8, 12) if h >= hours), 24)
     return {"hour": set(range(0, 24, step)), "minute": 0, "second": 0}
 

@@ -26,7 +26,8 @@ from tuplehub.api.deps import Caller, CatalogDep, QueueDep, Reader
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.artifacts import readable_artifact
 from tuplehub.storage import versions
-from tuplehub.storage.benchmarks import BenchmarkRecord, continuous_dimensions, metrics_record
+from tuplehub.storage.artifacts import ArtifactRecord
+from tuplehub.storage.benchmarks import BenchmarkRecord, continuous_widths, metrics_record
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Forbidden, InvalidRequest, NotFound
 from tuplehub.storage.metrics import (
@@ -58,12 +59,17 @@ async def request_metrics(name: str, body: MetricsCreate, caller: Caller, catalo
     trajectory quality, the coverage reference, the policy artifact.
     """
     dataset = await readable_dataset(catalog, caller, name)
-    if any(not isinstance(params, PolicyValueParams) for params in body.metrics):
-        try:
-            require_owner(caller, dataset, "dataset", "write")
-        except Forbidden as exc:
+    try:
+        require_owner(caller, dataset, "dataset", "write")
+    except Forbidden as exc:  # a reader may still evaluate policies of their own (policy_value)
+        if not all(isinstance(params, PolicyValueParams) for params in body.metrics):
             raise Forbidden("storing metric results on a dataset needs write access to it (its owner or a dataset "
                             "administrator); readers may evaluate their own policies (policy_value)") from exc
+        for params in body.metrics:
+            artifact = await _readable_policy(catalog, caller, params.policy)
+            if artifact.owner != caller.id:
+                raise Forbidden("on a dataset you cannot write, you may evaluate your own policies only: the stored "
+                                "value of this policy is its owner's or the dataset owner's to replace") from exc
     version = await versions.get_version(catalog, dataset, body.version)
     for params in body.metrics:
         await _check(catalog, caller, dataset, params)
@@ -89,10 +95,14 @@ async def _check(catalog: Catalog, caller: Principal, dataset: DatasetRecord, pa
                                  "compares data binned alike", field="reference")
         await versions.get_version(catalog, reference, params.reference_version)
     elif isinstance(params, PolicyValueParams):
-        try:
-            await readable_artifact(catalog, caller, params.policy)
-        except NotFound as exc:
-            raise InvalidRequest(f"no policy artifact {params.policy}", field="policy") from exc
+        await _readable_policy(catalog, caller, params.policy)
+
+
+async def _readable_policy(catalog: Catalog, caller: Principal, artifact_id: str) -> ArtifactRecord:
+    try:
+        return await readable_artifact(catalog, caller, artifact_id)
+    except NotFound as exc:
+        raise InvalidRequest(f"no policy artifact {artifact_id}", field="policy") from exc
 
 
 @router.get("/datasets/{name}/metrics", responses=problems(NotFound))
@@ -192,7 +202,8 @@ async def _frame_author(catalog: Catalog, caller: Principal, benchmark_id: str) 
 async def set_frame(benchmark_id: str, body: MetricFrame, caller: Caller, catalog: CatalogDep) -> MetricFrame:
     """Replace the frame by hand (bounds agreed in a paper, say); results under the old one go stale."""
     record = await _frame_author(catalog, caller, benchmark_id)
-    expected = continuous_dimensions(record.spec)
+    widths = continuous_widths(record.spec)
+    expected = sum(widths) if widths is not None else None
     if expected is not None and len(body.mean) != expected:
         raise InvalidRequest(f"the benchmark's spaces have {expected} continuous dimensions, the frame "
                              f"{len(body.mean)}", field="mean")

@@ -19,6 +19,7 @@ from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import NotFound
 from tuplehub.storage.metrics import (
     CHEAP_METRICS,
+    MAX_METRICS_PER_REQUEST,
     TORCH_METRICS,
     MetricFrameRecord,
     MetricName,
@@ -99,18 +100,25 @@ async def stale_requests(catalog: Catalog, dataset: DatasetRecord, version: int)
         if metric in TORCH_METRICS and not torch:
             continue
         record = current.get(key)
-        if record is None or _stale(record, metric, benchmark, frame_id):
+        if record is None or _stale(record, metric, benchmark, frame_id, dataset.benchmark):
             by_seed.setdefault(seed, []).append(params)
-    return [MetricsCreate.model_validate({"metrics": chosen, "seed": seed}) for seed, chosen in by_seed.items()]
+    return [MetricsCreate.model_validate({"metrics": chosen[start:start + MAX_METRICS_PER_REQUEST], "seed": seed})
+            for seed, chosen in by_seed.items() for start in range(0, len(chosen), MAX_METRICS_PER_REQUEST)]
 
 
-def _stale(record: MetricRecord, metric: MetricName, benchmark: BenchmarkRecord | None, frame_id: str | None) -> bool:
+def _stale(record: MetricRecord, metric: MetricName, benchmark: BenchmarkRecord | None, frame_id: str | None,
+           benchmark_id: str | None) -> bool:
     if record.result.algo_version != ALGORITHM_VERSIONS[metric]:
         return True
     inputs = record.benchmark_inputs
-    # None: computed on the version's own frame, its data not matching the benchmark: nothing to redo.
-    if metric in FRAMED and inputs.get("frame") is not None and inputs["frame"] != frame_id:
-        return True
+    if metric in FRAMED:
+        if "benchmark" in inputs and inputs["benchmark"] != benchmark_id:  # a benchmark set or changed since
+            return True
+        # None: computed on the version's own frame; redo when the frame it had to reject changed.
+        if inputs.get("frame") is not None and inputs["frame"] != frame_id:
+            return True
+        if "rejected_frame" in inputs and inputs["rejected_frame"] != frame_id:
+            return True
     if "references" in inputs:
         now = [benchmark.random_return, benchmark.expert_return] if benchmark is not None else [None, None]
         return inputs["references"] != now

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from tuplehub.storage.access import MembershipRecord
-from tuplehub.storage.benchmarks import BenchmarkRecord, continuous_dimensions, metrics_record, space_from_json
+from tuplehub.storage.artifacts import ArtifactRecord
+from tuplehub.storage.benchmarks import BenchmarkRecord, continuous_widths, metrics_record, space_from_json
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, InvalidRequest, NotFound
 from tuplehub.storage.metrics import (
@@ -77,8 +78,12 @@ async def _metrics(run: JobRun) -> dict[str, Any]:
 
     async with run.ctx["queue"].exclusive(f"metrics:{dataset.id}:{version.number}", wait=waiting,
                                           wait_s=min(MAX_LOCK_WAIT_S, run.settings.metrics_timeout_s / 2)):
-        job = MetricsJob(run, dataset, version, request, await benchmark_of(run.catalog, dataset))
-        return await job.compute_all(skip_unavailable=bool(params.get("scheduled")))
+        job = MetricsJob(run, dataset, version, request, await benchmark_of(run.catalog, dataset),
+                         scheduled=bool(params.get("scheduled")))
+        try:
+            return await job.compute_all()
+        finally:
+            await job.forget_if_deleted()
 
 
 async def _version(run: JobRun, dataset_id: str, number: int) -> VersionRecord:
@@ -104,8 +109,9 @@ class Computed:
 
 class MetricsJob:
     def __init__(self, run: JobRun, dataset: DatasetRecord, version: VersionRecord, request: MetricsCreate,
-                 benchmark: BenchmarkRecord | None) -> None:
+                 benchmark: BenchmarkRecord | None, *, scheduled: bool) -> None:
         self.run = run
+        self.scheduled = scheduled  # run by the system as the dataset's owner, not asked for by a person
         self.dataset = dataset
         self.version = version
         self.request = request
@@ -113,9 +119,10 @@ class MetricsJob:
         self.seed = request.seed
         self.frame: MetricFrame | None = None
         self.frame_problem = "no metric frame"
+        self.rejected_frame: str | None = None  # the benchmark's frame, when it does not fit this data
         self.frame_warning: list[str] = []
 
-    async def compute_all(self, *, skip_unavailable: bool) -> dict[str, Any]:
+    async def compute_all(self) -> dict[str, Any]:
         """Each metric in turn; one that the data cannot give is kept as an undefined result saying
         why (so the sweep does not retry it until something changes), unless it was the only one
         asked for by a person, who gets the error."""
@@ -131,13 +138,12 @@ class MetricsJob:
             try:
                 computed = await self._compute(params, data, start, share)
             except InvalidRequest as exc:
-                if len(wanted) == 1 and not skip_unavailable:
+                if len(wanted) == 1 and not self.scheduled:
                     raise
                 skipped[key] = exc.detail
                 computed = Computed(_undefined(params, exc.detail), self._inputs_of(params))
             await self._store(key, params.model_dump(mode="json"), computed)
             computed_keys.append(key)
-        await self._forget_if_deleted()
         # Keys only: a policy's value is for readers of the policy, and the job's owner may not be one.
         return {"dataset": self.dataset.name, "version": self.version.number,
                 "computed": [k for k in computed_keys if k not in skipped], "skipped": skipped}
@@ -154,7 +160,7 @@ class MetricsJob:
             if self.frame is None:
                 sample_rows = max(sample_rows, FRAME_SAMPLE_ROWS)
             elif (problem := self._frame_problem(self.frame)) is not None:
-                self.frame, self.frame_problem = None, problem
+                self.rejected_frame, self.frame, self.frame_problem = self.frame.frame_id, None, problem
                 needs_frame = False
         cells = Cells(self.frame, coverage_bins[0]) if coverage_bins and self.frame is not None else None
 
@@ -182,9 +188,15 @@ class MetricsJob:
                     f"{width}: the data does not match its benchmark")
         return None
 
-    def _continuous_width(self) -> int:
+    def _continuous_widths(self) -> tuple[int, int]:
+        """Float dimensions of the observations and of the actions."""
         schema = self.version.tuple_schema
-        return sum(max(spec.size, 1) for spec in (schema.observation, schema.action) if spec.is_floating)
+        observation, action = (max(spec.size, 1) if spec.is_floating else 0 for spec in (schema.observation,
+                                                                                          schema.action))
+        return observation, action
+
+    def _continuous_width(self) -> int:
+        return sum(self._continuous_widths())
 
     async def _binned(self, version: VersionRecord, bins: int, report: Callable[[float], Any]) -> VersionData:
         """A pass that only bins every row of ``version`` (and keys it, for same-size comparisons)."""
@@ -207,16 +219,15 @@ class MetricsJob:
         chosen = data.sampled_below(FRAME_SAMPLE_ROWS)  # the same rows whatever else the request holds
         continuous, _ = split_columns(*data.sampled(chosen, "observation", "action"))
         low, high = self._space_bounds()
-        frame = await asyncio.to_thread(freeze_frame, continuous, low=low, high=high, source=(
-            f"a seeded sample of {int(chosen.sum())} rows of version {self.version.number} of dataset "
-            f"{self.dataset.id}"))
-        expected = continuous_dimensions(self.benchmark.spec) if self.benchmark is not None else None
-        if self.dataset.benchmark is None or expected != self._continuous_width():
-            self.frame_warning = [
-                "features were scaled and binned on this version's own frame ("
-                + ("the dataset has no benchmark" if self.dataset.benchmark is None
-                   else "the data does not match its benchmark's spaces") + "), so the value does not compare "
-                "across datasets"]
+        try:
+            frame = await asyncio.to_thread(freeze_frame, continuous, low=low, high=high, source=(
+                f"frozen from a seeded sample of {int(chosen.sum())} rows"))
+        except ValueError as exc:  # a frame model refusing what the data gave (beyond its limits)
+            raise InvalidRequest(f"no metric frame fits this data: {exc}", field="version") from exc
+        reason = await self._why_not_shared()
+        if reason is not None:
+            self.frame_warning = [f"features were scaled and binned on this version's own frame ({reason}), so the "
+                                  "value does not compare across datasets"]
             return frame
         try:
             await self.run.catalog.insert_record("metric_frames", MetricFrameRecord(
@@ -228,6 +239,25 @@ class MetricsJob:
                                      field="frame") from None
             return stored
         return frame
+
+    async def _why_not_shared(self) -> str | None:
+        """Why a frame frozen from this version must not become the benchmark's, if so.
+
+        The frame is shared by everyone's datasets of the benchmark and shows statistics of the data
+        it came from, so only data that fits the spaces, and that is public or belongs to the
+        benchmark's first owner, may set it.
+        """
+        if self.dataset.benchmark is None or self.benchmark is None:
+            return "the dataset has no benchmark"
+        if continuous_widths(self.benchmark.spec) != self._continuous_widths():
+            return "the data does not match its benchmark's spaces"
+        records, _ = await self.run.catalog.find_records("benchmarks", BenchmarkRecord,
+                                                         where={"benchmark_id": self.dataset.benchmark})
+        first = min(records, key=lambda r: r.created_at) if records else None
+        if not self.dataset.public and (first is None or first.owner != self.dataset.owner):
+            return ("the benchmark has no frame yet and this dataset may not set it: only public data or the "
+                    "benchmark's first owner's does")
+        return None
 
     def _space_bounds(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The benchmark's Box bounds of the continuous columns, in feature order (None if not all Box)."""
@@ -269,6 +299,12 @@ class MetricsJob:
             return await self._coverage(params, data)
         if isinstance(params, KNN):
             return await self._entropy(params, data)
+        if isinstance(params, PolicyValueParams) and self.scheduled:
+            artifacts, _ = await self.run.catalog.find_records("artifacts", ArtifactRecord,
+                                                               where={"artifact_id": params.policy})
+            if not any([await self._owner_reads(artifact) for artifact in artifacts]):
+                raise InvalidRequest(f"the policy artifact {params.policy} is not readable by the dataset's owner",
+                                     field="policy")
         return Computed(await fitted_q(self.run, params, data, seed=self.seed, schema=self.version.tuple_schema,
                                        benchmark=self.benchmark, start=start, share=share), {})
 
@@ -289,9 +325,12 @@ class MetricsJob:
             benchmark = self.benchmark
             return {"references": [benchmark.random_return if benchmark else None,
                                    benchmark.expert_return if benchmark else None]}
-        if isinstance(params, CoverageParams | ShannonEntropyParams | BehavioralEntropyParams) \
-                and self.dataset.benchmark is not None:
-            return {"frame": self.frame.frame_id if self.frame is not None and not self.frame_warning else None}
+        if isinstance(params, CoverageParams | ShannonEntropyParams | BehavioralEntropyParams):
+            inputs: dict[str, Any] = {"benchmark": self.dataset.benchmark, "frame": (
+                self.frame.frame_id if self.frame is not None and not self.frame_warning else None)}
+            if self.rejected_frame is not None:
+                inputs["rejected_frame"] = self.rejected_frame
+            return inputs
         return {}
 
     async def _coverage(self, params: CoverageParams, data: VersionData) -> Computed:
@@ -319,9 +358,9 @@ class MetricsJob:
             reference = await self.run.catalog.get_dataset(params.reference or "")
         except NotFound as exc:
             raise InvalidRequest(f"the reference dataset {params.reference!r} is gone", field="reference") from exc
-        if not await self._owner_reads(reference):
-            raise InvalidRequest(f"the reference dataset {params.reference!r} is not readable by the job's owner",
-                                 field="reference")
+        if self.scheduled and not await self._owner_reads(reference):
+            raise InvalidRequest(f"the reference dataset {params.reference!r} is not readable by the dataset's "
+                                 "owner", field="reference")
         if reference.benchmark != self.dataset.benchmark:
             raise InvalidRequest(f"the reference {params.reference!r} is not of this dataset's benchmark: coverage "
                                  "compares data binned alike", field="reference")
@@ -332,15 +371,16 @@ class MetricsJob:
                                  field="reference_version")
         return reference, chosen[-1]
 
-    async def _owner_reads(self, dataset: DatasetRecord) -> bool:
-        """Whether the job's owner may read ``dataset``: the sweep re-runs stored requests as the
-        dataset's owner, so access withdrawn since the request must not be used."""
+    async def _owner_reads(self, item: DatasetRecord | ArtifactRecord) -> bool:
+        """Whether the job's owner may read ``item``. The API checked a person's request; the sweep
+        re-runs stored requests as the dataset's owner, who may not read what someone else named
+        (a reader's own policy), or may no longer."""
         owner = self.run.job.owner
-        if dataset.public or dataset.owner == owner:
+        if item.public or item.owner == owner:
             return True
         memberships, _ = await self.run.catalog.find_records("memberships", MembershipRecord,
                                                              where={"user_id": owner})
-        return any(m.group_id in dataset.groups for m in memberships)
+        return any(m.group_id in item.groups for m in memberships)
 
     async def _entropy(self, params: ShannonEntropyParams | BehavioralEntropyParams, data: VersionData) -> Computed:
         assert self.frame is not None
@@ -374,7 +414,7 @@ class MetricsJob:
                     unique=f"{self.dataset.id}:{self.version.number}:{key}")
                 return
 
-    async def _forget_if_deleted(self) -> None:
+    async def forget_if_deleted(self) -> None:
         """A dataset deleted while its metrics were computed must not keep the results stored since."""
         if await self.run.catalog.get_dataset_by_id(self.dataset.id) is None:
             await self.run.catalog.delete_records("metrics", MetricRecord, dataset_id=self.dataset.id)

@@ -17,14 +17,15 @@ from collections.abc import Iterator
 import numpy as np
 
 from tuplehub.storage.errors import InvalidRequest
-from tuplehub.storage.metrics import MetricFrame
+from tuplehub.storage.metrics import FRAME_LIMIT, MetricFrame
 from tuplehub.workers.metrics.coverage import quantise
 
 MAX_GRID_DIMS = 6
 MAX_ENTROPY_DIMS = 16
 # Coverage bounds from a reference sample: the 0.1 % and 99.9 % quantiles of each feature.
 QUANTILES = (0.1, 99.9)
-CHUNK_ROWS = 65_536
+CHUNK_VALUES = 4_000_000
+MAX_FROZEN_DIMS = 4_096  # the d x d covariance of wider data would not fit comfortably (128 MB here)
 MAX_SPAN = 1_000.0  # standard deviations: wider space bounds are treated as none
 
 
@@ -51,13 +52,20 @@ def freeze_frame(continuous: np.ndarray, *, source: str, low: np.ndarray | None 
     n, d = x.shape
     if d and n < 2:
         raise InvalidRequest("freezing the metric frame needs at least two rows", field="version")
+    if d > MAX_FROZEN_DIMS:
+        raise InvalidRequest(f"{d} continuous dimensions are more than a frame is fitted to ({MAX_FROZEN_DIMS}): "
+                             "coverage and entropies need a smaller representation", field="version")
     # Moments a chunk at a time, in float64: a full float64 copy of a 200,000 x 113 sample is 180 MB.
-    total = np.zeros(d)
+    total, lowest, highest = np.zeros(d), np.full(d, np.inf), np.full(d, -np.inf)
     for chunk in _chunks(x):
         if not np.isfinite(chunk).all():
             raise InvalidRequest("observations or actions hold NaN or infinity: no frame can be fitted to them",
                                  field="version")
         total += chunk.sum(axis=0)
+        lowest, highest = np.minimum(lowest, chunk.min(axis=0)), np.maximum(highest, chunk.max(axis=0))
+    if d and max(np.abs(lowest).max(), np.abs(highest).max()) > FRAME_LIMIT:
+        raise InvalidRequest(f"values beyond ±{FRAME_LIMIT:g} (placeholders for 'unknown', timestamps?) leave no "
+                             "usable scale for a metric frame", field="version")
     mean = total / max(n, 1)
     covariance = np.zeros((d, d))  # of the centred data, a second pass: no cancellation
     for chunk in _chunks(x):
@@ -65,7 +73,7 @@ def freeze_frame(continuous: np.ndarray, *, source: str, low: np.ndarray | None 
         covariance += centred.T @ centred
     covariance /= max(n, 1)
     scale = np.sqrt(np.diag(covariance)).copy()
-    scale[scale <= 1e-9 * np.maximum(np.abs(mean), 1.0)] = 1.0  # constant columns, up to rounding
+    scale[(lowest == highest) | (scale == 0)] = 1.0  # constant columns
     components = None
     if d > MAX_GRID_DIMS:
         correlation = covariance / np.outer(scale, scale)
@@ -95,9 +103,15 @@ def freeze_frame(continuous: np.ndarray, *, source: str, low: np.ndarray | None 
                        entropy_dims=min(z.shape[1], MAX_ENTROPY_DIMS))
 
 
+def _chunk_rows(width: int) -> int:
+    """Rows per chunk: about 32 MB of float64 whatever the width."""
+    return max(1, CHUNK_VALUES // max(width, 1))
+
+
 def _chunks(x: np.ndarray) -> Iterator[np.ndarray]:
-    for start in range(0, len(x), CHUNK_ROWS):
-        yield x[start:start + CHUNK_ROWS].astype(np.float64)
+    rows = _chunk_rows(x.shape[1])
+    for start in range(0, len(x), rows):
+        yield x[start:start + rows].astype(np.float64)
 
 
 def features(frame: MetricFrame, continuous: np.ndarray) -> np.ndarray:
@@ -110,9 +124,10 @@ def features(frame: MetricFrame, continuous: np.ndarray) -> np.ndarray:
     mean, scale = np.asarray(frame.mean), np.asarray(frame.scale)
     axes = np.asarray(frame.components).T if frame.components is not None else None
     out = np.empty((len(x), axes.shape[1] if axes is not None else x.shape[1]))
-    for start in range(0, len(x), CHUNK_ROWS):
-        z = (x[start:start + CHUNK_ROWS].astype(np.float64) - mean) / scale
-        out[start:start + CHUNK_ROWS] = z @ axes if axes is not None else z
+    rows = _chunk_rows(x.shape[1])
+    for start in range(0, len(x), rows):
+        z = (x[start:start + rows].astype(np.float64) - mean) / scale
+        out[start:start + rows] = z @ axes if axes is not None else z
     return out
 
 
