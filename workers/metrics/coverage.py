@@ -40,10 +40,6 @@ def cell_keys(columns: np.ndarray) -> np.ndarray:
     return keys
 
 
-def distinct(cells: np.ndarray) -> int:
-    return int(np.unique(cell_keys(cells)).size)
-
-
 def state_action_coverage(cells: np.ndarray, *, reference_cells: np.ndarray | None = None,
                           params: dict | None = None, clipped: float = 0.0) -> MetricResult:
     """u(D) / u(D_ref) over already-quantised (state, action) cells; u(D) / |D| without a reference.
