@@ -120,8 +120,17 @@ class _FittedQParams(_MetricParams):
 class AverageQParams(_FittedQParams):
     metric: Literal["average_q"] = "average_q"
     target: Literal["policy", "sarsa", "fqi"] = Field(
-        "policy", description="Next-state value: a behaviour-cloned policy, the data's next action, or the max.")
+        "policy", description="Next-state value: an evaluation policy, the data's next action, or the max.")
+    policy: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description=(
+        "With target 'policy': the id of a TorchScript policy artifact to evaluate; behaviour cloning if unset."))
     bc_steps: int | None = Field(None, ge=10, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _policy_needs_its_target(self) -> AverageQParams:
+        if self.policy is not None and self.target != "policy":
+            raise ValueError(f"a policy artifact gives the next-state value, so target must be 'policy', not "
+                             f"{self.target!r}")
+        return self
 
 
 class PolicyValueParams(_FittedQParams):

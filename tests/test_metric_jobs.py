@@ -329,6 +329,15 @@ def test_fitted_q_and_policy_values_through_the_job(hub_server: EmbeddedServer, 
     replaced = {r.key: r.result for r in hub.metrics.results(dataset.name)}["average_q"]
     assert replaced.params["target"] == "policy"
     assert "behaviour_cloning" in replaced.details
+    # A named policy artifact instead of behaviour cloning: the average Q under that policy.
+    hub.metrics.compute(dataset.name, [{"metric": "average_q", "policy": policies[0], **quick}]).wait(timeout=300)
+    under_policy = {r.key: r.result for r in hub.metrics.results(dataset.name)}["average_q"]
+    assert under_policy.metric == "average_q"
+    assert under_policy.value == under_policy.details["average_q"]
+    assert under_policy.params["policy_sha256"] == policies[0]
+    assert not any("initial" in warning for warning in under_policy.warnings)
+    with pytest.raises(InvalidRequest, match="target must be 'policy'"):
+        hub.metrics.compute(dataset.name, [{"metric": "average_q", "policy": policies[0], "target": "sarsa"}])
     ranked = hub.metrics.policies(dataset.name)
     assert [r.key for r in ranked] == sorted((f"policy_value:{p}" for p in policies),
                                              key=lambda k: -results[k].value)
@@ -339,7 +348,9 @@ def test_fitted_q_and_policy_values_through_the_job(hub_server: EmbeddedServer, 
     with Client(hub_server.url) as peer:
         peer.login(user, password, remember=False)
         seen = {r.key for r in peer.metrics.results(dataset.name)}
-        assert "average_q" in seen
+        assert "returns" in seen
+        # Both evaluated policies the peer cannot read: the average Q under one, and their values.
+        assert "average_q" not in seen
         assert not any(key.startswith("policy_value") for key in seen)
         with pytest.raises(InvalidRequest, match="no policy artifact"):
             peer.metrics.compute(dataset.name, [{"metric": "policy_value", "policy": policies[0]}])

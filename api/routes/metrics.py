@@ -31,6 +31,7 @@ from tuplehub.storage.benchmarks import BenchmarkRecord, continuous_widths, metr
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Forbidden, InvalidRequest, NotFound
 from tuplehub.storage.metrics import (
+    AverageQParams,
     Comparison,
     ComparisonRow,
     CoverageParams,
@@ -94,7 +95,7 @@ async def _check(catalog: Catalog, caller: Principal, dataset: DatasetRecord, pa
             raise InvalidRequest(f"the reference {reference.name!r} is not of {dataset.name!r}'s benchmark: coverage "
                                  "compares data binned alike", field="reference")
         await versions.get_version(catalog, reference, params.reference_version)
-    elif isinstance(params, PolicyValueParams):
+    elif isinstance(params, PolicyValueParams | AverageQParams) and params.policy is not None:
         await _readable_policy(catalog, caller, params.policy)
 
 

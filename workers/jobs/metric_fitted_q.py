@@ -43,6 +43,8 @@ async def fitted_q(run: JobRun, params: AverageQParams | PolicyValueParams, data
         arguments["initial"] = sample["initial"][chosen]
     else:
         arguments["target"] = params.target
+        if params.policy is not None:  # evaluated like a policy's value, reported as the average over the rows
+            arguments["policy"] = fqe.load_policy(await policy_bytes(run, params.policy))
         if params.bc_steps is not None:
             arguments["bc_steps"] = params.bc_steps
         if params.target == "sarsa":
@@ -54,9 +56,22 @@ async def fitted_q(run: JobRun, params: AverageQParams | PolicyValueParams, data
     columns = data.sampled(chosen, "observation", "action", "reward", "next_observation", "terminated")
     result = await threaded(run, start, share, result_key(params), lambda progress: fqe.average_q_value(
         *columns, progress=progress, **arguments))
+    if isinstance(params, AverageQParams) and params.policy is not None:
+        result = _as_average_q(result)
     result = note_subsample(result, int(chosen.sum()), data.rows, seed)
     result.params.update(max_rows=params.max_rows)
     return result
+
+
+def _as_average_q(result: MetricResult) -> MetricResult:
+    """A policy's FQE run read as the average Q over the data's pairs (what ``average_q`` reports)."""
+    values = result.details["per_seed"]["average_q"]
+    spread = len(values) > 1
+    return result.model_copy(update={
+        "metric": "average_q", "value": result.details["average_q"], "n_episodes_used": 0,
+        "ci_low": min(values) if spread else None, "ci_high": max(values) if spread else None,
+        "ci_method": f"min-max over {len(values)} training seeds" if spread else None,
+        "warnings": [w for w in result.warnings if not w.startswith("no row is marked initial")]})
 
 
 def action_space(schema: TupleSchema, benchmark: BenchmarkRecord | None,

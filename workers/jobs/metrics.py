@@ -299,7 +299,7 @@ class MetricsJob:
             return await self._coverage(params, data)
         if isinstance(params, KNN):
             return await self._entropy(params, data)
-        if isinstance(params, PolicyValueParams) and self.scheduled:
+        if isinstance(params, PolicyValueParams | AverageQParams) and params.policy is not None and self.scheduled:
             artifacts, _ = await self.run.catalog.find_records("artifacts", ArtifactRecord,
                                                                where={"artifact_id": params.policy})
             if not any([await self._owner_reads(artifact) for artifact in artifacts]):
