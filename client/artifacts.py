@@ -62,11 +62,8 @@ class Artifact(Shareable[ArtifactRead]):
 
     def link(self, *, benchmarks: Iterable[str] = (), datasets: Iterable[str] = ()) -> Artifact:
         """Replace the benchmarks (ids) and datasets (names) this artifact is linked to."""
-        return self._apply(self._http.put(f"/artifacts/{self.id}/links",
+        return self._apply(self._http.put(f"{self._path}/links",
                                           json={"benchmarks": list(benchmarks), "datasets": list(datasets)}))
-
-    def delete(self) -> None:
-        raise_for_problem(self._http.delete(f"/artifacts/{self.id}"))
 
     def __repr__(self) -> str:
         return f"<Artifact {self.record.name} {self.id[:12]}>"

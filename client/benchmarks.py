@@ -160,11 +160,8 @@ class Benchmark(Shareable[BenchmarkRead]):
         return Page[DatasetSummary].model_validate(response.json())
 
     def set_references(self, *, random_return: float | None, expert_return: float | None) -> Benchmark:
-        return self._apply(self._http.put(f"/benchmarks/{self.id}/references",
+        return self._apply(self._http.put(f"{self._path}/references",
                                           json={"random_return": random_return, "expert_return": expert_return}))
-
-    def delete(self) -> None:
-        raise_for_problem(self._http.delete(f"/benchmarks/{self.id}"))
 
     def __repr__(self) -> str:
         return f"<Benchmark {self.record.name or self.record.family} {self.id[:8]}>"

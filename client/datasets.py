@@ -161,11 +161,7 @@ class Dataset(Shareable[DatasetRead]):
     def update(self, **card: Any) -> Dataset:
         """Edit the card: ``description``, ``tags``, ``benchmark``, ``authors``, ``license``,
         ``citation``, ``behavior_policies``; what is not given stays."""
-        return self._apply(self._http.patch(f"/datasets/{self.name}", json=card))
-
-    def delete(self) -> None:
-        """Delete the dataset and every version of it."""
-        raise_for_problem(self._http.delete(f"/datasets/{self.name}"))
+        return self._apply(self._http.patch(self._path, json=card))
 
     def __repr__(self) -> str:
         return f"<Dataset {self.name} v{self.latest_version}>"

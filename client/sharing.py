@@ -32,6 +32,11 @@ class Shareable(Generic[R]):
         """Withdraw it from ``groups`` (and from public view, with ``public``)."""
         return self._share("unpublish", groups, public)
 
+    def delete(self) -> None:
+        """Delete it on the server (a dataset with every version; of a benchmark or an artifact, the
+        caller's record)."""
+        raise_for_problem(self._http.delete(self._path))
+
     def _share(self, action: str, groups: Iterable[str], public: bool) -> Self:
         return self._apply(self._http.post(f"{self._path}/{action}", json={"groups": list(groups), "public": public}))
 

@@ -8,11 +8,9 @@ from typing import Annotated
 
 import typer
 
-from tuplehub.client.cli.output import emit, reported_errors
+from tuplehub.client.cli.output import AsJson, Url, emit, reported_errors
 from tuplehub.client.client import Client
 
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-Url = Annotated[str | None, typer.Option("--url", envvar="TUPLEHUB_URL", help="Server URL.")]
 PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")]
 TIME_FORMATS = ["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]  # no zone: UTC
 Time = Annotated[datetime | None, typer.Option(formats=TIME_FORMATS, help="ISO time, UTC if no zone.")]

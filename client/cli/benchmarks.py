@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
-from tuplehub.client.cli.output import emit, reported_errors
+from tuplehub.client.cli.output import AsJson, Url, emit, json_or_word, reported_errors
 from tuplehub.client.client import Client
 
 benchmarks_app = typer.Typer(help="Benchmarks: fully specified environments.", no_args_is_help=True)
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-Url = Annotated[str | None, typer.Option("--url", envvar="TUPLEHUB_URL", help="Server URL.")]
 
 
 @benchmarks_app.command("list")
@@ -20,13 +17,7 @@ def list_benchmarks(family: Annotated[str | None, typer.Option(help="Env id or e
                     param: Annotated[list[str] | None, typer.Option("--param", help="key=value; repeat.")] = None,
                     limit: int = 100, url: Url = None, as_json: AsJson = False) -> None:
     """Benchmarks, newest first; --family with --param picks points of a parameter sweep."""
-    params = {}
-    for text in param or []:
-        key, _, raw = text.partition("=")
-        try:
-            params[key] = json.loads(raw)
-        except ValueError:
-            params[key] = raw
+    params = {key: json_or_word(raw) for key, _, raw in (text.partition("=") for text in param or [])}
     with reported_errors(), Client(url) as hub:
         emit(hub.benchmarks.list(family=family, params=params, limit=limit), as_json=as_json,
              columns=("id", "name", "family", "visibility", "created_at"))

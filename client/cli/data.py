@@ -8,14 +8,12 @@ from typing import Annotated
 
 import typer
 
-from tuplehub.client.cli.output import emit, parse_filter, reported_errors
+from tuplehub.client.cli.output import AsJson, Url, emit, parse_filter, reported_errors
 from tuplehub.client.client import Client
 
 datasets_app = typer.Typer(help="Create, list and inspect datasets.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Follow and cancel jobs.", no_args_is_help=True)
 
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-Url = Annotated[str | None, typer.Option("--url", envvar="TUPLEHUB_URL", help="Server URL.")]
 
 
 def _split(reference: str) -> tuple[str, int | None]:

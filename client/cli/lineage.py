@@ -8,13 +8,11 @@ from typing import Annotated
 
 import typer
 
-from tuplehub.client.cli.output import emit, reported_errors
+from tuplehub.client.cli.output import AsJson, Url, emit, reported_errors
 from tuplehub.client.client import Client
 from tuplehub.storage.errors import NotFound
 from tuplehub.storage.models import DeriveSource, VersionRecord
 
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-Url = Annotated[str | None, typer.Option("--url", envvar="TUPLEHUB_URL", help="Server URL.")]
 MAX_DEPTH = 10
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from tuplehub.client.cli.benchmarks import AsJson, Url
-from tuplehub.client.cli.output import emit, reported_errors
+from tuplehub.client.cli.output import AsJson, Url, emit, json_or_word, reported_errors
 from tuplehub.client.client import Client
 from tuplehub.client.report import comparison_table
 from tuplehub.storage.errors import InvalidRequest
@@ -31,10 +29,7 @@ def _specs(metrics: list[str], params: list[str]) -> list[dict[str, Any]]:
                                  field="param")
         if metric not in specs:
             raise InvalidRequest(f"--param {text!r}: {metric} is not among the --metric options", field="param")
-        try:
-            specs[metric][key] = json.loads(raw)
-        except ValueError:
-            specs[metric][key] = raw
+        specs[metric][key] = json_or_word(raw)
     return list(specs.values())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -15,6 +15,18 @@ from tuplehub.storage.errors import InvalidFilter, TuplehubError, Unauthenticate
 from tuplehub.storage.filters.language import Filter, FilterNode
 
 _FILTER = TypeAdapter(Filter)
+
+# The options every command takes.
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Url = Annotated[str | None, typer.Option("--url", envvar="TUPLEHUB_URL", help="Server URL.")]
+
+
+def json_or_word(raw: str) -> Any:
+    """A command-line value: JSON (``9.81``, ``"hard"``, ``[1, 2]``), else the bare word as a string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 def emit(value: Any, *, as_json: bool, columns: Sequence[str] = ()) -> None:
