@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from tuplehub.api.access.principal import Principal, authenticate
 from tuplehub.api.access.ratelimit import LoginLimiter
@@ -68,3 +68,10 @@ SignerDep = Annotated[Signer, Depends(get_signer)]
 LimiterDep = Annotated[LoginLimiter, Depends(get_limiter)]
 Caller = Annotated[Principal, Depends(get_caller)]
 Reader = Annotated[Principal, Depends(get_reader)]
+
+# One bound for every paged listing: an offset past this is no real page, and without a bound a huge
+# one overflows the catalogs' 64-bit integers (SQLite and MongoDB) into a 500.
+MAX_OFFSET = 10**9
+MAX_LIMIT = 1000
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Most items to return.")]

@@ -63,7 +63,7 @@ class BodyLimit:
 
 
 async def _refuse(scope: Scope, send: Send, limit: int) -> None:
-    body = json.dumps({"type": "/problems/payload-too-large", "title": "PayloadTooLarge", "status": 413,
+    body = json.dumps({"type": "/problems/payload-too-large", "title": "Payload Too Large", "status": 413,
                        "detail": f"the request body exceeds {limit} bytes", "limit": limit,
                        "instance": scope["path"]}).encode()
     await send({"type": "http.response.start", "status": 413, "headers": [

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from tuplehub.storage.models import new_id, utcnow
 
@@ -236,7 +236,16 @@ class ApiTokenCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=100)
     rights: list[Right] | None = Field(None, description="A subset of the creator's rights; all of them if omitted.")
-    expires_at: AwareDatetime | None = Field(None, description="With a time zone, e.g. 2027-01-31T00:00:00Z.")
+    expires_at: AwareDatetime | None = Field(None, description=(
+        "With a time zone, e.g. 2027-01-31T00:00:00Z; omitted: the server's default lifetime "
+        "(TUPLEHUB_API_TOKEN_TTL_DAYS)."))
+    no_expiry: bool = Field(False, description="Never expire (unless made with an API token that does).")
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> ApiTokenCreate:
+        if self.no_expiry and self.expires_at is not None:
+            raise ValueError("give expires_at or no_expiry, not both")
+        return self
 
 
 class ApiTokenRecord(StoredRecord):

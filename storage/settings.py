@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     jwt_private_key_file: Path | None = Field(None, description="PEM private key for RS*/ES*/EdDSA.")
     jwt_public_key_file: Path | None = Field(None, description="PEM public key for RS*/ES*/EdDSA.")
     access_token_ttl_s: int = Field(900, ge=60, le=3600)
+    api_token_ttl_days: int = Field(90, ge=1, le=3650, description=(
+        "Lifetime of an API token created without an expiry; `tokens create --no-expiry` opts out."))
     refresh_token_ttl_s: int = Field(14 * 24 * 3600, ge=3600)
     clock_skew_s: int = Field(30, ge=0, le=300, description="Leeway for exp/iat/nbf between machines.")
     open_signup: bool = Field(False, description="Let anyone create an account through the API.")

@@ -22,7 +22,7 @@ from tuplehub.api.access.policy import (
     require_owner,
 )
 from tuplehub.api.access.principal import Principal
-from tuplehub.api.deps import Caller, CatalogDep, ObjectsDep, Reader, SettingsDep
+from tuplehub.api.deps import Caller, CatalogDep, Limit, ObjectsDep, Offset, Reader, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.sharing import change_sharing
 from tuplehub.api.routes.uploads import upload_read
@@ -100,8 +100,8 @@ async def list_artifacts(caller: Reader, catalog: CatalogDep,
                          name: Annotated[str | None, Query(description="Name contains this.")] = None,
                          benchmark: Annotated[str | None, Query(description="Linked to this benchmark.")] = None,
                          dataset: Annotated[str | None, Query(description="Linked to this dataset (name).")] = None,
-                         offset: Annotated[int, Query(ge=0)] = 0,
-                         limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Page[ArtifactRead]:
+                         offset: Offset = 0,
+                         limit: Limit = 100) -> Page[ArtifactRead]:
     """Readable artifacts, newest first."""
     dataset_id = (await readable_dataset(catalog, caller, dataset)).id if dataset else None
     records, _ = await catalog.find_records("artifacts", ArtifactRecord, newest_first=True)

@@ -108,11 +108,17 @@ async def refresh(body: Refresh, catalog: CatalogDep, signer: SignerDep, setting
 async def logout(body: Refresh, catalog: CatalogDep,
                  everywhere: Annotated[bool, Query(description="End every session of this user.")] = False
                  ) -> Response:
-    """Revoke this sign-in's refresh tokens (or, with ``everywhere``, all sessions and access tokens)."""
+    """Revoke this sign-in's refresh tokens (or, with ``everywhere``, all sessions and access tokens).
+
+    Ending every session needs a live refresh token (unused, unrevoked, unexpired): an old one, found
+    in a backup or a log, must not be enough to sign the owner out everywhere.
+    """
     try:
         record = await catalog.get_record("refresh_tokens", RefreshTokenRecord, hash=hash_token(body.refresh_token))
     except NotFound:
         raise Unauthenticated("unknown refresh token") from None
+    if everywhere and (record.revoked or record.spent or record.expires_at <= utcnow()):
+        raise Unauthenticated("ending every session needs the refresh token of a live sign-in; sign in again")
     await end_sessions(catalog, record.user_id, family=None if everywhere else record.family)
     return Response(status_code=204)
 
@@ -130,7 +136,12 @@ async def me(caller: Caller, catalog: CatalogDep) -> Me:
 @router.put("/password", status_code=204, responses=problems(Forbidden, InvalidRequest, RateLimited))
 async def change_password(body: PasswordChange, request: Request, caller: Caller, catalog: CatalogDep,
                           limiter: LimiterDep, settings: SettingsDep) -> Response:
-    """Change one's own password; every session and access token of the user ends (API tokens stay)."""
+    """Change one's own password; every session and access token of the user ends (API tokens stay).
+
+    Needs a sign-in with the password: an API token, however narrow, never changes the password.
+    """
+    if caller.via != "access":
+        raise Forbidden("changing the password needs a sign-in with the password, not an API token")
     user = await catalog.get_record("users", UserRecord, id=caller.user_id)
     await limiter.attempt(user.name, _address(request))  # a stolen token must not become a password oracle
     if not await verify_password(user.password_hash, body.current_password):

@@ -71,10 +71,12 @@ def create_token(name: str,
                  right: Annotated[list[str] | None, typer.Option("--right", help="Repeat; default: all yours.")] = None,
                  expires: Annotated[datetime | None, typer.Option(
                      formats=TIME_FORMATS, help="Expiry, ISO time (UTC if no zone).")] = None,
+                 no_expiry: Annotated[bool, typer.Option(
+                     "--no-expiry", help="Never expire (default: the server's lifetime, 90 days).")] = False,
                  url: Url = None, as_json: AsJson = False) -> None:
     """Create an API token; it is printed once and cannot be shown again."""
     with reported_errors(), Client(url) as hub:
-        created = hub.tokens.create(name, rights=right, expires_at=expires)
+        created = hub.tokens.create(name, rights=right, expires_at=expires, no_expiry=no_expiry)
         if as_json:
             emit(created, as_json=True)
         else:
