@@ -6,6 +6,7 @@ Runs against a real server thread (real Redis, real worker), as ordinary users o
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -183,3 +184,27 @@ def test_api_tokens_expire_by_default_unless_asked_not_to(hub_server: EmbeddedSe
     assert (forever.status_code, forever.json()["expires_at"]) == (201, None)
     both = user.post("/tokens", json={"name": "both", "no_expiry": True, "expires_at": "2031-01-01T00:00:00Z"})
     assert "not both" in problem(both, 422)["detail"]
+
+
+# --- interactive docs ----------------------------------------------------------------------------
+
+def test_the_docs_page_works_offline_with_authorize(hub_server: EmbeddedServer) -> None:
+    with api(hub_server) as http:
+        page = http.get("/docs")
+        assert page.status_code == 200
+        assert re.search(r"https?://", page.text) is None  # nothing from a CDN
+        assert "'self'" in page.headers["content-security-policy"]
+        assets = re.findall(r'(?:src|href)="(/api/v1/docs/assets/[^"]+)"', page.text)
+        assert {asset.rsplit("/", 1)[-1] for asset in assets} >= {"swagger-ui-bundle.js", "swagger-ui.css"}
+        for asset in assets:
+            served = http.get(hub_server.url + asset)
+            assert (served.status_code, len(served.content) > 1000) == (200, True), asset
+        assert "/api/v1/docs/oauth2-redirect" in page.text
+        assert http.get("/docs/oauth2-redirect").status_code == 200
+        spec = http.get("/openapi.json").json()
+    scheme = spec["components"]["securitySchemes"]["bearer"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert spec["paths"]["/api/v1/datasets"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in spec["paths"]["/api/v1/auth/login"]["post"]
+    assert spec["tags"][0]["name"] == "datasets"
+
