@@ -9,6 +9,8 @@ says what the records are, so the client can use the same names.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -126,10 +128,36 @@ class UserRead(BaseModel):
     created_at: datetime
 
 
+class Usage(BaseModel):
+    """What a user uses of each per-user quota, and the limits (None: no limit on this server)."""
+
+    stored_bytes: int = Field(description="Decoded bytes of their datasets' rows plus their artifacts.")
+    datasets: int = Field(description="Datasets they own.")
+    concurrent_jobs: int = Field(description="Their jobs queued or running.")
+    limits: dict[str, int | None] = Field(description="Quota name -> limit; None where there is none.")
+
+    def describe(self) -> str:
+        """One line for people: "12.3 MB stored (of 1.0 GB), 2 datasets, 0 jobs queued or running"."""
+        def of(name: str, shown: Callable[[int], str] = str) -> str:
+            limit = self.limits.get(name)
+            return "" if limit is None else f" (of {shown(limit)})"
+        return (f"{_size(self.stored_bytes)} stored{of('stored_bytes', _size)}, "
+                f"{self.datasets} datasets{of('datasets')}, "
+                f"{self.concurrent_jobs} jobs queued or running{of('concurrent_jobs')}")
+
+
+def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} bytes"
+    power = min(int(math.log10(n)) // 3, 4)
+    return f"{n / 1000**power:.1f} {('kB', 'MB', 'GB', 'TB')[power - 1]}"
+
+
 class Me(UserRead):
     groups: dict[str, list[str]] = Field(description="Group name -> the roles held there.")
     rights: list[str] = Field(description="Rights held site-wide (limited by the token in use).")
     token: str = Field(description="How this request signed in: 'access', 'api-token' or 'anonymous'.")
+    usage: Usage | None = Field(None, description="The caller's usage and quota limits.")
 
 
 class PasswordChange(BaseModel):

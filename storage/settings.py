@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     login_attempts_per_user: int = Field(10, ge=1)
     login_attempts_per_address: int = Field(50, ge=1)
     login_window_s: int = Field(300, ge=1, description="Window in which login attempts are counted.")
+    # Per-user quotas (storage/quotas.py); unset: no limit, the default.
+    quota_stored_bytes: int | None = Field(None, ge=0, description=(
+        "Most bytes one user may store: decoded dataset rows plus artifacts."))
+    quota_datasets: int | None = Field(None, ge=0, description="Most datasets one user may own.")
+    quota_concurrent_jobs: int | None = Field(None, ge=0, description="Most jobs one user may have queued or running.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; none by default.")
     hsts: bool = Field(False, description="Send Strict-Transport-Security (set when served over HTTPS).")
 

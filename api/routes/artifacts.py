@@ -27,6 +27,7 @@ from tuplehub.api.problems import problems
 from tuplehub.api.routes.sharing import change_sharing
 from tuplehub.api.routes.uploads import upload_read
 from tuplehub.api.streaming import RANGE_RESPONSES, stream_object
+from tuplehub.storage import quotas
 from tuplehub.storage.access import Publish
 from tuplehub.storage.artifacts import ArtifactLinks, ArtifactRead, ArtifactRecord, ArtifactUploadCreate
 from tuplehub.storage.catalog import Catalog
@@ -80,6 +81,7 @@ async def create_artifact_upload(body: ArtifactUploadCreate, caller: Caller, cat
                                  objects: ObjectsDep, settings: SettingsDep) -> UploadRead:
     """Open an upload session for one artifact; send its parts, then complete it like a dataset upload."""
     require_create(caller, KIND)
+    await quotas.require_bytes(catalog, settings, caller.user_id)
     if body.part_size > settings.max_part_bytes:
         raise InvalidRequest(f"part_size may be at most {settings.max_part_bytes} bytes", field="part_size")
     dataset_ids = await _linked_dataset_ids(catalog, caller, ArtifactLinks(benchmarks=body.benchmarks,

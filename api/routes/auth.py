@@ -13,6 +13,7 @@ from tuplehub.api.access.passwords import verify_password
 from tuplehub.api.access.tokens import REFRESH_PREFIX, Signer, hash_token, new_opaque
 from tuplehub.api.deps import Caller, CatalogDep, LimiterDep, SettingsDep, SignerDep
 from tuplehub.api.problems import problems
+from tuplehub.storage import quotas
 from tuplehub.storage.access import (
     AuditRecord,
     GroupRecord,
@@ -124,13 +125,14 @@ async def logout(body: Refresh, catalog: CatalogDep,
 
 
 @router.get("/me")
-async def me(caller: Caller, catalog: CatalogDep) -> Me:
-    """Who the token belongs to, the roles they hold and the site-wide rights it carries."""
+async def me(caller: Caller, catalog: CatalogDep, settings: SettingsDep) -> Me:
+    """Who the token belongs to, the roles they hold, the site-wide rights it carries, and their quota usage."""
     user = await catalog.get_record("users", UserRecord, id=caller.user_id)
     groups, _ = await catalog.find_records("groups", GroupRecord, where={"id": list(caller.group_roles)})
     return Me(**UserRead.model_validate(user, from_attributes=True).model_dump(),
               groups={group.name: list(caller.group_roles[group.id]) for group in groups},
-              rights=sorted(caller.rights_in(None)), token=caller.via)
+              rights=sorted(caller.rights_in(None)), token=caller.via,
+              usage=await quotas.usage(catalog, settings, user.id))
 
 
 @router.put("/password", status_code=204, responses=problems(Forbidden, InvalidRequest, RateLimited))

@@ -17,10 +17,10 @@ from tuplehub.api.access.policy import (
     require_publish,
     require_unpublish,
 )
-from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset, Reader
+from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset, Reader, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.groups import visible_group_ids
-from tuplehub.storage import versions
+from tuplehub.storage import quotas, versions
 from tuplehub.storage.access import GroupRecord, Publish, UserRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidFilter, NotFound
@@ -61,9 +61,11 @@ async def _read(catalog: Catalog, record: DatasetRecord) -> DatasetRead:
 
 
 @router.post("", status_code=201, responses=problems(Conflict, Forbidden, NotFound))
-async def create_dataset(body: DatasetCreate, caller: Caller, catalog: CatalogDep) -> DatasetRead:
+async def create_dataset(body: DatasetCreate, caller: Caller, catalog: CatalogDep,
+                         settings: SettingsDep) -> DatasetRead:
     """Create an empty, private dataset; its first upload makes version 1."""
     require_create(caller, "dataset")
+    await quotas.require_dataset_slot(catalog, settings, caller.user_id)
     if body.benchmark is not None:
         await readable_benchmark(catalog, caller, body.benchmark)  # linking needs read access to it
     record = await catalog.create_dataset(DatasetRecord(**body.model_dump(), owner=caller.user_id))

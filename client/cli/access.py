@@ -47,9 +47,12 @@ def logout(everywhere: Annotated[bool, typer.Option(help="End every session of t
 
 
 def whoami(url: Url = None, as_json: AsJson = False) -> None:
-    """Who the current credentials belong to, and what they may do."""
+    """Who the current credentials belong to, what they may do, and their usage of the server's quotas."""
     with reported_errors(), Client(url) as hub:
-        emit(hub.whoami(), as_json=as_json, columns=("name", "site_roles", "groups", "token"))
+        me = hub.whoami()
+        emit(me, as_json=as_json, columns=("name", "site_roles", "groups", "token"))
+        if not as_json and me.usage is not None:
+            typer.echo(f"usage: {me.usage.describe()}")
 
 
 def audit(actor: Annotated[str | None, typer.Option(help="Who acted (user name).")] = None,
