@@ -52,8 +52,7 @@ def install(app: FastAPI, prefix: str) -> None:
         return get_swagger_ui_html(
             openapi_url=str(app.openapi_url), title=f"{app.title} API", oauth2_redirect_url=redirect,
             swagger_js_url=f"{assets}/swagger-ui-bundle.js", swagger_css_url=f"{assets}/swagger-ui.css",
-            swagger_favicon_url=f"{assets}/favicon.png",
-            swagger_ui_parameters={"persistAuthorization": False, "displayRequestDuration": True})
+            swagger_favicon_url=f"{assets}/favicon.png")
 
     @app.get(redirect, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:

@@ -6,6 +6,7 @@ Runs against a real server thread (real Redis, real worker), as ordinary users o
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -15,9 +16,11 @@ from typing import Any
 import gymnasium as gym
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from tuplehub.api.access.tokens import hash_token
 from tuplehub.client import Client
+from tuplehub.client.cli import app as cli_app
 from tuplehub.client.cli.server import EmbeddedServer
 from tuplehub.storage.access import RefreshTokenRecord
 from tuplehub.storage.catalog import open_catalog
@@ -208,3 +211,14 @@ def test_the_docs_page_works_offline_with_authorize(hub_server: EmbeddedServer) 
     assert "security" not in spec["paths"]["/api/v1/auth/login"]["post"]
     assert spec["tags"][0]["name"] == "datasets"
 
+
+
+def test_the_cli_creates_tokens_that_expire_unless_told_not_to(hub_server: EmbeddedServer, token: str) -> None:
+    runner = CliRunner(env={"TUPLEHUB_TOKEN": token})
+    made = {}
+    for name, options in (("expiring", []), ("forever", ["--no-expiry"])):
+        result = runner.invoke(cli_app, ["tokens", "create", name, *options, "--json", "--url", hub_server.url])
+        assert result.exit_code == 0, result.output
+        made[name] = json.loads(result.output)["expires_at"]
+    assert made["expiring"] is not None
+    assert made["forever"] is None
