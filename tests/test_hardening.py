@@ -23,6 +23,7 @@ from tuplehub.client import Client
 from tuplehub.client.cli import app as cli_app
 from tuplehub.client.cli.server import EmbeddedServer
 from tuplehub.storage.access import RefreshTokenRecord
+from tuplehub.storage.artifacts import ArtifactRecord
 from tuplehub.storage.catalog import open_catalog
 from tuplehub.storage.models import utcnow
 
@@ -222,3 +223,23 @@ def test_the_cli_creates_tokens_that_expire_unless_told_not_to(hub_server: Embed
         made[name] = json.loads(result.output)["expires_at"]
     assert made["expiring"] is not None
     assert made["forever"] is None
+
+
+def test_an_artifact_stored_with_an_unservable_type_still_downloads(hub_server: EmbeddedServer, token: str,
+                                                                    user: httpx.Client) -> None:
+    with Client(hub_server.url, token=token) as client:
+        artifact = client.artifacts.upload(b"old bytes", name="old.txt").id
+
+    async def store_the_old_way() -> None:  # as a server without the media type check did
+        catalog = await open_catalog(hub_server.settings.resolved_catalog_url())
+        try:
+            records, _ = await catalog.find_records("artifacts", ArtifactRecord, where={"artifact_id": artifact})
+            for record in records:
+                await catalog.update_record("artifacts", ArtifactRecord, record.id, media_type="text/\u03c1lain")
+        finally:
+            await catalog.aclose()
+
+    asyncio.run(store_the_old_way())
+    answer = user.get(f"/artifacts/{artifact}/file")
+    assert (answer.status_code, answer.content) == (200, b"old bytes")
+    assert answer.headers["content-type"] == "application/octet-stream"

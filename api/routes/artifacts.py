@@ -7,6 +7,7 @@ completing the session starts an ``artifact`` job that hashes and stores them on
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 from typing import Annotated
 
@@ -29,7 +30,7 @@ from tuplehub.api.routes.uploads import upload_read
 from tuplehub.api.streaming import RANGE_RESPONSES, stream_object
 from tuplehub.storage import quotas
 from tuplehub.storage.access import Publish
-from tuplehub.storage.artifacts import ArtifactLinks, ArtifactRead, ArtifactRecord, ArtifactUploadCreate
+from tuplehub.storage.artifacts import MEDIA_TYPE, ArtifactLinks, ArtifactRead, ArtifactRecord, ArtifactUploadCreate
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Forbidden, InvalidRequest, NotFound
 from tuplehub.storage.models import DownloadURL, Page, UploadMode, UploadRead, UploadRecord, new_id, utcnow
@@ -143,8 +144,9 @@ async def artifact_url(artifact_id: str, request: Request, caller: Reader, catal
 async def download_artifact(artifact_id: str, request: Request, caller: Reader, catalog: CatalogDep,
                             objects: ObjectsDep) -> StreamingResponse:
     record = await readable_artifact(catalog, caller, artifact_id)
-    return await stream_object(objects, record.object_key, request, filename=record.name,
-                               media_type=record.media_type)
+    # Types are checked on upload; one stored before that check could not go into a header.
+    media_type = record.media_type if re.fullmatch(MEDIA_TYPE, record.media_type) else "application/octet-stream"
+    return await stream_object(objects, record.object_key, request, filename=record.name, media_type=media_type)
 
 
 @router.put("/{artifact_id}/links", responses=problems(NotFound, Forbidden))
