@@ -12,7 +12,7 @@ from typing import TypedDict
 
 from fastapi import APIRouter, FastAPI
 
-from tuplehub.api import middleware, problems
+from tuplehub.api import docs, middleware, problems
 from tuplehub.api.access.bootstrap import bootstrap
 from tuplehub.api.access.ratelimit import LoginLimiter
 from tuplehub.api.access.tokens import Signer
@@ -76,7 +76,8 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
     app = FastAPI(title="tuplehub", version=VERSION, lifespan=lifespan,
                   description="Store, version, filter and share offline-RL datasets. Heavy work runs as jobs: "
                               "start one, then poll `GET /api/v1/jobs/{id}`.",
-                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs", redoc_url=None)
+                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=None, redoc_url=None, openapi_tags=docs.TAGS)
+    docs.install(app, API_PREFIX)
     problems.install(app)
     middleware.install(app, settings)
     api = APIRouter(prefix=API_PREFIX)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tuplehub.api.access.principal import Principal, authenticate
 from tuplehub.api.access.ratelimit import LoginLimiter
@@ -45,7 +46,14 @@ def get_limiter(request: Request) -> LoginLimiter:
     return request.state.limiter
 
 
-async def get_reader(request: Request) -> Principal:
+# Declares the bearer scheme in the OpenAPI document (the docs page's "Authorize"); the header itself is
+# read by :func:`authenticate`, which words its own errors.
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description=(
+    "An access token from POST /api/v1/auth/login, or an API token (tht_...) from POST /api/v1/tokens."))
+Documented = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+
+
+async def get_reader(request: Request, _: Documented) -> Principal:
     """The caller of a read route: anonymous only where the deployment allows anonymous reads."""
     caller = await authenticate(request.state.catalog, request.state.signer, request.headers.get("authorization"))
     if not caller.signed_in and not request.state.settings.anonymous_read:
@@ -53,7 +61,7 @@ async def get_reader(request: Request) -> Principal:
     return caller
 
 
-async def get_caller(request: Request) -> Principal:
+async def get_caller(request: Request, _: Documented) -> Principal:
     caller = await authenticate(request.state.catalog, request.state.signer, request.headers.get("authorization"))
     if not caller.signed_in:
         raise Unauthenticated("sign in first: send 'Authorization: Bearer <token>'")
@@ -68,3 +76,10 @@ SignerDep = Annotated[Signer, Depends(get_signer)]
 LimiterDep = Annotated[LoginLimiter, Depends(get_limiter)]
 Caller = Annotated[Principal, Depends(get_caller)]
 Reader = Annotated[Principal, Depends(get_reader)]
+
+# One bound for every paged listing: an offset past this is no real page, and without a bound a huge
+# one overflows the catalogs' 64-bit integers (SQLite and MongoDB) into a 500.
+MAX_OFFSET = 10**9
+MAX_LIMIT = 1000
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Most items to return.")]

@@ -23,8 +23,11 @@ SECURITY_HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
-# The API serves JSON and files only; the interactive docs page needs its CDN scripts.
+# The API serves JSON and files only; the interactive docs page runs Swagger UI from this origin alone
+# (its assets are served by the API itself, see docs.py) with one inline script that starts it.
 API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+DOCS_CSP = (b"content-security-policy", b"default-src 'self'; script-src 'self' 'unsafe-inline'; "
+            b"style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'")
 HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 
 
@@ -63,7 +66,7 @@ class BodyLimit:
 
 
 async def _refuse(scope: Scope, send: Send, limit: int) -> None:
-    body = json.dumps({"type": "/problems/payload-too-large", "title": "PayloadTooLarge", "status": 413,
+    body = json.dumps({"type": "/problems/payload-too-large", "title": "Payload Too Large", "status": 413,
                        "detail": f"the request body exceeds {limit} bytes", "limit": limit,
                        "instance": scope["path"]}).encode()
     await send({"type": "http.response.start", "status": 413, "headers": [
@@ -81,9 +84,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = list(SECURITY_HEADERS)
-        if not _DOCS.match(scope["path"]):
-            extra.append(API_CSP)
+        extra = [*SECURITY_HEADERS, DOCS_CSP if _DOCS.match(scope["path"]) else API_CSP]
         if self.hsts:
             extra.append(HSTS)
 

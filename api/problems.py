@@ -8,7 +8,9 @@ else. An unexpected failure is logged and answered with a 500 that leaks no inte
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from tuplehub.storage.errors import StoreUnavailable, TuplehubError, is_unavailable
+from tuplehub.storage.errors import InvalidRequest, StoreUnavailable, TuplehubError, is_unavailable
 
 logger = logging.getLogger("tuplehub.api")
 MEDIA_TYPE = "application/problem+json"
@@ -32,7 +34,7 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     model_config = {"extra": "allow", "json_schema_extra": {"examples": [{
-        "type": "/problems/not-found", "title": "NotFound", "status": 404,
+        "type": "/problems/not-found", "title": "Not Found", "status": 404,
         "detail": "no dataset named 'cartpole'", "instance": "/api/v1/datasets/cartpole"}]}}
 
 
@@ -52,11 +54,19 @@ def _response(request: Request, status: int, code: str, title: str, detail: str,
     return JSONResponse(body, status, media_type=MEDIA_TYPE)
 
 
+def title_of(error: type[TuplehubError]) -> str:
+    """A problem's title in words, like the HTTP reason phrases: ``InvalidFilter`` -> "Invalid Filter"."""
+    return _WORD_START.sub(" ", error.__name__)
+
+
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TuplehubError)
     if exc.status >= 500:
         logger.error("%s %s: %s", request.method, request.url.path, exc.detail)
-    response = _response(request, exc.status, exc.code, type(exc).__name__, exc.detail, **exc.extra)
+    response = _response(request, exc.status, exc.code, title_of(type(exc)), exc.detail, **exc.extra)
     response.headers.update(getattr(exc, "headers", {}))
     return response
 
@@ -66,26 +76,34 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     errors = [{"location": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
               for error in exc.errors()]
     first = errors[0] if errors else {"location": "request", "message": "invalid"}
-    return _response(request, 422, "invalid-request", "InvalidRequest",
+    return _response(request, 422, "invalid-request", title_of(InvalidRequest),
                      f"{first['location']}: {first['message']}", errors=errors)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(exc.status_code, "http-error")
-    response = _response(request, exc.status_code, code, "HTTPError", str(exc.detail))
+    response = _response(request, exc.status_code, code, _reason(exc.status_code), str(exc.detail))
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
     return response
 
 
+def _reason(status: int) -> str:
+    """The HTTP reason phrase ("Not Found", "Method Not Allowed"), the title of a routing error."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "HTTP Error"
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     if is_unavailable(exc):  # a driver's own "cannot reach it" error: retryable, not our bug
         logger.warning("backend unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return _response(request, 503, StoreUnavailable.code, "StoreUnavailable",
+        return _response(request, 503, StoreUnavailable.code, title_of(StoreUnavailable),
                          "a backend (catalog, object store or queue) cannot be reached; try again shortly")
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _response(request, 500, "internal", "InternalError",
+    return _response(request, 500, "internal", _reason(500),
                      "the server failed to handle this request; the error is in its log")
 
 

@@ -15,6 +15,7 @@ from tuplehub.storage.objects import ObjectStore
 
 STREAM_CHUNK = 4 * 2**20
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_BEYOND = 10**21  # a position past the end of any file
 RANGE_RESPONSES = {206: {"description": "The requested byte range."},
                    416: {"description": "The range lies outside the file."}}
 
@@ -48,18 +49,27 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     match = _RANGE.match(header.strip()) if header else None
     if match is None or match.group(1) == match.group(2) == "":
         return None
-    first, last = match.groups()
-    if first == "":  # the last N bytes
-        start, end = max(0, size - int(last)), size
-        if int(last) == 0 or size == 0:
-            raise RangeNotSatisfiable(f"range {header!r} selects no byte of the {size}-byte file", size=size)
-        return start, end
-    start = int(first)
-    if last and int(last) < start:
+    first, last = (_position(group) for group in match.groups())
+    shown = header if len(header) <= 80 else header[:77] + "..."
+    if first is None:  # the last N bytes
+        assert last is not None
+        if last == 0 or size == 0:
+            raise RangeNotSatisfiable(f"range {shown!r} selects no byte of the {size}-byte file", size=size)
+        return max(0, size - last), size
+    if last is not None and last < first:
         return None
-    if start >= size:
-        raise RangeNotSatisfiable(f"range {header!r} starts past the end of the {size}-byte file", size=size)
-    return start, min(size, int(last) + 1) if last else size
+    if first >= size:
+        raise RangeNotSatisfiable(f"range {shown!r} starts past the end of the {size}-byte file", size=size)
+    return first, min(size, last + 1) if last is not None else size
+
+
+def _position(digits: str) -> int | None:
+    """A byte position; one of more than 20 digits lies past any file (and past ``int``'s digit limit)."""
+    if digits == "":
+        return None
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 20 else _BEYOND
+
 
 
 class RangeNotSatisfiable(InvalidRequest):

@@ -43,9 +43,10 @@ class Tokens:
     def __init__(self, http: httpx.Client) -> None:
         self._http = http
 
-    def create(self, name: str, *, rights: list[str] | None = None,
-               expires_at: datetime | None = None) -> ApiTokenCreated:
-        body = _params(name=name, rights=rights, expires_at=_iso(expires_at))
+    def create(self, name: str, *, rights: list[str] | None = None, expires_at: datetime | None = None,
+               no_expiry: bool = False) -> ApiTokenCreated:
+        """A new API token; without ``expires_at`` it expires after the server's default lifetime."""
+        body = _params(name=name, rights=rights, expires_at=_iso(expires_at), no_expiry=no_expiry or None)
         return ApiTokenCreated.model_validate(_call(self._http, "POST", "/tokens", json=body))
 
     def list(self) -> list[ApiTokenRead]:

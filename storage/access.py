@@ -9,11 +9,13 @@ says what the records are, so the client can use the same names.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from tuplehub.storage.models import new_id, utcnow
 
@@ -126,10 +128,36 @@ class UserRead(BaseModel):
     created_at: datetime
 
 
+class Usage(BaseModel):
+    """What a user uses of each per-user quota, and the limits (None: no limit on this server)."""
+
+    stored_bytes: int = Field(description="Decoded bytes of their datasets' rows plus their artifacts.")
+    datasets: int = Field(description="Datasets they own.")
+    concurrent_jobs: int = Field(description="Their jobs queued or running.")
+    limits: dict[str, int | None] = Field(description="Quota name -> limit; None where there is none.")
+
+    def describe(self) -> str:
+        """One line for people: "12.3 MB stored (of 1.0 GB), 2 datasets, 0 jobs queued or running"."""
+        def of(name: str, shown: Callable[[int], str] = str) -> str:
+            limit = self.limits.get(name)
+            return "" if limit is None else f" (of {shown(limit)})"
+        return (f"{_size(self.stored_bytes)} stored{of('stored_bytes', _size)}, "
+                f"{self.datasets} datasets{of('datasets')}, "
+                f"{self.concurrent_jobs} jobs queued or running{of('concurrent_jobs')}")
+
+
+def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} bytes"
+    power = min(int(math.log10(n)) // 3, 4)
+    return f"{n / 1000**power:.1f} {('kB', 'MB', 'GB', 'TB')[power - 1]}"
+
+
 class Me(UserRead):
     groups: dict[str, list[str]] = Field(description="Group name -> the roles held there.")
     rights: list[str] = Field(description="Rights held site-wide (limited by the token in use).")
     token: str = Field(description="How this request signed in: 'access', 'api-token' or 'anonymous'.")
+    usage: Usage | None = Field(None, description="The caller's usage and quota limits.")
 
 
 class PasswordChange(BaseModel):
@@ -236,7 +264,16 @@ class ApiTokenCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=100)
     rights: list[Right] | None = Field(None, description="A subset of the creator's rights; all of them if omitted.")
-    expires_at: AwareDatetime | None = Field(None, description="With a time zone, e.g. 2027-01-31T00:00:00Z.")
+    expires_at: AwareDatetime | None = Field(None, description=(
+        "With a time zone, e.g. 2027-01-31T00:00:00Z; omitted: the server's default lifetime "
+        "(TUPLEHUB_API_TOKEN_TTL_DAYS)."))
+    no_expiry: bool = Field(False, description="Never expire (unless made with an API token that does).")
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> ApiTokenCreate:
+        if self.no_expiry and self.expires_at is not None:
+            raise ValueError("give expires_at or no_expiry, not both")
+        return self
 
 
 class ApiTokenRecord(StoredRecord):

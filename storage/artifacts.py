@@ -15,6 +15,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from tuplehub.storage.access import SharedRecord
 from tuplehub.storage.models import storable
 
+# RFC 6838 section 4.2 restricted names, ASCII only: a stored type is sent back as a Content-Type header,
+# which must be Latin-1, so anything else would make every download of the artifact fail.
+_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+MEDIA_TYPE = rf"^{_NAME}/{_NAME}$"
+
 
 def _storable_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     storable(metadata, "metadata")
@@ -27,8 +32,8 @@ class ArtifactUploadCreate(BaseModel):
         "benchmarks": [], "datasets": ["pendulum-mixed"]}]})
 
     name: str = Field(min_length=1, max_length=200)
-    media_type: str = Field("application/octet-stream", max_length=200,
-                                  pattern=r"^[\w.+-]+/[\w.+-]+$")
+    media_type: str = Field("application/octet-stream", max_length=255, pattern=MEDIA_TYPE,
+                            description="type/subtype as RFC 6838 names them (ASCII), e.g. application/json.")
     metadata: Annotated[dict[str, Any], AfterValidator(_storable_metadata)] = Field(default_factory=dict)
     benchmarks: list[str] = Field(default_factory=list, max_length=100, description="Benchmark ids to link.")
     datasets: list[str] = Field(default_factory=list, max_length=100, description="Dataset names to link.")

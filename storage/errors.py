@@ -10,6 +10,7 @@ responses, and the client turns a problem response back into the same class, so
     │   └── InvalidUpload    422  an upload breaks the tuple contract (names column, row, reason)
     ├── Unauthenticated      401  no credentials, or a token that is bad, expired or revoked
     ├── Forbidden            403  the caller sees the thing but may not do this to it
+    │   └── QuotaExceeded    403  a per-user quota (``quota``, ``usage``, ``limit``) would be passed
     ├── NotFound             404  no such thing, or the caller may not see it (same answer)
     ├── Conflict             409  the request clashes with what is stored (a taken name, a state)
     ├── PayloadTooLarge      413  a body or part exceeds a size limit from settings
@@ -76,6 +77,12 @@ class Forbidden(TuplehubError):
     """The caller may see the resource but lacks the right for this action (never used to hide it)."""
 
     code, status = "forbidden", 403
+
+
+class QuotaExceeded(Forbidden):
+    """A per-user quota is reached; ``quota``, ``usage`` and ``limit`` say which and how far (``storage/quotas.py``)."""
+
+    code = "quota-exceeded"
 
 
 class NotFound(TuplehubError):

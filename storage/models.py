@@ -63,7 +63,7 @@ class DatasetCreate(BaseModel):
 
 
 class DatasetUpdate(BaseModel):
-    """Change a dataset's card; fields left out stay as they are."""
+    """Change a dataset's card; fields left out stay as they are, a field sent as ``null`` is cleared."""
 
     model_config = ConfigDict(extra="forbid")
 

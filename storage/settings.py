@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     jwt_private_key_file: Path | None = Field(None, description="PEM private key for RS*/ES*/EdDSA.")
     jwt_public_key_file: Path | None = Field(None, description="PEM public key for RS*/ES*/EdDSA.")
     access_token_ttl_s: int = Field(900, ge=60, le=3600)
+    api_token_ttl_days: int = Field(90, ge=1, le=3650, description=(
+        "Lifetime of an API token created without an expiry; `tokens create --no-expiry` opts out."))
     refresh_token_ttl_s: int = Field(14 * 24 * 3600, ge=3600)
     clock_skew_s: int = Field(30, ge=0, le=300, description="Leeway for exp/iat/nbf between machines.")
     open_signup: bool = Field(False, description="Let anyone create an account through the API.")
@@ -76,6 +78,11 @@ class Settings(BaseSettings):
     login_attempts_per_user: int = Field(10, ge=1)
     login_attempts_per_address: int = Field(50, ge=1)
     login_window_s: int = Field(300, ge=1, description="Window in which login attempts are counted.")
+    # Per-user quotas (storage/quotas.py); unset: no limit, the default.
+    quota_stored_bytes: int | None = Field(None, ge=0, description=(
+        "Most bytes one user may store: decoded dataset rows plus artifacts."))
+    quota_datasets: int | None = Field(None, ge=0, description="Most datasets one user may own.")
+    quota_concurrent_jobs: int | None = Field(None, ge=0, description="Most jobs one user may have queued or running.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; none by default.")
     hsts: bool = Field(False, description="Send Strict-Transport-Security (set when served over HTTPS).")
 

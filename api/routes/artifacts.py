@@ -7,6 +7,7 @@ completing the session starts an ``artifact`` job that hashes and stores them on
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 from typing import Annotated
 
@@ -22,13 +23,14 @@ from tuplehub.api.access.policy import (
     require_owner,
 )
 from tuplehub.api.access.principal import Principal
-from tuplehub.api.deps import Caller, CatalogDep, ObjectsDep, Reader, SettingsDep
+from tuplehub.api.deps import Caller, CatalogDep, Limit, ObjectsDep, Offset, Reader, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.sharing import change_sharing
 from tuplehub.api.routes.uploads import upload_read
 from tuplehub.api.streaming import RANGE_RESPONSES, stream_object
+from tuplehub.storage import quotas
 from tuplehub.storage.access import Publish
-from tuplehub.storage.artifacts import ArtifactLinks, ArtifactRead, ArtifactRecord, ArtifactUploadCreate
+from tuplehub.storage.artifacts import MEDIA_TYPE, ArtifactLinks, ArtifactRead, ArtifactRecord, ArtifactUploadCreate
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Forbidden, InvalidRequest, NotFound
 from tuplehub.storage.models import DownloadURL, Page, UploadMode, UploadRead, UploadRecord, new_id, utcnow
@@ -80,6 +82,7 @@ async def create_artifact_upload(body: ArtifactUploadCreate, caller: Caller, cat
                                  objects: ObjectsDep, settings: SettingsDep) -> UploadRead:
     """Open an upload session for one artifact; send its parts, then complete it like a dataset upload."""
     require_create(caller, KIND)
+    await quotas.require_bytes(catalog, settings, caller.user_id)
     if body.part_size > settings.max_part_bytes:
         raise InvalidRequest(f"part_size may be at most {settings.max_part_bytes} bytes", field="part_size")
     dataset_ids = await _linked_dataset_ids(catalog, caller, ArtifactLinks(benchmarks=body.benchmarks,
@@ -100,8 +103,8 @@ async def list_artifacts(caller: Reader, catalog: CatalogDep,
                          name: Annotated[str | None, Query(description="Name contains this.")] = None,
                          benchmark: Annotated[str | None, Query(description="Linked to this benchmark.")] = None,
                          dataset: Annotated[str | None, Query(description="Linked to this dataset (name).")] = None,
-                         offset: Annotated[int, Query(ge=0)] = 0,
-                         limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Page[ArtifactRead]:
+                         offset: Offset = 0,
+                         limit: Limit = 100) -> Page[ArtifactRead]:
     """Readable artifacts, newest first."""
     dataset_id = (await readable_dataset(catalog, caller, dataset)).id if dataset else None
     records, _ = await catalog.find_records("artifacts", ArtifactRecord, newest_first=True)
@@ -141,8 +144,9 @@ async def artifact_url(artifact_id: str, request: Request, caller: Reader, catal
 async def download_artifact(artifact_id: str, request: Request, caller: Reader, catalog: CatalogDep,
                             objects: ObjectsDep) -> StreamingResponse:
     record = await readable_artifact(catalog, caller, artifact_id)
-    return await stream_object(objects, record.object_key, request, filename=record.name,
-                               media_type=record.media_type)
+    # Types are checked on upload; one stored before that check could not go into a header.
+    media_type = record.media_type if re.fullmatch(MEDIA_TYPE, record.media_type) else "application/octet-stream"
+    return await stream_object(objects, record.object_key, request, filename=record.name, media_type=media_type)
 
 
 @router.put("/{artifact_id}/links", responses=problems(NotFound, Forbidden))

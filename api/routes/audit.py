@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime
 
-from tuplehub.api.deps import Caller, CatalogDep
+from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset
 from tuplehub.api.problems import problems
 from tuplehub.storage.access import AuditRecord, Right
 from tuplehub.storage.errors import Forbidden
@@ -23,8 +23,8 @@ async def read_audit(caller: Caller, catalog: CatalogDep,
                      target: Annotated[str | None, Query(description="Name of what was acted on.")] = None,
                      target_kind: Annotated[str | None, Query(examples=["dataset"])] = None,
                      since: AwareDatetime | None = None, until: AwareDatetime | None = None,
-                     offset: Annotated[int, Query(ge=0)] = 0,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Page[AuditRecord]:
+                     offset: Offset = 0,
+                     limit: Limit = 100) -> Page[AuditRecord]:
     """Audit records, newest first."""
     if not caller.holds(Right.audit_read):
         raise Forbidden("reading the audit log needs the right audit:read")

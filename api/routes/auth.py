@@ -13,6 +13,7 @@ from tuplehub.api.access.passwords import verify_password
 from tuplehub.api.access.tokens import REFRESH_PREFIX, Signer, hash_token, new_opaque
 from tuplehub.api.deps import Caller, CatalogDep, LimiterDep, SettingsDep, SignerDep
 from tuplehub.api.problems import problems
+from tuplehub.storage import quotas
 from tuplehub.storage.access import (
     AuditRecord,
     GroupRecord,
@@ -108,29 +109,41 @@ async def refresh(body: Refresh, catalog: CatalogDep, signer: SignerDep, setting
 async def logout(body: Refresh, catalog: CatalogDep,
                  everywhere: Annotated[bool, Query(description="End every session of this user.")] = False
                  ) -> Response:
-    """Revoke this sign-in's refresh tokens (or, with ``everywhere``, all sessions and access tokens)."""
+    """Revoke this sign-in's refresh tokens (or, with ``everywhere``, all sessions and access tokens).
+
+    Ending every session needs a live refresh token (unused, unrevoked, unexpired): an old one, found
+    in a backup or a log, must not be enough to sign the owner out everywhere.
+    """
     try:
         record = await catalog.get_record("refresh_tokens", RefreshTokenRecord, hash=hash_token(body.refresh_token))
     except NotFound:
         raise Unauthenticated("unknown refresh token") from None
+    if everywhere and (record.revoked or record.spent or record.expires_at <= utcnow()):
+        raise Unauthenticated("ending every session needs the refresh token of a live sign-in; sign in again")
     await end_sessions(catalog, record.user_id, family=None if everywhere else record.family)
     return Response(status_code=204)
 
 
 @router.get("/me")
-async def me(caller: Caller, catalog: CatalogDep) -> Me:
-    """Who the token belongs to, the roles they hold and the site-wide rights it carries."""
+async def me(caller: Caller, catalog: CatalogDep, settings: SettingsDep) -> Me:
+    """Who the token belongs to, the roles they hold, the site-wide rights it carries, and their quota usage."""
     user = await catalog.get_record("users", UserRecord, id=caller.user_id)
     groups, _ = await catalog.find_records("groups", GroupRecord, where={"id": list(caller.group_roles)})
     return Me(**UserRead.model_validate(user, from_attributes=True).model_dump(),
               groups={group.name: list(caller.group_roles[group.id]) for group in groups},
-              rights=sorted(caller.rights_in(None)), token=caller.via)
+              rights=sorted(caller.rights_in(None)), token=caller.via,
+              usage=await quotas.usage(catalog, settings, user.id))
 
 
 @router.put("/password", status_code=204, responses=problems(Forbidden, InvalidRequest, RateLimited))
 async def change_password(body: PasswordChange, request: Request, caller: Caller, catalog: CatalogDep,
                           limiter: LimiterDep, settings: SettingsDep) -> Response:
-    """Change one's own password; every session and access token of the user ends (API tokens stay)."""
+    """Change one's own password; every session and access token of the user ends (API tokens stay).
+
+    Needs a sign-in with the password: an API token, however narrow, never changes the password.
+    """
+    if caller.via != "access":
+        raise Forbidden("changing the password needs a sign-in with the password, not an API token")
     user = await catalog.get_record("users", UserRecord, id=caller.user_id)
     await limiter.attempt(user.name, _address(request))  # a stolen token must not become a password oracle
     if not await verify_password(user.password_hash, body.current_password):

@@ -20,7 +20,7 @@ from tuplehub.api.access.policy import (
     require_create,
     require_owner,
 )
-from tuplehub.api.deps import Caller, CatalogDep, Reader
+from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset, Reader
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.sharing import change_sharing
 from tuplehub.storage.access import Publish
@@ -83,8 +83,8 @@ async def list_benchmarks(caller: Reader, catalog: CatalogDep,
                           param: Annotated[list[str] | None, Query(description="kwargs to match, key=value (JSON).",
                                                                   examples=["g=9.81"])] = None,
                           name: Annotated[str | None, Query(description="Label contains this.")] = None,
-                          offset: Annotated[int, Query(ge=0)] = 0,
-                          limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Page[BenchmarkRead]:
+                          offset: Offset = 0,
+                          limit: Limit = 100) -> Page[BenchmarkRead]:
     """Readable benchmarks, newest first; ``family`` with ``param`` lists one point of a parameter sweep."""
     wanted = dict(_parameter(text) for text in param or [])
     records, _ = await catalog.find_records("benchmarks", BenchmarkRecord, where={"family": family} if family else None,
@@ -112,8 +112,8 @@ async def get_benchmark(benchmark_id: str, caller: Reader, catalog: CatalogDep) 
 
 @router.get("/{benchmark_id}/datasets", responses=problems(NotFound))
 async def benchmark_datasets(benchmark_id: str, caller: Reader, catalog: CatalogDep,
-                             offset: Annotated[int, Query(ge=0)] = 0,
-                             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Page[DatasetSummary]:
+                             offset: Offset = 0,
+                             limit: Limit = 100) -> Page[DatasetSummary]:
     """The datasets recorded on this benchmark that the caller may read."""
     await readable_benchmark(catalog, caller, benchmark_id)
     items, total = await catalog.list_datasets(name=None, tag=None, offset=offset, limit=limit,

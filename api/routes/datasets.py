@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from pydantic import TypeAdapter, ValidationError
@@ -17,10 +17,10 @@ from tuplehub.api.access.policy import (
     require_publish,
     require_unpublish,
 )
-from tuplehub.api.deps import Caller, CatalogDep, Reader
+from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset, Reader, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.groups import visible_group_ids
-from tuplehub.storage import versions
+from tuplehub.storage import quotas, versions
 from tuplehub.storage.access import GroupRecord, Publish, UserRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidFilter, NotFound
@@ -37,8 +37,6 @@ from tuplehub.storage.models import (
 )
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-Offset = Annotated[int, Query(ge=0, le=10**9)]
-Limit = Annotated[int, Query(ge=1, le=1000)]
 _FILTER = TypeAdapter(Filter)
 
 
@@ -63,9 +61,11 @@ async def _read(catalog: Catalog, record: DatasetRecord) -> DatasetRead:
 
 
 @router.post("", status_code=201, responses=problems(Conflict, Forbidden, NotFound))
-async def create_dataset(body: DatasetCreate, caller: Caller, catalog: CatalogDep) -> DatasetRead:
+async def create_dataset(body: DatasetCreate, caller: Caller, catalog: CatalogDep,
+                         settings: SettingsDep) -> DatasetRead:
     """Create an empty, private dataset; its first upload makes version 1."""
     require_create(caller, "dataset")
+    await quotas.require_dataset_slot(catalog, settings, caller.user_id)
     if body.benchmark is not None:
         await readable_benchmark(catalog, caller, body.benchmark)  # linking needs read access to it
     record = await catalog.create_dataset(DatasetRecord(**body.model_dump(), owner=caller.user_id))
@@ -105,12 +105,19 @@ async def update_dataset(name: str, body: DatasetUpdate, caller: Caller, catalog
     """Edit the dataset's card (description, tags, benchmark, authors, license, citation, policies)."""
     dataset = await readable_dataset(catalog, caller, name)
     require_owner(caller, dataset, "dataset", "write")
-    changes = body.model_dump(exclude_unset=True)
+    changes = _cleared(body.model_dump(exclude_unset=True))
     if changes.get("benchmark") is not None:
         await readable_benchmark(catalog, caller, changes["benchmark"])
     updated = await catalog.update_dataset(dataset.id, **changes) if changes else dataset
     await audit(catalog, caller, "dataset.update", "dataset", dataset.id, dataset.name, fields=sorted(changes))
     return await _read(catalog, updated)
+
+
+def _cleared(changes: dict[str, Any]) -> dict[str, Any]:
+    """An explicit ``null`` clears a field (empty text or list, no benchmark); a left-out field is kept."""
+    fields = DatasetRecord.model_fields
+    return {key: fields[key].get_default(call_default_factory=True) if value is None else value
+            for key, value in changes.items()}
 
 
 @router.delete("/{name}", status_code=204, responses=problems(NotFound, Forbidden))

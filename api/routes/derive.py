@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tuplehub.api.access.policy import readable_dataset, require_owner
-from tuplehub.api.deps import Caller, CatalogDep, QueueDep
+from tuplehub.api.deps import Caller, CatalogDep, QueueDep, SettingsDep
 from tuplehub.api.problems import problems
-from tuplehub.storage import versions
+from tuplehub.storage import quotas, versions
 from tuplehub.storage.errors import Forbidden, InvalidFilter, InvalidRequest, InvalidUpload, NotFound
 from tuplehub.storage.exports import output_schema
 from tuplehub.storage.filters.arrow import compile_filter
@@ -19,7 +19,7 @@ router = APIRouter(tags=["datasets"])
 @router.post("/datasets/{name}/derive", status_code=202,
              responses=problems(NotFound, Forbidden, InvalidFilter, InvalidRequest))
 async def derive_dataset(name: str, body: DeriveCreate, caller: Caller, catalog: CatalogDep,
-                         queue: QueueDep) -> JobRead:
+                         queue: QueueDep, settings: SettingsDep) -> JobRead:
     """Start a ``derive`` job: what the sources select becomes this dataset's next version.
 
     Used for saving an export as a dataset, merging datasets and splitting one (two derives with
@@ -62,6 +62,8 @@ async def derive_dataset(name: str, body: DeriveCreate, caller: Caller, catalog:
     job = JobRecord(kind=JobKind.derive, owner=caller.user_id, params={
         "dataset": target.name, "dataset_id": target.id, "mode": body.mode.value, "renumber": body.renumber,
         "sources": sources})
+    await quotas.require_job_slot(catalog, settings, caller.user_id)
+    await quotas.require_bytes(catalog, settings, caller.user_id)  # a derived version is stored data too
     stored = await catalog.create_job(job)
     await queue.enqueue(stored)
     return JobRead.from_record(stored)

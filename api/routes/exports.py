@@ -19,7 +19,7 @@ from tuplehub.api.deps import Caller, CatalogDep, ObjectsDep, QueueDep, Settings
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.jobs import own_job
 from tuplehub.api.streaming import RANGE_RESPONSES, stream_object
-from tuplehub.storage import versions
+from tuplehub.storage import quotas, versions
 from tuplehub.storage.errors import Conflict, InvalidFilter, InvalidRequest, NotFound
 from tuplehub.storage.exports import check_export, dedup_key
 from tuplehub.storage.models import DownloadURL, ExportCreate, JobKind, JobRead, JobRecord, JobStatus, utcnow
@@ -31,7 +31,7 @@ MEDIA_TYPES = {"parquet": "application/vnd.apache.parquet", "arrow": "applicatio
 @router.post("/datasets/{name}/exports", status_code=202,
              responses=problems(NotFound, InvalidFilter, InvalidRequest))
 async def create_export(name: str, body: ExportCreate, caller: Caller, catalog: CatalogDep,
-                        queue: QueueDep) -> JobRead:
+                        queue: QueueDep, settings: SettingsDep) -> JobRead:
     """Start an export job; an identical request on the same version returns the earlier job."""
     dataset = await readable_dataset(catalog, caller, name)
     version = await versions.get_version(catalog, dataset, body.version)
@@ -41,6 +41,7 @@ async def create_export(name: str, body: ExportCreate, caller: Caller, catalog: 
     job.params = {"dataset_id": dataset.id, "dataset": dataset.name, "version": version.number,
                   "request": body.model_dump(mode="json"),
                   "object_key": f"exports/{job.id}.{body.format.value}"}
+    await quotas.require_job_slot(catalog, settings, caller.user_id)
     stored = await catalog.create_job(job)
     if stored.id == job.id:
         await queue.enqueue(stored)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict
 
 from tuplehub.api.access.accounts import check_grant, check_name
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.principal import Principal
-from tuplehub.api.deps import Caller, CatalogDep
+from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset
 from tuplehub.api.problems import problems
 from tuplehub.storage.access import (
     GroupCreate,
@@ -87,8 +85,8 @@ async def create_group(body: GroupCreate, caller: Caller, catalog: CatalogDep) -
 
 
 @router.get("")
-async def list_groups(caller: Caller, catalog: CatalogDep, offset: Annotated[int, Query(ge=0)] = 0,
-                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Page[GroupRead]:
+async def list_groups(caller: Caller, catalog: CatalogDep, offset: Offset = 0,
+                      limit: Limit = 100) -> Page[GroupRead]:
     """The groups the caller belongs to (every group for those with site-wide group:read)."""
     where = None if caller.holds(Right.group_read) else {"id": list(caller.group_roles)}
     groups, total = await catalog.find_records("groups", GroupRecord, where=where, offset=offset, limit=limit)

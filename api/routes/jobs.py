@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from tuplehub.api.access.principal import Principal
-from tuplehub.api.deps import Caller, CatalogDep
+from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset
 from tuplehub.api.problems import problems
 from tuplehub.storage.access import Right
 from tuplehub.storage.catalog import Catalog
@@ -28,8 +28,8 @@ async def own_job(catalog: Catalog, job_id: str, caller: Principal) -> JobRecord
 @router.get("", summary="List my jobs", responses=problems(Forbidden))
 async def list_jobs(caller: Caller, catalog: CatalogDep, status: JobStatus | None = None, kind: JobKind | None = None,
                     everyone: Annotated[bool, Query(description="Every user's jobs (needs job:manage).")] = False,
-                    offset: Annotated[int, Query(ge=0)] = 0,
-                    limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Page[JobRead]:
+                    offset: Offset = 0,
+                    limit: Limit = 50) -> Page[JobRead]:
     """The caller's jobs, newest first."""
     if everyone and not caller.holds(Right.job_manage):
         raise Forbidden("listing every user's jobs needs the right job:manage")

@@ -22,10 +22,10 @@ from tuplehub.api.access.policy import (
     require_owner,
 )
 from tuplehub.api.access.principal import Principal
-from tuplehub.api.deps import Caller, CatalogDep, QueueDep, Reader
+from tuplehub.api.deps import Caller, CatalogDep, QueueDep, Reader, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.artifacts import readable_artifact
-from tuplehub.storage import versions
+from tuplehub.storage import quotas, versions
 from tuplehub.storage.artifacts import ArtifactRecord
 from tuplehub.storage.benchmarks import BenchmarkRecord, continuous_widths, metrics_record
 from tuplehub.storage.catalog import Catalog
@@ -51,7 +51,7 @@ router = APIRouter(tags=["metrics"])
 
 @router.post("/datasets/{name}/metrics", status_code=202, responses=problems(NotFound, Forbidden, InvalidRequest))
 async def request_metrics(name: str, body: MetricsCreate, caller: Caller, catalog: CatalogDep,
-                          queue: QueueDep) -> JobRead:
+                          queue: QueueDep, settings: SettingsDep) -> JobRead:
     """Start a ``metrics`` job on a version (the latest by default); poll the job, then read the results.
 
     Results replace the version's earlier ones of the same key, so storing them needs write access
@@ -74,6 +74,7 @@ async def request_metrics(name: str, body: MetricsCreate, caller: Caller, catalo
     version = await versions.get_version(catalog, dataset, body.version)
     for params in body.metrics:
         await _check(catalog, caller, dataset, params)
+    await quotas.require_job_slot(catalog, settings, caller.user_id)
     stored = await catalog.create_job(metrics_job(dataset, version.number, body, owner=caller.user_id))
     await queue.enqueue(stored)
     return JobRead.from_record(stored)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi import APIRouter
 
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.principal import Principal
 from tuplehub.api.access.tokens import API_TOKEN_PREFIX, new_opaque
-from tuplehub.api.deps import Caller, CatalogDep
+from tuplehub.api.deps import Caller, CatalogDep, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.storage.access import ApiTokenCreate, ApiTokenCreated, ApiTokenRead, ApiTokenRecord, Right
 from tuplehub.storage.errors import Forbidden, InvalidRequest, NotFound
@@ -32,10 +34,12 @@ def _require_full_credential(caller: Principal) -> None:
 
 
 @router.post("", status_code=201, responses=problems(Forbidden, InvalidRequest))
-async def create_token(body: ApiTokenCreate, caller: Caller, catalog: CatalogDep) -> ApiTokenCreated:
+async def create_token(body: ApiTokenCreate, caller: Caller, catalog: CatalogDep,
+                       settings: SettingsDep) -> ApiTokenCreated:
     """A new token with some or all of the caller's rights; the response is the only time it is shown.
 
-    A token made with another API token expires no later than that one.
+    Without ``expires_at`` it expires after the server's default lifetime, unless ``no_expiry``
+    is set. A token made with another API token expires no later than that one.
     """
     _require_full_credential(caller)
     held = caller.all_rights() | OWNER_RIGHTS
@@ -45,6 +49,8 @@ async def create_token(body: ApiTokenCreate, caller: Caller, catalog: CatalogDep
     if body.expires_at is not None and body.expires_at <= utcnow():
         raise InvalidRequest("expires_at must lie in the future", field="expires_at")
     expires_at = body.expires_at
+    if expires_at is None and not body.no_expiry:  # a forgotten token stops working on its own
+        expires_at = utcnow() + timedelta(days=settings.api_token_ttl_days)
     if caller.token_expires_at is not None:
         expires_at = min(expires_at or caller.token_expires_at, caller.token_expires_at)
     rights = sorted(set(body.rights)) if body.rights is not None else None

@@ -15,6 +15,7 @@ from tuplehub.api.access.policy import readable_dataset, require_owner
 from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, ObjectsDep, QueueDep, SettingsDep
 from tuplehub.api.problems import problems
+from tuplehub.storage import quotas
 from tuplehub.storage.access import Right
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
@@ -74,6 +75,7 @@ async def create_upload(name: str, body: UploadCreate, caller: Caller, catalog: 
     """Open an upload session for one Parquet file, sent in parts of ``part_size`` bytes."""
     dataset = await readable_dataset(catalog, caller, name)
     require_owner(caller, dataset, "dataset", "write")
+    await quotas.require_bytes(catalog, settings, caller.user_id)
     if objects.presigned_uploads and body.part_size < S3_MIN_PART:
         raise InvalidRequest(f"part_size must be at least {S3_MIN_PART} bytes for an S3 store",
                              field="part_size")
@@ -113,7 +115,7 @@ async def presign_parts(upload_id: str, body: PartURLsRequest, caller: Caller, c
             openapi_extra={"requestBody": {"required": True, "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def put_part(upload_id: str, number: int, request: Request, caller: Caller, catalog: CatalogDep,
-                   objects: ObjectsDep) -> UploadedPart:
+                   objects: ObjectsDep, settings: SettingsDep) -> UploadedPart:
     """Stream one part through the API (local stores); the body is the part's raw bytes."""
     upload = await _open_upload(catalog, upload_id, caller)
     if not 1 <= number <= 10_000:
@@ -122,6 +124,8 @@ async def put_part(upload_id: str, number: int, request: Request, caller: Caller
     if declared is not None and declared.isdigit() and int(declared) > upload.part_size:
         raise PayloadTooLarge(f"part {number} declares {declared} bytes; the session's part size is "
                               f"{upload.part_size}", part=number)
+    await quotas.require_bytes(catalog, settings, caller.user_id,
+                               int(declared) if declared is not None and declared.isdigit() else upload.part_size)
     writer = await asyncio.to_thread(objects.open_part, upload.object_key, number, upload.part_size)
     buffer = bytearray()
     try:
@@ -141,7 +145,7 @@ async def put_part(upload_id: str, number: int, request: Request, caller: Caller
 
 @router.post("/uploads/{upload_id}/complete", status_code=202, responses=problems(NotFound, Conflict, InvalidRequest))
 async def complete_upload(upload_id: str, body: UploadComplete, caller: Caller, catalog: CatalogDep,
-                          objects: ObjectsDep, queue: QueueDep) -> JobRead:
+                          objects: ObjectsDep, queue: QueueDep, settings: SettingsDep) -> JobRead:
     """Assemble the parts and start the ``ingest`` job that turns them into a new version.
 
     Safe to repeat: completing a completed session answers with its job again, so a client whose
@@ -151,6 +155,7 @@ async def complete_upload(upload_id: str, body: UploadComplete, caller: Caller, 
     if upload.status == UploadStatus.completed and upload.job_id:
         return JobRead.from_record(await _ingest_job(catalog, queue, upload))
     upload = await _open_upload(catalog, upload_id, caller)
+    await quotas.require_job_slot(catalog, settings, upload.owner)
     parts = [(part.number, part.etag) for part in sorted(body.parts, key=lambda p: p.number)]
     await asyncio.to_thread(objects.complete_multipart, upload.object_key, upload.multipart_id, parts,
                             upload.part_size)

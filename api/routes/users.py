@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuplehub.api.access.accounts import (
@@ -17,7 +15,7 @@ from tuplehub.api.access.accounts import (
 )
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.principal import Principal
-from tuplehub.api.deps import Caller, CatalogDep, SettingsDep
+from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.storage.access import (
     ApiTokenRecord,
@@ -74,8 +72,8 @@ async def create(body: UserCreate, caller: Caller, catalog: CatalogDep, settings
 
 
 @router.get("", responses=problems(Forbidden))
-async def list_users(caller: Caller, catalog: CatalogDep, offset: Annotated[int, Query(ge=0)] = 0,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Page[UserRead]:
+async def list_users(caller: Caller, catalog: CatalogDep, offset: Offset = 0,
+                     limit: Limit = 100) -> Page[UserRead]:
     _require(caller, Right.user_read)
     users, total = await catalog.find_records("users", UserRecord, offset=offset, limit=limit)
     return Page(items=[_read(user) for user in users], total=total, offset=offset, limit=limit)

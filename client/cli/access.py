@@ -47,9 +47,12 @@ def logout(everywhere: Annotated[bool, typer.Option(help="End every session of t
 
 
 def whoami(url: Url = None, as_json: AsJson = False) -> None:
-    """Who the current credentials belong to, and what they may do."""
+    """Who the current credentials belong to, what they may do, and their usage of the server's quotas."""
     with reported_errors(), Client(url) as hub:
-        emit(hub.whoami(), as_json=as_json, columns=("name", "site_roles", "groups", "token"))
+        me = hub.whoami()
+        emit(me, as_json=as_json, columns=("name", "site_roles", "groups", "token"))
+        if not as_json and me.usage is not None:
+            typer.echo(f"usage: {me.usage.describe()}")
 
 
 def audit(actor: Annotated[str | None, typer.Option(help="Who acted (user name).")] = None,
@@ -71,10 +74,12 @@ def create_token(name: str,
                  right: Annotated[list[str] | None, typer.Option("--right", help="Repeat; default: all yours.")] = None,
                  expires: Annotated[datetime | None, typer.Option(
                      formats=TIME_FORMATS, help="Expiry, ISO time (UTC if no zone).")] = None,
+                 no_expiry: Annotated[bool, typer.Option(
+                     "--no-expiry", help="Never expire (default: the server's lifetime, 90 days).")] = False,
                  url: Url = None, as_json: AsJson = False) -> None:
     """Create an API token; it is printed once and cannot be shown again."""
     with reported_errors(), Client(url) as hub:
-        created = hub.tokens.create(name, rights=right, expires_at=expires)
+        created = hub.tokens.create(name, rights=right, expires_at=expires, no_expiry=no_expiry)
         if as_json:
             emit(created, as_json=True)
         else:

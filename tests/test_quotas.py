@@ -1,0 +1,149 @@
+"""Per-user quotas: off by default, and when set, refused with a 403 that names quota, usage and limit.
+
+Runs against a real server thread (real Redis, real worker) with small limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tuplehub.client import Client
+from tuplehub.client.cli import app as cli_app
+from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
+from tuplehub.storage.catalog import open_catalog
+from tuplehub.storage.errors import QuotaExceeded
+from tuplehub.storage.models import JobKind, JobRecord, JobStatus
+from tuplehub.storage.settings import Settings
+
+from .conftest import admin_client, admin_token, make_settings
+from .factories import episode_arrays
+
+PASSWORD = "quotas-Passphrase-1"
+STORED, DATASETS, JOBS = 200_000, 2, 1
+
+
+@pytest.fixture(scope="module")
+def hub_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[EmbeddedServer]:
+    settings = make_settings(tmp_path_factory.mktemp("quotas"), redis_url, quota_stored_bytes=STORED,
+                             quota_datasets=DATASETS, quota_concurrent_jobs=JOBS)
+    with serve_in_thread(settings) as server:
+        yield server
+
+
+@pytest.fixture
+def token(hub_server: EmbeddedServer) -> str:
+    """An ordinary user's access token."""
+    name = f"q-{uuid.uuid4().hex[:8]}"
+    with admin_client(hub_server) as admin:
+        admin.users.create(name, PASSWORD, site_roles=["contributor"])
+    with httpx.Client(base_url=hub_server.url + "/api/v1") as http:
+        return http.post("/auth/login", json={"username": name, "password": PASSWORD}).json()["access_token"]
+
+
+@pytest.fixture
+def user(hub_server: EmbeddedServer, token: str) -> Iterator[Client]:
+    with Client(hub_server.url, token=token) as client:
+        yield client
+
+
+@pytest.fixture
+def raw(hub_server: EmbeddedServer, token: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=hub_server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
+                      timeout=60) as http:
+        yield http
+
+
+def test_quotas_are_off_by_default() -> None:
+    settings = Settings(_env_file=None)
+    assert (settings.quota_stored_bytes, settings.quota_datasets, settings.quota_concurrent_jobs) == (None, None, None)
+
+
+def test_a_dataset_past_the_quota_is_refused(user: Client) -> None:
+    for _ in range(DATASETS):
+        user.datasets.create(f"q-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(QuotaExceeded) as refused:
+        user.datasets.create(f"q-{uuid.uuid4().hex[:8]}")
+    assert refused.value.status == 403
+    assert refused.value.extra == {"quota": "datasets", "usage": DATASETS, "limit": DATASETS}
+    assert "delete one first" in refused.value.detail
+    assert user.whoami().usage.datasets == DATASETS  # type: ignore[union-attr]
+
+
+def test_stored_bytes_are_counted_and_refused_before_an_upload(user: Client) -> None:
+    dataset = user.datasets.create(f"q-{uuid.uuid4().hex[:8]}")
+
+    def arrays(batch: int) -> dict[str, np.ndarray]:  # some 2,000 rows of 42 decoded bytes: 2 fit, 3 do not
+        return episode_arrays(episodes=40, length=50, first_id=40 * batch)
+
+    dataset.upload(arrays(0)).wait()
+    usage = user.whoami().usage
+    assert usage is not None
+    assert usage.stored_bytes == user.datasets.get(dataset.name).record.versions[-1].transitions * 42
+    assert usage.limits == {"stored_bytes": STORED, "datasets": DATASETS, "concurrent_jobs": JOBS}
+    dataset.upload(arrays(1)).wait()
+    used = user.whoami().usage.stored_bytes  # type: ignore[union-attr]
+    with pytest.raises(QuotaExceeded) as refused:
+        dataset.upload(arrays(2))
+    assert refused.value.status == 403
+    assert refused.value.extra["quota"] == "stored_bytes"
+    assert (refused.value.extra["usage"], refused.value.extra["limit"]) == (used, STORED)
+    assert used + refused.value.extra["incoming"] > STORED
+    assert user.datasets.get(dataset.name).latest_version == 2  # nothing half-written
+    with pytest.raises(QuotaExceeded):
+        user.artifacts.upload(b"x" * (STORED - used + 1), name="policy.bin")
+
+
+def test_a_part_that_would_pass_the_quota_is_refused(raw: httpx.Client) -> None:
+    session = raw.post("/artifacts/uploads", json={"name": "big.bin", "part_size": 2**20}).json()
+    answer = raw.put(f"/uploads/{session['id']}/parts/1", content=b"x" * (STORED + 1))
+    assert answer.status_code == 403, answer.text
+    assert (answer.json()["quota"], answer.json()["limit"], answer.json()["incoming"]) == (
+        "stored_bytes", STORED, STORED + 1)
+
+
+def test_a_job_past_the_concurrency_quota_is_refused(hub_server: EmbeddedServer, user: Client,
+                                                     raw: httpx.Client) -> None:
+    dataset = user.datasets.create(f"q-{uuid.uuid4().hex[:8]}")
+    dataset.upload(episode_arrays(episodes=4, length=5)).wait()
+    busy = JobRecord(kind=JobKind.export, owner=user.whoami().id, status=JobStatus.running)  # never enqueued
+
+    async def hold_a_slot() -> None:
+        catalog = await open_catalog(hub_server.settings.resolved_catalog_url())
+        try:
+            await catalog.create_job(busy)
+        finally:
+            await catalog.aclose()
+
+    asyncio.run(hold_a_slot())
+    refused = raw.post(f"/datasets/{dataset.name}/exports", json={"format": "parquet"})
+    assert refused.status_code == 403, refused.text
+    body = refused.json()
+    assert (body["title"], body["quota"], body["usage"], body["limit"]) == ("Quota Exceeded", "concurrent_jobs", 1, 1)
+    assert "wait for one to finish" in body["detail"]
+
+
+def test_whoami_shows_usage_and_limits(hub_server: EmbeddedServer, token: str) -> None:
+    result = CliRunner().invoke(cli_app, ["whoami", "--url", hub_server.url], env={"TUPLEHUB_TOKEN": token})
+    assert result.exit_code == 0, result.output
+    assert "usage: 0 bytes stored (of 200.0 kB), 0 datasets (of 2), 0 jobs queued or running (of 1)" in result.output
+
+
+def test_a_full_quota_refuses_an_upload_session_before_any_byte(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url, quota_stored_bytes=0)
+    with serve_in_thread(settings) as server, admin_client(server) as admin:
+        dataset = admin.datasets.create("full")
+        with httpx.Client(base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {admin_token(server)}"},
+                          timeout=60) as http:
+            for path in (f"/datasets/{dataset.name}/uploads", "/artifacts/uploads"):
+                answer = http.post(path, json={"name": "a.bin"} if "artifacts" in path else {})
+                assert answer.status_code == 403, answer.text
+                assert (answer.json()["quota"], answer.json()["usage"], answer.json()["limit"]) == (
+                    "stored_bytes", 0, 0)
