@@ -226,7 +226,7 @@ def test_tables_fit_100_columns_and_jobs_show_plain_progress(cli: Cli, dataset: 
     listing = cli("jobs", "list")
     assert max(len(line) for line in listing.splitlines()) <= 100
     header = listing.splitlines()[0].split()
-    assert header == ["ID", "KIND", "DATASET", "STATUS", "PROGRESS", "CREATED_AT", "ERROR"]
+    assert header == ["ID", "KIND", "DATASET", "STATUS", "PROGRESS", "CREATED", "ERROR"]
     assert '{"fraction"' not in listing
     assert dataset[:8] in listing
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tuplehub.client.cli.options import Yes, client, confirm, group, writable
+from tuplehub.client.cli.options import Yes, bars, client, confirm, group, writable
 from tuplehub.client.cli.output import AsJson, Url, done, emit, read_json_file
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def upload(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, hel
     with client(url) as hub:
         artifact = hub.artifacts.upload(path, name=name, media_type=media_type, metadata=values,
                                         benchmarks=_benchmark_ids(hub, benchmark), datasets=dataset or [],
-                                        progress=None if not as_json else False)
+                                        progress=bars(as_json))
         emit(artifact.record, as_json=as_json, columns=COLUMNS)
 
 
@@ -76,7 +76,7 @@ def download(artifact_id: ArtifactId,
         artifact = hub.artifacts.get(artifact_id)
         target = out or Path(Path(artifact.record.name).name)
         writable(target)
-        artifact.download(target, progress=None if not as_json else False)
+        artifact.download(target, progress=bars(as_json))
         done(f"saved {target} ({artifact.record.size} bytes)", as_json=as_json, id=artifact.id, path=str(target),
              size=artifact.record.size)
 

@@ -18,6 +18,7 @@ from tuplehub.client.cli.options import (
     JobStatuses,
     Mode,
     Yes,
+    bars,
     client,
     confirm,
     dataset_version,
@@ -216,7 +217,7 @@ def upload(dataset: Annotated[str, typer.Argument(help="Dataset name (create it 
     with client(url) as hub:
         job = hub.datasets.get(dataset).upload(path, mode=mode, episode_metadata=episode_metadata)
         if wait:
-            job.wait(progress=None if not as_json else False)
+            job.wait(progress=bars(as_json))
         emit(job.record, as_json=as_json, columns=("id", "status", "result", "error"))
 
 
@@ -262,7 +263,7 @@ def export(dataset: Reference,
             where=where_filter, episodes=episode_filter, version=version,
             columns=columns.split(",") if columns else None, next_observation=next_observation, sample=sample,
             rebalance=rebalance, format=fmt)
-        job.wait(progress=None if not as_json else False)
+        job.wait(progress=bars(as_json))
         job.download(out)
         emit(job.record, as_json=as_json, columns=("id", "status", "result"))
         if not as_json:
@@ -281,14 +282,14 @@ def list_jobs(status: Annotated[JobStatuses | None, typer.Option(help="Only jobs
             emit(page, as_json=True)
             return
         emit({"items": [_job_row(job) for job in page.items], "total": page.total}, as_json=False,
-             columns=("id", "kind", "dataset", "status", "progress", "created_at", "error"))
+             columns=("id", "kind", "dataset", "status", "progress", "created", "error"))
 
 
 def _job_row(job: JobRead) -> dict[str, Any]:
     """A job as one table row: progress as 'commit 97%', the dataset it works on, why it failed."""
     progress = "" if job.status.finished else f"{job.progress.stage} {job.progress.fraction:.0%}".strip()
     return {"id": job.id, "kind": job.kind.value, "dataset": job.params.get("dataset") or job.params.get("target"),
-            "status": job.status.value, "progress": progress, "created_at": job.created_at,
+            "status": job.status.value, "progress": progress, "created": job.created_at.strftime("%m-%d %H:%M"),
             "error": job.error.detail if job.error else ""}
 
 
@@ -304,7 +305,7 @@ def wait_job(job_id: str, url: Url = None, as_json: AsJson = False) -> None:
     """Wait for a job to end; exit 1 if it failed."""
     with client(url) as hub:
         job = hub.jobs.get(job_id)
-        job.wait(progress=None if not as_json else False)
+        job.wait(progress=bars(as_json))
         emit(job.record, as_json=as_json, columns=("id", "status", "result"))
 
 

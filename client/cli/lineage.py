@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tuplehub.client.cli.options import Mode, client, dataset_version
+from tuplehub.client.cli.options import Mode, bars, client, dataset_version
 from tuplehub.client.cli.output import AsJson, Url, emit, json_or_word
 from tuplehub.client.errors import CommandLineError
 
@@ -30,7 +30,7 @@ def derive(target: str,
     sources = [_source(text) for text in source]
     with client(url) as hub:
         job = hub.datasets.derive(target, sources, mode=mode, renumber=renumber)
-        job.wait(progress=None if not as_json else False)
+        job.wait(progress=bars(as_json))
         emit(job.record, as_json=as_json, columns=("id", "status", "result"))
 
 

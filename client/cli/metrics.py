@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tuplehub.client.cli.options import client, dataset_version, group
-from tuplehub.client.cli.output import AsJson, Url, done, emit, json_or_word, table
+from tuplehub.client.cli.options import bars, client, dataset_version, group
+from tuplehub.client.cli.output import AsJson, Url, done, emit, fits, json_or_word, table
 from tuplehub.client.errors import CommandLineError, require
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def compute(dataset: Reference,
         if not wait:
             emit(job.record, as_json=as_json, columns=("id", "kind", "status"))
             return
-        job.wait(progress=not as_json)
+        job.wait(progress=bars(as_json))
         finished = job.result or {}
         for key, detail in finished.get("skipped", {}).items():
             typer.echo(f"skipped {key}: {detail}", err=True)
@@ -104,8 +104,11 @@ def _print(results: list[MetricRead], *, as_json: bool) -> None:
            "interval": f"[{r.result.ci_low:.4g}, {r.result.ci_high:.4g}]" if r.result.ci_low is not None
            and r.result.ci_high is not None else "", "rows": r.result.n_rows_used,
            # a row-level metric (the entropies) uses no episodes as such: blank, not a misleading 0
-           "episodes": r.result.n_episodes_used or None, "warnings": "; ".join(r.result.warnings)} for r in results],
-         as_json=False, columns=("key", "value", "interval", "rows", "episodes", "warnings"))
+           "episodes": r.result.n_episodes_used or None} for r in results],
+         as_json=False, columns=("key", "value", "interval", "rows", "episodes"))
+    for r in results:  # whole sentences under the table: in a column they would be cut or wrap through it
+        for warning in r.result.warnings:
+            typer.echo(f"note: {r.key}: {warning}")
 
 
 @metrics_app.command("compare")
@@ -119,7 +122,11 @@ def compare(datasets: Names, url: Url = None, as_json: AsJson = False) -> None:
         emit(comparison, as_json=True)
         return
     headers, rows = comparison_table(comparison)
-    table([h.upper() for h in headers], rows)
+    headers = [h.upper() for h in headers]
+    if not fits(headers, rows):  # many metrics, few datasets: one row per metric reads better than cut cells
+        headers, rows = ["METRIC", *(row[0] for row in rows)], [
+            [headers[i].lower(), *(row[i] for row in rows)] for i in range(1, len(headers))]
+    table(headers, rows)
     for warning in comparison.warnings:
         typer.echo(f"note: {warning}", err=True)
 

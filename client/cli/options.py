@@ -82,6 +82,11 @@ def client(url: str | None) -> Client:
     return Client(url)
 
 
+def bars(as_json: bool) -> bool | None:
+    """Progress bars: never with ``--json``, else only on a terminal (None), so logs stay clean."""
+    return False if as_json else None
+
+
 def job_kind(kind: str | None) -> str | None:
     """``--kind``: ``upload`` is the ``ingest`` job an upload starts."""
     return "ingest" if kind == "upload" else kind

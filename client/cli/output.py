@@ -58,8 +58,8 @@ def emit(value: Any, *, as_json: bool, columns: Sequence[str] = ()) -> None:
             typer.echo(f"({len(rows)} of {data['total']})")
         return
     for key, item in data.items():
-        if key not in columns and columns:
-            continue
+        if (key not in columns and columns) or item in (None, "", [], {}):
+            continue  # an unset field says nothing; --json shows every field
         typer.echo(f"{key}: {_cell(item)}")
 
 
@@ -68,10 +68,20 @@ def done(message: str, *, as_json: bool, **fields: Any) -> None:
     typer.echo(json.dumps(fields, indent=2, default=str) if as_json else message)
 
 
+def fits(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> bool:
+    """Whether a table fits the terminal uncut."""
+    widths = [max([len(header), *(len(row[i]) for row in rows)]) for i, header in enumerate(headers)]
+    return sum(widths) + len(GAP) * (len(widths) - 1) <= _width()
+
+
+def _width() -> int:
+    return min(MAX_WIDTH, shutil.get_terminal_size((MAX_WIDTH, 24)).columns)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Columns padded to their widest cell; if the table is wider than the terminal (100 columns at most),
     the widest cells are cut with '…', except in the first column, which names the row (an id, a name)."""
-    limit = min(MAX_WIDTH, shutil.get_terminal_size((MAX_WIDTH, 24)).columns)
+    limit = _width()
     widths = [max([len(header), *(len(row[i]) for row in rows)]) for i, header in enumerate(headers)]
     room = limit - len(GAP) * (len(widths) - 1)
     while len(widths) > 1 and sum(widths) > room and max(widths[1:]) > MIN_COLUMN:
