@@ -56,7 +56,9 @@ def audit(actor: Annotated[str | None, typer.Option(help="Who acted (user name).
           action: Annotated[str | None, typer.Option(help="e.g. dataset.publish")] = None,
           target: Annotated[str | None, typer.Option(help="Name of what was acted on.")] = None,
           since: Time = None, until: Time = None,
-          limit: int = 50, offset: int = 0, url: Url = None, as_json: AsJson = False) -> None:
+          limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+          offset: Annotated[int, typer.Option(help="Skip this many first.")] = 0,
+          url: Url = None, as_json: AsJson = False) -> None:
     """Read the audit log (needs audit:read), newest first."""
     with client(url) as hub:
         emit(hub.audit(actor=actor, action=action, target=target, since=since, until=until, limit=limit,
