@@ -289,3 +289,10 @@ def test_benchmarks_create_and_datasets_on_it(cli: Cli, unique_name: str) -> Non
     assert "cannot make 'Nope-v0'" in cli.mistake("benchmarks", "create", "Nope-v0", code=2)
     assert "no benchmark is named" in cli.mistake("datasets", "create", f"{unique_name}-2", "--benchmark", "nope",
                                                   code=2)
+
+
+def test_a_row_level_metric_shows_no_episode_count(cli: Cli, dataset: str) -> None:
+    table = cli("metrics", "compute", dataset, "-m", "behavioral_entropy", "-m", "returns")
+    rows = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip() and not line.startswith("note")}
+    assert rows["returns"].split()[-1] == "4"  # episodes used
+    assert not rows["behavioral_entropy"].rstrip().endswith(" 0")  # was "EPISODES 0", read as "none used"
