@@ -296,3 +296,12 @@ def test_a_row_level_metric_shows_no_episode_count(cli: Cli, dataset: str) -> No
     rows = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip() and not line.startswith("note")}
     assert rows["returns"].split()[-1] == "4"  # episodes used
     assert not rows["behavioral_entropy"].rstrip().endswith(" 0")  # was "EPISODES 0", read as "none used"
+
+
+def test_an_upload_error_names_column_row_and_reason_once() -> None:
+    from tuplehub.client.cli.errors import describe
+    from tuplehub.storage.errors import InvalidUpload
+
+    error = InvalidUpload("nan is not a finite number", column="reward", row=42, reason="not-finite")
+    assert describe(error) == {"code": "invalid-upload",
+                               "detail": "column 'reward', row 42: nan is not a finite number (reason=not-finite)"}

@@ -22,7 +22,7 @@ from typing import Any
 import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer >= 0.29 ships its own click
 
-from tuplehub.client.errors import CommandLineError, JobFailed, MissingExtra
+from tuplehub.client.errors import CommandLineError
 from tuplehub.storage.errors import TuplehubError, Unauthenticated
 
 FAILED = 1
@@ -80,8 +80,10 @@ def _hint(error: TuplehubError, command: str) -> str | None:
 def describe(error: TuplehubError, command: str = "") -> dict[str, Any]:
     """What the user reads: ``detail`` (what is wrong), ``hint`` (how to fix it), and the error's own fields."""
     detail = _plain_validation(error, command) or error.detail
-    shown = {key: value for key, value in error.extra.items() if key in ("column", "row", "reason")}
-    if shown and not isinstance(error, JobFailed | MissingExtra):
+    # where an upload broke and why, unless the sentence already says it
+    shown = {key: value for key, value in error.extra.items()
+             if key in ("column", "row", "reason") and str(value) not in detail}
+    if shown:
         detail += " (" + ", ".join(f"{key}={value}" for key, value in shown.items()) + ")"
     out: dict[str, Any] = {"code": error.code, "detail": detail}
     hint = _hint(error, command)
