@@ -15,13 +15,20 @@ from typing import Any
 import httpx
 
 from tuplehub.client.errors import raise_for_problem
-from tuplehub.client.jobs import Job
+from tuplehub.client.jobs import Job, quiet
 from tuplehub.client.sharing import Shareable
-from tuplehub.client.uploads import DEFAULT_PART_SIZE, PartSink, send_file
+from tuplehub.client.uploads import DEFAULT_PART_SIZE, PartSink
 from tuplehub.storage.artifacts import ArtifactRead
 from tuplehub.storage.models import Page
 
 DOWNLOAD_CHUNK = 4 * 2**20
+
+
+def _bytes_bar(total: int | None, desc: str, progress: bool | None) -> Any:
+    """A byte progress bar (size, rate, time left) on stderr; ``None`` shows it only on a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=quiet(progress))
 
 
 class Artifact(Shareable[ArtifactRead]):
@@ -41,15 +48,17 @@ class Artifact(Shareable[ArtifactRead]):
             return self._http.stream("GET", answer["url"], timeout=600)
         return httpx.stream("GET", answer["url"], timeout=600)  # presigned: no API credentials go along
 
-    def download(self, path: str | Path) -> Path:
-        """Write the bytes to ``path`` (streamed; memory stays at one chunk)."""
+    def download(self, path: str | Path, *, progress: bool | None = False) -> Path:
+        """Write the bytes to ``path`` (streamed; memory stays at one chunk); ``progress`` shows a byte bar."""
         target = Path(path)
-        with self._stream() as response, target.open("wb") as handle:
+        with self._stream() as response:
             if response.status_code >= 400:
                 response.read()
                 raise_for_problem(response)
-            for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
-                handle.write(chunk)
+            with target.open("wb") as handle, _bytes_bar(self.record.size, "download", progress) as bar:
+                for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                    handle.write(chunk)
+                    bar.update(len(chunk))
         return target
 
     def read(self) -> bytes:
@@ -75,8 +84,12 @@ class Artifacts:
 
     def upload(self, source: str | Path | bytes, *, name: str | None = None, media_type: str | None = None,
                metadata: Mapping[str, Any] | None = None, benchmarks: Iterable[str] = (),
-               datasets: Iterable[str] = (), part_size: int = DEFAULT_PART_SIZE) -> Artifact:
-        """Upload a file (or bytes) in parts and wait until it is stored; the same bytes get the same id."""
+               datasets: Iterable[str] = (), part_size: int = DEFAULT_PART_SIZE,
+               progress: bool | None = False) -> Artifact:
+        """Upload a file (or bytes) in parts and wait until it is stored; the same bytes get the same id.
+
+        ``progress`` shows a byte bar (``None``: only on a terminal).
+        """
         if isinstance(source, bytes) and name is None:
             raise ValueError("give a name for an artifact uploaded from bytes")
         label = name or Path(source).name  # type: ignore[arg-type]
@@ -91,7 +104,11 @@ class Artifacts:
             if isinstance(source, bytes):
                 sink.write(source)
             else:
-                send_file(Path(source), sink)
+                path = Path(source)
+                with path.open("rb") as handle, _bytes_bar(path.stat().st_size, "upload", progress) as bar:
+                    for chunk in iter(lambda: handle.read(sink.part_size), b""):
+                        sink.write(chunk)
+                        bar.update(len(chunk))
             parts = sink.finish()
         except BaseException:
             sink.abort()

@@ -1,28 +1,65 @@
-"""The client: one connection to one tuplehub server, safe to share between threads."""
+"""The client: one connection to one tuplehub server, safe to share between threads.
+
+The parts of the API (``datasets``, ``benchmarks``, ``artifacts``, ``metrics``) are built on
+first use, so a script or command that lists jobs never imports numpy, pyarrow or gymnasium.
+"""
 
 from __future__ import annotations
 
 import os
 from datetime import datetime
+from functools import cached_property
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from tuplehub.client.access import Groups, Roles, Tokens, Users, read_audit, whoami
-from tuplehub.client.artifacts import Artifacts
 from tuplehub.client.auth import BearerAuth, SessionAuth
-from tuplehub.client.benchmarks import Benchmarks
-from tuplehub.client.datasets import Datasets
 from tuplehub.client.discovery import embedded_credentials, resolve_url
-from tuplehub.client.errors import raise_for_problem
-from tuplehub.client.jobs import Job
-from tuplehub.client.metrics import Metrics
+from tuplehub.client.errors import ServerUnreachable, raise_for_problem
 from tuplehub.client.sessions import Session, SessionStore
 from tuplehub.storage.access import AuditRecord, Me
+from tuplehub.storage.errors import InvalidRequest
 from tuplehub.storage.models import JobKind, JobRead, JobStatus, Page
 
+if TYPE_CHECKING:
+    from tuplehub.client.artifacts import Artifacts
+    from tuplehub.client.benchmarks import Benchmarks
+    from tuplehub.client.datasets import Datasets
+    from tuplehub.client.jobs import Job
+    from tuplehub.client.metrics import Metrics
+
 API_PREFIX = "/api/v1"
+
+
+def server_url(url: str) -> str:
+    """``url`` as the client uses it: no trailing slash, ``http://`` where no scheme is given (as curl does)."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = f"http://{url}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"the server URL {url!r} is not an http:// or https:// address "
+                             "(set TUPLEHUB_URL or --url like http://127.0.0.1:8470)", field="url")
+    return url
+
+
+class _Http(httpx.Client):
+    """httpx, except that a server it cannot reach raises :class:`ServerUnreachable` (a tuplehub error)."""
+
+    def __init__(self, server: str, **options: Any) -> None:
+        super().__init__(**options)
+        self._server = server
+
+    def send(self, request: httpx.Request, **options: Any) -> httpx.Response:
+        try:
+            return super().send(request, **options)
+        except ServerUnreachable:
+            raise
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self._server, exc) from exc
 
 
 class Jobs:
@@ -30,6 +67,8 @@ class Jobs:
         self._http = http
 
     def get(self, job_id: str) -> Job:
+        from tuplehub.client.jobs import Job
+
         response = self._http.get(f"/jobs/{job_id}")
         raise_for_problem(response)
         return Job(self._http, response.json())
@@ -54,10 +93,11 @@ class Client:
 
     def __init__(self, url: str | None = None, *, token: str | None = None, timeout: float = 60.0,
                  transport: httpx.BaseTransport | None = None, sessions: SessionStore | None = None) -> None:
-        self.url = resolve_url(url)
+        self.url = server_url(resolve_url(url))
         self.api_url = self.url + API_PREFIX
         self.sessions = sessions or SessionStore()
-        self._http = httpx.Client(base_url=self.api_url, timeout=timeout, transport=transport, follow_redirects=True)
+        self._http = _Http(self.url, base_url=self.api_url, timeout=timeout, transport=transport,
+                           follow_redirects=True)
         token = token or os.environ.get("TUPLEHUB_TOKEN")
         if token:
             self._http.auth = BearerAuth(token)
@@ -66,15 +106,35 @@ class Client:
                                           password=self._embedded_password(session.username))
         elif (credentials := embedded_credentials(self.url)) is not None:
             self.login(*credentials)
-        self.datasets = Datasets(self._http)
-        self.benchmarks = Benchmarks(self._http)
-        self.artifacts = Artifacts(self._http)
         self.jobs = Jobs(self._http)
-        self.metrics = Metrics(self._http)
         self.tokens = Tokens(self._http)
         self.users = Users(self._http)
         self.groups = Groups(self._http)
         self.roles = Roles(self._http)
+
+    @cached_property
+    def datasets(self) -> Datasets:
+        from tuplehub.client.datasets import Datasets
+
+        return Datasets(self._http)
+
+    @cached_property
+    def benchmarks(self) -> Benchmarks:
+        from tuplehub.client.benchmarks import Benchmarks
+
+        return Benchmarks(self._http)
+
+    @cached_property
+    def artifacts(self) -> Artifacts:
+        from tuplehub.client.artifacts import Artifacts
+
+        return Artifacts(self._http)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        from tuplehub.client.metrics import Metrics
+
+        return Metrics(self._http)
 
     def _embedded_password(self, username: str) -> str | None:
         credentials = embedded_credentials(self.url)

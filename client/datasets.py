@@ -5,26 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import pyarrow as pa
 from pydantic import BaseModel
 
 from tuplehub.client.errors import raise_for_problem
-from tuplehub.client.exports import Export
 from tuplehub.client.jobs import Job
 from tuplehub.client.sharing import Shareable
-from tuplehub.client.uploads import (
-    DEFAULT_PARALLEL,
-    DEFAULT_PART_SIZE,
-    PartSink,
-    send_file,
-    table_from_arrays,
-    tables_from_episodes,
-    write_parquet,
-)
-from tuplehub.storage.errors import NotFound
+from tuplehub.storage.errors import Conflict, NotFound
 from tuplehub.storage.filters.language import FilterNode
 from tuplehub.storage.models import (
     DatasetRead,
@@ -37,8 +26,15 @@ from tuplehub.storage.models import (
     UploadMode,
 )
 
-# Also a pandas DataFrame (tensors as ``observation[i]`` columns), recognised without importing pandas.
-UploadSource = Mapping[str, Any] | pa.Table | str | Path | Iterable[Mapping[str, Any]]
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import pyarrow as pa
+
+    from tuplehub.client.exports import Export
+
+    # Also a pandas DataFrame (tensors as ``observation[i]`` columns), recognised without importing pandas.
+    UploadSource: TypeAlias = Mapping[str, Any] | pa.Table | str | Path | Iterable[Mapping[str, Any]]
 
 
 def _source_json(source: DeriveSource | Mapping[str, Any]) -> dict[str, Any]:
@@ -81,7 +77,7 @@ class Dataset(Shareable[DatasetRead]):
 
     def upload(self, source: UploadSource, *, mode: UploadMode | str = UploadMode.append,
                episode_metadata: Mapping[Any, Mapping[str, Any]] | None = None,
-               part_size: int = DEFAULT_PART_SIZE, parallel: int = DEFAULT_PARALLEL,
+               part_size: int | None = None, parallel: int | None = None,
                compression: str | None = "lz4") -> Job:
         """Send ``source`` as a new version; returns the ``ingest`` job (call ``.wait()``).
 
@@ -91,8 +87,23 @@ class Dataset(Shareable[DatasetRead]):
         iterator of episodes (dicts of per-step arrays, optionally with ``episode_id`` and
         ``metadata``), or a pandas DataFrame as ``Export.to_pandas()`` makes it.
         ``mode="append"`` keeps the previous version's episodes; ``"replace"``
-        starts over. Memory stays at a few parts of ``part_size`` bytes whatever the source's size.
+        starts over. Memory stays at a few parts of ``part_size`` bytes (32 MiB unless given, 4 in
+        flight unless ``parallel`` says otherwise) whatever the source's size.
         """
+        import pyarrow as pa  # the upload path only: listing datasets never loads pyarrow
+
+        from tuplehub.client.uploads import (
+            DEFAULT_PARALLEL,
+            DEFAULT_PART_SIZE,
+            PartSink,
+            send_file,
+            table_from_arrays,
+            tables_from_episodes,
+            write_parquet,
+        )
+
+        part_size = part_size or DEFAULT_PART_SIZE
+        parallel = parallel or DEFAULT_PARALLEL
         metadata = {str(key): dict(value) for key, value in (episode_metadata or {}).items()}
         response = self._http.post(f"/datasets/{self.name}/uploads", json={
             "mode": UploadMode(mode).value, "part_size": part_size, "episode_metadata": metadata})
@@ -122,7 +133,7 @@ class Dataset(Shareable[DatasetRead]):
         response = self._http.post(f"/uploads/{session['id']}/complete",
                                    json={"parts": parts, "episode_metadata": late_metadata})
         raise_for_problem(response)
-        return Job(self._http, response.json())
+        return Job(self._http, response.json(), on_success=lambda _: self.refresh())
 
     def export(self, *, where: FilterNode | None = None, episodes: FilterNode | None = None,
                version: int | None = None, columns: list[str] | None = None, next_observation: bool = False,
@@ -141,6 +152,8 @@ class Dataset(Shareable[DatasetRead]):
                 "episodes": episodes.to_json() if episodes is not None else None,
                 "sample": sample.model_dump(mode="json") if isinstance(sample, Sampling) else sample,
                 "rebalance": rebalance.model_dump(mode="json", exclude_none=True) if rebalance is not None else None}
+        from tuplehub.client.exports import Export
+
         response = self._http.post(f"/datasets/{self.name}/exports", json=body)
         raise_for_problem(response)
         return Export(self._http, response.json())
@@ -164,7 +177,8 @@ class Dataset(Shareable[DatasetRead]):
         return self._apply(self._http.patch(self._path, json=card))
 
     def __repr__(self) -> str:
-        return f"<Dataset {self.name} v{self.latest_version}>"
+        version = f"v{self.latest_version}" if self.latest_version is not None else "(no versions yet)"
+        return f"<Dataset {self.name} {version}>"
 
 
 class Datasets:
@@ -172,14 +186,21 @@ class Datasets:
         self._http = http
 
     def create(self, name: str, *, description: str = "", tags: Iterable[str] = (), benchmark: str | None = None,
-               **card: Any) -> Dataset:
+               exist_ok: bool = False, **card: Any) -> Dataset:
         """An empty dataset; ``benchmark`` (an id) links it to the environment it is recorded on.
 
-        ``card`` takes ``authors``, ``license``, ``citation`` and ``behavior_policies``.
+        ``card`` takes ``authors``, ``license``, ``citation`` and ``behavior_policies``. With
+        ``exist_ok`` a dataset of that name that the caller can read is returned as it is (its
+        card unchanged), so a script can be run again.
         """
         response = self._http.post("/datasets", json={"name": name, "description": description,
                                                       "tags": list(tags), "benchmark": benchmark, **card})
-        raise_for_problem(response)
+        try:
+            raise_for_problem(response)
+        except Conflict:
+            if not exist_ok:
+                raise
+            return self.get(name)
         return Dataset(self._http, DatasetRead.model_validate(response.json()))
 
     def derive(self, target: str, sources: Iterable[DeriveSource | Mapping[str, Any]], *,

@@ -3,6 +3,14 @@
 A 404 from the server arrives as :class:`tuplehub.storage.errors.NotFound`, an upload error as
 :class:`InvalidUpload` with ``column``/``row``/``reason`` in ``extra``, and so on; anything that
 is not a problem document becomes :class:`ServerError` with the status and the URL.
+
+Errors the client raises itself, all :class:`TuplehubError` so one ``except`` catches them:
+
+    ServerUnreachable   the server cannot be reached (also an ``httpx.TransportError``)
+    MissingExtra        a feature needs an optional dependency; says which ``pip install``
+    CommandLineError    a command-line value or file is unusable (the CLI's own mistakes)
+    JobFailed           a job ended failed or cancelled
+    ServerError         an answer that is not a problem document
 """
 
 from __future__ import annotations
@@ -18,6 +26,53 @@ class ServerError(TuplehubError):
     """The server answered with an error that is not a problem document (a proxy, a crash)."""
 
     code = "server-error"
+
+
+class ServerUnreachable(TuplehubError, httpx.TransportError):
+    """The server did not answer: nothing listens at the URL, or the connection broke.
+
+    Also an :class:`httpx.TransportError`, so code that retries on transport errors still does.
+    """
+
+    code = "server-unreachable"
+
+    def __init__(self, url: str, cause: httpx.TransportError) -> None:
+        reason = str(cause) or type(cause).__name__
+        if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):
+            detail = f"cannot reach the server at {url} ({reason})"
+        else:
+            detail = f"lost the connection to the server at {url} ({reason})"
+        super().__init__(detail, url=url, hint="start one with `tuplehub serve`, or set TUPLEHUB_URL (or --url) "
+                                                "to the server's address")
+        self._request = cause._request
+
+
+class MissingExtra(TuplehubError):
+    """A feature needs an optional dependency that is not installed; the message says what to install."""
+
+    code = "missing-extra"
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        super().__init__(f"{feature} needs {module}, which is not installed: pip install 'tuplehub[{extra}]'",
+                         extra=extra)
+
+
+def require(module: str, *, extra: str, feature: str) -> Any:
+    """Import an optional dependency, or raise :class:`MissingExtra` naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.partition(".")[0] != module.partition(".")[0]:
+            raise  # the module is there but one of its own dependencies is broken: show that
+        raise MissingExtra(feature, extra, module.partition(".")[0]) from exc
+
+
+class CommandLineError(TuplehubError):
+    """A value given on the command line (or a file it names) cannot be used; ``hint`` says what would."""
+
+    code = "command-line"
 
 
 class JobFailed(TuplehubError):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-from tqdm.auto import tqdm
 
 from tuplehub.client.errors import JobFailed, raise_for_problem
 from tuplehub.storage.models import JobRead, JobStatus
@@ -20,9 +20,11 @@ DEFAULT_WAIT_S = 24 * 3600.0
 class Job:
     """A server-side job; ``wait()`` returns it once it has succeeded."""
 
-    def __init__(self, http: httpx.Client, record: JobRead | dict[str, Any]) -> None:
+    def __init__(self, http: httpx.Client, record: JobRead | dict[str, Any], *,
+                 on_success: Callable[[Job], object] | None = None) -> None:
         self._http = http
         self.record = record if isinstance(record, JobRead) else JobRead.model_validate(record)
+        self._on_success = on_success  # e.g. the dataset that started an ingest refreshes its record
 
     @property
     def id(self) -> str:
@@ -53,9 +55,11 @@ class Job:
 
         ``progress=None`` shows a bar only on a terminal, so scripts and CI logs stay quiet.
         """
+        from tqdm.auto import tqdm  # imported here: listing commands never wait, so never load it
+
         deadline = time.monotonic() + timeout
         delay = POLL_FIRST_S
-        with tqdm(total=1.0, desc=f"{self.record.kind} {self.id[:8]}", unit="", disable=_quiet(progress),
+        with tqdm(total=1.0, desc=f"{self.record.kind} {self.id[:8]}", unit="", disable=quiet(progress),
                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
             while not self.status.finished:
                 if time.monotonic() > deadline:
@@ -69,12 +73,15 @@ class Job:
             error = self.record.error.model_dump(exclude_none=True) if self.record.error else {}
             detail = error.get("detail", self.status.value)
             raise JobFailed(f"{self.record.kind} job {self.id} {self.status.value}: {detail}", error)
+        if self._on_success is not None:
+            callback, self._on_success = self._on_success, None
+            callback(self)
         return self
 
     def __repr__(self) -> str:
         return f"<Job {self.record.kind} {self.id} {self.status.value}>"
 
 
-def _quiet(progress: bool | None) -> bool | None:
+def quiet(progress: bool | None) -> bool | None:
     """tqdm's ``disable``: None means 'disable unless stderr is a terminal'."""
     return None if progress is None else not progress

@@ -19,6 +19,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from tuplehub.client.errors import require
 from tuplehub.storage.metrics import Comparison, ComparisonRow, MetricResult
 
 __all__ = ["comparison_table", "render_report"]
@@ -67,11 +68,10 @@ def render_report(comparison: Comparison, out_dir: str | Path, *, title: str = "
 
 
 def _matplotlib() -> tuple[Any, Any]:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ImportError("the report needs matplotlib: pip install 'tuplehub[report]'") from exc
+    require("matplotlib", extra="report", feature="the report")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     return Figure, FigureCanvasAgg
 
 

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import pyarrow as pa
 from pydantic import BaseModel, Field
+
+from tuplehub.storage.deferred import deferred
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+else:  # the client's models import this module; numpy and pyarrow load when a schema is first used
+    np = deferred("numpy")
+    pa = deferred("pyarrow")
 
 SHAPE_KEY = b"tuplehub.shape"
 

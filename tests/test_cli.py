@@ -95,7 +95,7 @@ def test_account_commands(hub_server: EmbeddedServer, tmp_path: Path, unique_nam
     listed = json.loads(invoke(person, "tokens", "list", "--json"))
     assert [t["name"] for t in listed] == ["ci"]
     assert "token" not in listed[0]
-    assert json.loads(invoke(person, "tokens", "revoke", token["id"], "--json"))["revoked"] is True
+    assert json.loads(invoke(person, "tokens", "revoke", token["id"], "--yes", "--json"))["revoked"] is True
 
     group = f"grp-{unique_name[3:]}"
     invoke(person, "groups", "create", group)
@@ -109,14 +109,14 @@ def test_account_commands(hub_server: EmbeddedServer, tmp_path: Path, unique_nam
     assert json.loads(invoke(person, "datasets", "unpublish", unique_name, "--group", group,
                              "--json"))["visibility"] == "private"
     invoke(person, "groups", "remove", group, f"{user}-b")
-    invoke(person, "groups", "delete", group)
+    invoke(person, "groups", "delete", group, "--yes")
 
     assert "contributor" in invoke(person, "roles", "list")
     invoke(admin, "roles", "create", "cli_reader", "--right", "dataset:read")
     assert "role:manage" in invoke(person, "roles", "create", "nope", "--right", "dataset:read", code=1)
-    invoke(admin, "roles", "delete", "cli_reader")
+    invoke(admin, "roles", "delete", "cli_reader", "--yes")
     assert "dataset.publish" in invoke(admin, "audit", "--actor", user, "--json")
 
-    invoke(person, "datasets", "delete", unique_name)
+    invoke(person, "datasets", "delete", unique_name, "--yes")
     assert "signed out" in invoke(person, "logout")
     assert "sign in first" in invoke(person, "whoami", code=1)

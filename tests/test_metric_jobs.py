@@ -151,7 +151,7 @@ def test_compare_and_report_across_a_benchmarks_datasets(hub_server: EmbeddedSer
     runner = CliRunner()
     table = runner.invoke(app, ["metrics", "compare", *names], env=env)
     assert table.exit_code == 0, table.output
-    assert "TRAJECTORY_QUALITY" in table.output
+    assert "trajectory_quality" in table.output.lower()
     assert names[0] in table.output
     out = tmp_path / "report"
     drawn = runner.invoke(app, ["metrics", "report", *names, "--out", str(out)], env=env)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tuplehub.client.errors import MissingExtra
 from tuplehub.client.report import comparison_table, render_report
 from tuplehub.storage.metrics import Comparison, ComparisonRow, MetricResult
 
@@ -111,6 +112,6 @@ def test_empty_comparison_still_writes_a_page(tmp_path: Path) -> None:
 
 
 def test_missing_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)   # None in sys.modules makes the import fail
-    with pytest.raises(ImportError, match=re.escape("pip install 'tuplehub[report]'")):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # None in sys.modules makes the import fail
+    with pytest.raises(MissingExtra, match=re.escape("pip install 'tuplehub[report]'")):
         render_report(Comparison(rows=[]), tmp_path)

@@ -13,17 +13,23 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import gymnasium as gym
-import numpy as np
 import typer
 
 from tuplehub.client.cli.output import reported_errors
-from tuplehub.client.client import Client
 from tuplehub.client.discovery import embedded_credentials
+from tuplehub.storage.deferred import deferred
 from tuplehub.storage.errors import NotFound
-from tuplehub.storage.filters.language import F
+
+if TYPE_CHECKING:  # `tuplehub --help` imports this module: numpy, gymnasium and the client load when it runs
+    import gymnasium as gym
+    import numpy as np
+
+    from tuplehub.client.client import Client
+else:
+    gym = deferred("gymnasium")
+    np = deferred("numpy")
 
 DATASET = "cartpole-demo"
 UPRIGHT = 0.01  # radians: the pole is "nearly upright" within this angle
@@ -59,6 +65,8 @@ def record(env_id: str, episodes: int, seed: int) -> tuple[dict[str, np.ndarray]
 
 def _server(stack: ExitStack, data_dir: Path | None) -> Client:
     """A running server if one answers, else an embedded one in this process."""
+    from tuplehub.client.client import Client
+
     client = stack.enter_context(Client())
     try:
         if client.ready().get("status") == "ok":
@@ -82,6 +90,8 @@ def demo(episodes: Annotated[int, typer.Option(min=2, max=10_000, help="Episodes
          data_dir: Annotated[Path | None, typer.Option(envvar="TUPLEHUB_DATA_DIR",
                                                        help="Data folder of the embedded server.")] = None) -> None:
     """Record CartPole with two policies, upload, ingest, export a filtered subset and report."""
+    from tuplehub.storage.filters.language import F
+
     timings: dict[str, float] = {}
     with reported_errors(), ExitStack() as stack:
         hub = _server(stack, data_dir)

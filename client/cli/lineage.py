@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tuplehub.client.cli.output import AsJson, Url, emit, reported_errors
-from tuplehub.client.client import Client
-from tuplehub.storage.errors import NotFound
-from tuplehub.storage.models import DeriveSource, VersionRecord
+from tuplehub.client.cli.options import Mode, bars, client, dataset_version
+from tuplehub.client.cli.output import AsJson, Url, emit, json_or_word
+from tuplehub.client.errors import CommandLineError
+
+if TYPE_CHECKING:
+    from tuplehub.client.client import Client
+    from tuplehub.storage.models import VersionRecord
 
 MAX_DEPTH = 10
 
@@ -19,16 +22,37 @@ MAX_DEPTH = 10
 def derive(target: str,
            source: Annotated[list[str], typer.Option("--source", help=(
                'JSON of one source, e.g. \'{"dataset": "walks", "version": 2, "episodes": {...}, '
-               '"sample": {"fraction": 0.8, "seed": 0}}\'; repeat to merge.'))],
+               '"sample": {"fraction": 0.8, "seed": 0}}\', or just walks@2; repeat to merge.'))],
            renumber: Annotated[bool, typer.Option(help="Number the episodes 0..N-1.")] = False,
-           mode: Annotated[str, typer.Option(help="replace or append.")] = "replace",
+           mode: Mode = "replace",
            url: Url = None, as_json: AsJson = False) -> None:
-    """Make TARGET's next version on the server from whole episodes of other versions."""
-    with reported_errors(), Client(url) as hub:
-        sources = [DeriveSource.model_validate_json(text) for text in source]
+    """Make TARGET's next version on the server from whole episodes of other versions (created if missing)."""
+    sources = [_source(text) for text in source]
+    with client(url) as hub:
         job = hub.datasets.derive(target, sources, mode=mode, renumber=renumber)
-        job.wait(progress=None if not as_json else False)
+        job.wait(progress=bars(as_json))
         emit(job.record, as_json=as_json, columns=("id", "status", "result"))
+
+
+def _source(text: str) -> object:
+    """One ``--source``: JSON naming a dataset, or just ``walks@2`` (``{"dataset": "walks@2"}`` means version 2)."""
+    from pydantic import ValidationError
+
+    from tuplehub.storage.models import DeriveSource
+
+    value = json_or_word(text)
+    if isinstance(value, str):  # a bare NAME[@VERSION]: all of its episodes
+        value = {"dataset": value}
+    if isinstance(value, dict) and "@" in str(value.get("dataset", "")) and value.get("version") is None:
+        name, version = dataset_version(str(value["dataset"]))
+        value = {**value, "dataset": name, "version": version}
+    try:
+        return DeriveSource.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise CommandLineError(f"--source {text}: {where + ': ' if where else ''}{error['msg']}",
+                               hint='write it like \'{"dataset": "walks", "version": 2}\' or walks@2') from exc
 
 
 def _command(target: str, version: VersionRecord) -> str:
@@ -45,6 +69,8 @@ def _command(target: str, version: VersionRecord) -> str:
 
 
 def _describe(hub: Client, name: str, number: int | None, depth: int, lines: list[str]) -> None:
+    from tuplehub.storage.errors import NotFound
+
     indent = "  " * depth
     try:
         record = hub.datasets.get(name).record
@@ -74,18 +100,18 @@ def _describe(hub: Client, name: str, number: int | None, depth: int, lines: lis
         lines.append(f"  (the rebuilt version's content hash is {version.content_hash})")
 
 
-def lineage(dataset: Annotated[str, typer.Argument(help="name or name@version")], url: Url = None,
-            as_json: AsJson = False) -> None:
+def lineage(dataset: Annotated[str, typer.Argument(metavar="NAME[@VERSION]", help="A dataset, optionally @2.")],
+            url: Url = None, as_json: AsJson = False) -> None:
     """Where a dataset version came from, down to uploads, and how to rebuild it."""
-    name, _, number = dataset.partition("@")
-    with reported_errors(), Client(url) as hub:
+    name, number = dataset_version(dataset)
+    with client(url) as hub:
         if as_json:
             record = hub.datasets.get(name).record
-            chosen = [v for v in record.versions if not number or v.number == int(number)][-1:]
+            chosen = [v for v in record.versions if not number or v.number == number][-1:]
             emit([{"version": v.number, "content_hash": v.content_hash,
                    "lineage": v.lineage.model_dump(mode="json") if v.lineage else None} for v in chosen],
                  as_json=True)
             return
         lines: list[str] = []
-        _describe(hub, name, int(number) if number else None, 0, lines)
+        _describe(hub, name, number, 0, lines)
         typer.echo("\n".join(lines))

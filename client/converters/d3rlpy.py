@@ -19,13 +19,15 @@ from typing import Any
 import numpy as np
 
 from tuplehub.client.converters.episodes import episode_slices
+from tuplehub.client.errors import require
 from tuplehub.storage.errors import InvalidRequest
 
 
 def action_kind(action_space: Any) -> tuple[Any, int]:
     """d3rlpy's action space constant and action size for a gymnasium action space."""
-    import d3rlpy
     from gymnasium import spaces
+
+    d3rlpy = require("d3rlpy", extra="d3rlpy", feature="to_d3rlpy()")
 
     if isinstance(action_space, spaces.Discrete):
         return d3rlpy.ActionSpace.DISCRETE, int(action_space.n)
@@ -36,9 +38,9 @@ def action_kind(action_space: Any) -> tuple[Any, int]:
 
 def to_d3rlpy(arrays: Mapping[str, np.ndarray], action_space: Any) -> Any:
     """An export as a d3rlpy ``ReplayBuffer`` over an ``InfiniteBuffer`` (an ``MDPDataset``)."""
+    kind, size = action_kind(action_space)  # first: it says what to install if d3rlpy is missing
     from d3rlpy.dataset import Episode, InfiniteBuffer, ReplayBuffer
 
-    kind, size = action_kind(action_space)
     discrete = kind.name == "DISCRETE"
     episodes = []
     for rows in episode_slices(arrays):

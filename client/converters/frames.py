@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from tuplehub.client.errors import require
+
 _ELEMENT = re.compile(r"^(?P<name>.+)\[(?P<index>\d+)\]$")
 
 
 def to_frame(arrays: Mapping[str, np.ndarray]) -> Any:
-    import pandas as pd
+    pd = require("pandas", extra="pandas", feature="to_pandas()")
 
     columns: dict[str, np.ndarray] = {}
     for name, values in arrays.items():

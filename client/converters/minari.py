@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tuplehub.client.converters.episodes import episode_slices
+from tuplehub.client.errors import require
 from tuplehub.storage.errors import InvalidRequest
 
 
@@ -41,7 +42,7 @@ def episodes_from_minari(dataset: Any) -> Iterator[dict[str, Any]]:
 def to_minari(arrays: Mapping[str, np.ndarray], dataset_id: str, *, env: Any = None,
               observation_space: Any = None, action_space: Any = None, **metadata: Any) -> Any:
     """Write an export (with ``next_observation``) as a new local Minari dataset and return it."""
-    import minari
+    minari = require("minari", extra="minari", feature="to_minari()")
     from minari.data_collector import EpisodeBuffer
 
     if "next_observation" not in arrays:

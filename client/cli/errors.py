@@ -1,0 +1,126 @@
+"""The one place where a failed command becomes one or two lines (what is wrong, how to fix it) and an exit code.
+
+Every command runs inside :func:`reported_errors` (the ``tuplehub`` group does it, see
+``tuplehub.client.cli.options.Commands``), so no user mistake reaches Python's traceback printer:
+
+    error: cannot reach the server at http://127.0.0.1:8470 ([Errno 111] Connection refused)
+    hint: start one with `tuplehub serve`, or set TUPLEHUB_URL (or --url) to the server's address
+
+With ``--json`` the same error goes to stdout as ``{"error": {"code": ..., "detail": ..., "hint": ...}}``
+so a script reads one document whatever happened. Exit codes: 1 for a failed request or job, 2 for
+a mistake on the command line (as click uses), 130 for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer >= 0.29 ships its own click
+
+from tuplehub.client.errors import CommandLineError
+from tuplehub.storage.errors import TuplehubError, Unauthenticated
+
+FAILED = 1
+USAGE = 2
+
+# How the API's validation messages read in command-line words: (pattern of the message, the CLI's words).
+_NAME_RULE = "use letters, digits, '.', '_' and '-' (first a letter or digit), at most 128 characters"
+_TAG_RULE = "use letters, digits, '.', '_', ':' and '-' (first a letter or digit), at most 64 characters"
+_MESSAGES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"String should match pattern '\^\[A-Za-z0-9\]\[A-Za-z0-9\._-\]\{0,127\}\$'"), _NAME_RULE),
+    (re.compile(r"String should match pattern '\^\[A-Za-z0-9\]\[A-Za-z0-9\._:-\]\{0,63\}\$'"), _TAG_RULE),
+    (re.compile(r"String should match pattern '\^\[0-9a-f\]\{32\}\$'"),
+     "is a benchmark id: 32 hexadecimal digits, as `tuplehub benchmarks list` shows"),
+    (re.compile(r"Input should be greater than or equal to (\S+)"), r"must be at least \1"),
+    (re.compile(r"Input should be less than or equal to (\S+)"), r"must be at most \1"),
+    (re.compile(r"Input should be (('[^']*'(, | or ))+'[^']*')"), r"must be one of \1"),
+    (re.compile(r"String should have at most (\d+) characters?"), r"must be at most \1 characters long"),
+    (re.compile(r"String should have at least (\d+) characters?"), r"must be at least \1 characters long"),
+    (re.compile(r"Field required"), "is required"),
+]
+# What the API calls a field, as the command line shows it.
+_FIELDS = {"version": "the version (NAME@VERSION)", "tags": "tags", "kind": "--kind", "status": "--status",
+           "benchmark": "--benchmark", "offset": "--offset", "limit": "--limit", "mode": "--mode"}
+_NOUNS = {"datasets": "dataset", "groups": "group", "users": "user", "tokens": "token", "roles": "role",
+          "artifacts": "artifact", "benchmarks": "benchmark", "derive": "dataset", "upload": "dataset"}
+
+
+def _plain_validation(error: TuplehubError, command: str) -> str | None:
+    """``body.name: String should match pattern '...'`` as the command line says it, or None if unknown."""
+    errors = error.extra.get("errors")
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+        return None
+    location = [part for part in str(errors[0].get("location", "")).split(".")
+                if part not in ("body", "query", "path") and not part.isdigit()]
+    message = str(errors[0].get("message", ""))
+    field = location[0] if location else ""
+    if field == "name":
+        subject = f"{_NOUNS.get(command.partition(' ')[0], 'the')} names"
+    else:
+        subject = _FIELDS.get(field, f"'{'.'.join(location)}'" if location else "the request")
+    for pattern, words in _MESSAGES:
+        if pattern.search(message):
+            return f"{subject} {pattern.sub(words, message)}"
+    return None
+
+
+def _hint(error: TuplehubError, command: str) -> str | None:
+    if isinstance(error.extra.get("hint"), str):
+        return error.extra["hint"]
+    if isinstance(error, Unauthenticated) and command != "login":
+        return "run `tuplehub login`, or set TUPLEHUB_TOKEN to an API token"
+    return None
+
+
+def describe(error: TuplehubError, command: str = "") -> dict[str, Any]:
+    """What the user reads: ``detail`` (what is wrong), ``hint`` (how to fix it), and the error's own fields."""
+    detail = _plain_validation(error, command) or error.detail
+    # where an upload broke and why, unless the sentence already says it
+    shown = {key: value for key, value in error.extra.items()
+             if key in ("column", "row", "reason") and str(value) not in detail}
+    if shown:
+        detail += " (" + ", ".join(f"{key}={value}" for key, value in shown.items()) + ")"
+    out: dict[str, Any] = {"code": error.code, "detail": detail}
+    hint = _hint(error, command)
+    if hint:
+        out["hint"] = hint
+    return out
+
+
+def _print(error: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({"error": error}, indent=2, default=str))
+        return
+    typer.echo(f"error: {error['detail']}", err=True)
+    if error.get("hint"):
+        typer.echo(f"hint: {error['hint']}", err=True)
+
+
+@contextlib.contextmanager
+def reported_errors(as_json: bool = False, command: str = "") -> Iterator[None]:
+    """Run a command; a tuplehub error, a usage mistake or an unwritable file ends it with one or two lines."""
+    try:
+        yield
+    except CommandLineError as exc:
+        _print(describe(exc, command), as_json=as_json)
+        raise typer.Exit(USAGE) from exc
+    except TuplehubError as exc:
+        _print(describe(exc, command), as_json=as_json)
+        raise typer.Exit(FAILED) from exc
+    except NoArgsIsHelpError:
+        raise
+    except ClickException as exc:
+        if not as_json:
+            raise  # click prints usage, the mistake and where to find help
+        _print({"code": "usage", "detail": exc.format_message(), "hint": f"see `tuplehub {command} --help`"},
+               as_json=True)
+        raise typer.Exit(exc.exit_code) from exc
+    except OSError as exc:  # a file the user named: missing folder, no permission, full disk
+        where = f": {exc.filename}" if exc.filename else ""
+        _print({"code": "os-error", "detail": f"{exc.strerror or exc}{where}"}, as_json=as_json)
+        raise typer.Exit(FAILED) from exc
