@@ -295,5 +295,13 @@ def test_an_exception_from_progress_stops_the_work() -> None:
     assert torch.get_num_threads() == threads
 
 
+def test_training_runs_on_the_threads_it_is_given() -> None:
+    seen: list[int] = []
+    result = fqe.average_q_value(**EXAMPLE, n_actions=2, target="fqi", threads=1,
+                                 progress=lambda _: seen.append(torch.get_num_threads()), **{**SMALL, "steps": 500})
+    assert set(seen) == {1}
+    assert result.details["threads"] == 1
+
+
 def test_torch_available() -> None:
     assert fqe.torch_available()

@@ -185,3 +185,15 @@ def test_only_the_changed_metrics_recompute() -> None:
     changed = {MetricName.behavioral_entropy, MetricName.return_improvement, MetricName.average_q,
                MetricName.policy_value}
     assert {name for name, version in ALGORITHM_VERSIONS.items() if version != "1"} == changed
+
+
+@pytest.mark.parametrize(("cpus", "jobs", "threads"), [(16, 2, 8), (2, 2, 1), (2, 3, 1), (8, 1, 8)])
+def test_torch_threads_default_to_one_jobs_share_of_the_cpus(monkeypatch: pytest.MonkeyPatch, cpus: int, jobs: int,
+                                                            threads: int) -> None:
+    from tuplehub.storage import settings
+
+    monkeypatch.setattr(settings, "available_cpus", lambda: cpus)
+    monkeypatch.delenv("TUPLEHUB_METRICS_THREADS", raising=False)
+    assert settings.Settings(_env_file=None, max_concurrent_jobs=jobs).metrics_threads == threads
+    monkeypatch.setenv("TUPLEHUB_METRICS_THREADS", "3")
+    assert settings.Settings(_env_file=None, max_concurrent_jobs=jobs).metrics_threads == 3
