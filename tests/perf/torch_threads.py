@@ -4,9 +4,10 @@
 
 The step is FQE's: a 2x256 ReLU MLP on obs 17 + act 6 inputs, a TD target from a second network, MSE,
 backward and Adam, as ``workers/metrics/fqe.py`` trains it. The burner stands for what shares the cores
-in the embedded server: the API, another job. Each figure is the median step time of its own fresh
-process (``--one``), so one configuration's thread pool never carries into the next. The last line is
-what ``TUPLEHUB_METRICS_THREADS`` defaults to here.
+in the embedded server: the API, another job. Each figure is the mean step time (what a job's length
+follows; a spinning thread shows as a long tail) and the median, each configuration in its own fresh
+process (``--one``), so one thread pool never carries into the next. The last line is what
+``TUPLEHUB_METRICS_THREADS`` defaults to here.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def step_times(threads: int, steps: int, batch: int) -> list[float]:
     return times
 
 
-def measure(threads: int, steps: int, batch: int, *, burner: bool) -> float:
-    """Median milliseconds per step in a fresh process, with a burner process spinning beside it if asked."""
+def measure(threads: int, steps: int, batch: int, *, burner: bool) -> str:
+    """Mean and median milliseconds per step in a fresh process, with a burner process beside it if asked."""
     spinning = subprocess.Popen([sys.executable, "-c", BURN]) if burner else None
     try:
         out = subprocess.run([sys.executable, __file__, "--one", str(threads), "--steps", str(steps), "--batch",
@@ -56,7 +57,8 @@ def measure(threads: int, steps: int, batch: int, *, burner: bool) -> float:
         if spinning is not None:
             spinning.kill()
             spinning.wait(timeout=10)
-    return json.loads(out.stdout)["median_ms"]
+    figures = json.loads(out.stdout)
+    return f"{figures['mean_ms']} ({figures['median_ms']})"
 
 
 def main() -> None:
@@ -67,12 +69,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         times = step_times(args.one, args.steps, args.batch)
-        print(json.dumps({"median_ms": round(1000 * statistics.median(times), 2)}))
+        print(json.dumps({"mean_ms": round(1000 * statistics.fmean(times), 2),
+                          "median_ms": round(1000 * statistics.median(times), 2)}))
         return
     from tuplehub.storage.settings import Settings, available_cpus
 
     print(f"{available_cpus()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("| torch threads | idle: ms per Adam step | beside a CPU burner |")
+    print("| torch threads | idle: ms per Adam step, mean (median) | beside a CPU burner |")
     print("|---|---|---|")
     for threads in (1, 2):
         idle = measure(threads, args.steps, args.batch, burner=False)
