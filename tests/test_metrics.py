@@ -174,6 +174,9 @@ def test_behavioral_entropy_plug_in_is_signed_where_densities_exceed_one() -> No
     assert any("exceed 1" in warning and "alpha = 0.5" in warning for warning in fractional.warnings)
     assert fractional.value == pytest.approx(0.346547, abs=1e-6)  # the practical estimator is scale-free
     assert fractional.algo_version == "2"
+    overflowing = behavioral_entropy(small / 1e3, alpha=3.0, beta=1.0, k=1)  # s = -9 to -11: e^(s - s^3) > 1e308
+    assert overflowing.details["plug_in"] is None
+    assert any("overflows" in warning for warning in overflowing.warnings)
 
 
 def test_only_the_changed_metrics_recompute() -> None:

@@ -127,4 +127,8 @@ def _plug_in(rho: np.ndarray, n: int, d: int, k: int, *, alpha: float,
             f"{dense_share:.1%} of the kNN densities exceed 1, where (-ln f)^alpha has no value for alpha = "
             f"{alpha}: details.plug_in is null. Use an integer alpha, or features in larger units")
     energy = beta * surprise ** alpha
-    return float(np.mean(energy * np.exp(surprise - energy))), dense_share, None
+    with np.errstate(over="ignore"):
+        plug_in = float(np.mean(energy * np.exp(surprise - energy)))
+    if not math.isfinite(plug_in):  # a density near 0, or (alpha >= 3) far above 1: e^(s - beta s^alpha) overflows
+        return None, dense_share, "the plug-in overflows a float for these densities: details.plug_in is null"
+    return plug_in, dense_share, None
