@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 8470
+DEFAULT_CONCURRENT_JOBS = 2
 
 
 def available_cpus() -> int:
@@ -26,7 +27,7 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def metrics_threads_default(max_concurrent_jobs: int) -> int:
+def metrics_threads_default(max_concurrent_jobs: int = DEFAULT_CONCURRENT_JOBS) -> int:
     """One job's share of the CPUs, at least 1: torch threads beyond it spin against the other jobs and the API
     (on 2 shared cores, one Adam step took 78 ms with two threads and 9 ms with one)."""
     return max(1, min(256, available_cpus() // max(1, max_concurrent_jobs)))
@@ -54,7 +55,7 @@ class Settings(BaseSettings):
     ingest_timeout_s: int = Field(3600, ge=10)
     export_timeout_s: int = Field(3600, ge=10)
     job_max_tries: int = Field(5, ge=1, le=20)
-    max_concurrent_jobs: int = Field(2, ge=1)
+    max_concurrent_jobs: int = Field(DEFAULT_CONCURRENT_JOBS, ge=1)
     heartbeat_s: float = Field(5.0, gt=0, description="How often a running job proves it is alive.")
     stale_after_s: float = Field(60.0, gt=0, description="A running job silent this long is re-run.")
     requeue_every_s: int = Field(60, ge=1, description="How often lost jobs are looked for.")

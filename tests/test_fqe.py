@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tuplehub.storage.errors import InvalidRequest  # noqa: E402
+from tuplehub.storage.settings import metrics_threads_default  # noqa: E402
 from tuplehub.workers.metrics import fqe  # noqa: E402
 
 # One-hot states s0, s1, gamma 0.9: (s0, a0, r 1 -> s1), (s1, a1, r 0, terminal), (s1, a0, r 1, terminal).
@@ -51,6 +52,7 @@ def test_sarsa_on_the_worked_example_is_the_mean_return_to_go() -> None:
     assert result.params["target"] == "sarsa"
     assert result.params["gamma"] == 0.9
     assert result.algo_version == fqe.VERSION
+    assert result.details["threads"] == metrics_threads_default()  # the worker's default, one job's share
 
 
 def test_fqi_on_the_worked_example_takes_the_max() -> None:

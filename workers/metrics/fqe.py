@@ -42,6 +42,7 @@ import numpy as np
 
 from tuplehub.storage.errors import InvalidRequest
 from tuplehub.storage.metrics import MetricResult
+from tuplehub.storage.settings import metrics_threads_default
 
 if TYPE_CHECKING:
     import torch
@@ -533,7 +534,7 @@ def average_q_value(observation: np.ndarray, action: np.ndarray, reward: np.ndar
                     action_high: np.ndarray | None = None, gamma: float = 0.99, steps: int = STEPS,
                     bc_steps: int = BC_STEPS, seeds: Sequence[int] = SEEDS, hidden: tuple[int, ...] = (256, 256),
                     learning_rate: float = 3e-4, batch_size: int = 256, target_every: int | None = None,
-                    device: str | None = None, threads: int = 2,
+                    device: str | None = None, threads: int | None = None,
                     progress: Callable[[float], None] | None = None) -> MetricResult:
     """Average Q (no policy) or a policy's value (``policy`` given), by FQE; one training run per seed.
 
@@ -541,11 +542,13 @@ def average_q_value(observation: np.ndarray, action: np.ndarray, reward: np.ndar
     continuous actions [N, act_dim]. ``next_action`` (target "sarsa") must be set on every non-terminated row
     (NaN or -1 is allowed on terminated rows) and is ignored by the other targets. ``initial`` marks
     episode-start rows. ``action_low``/``action_high`` default to the data's per-dimension min/max.
-    ``target_every`` unset follows the horizon (``target_schedule``); set, it is taken as given. BC is trained
+    ``target_every`` unset follows the horizon (``target_schedule``); set, it is taken as given. ``threads``
+    (CPU only) unset is the default of ``TUPLEHUB_METRICS_THREADS``, one job's share of the CPUs. BC is trained
     once (first seed) and shared by the seeds. ``progress(fraction)`` is called every few hundred steps; an
     exception it raises stops the work. Memory: one float32 copy of observations and next observations.
     """
     torch = _torch()
+    threads = metrics_threads_default() if threads is None else threads
     _check_settings(gamma, steps, bc_steps, seeds, hidden, learning_rate, batch_size, target_every, threads)
     _check_target(target, n_actions, policy, next_action)
     target_every, backups, too_few = target_schedule(gamma, steps, target_every)
