@@ -8,6 +8,7 @@ Entry points build a :class:`Settings` and pass it down; nothing reads it at imp
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,20 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 8470
+DEFAULT_CONCURRENT_JOBS = 2
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, e.g. a container's cpuset), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def metrics_threads_default(max_concurrent_jobs: int = DEFAULT_CONCURRENT_JOBS) -> int:
+    """One job's share of the CPUs, at least 1: torch threads beyond it spin against the other jobs and the API
+    (on 2 shared cores, one Adam step took 78 ms with two threads and 9 ms with one)."""
+    return max(1, min(256, available_cpus() // max(1, max_concurrent_jobs)))
 
 
 class Settings(BaseSettings):
@@ -40,12 +55,15 @@ class Settings(BaseSettings):
     ingest_timeout_s: int = Field(3600, ge=10)
     export_timeout_s: int = Field(3600, ge=10)
     job_max_tries: int = Field(5, ge=1, le=20)
-    max_concurrent_jobs: int = Field(2, ge=1)
+    max_concurrent_jobs: int = Field(DEFAULT_CONCURRENT_JOBS, ge=1)
     heartbeat_s: float = Field(5.0, gt=0, description="How often a running job proves it is alive.")
     stale_after_s: float = Field(60.0, gt=0, description="A running job silent this long is re-run.")
     requeue_every_s: int = Field(60, ge=1, description="How often lost jobs are looked for.")
     metrics_timeout_s: int = Field(3600, ge=10, description="Longest a metrics job may run.")
-    metrics_threads: int = Field(2, ge=1, le=256, description="CPU threads torch may use for fitted Q evaluation.")
+    # issue 11 (metricsfix): torch threads sized to one job's share of the CPUs.
+    metrics_threads: int = Field(
+        default_factory=lambda data: metrics_threads_default(data["max_concurrent_jobs"]), ge=1, le=256,
+        description="CPU threads torch may use for fitted Q evaluation; the CPUs / max_concurrent_jobs if unset.")
     auto_metrics: bool = Field(True, description="Compute the cheap metrics after every ingest.")
     metrics_recompute_every_s: int = Field(3600, ge=0, description=(
         "How often missing and stale metric results are looked for and recomputed; 0 turns it off."))

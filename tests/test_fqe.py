@@ -1,5 +1,6 @@
 """Fitted Q evaluation on the reference note's worked example (metrics.md, section 7), a continuous dataset whose
-value is known, policy artifacts (our own TorchScript and d3rlpy's save_policy), and the inputs it must refuse."""
+value is known, a CartPole policy's Monte-Carlo return, policy artifacts (our own TorchScript and d3rlpy's
+save_policy), and the inputs it must refuse."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tuplehub.storage.errors import InvalidRequest  # noqa: E402
+from tuplehub.storage.settings import metrics_threads_default  # noqa: E402
 from tuplehub.workers.metrics import fqe  # noqa: E402
 
 # One-hot states s0, s1, gamma 0.9: (s0, a0, r 1 -> s1), (s1, a1, r 0, terminal), (s1, a0, r 1, terminal).
@@ -20,7 +22,7 @@ S0, S1 = [1.0, 0.0], [0.0, 1.0]
 EXAMPLE = {"observation": np.array([S0, S1, S1], np.float32), "action": np.array([0, 1, 0]),
            "reward": np.array([1.0, 0.0, 1.0]), "next_observation": np.array([S1, S1, S1], np.float32),
            "terminated": np.array([False, True, True])}
-SMALL = {"gamma": 0.9, "hidden": (64, 64), "learning_rate": 1e-3, "steps": 3000, "target_every": 100, "seeds": (0,)}
+SMALL = {"gamma": 0.9, "hidden": (64, 64), "learning_rate": 1e-3, "steps": 3000, "seeds": (0,)}
 
 
 def scripted(module: torch.nn.Module) -> bytes:
@@ -50,6 +52,7 @@ def test_sarsa_on_the_worked_example_is_the_mean_return_to_go() -> None:
     assert result.params["target"] == "sarsa"
     assert result.params["gamma"] == 0.9
     assert result.algo_version == fqe.VERSION
+    assert result.details["threads"] == metrics_threads_default()  # the worker's default, one job's share
 
 
 def test_fqi_on_the_worked_example_takes_the_max() -> None:
@@ -132,6 +135,76 @@ def test_a_policy_value_without_start_rows_falls_back_with_a_warning() -> None:
     assert result.value == result.details["state_value"]
     assert result.details["initial_state_value"] is None
     assert any("initial" in warning for warning in result.warnings)
+
+
+BALANCING = np.array([0.0, 0.2, 1.0, 0.2])  # push toward where the pole leans and moves: never fails in 3,000 steps
+
+
+def balance(observation: np.ndarray) -> np.ndarray:
+    return (np.asarray(observation) @ BALANCING > 0).astype(np.int64)
+
+
+def cartpole_rollouts(episodes: int, length: int, *, gamma: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The balancing policy's rows (episodes truncated after ``length`` steps) and each start state's Monte-Carlo
+    discounted return, rolled out without a time limit until gamma^t < 1e-4."""
+    from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+    columns: dict[str, list[object]] = {name: [] for name in ("observation", "action", "reward", "next_observation",
+                                                              "terminated", "initial")}
+    horizon = int(np.log(1e-4) / np.log(gamma))
+    returns = np.zeros(episodes)
+    for episode in range(episodes):
+        env = CartPoleEnv()
+        observation, _ = env.reset(seed=episode)
+        for step in range(max(length, horizon)):
+            action = int(balance(observation))
+            following, reward, terminated, _, _ = env.step(action)
+            returns[episode] += gamma ** step * reward
+            if step < length:
+                for name, value in (("observation", observation), ("action", action), ("reward", reward),
+                                    ("next_observation", following), ("terminated", terminated),
+                                    ("initial", step == 0)):
+                    columns[name].append(value)
+            observation = following
+            if terminated:
+                break
+    data = {name: np.array(values) for name, values in columns.items()}
+    data["observation"] = data["observation"].astype(np.float32)
+    data["next_observation"] = data["next_observation"].astype(np.float32)
+    return data, returns
+
+
+@pytest.mark.slow  # about 5 s: 5,000 steps of a 2x32 network
+def test_a_long_lived_cartpole_policy_gets_its_monte_carlo_return() -> None:
+    """At gamma 0.99 a policy that never fails is worth ~100; 50 backups (a copy every 100 steps) gave 39."""
+    data, returns = cartpole_rollouts(10, 500, gamma=0.99)
+    result = fqe.average_q_value(**data, n_actions=2, target="sarsa", next_action=balance(data["next_observation"]),
+                                 gamma=0.99, steps=5000, hidden=(32, 32), learning_rate=1e-3, seeds=(0,), threads=1)
+    assert returns.mean() == pytest.approx(100, rel=1e-3)
+    assert result.details["initial_state_value"] == pytest.approx(returns.mean(), rel=0.05)
+    assert result.value == pytest.approx(returns.mean(), rel=0.05)  # every row is as far from failing
+    assert result.details["backups"] >= result.details["backups_needed"] == 459
+    assert result.params["target_every"] == 10
+    assert result.algo_version == fqe.VERSION == "2"
+    assert not result.warnings
+
+
+def test_too_few_backups_for_gamma_are_flagged() -> None:
+    result = fqe.average_q_value(**EXAMPLE, n_actions=2, target="fqi", **{**SMALL, "gamma": 0.99, "steps": 200})
+    assert result.details["backups"] == 20
+    assert any("only 20 Bellman backups" in warning and "needs 459" in warning for warning in result.warnings)
+
+
+@pytest.mark.parametrize(("gamma", "steps", "expected"), [
+    (0.9, 20_000, (100, 200)),  # the horizon needs 44 backups: the reference recipe's copies suffice
+    (0.99, 20_000, (43, 466)),  # needs 459
+    (0.999, 20_000, (10, 2000)),  # needs 4,603: 10 steps a copy at least, so too few
+])
+def test_target_copies_follow_the_horizon(gamma: float, steps: int, expected: tuple[int, int]) -> None:
+    every, backups, warning = fqe.target_schedule(gamma, steps, None)
+    assert (every, backups) == expected
+    assert (warning is None) == (backups >= fqe.backups_needed(gamma))
+    assert gamma ** backups <= fqe.BACKUP_RESIDUAL or warning is not None
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning",
@@ -222,6 +295,14 @@ def test_an_exception_from_progress_stops_the_work() -> None:
     with pytest.raises(KeyboardInterrupt):
         fqe.average_q_value(**EXAMPLE, n_actions=2, target="fqi", threads=1, progress=cancel, **SMALL)
     assert torch.get_num_threads() == threads
+
+
+def test_training_runs_on_the_threads_it_is_given() -> None:
+    seen: list[int] = []
+    result = fqe.average_q_value(**EXAMPLE, n_actions=2, target="fqi", threads=1,
+                                 progress=lambda _: seen.append(torch.get_num_threads()), **{**SMALL, "steps": 500})
+    assert set(seen) == {1}
+    assert result.details["threads"] == 1
 
 
 def test_torch_available() -> None:

@@ -318,6 +318,7 @@ def test_fitted_q_and_policy_values_through_the_job(hub_server: EmbeddedServer, 
     assert len(average_q.details["per_seed"]["average_q"]) == 2
     assert average_q.ci_low is not None
     assert average_q.ci_low <= average_q.value <= average_q.ci_high
+    assert average_q.details["threads"] == hub_server.settings.metrics_threads  # the worker's share of the CPUs
     # Rows without a next action in the data (the last of each truncated episode) are left out.
     truncated_ends = int(arrays["truncated"].sum())
     assert average_q.n_rows_used == len(arrays["reward"]) - truncated_ends

@@ -65,6 +65,20 @@ def test_return_improvement() -> None:
         estimated_return_improvement(returns, lower_bound=1)
 
 
+def test_return_improvement_takes_a_bound_summed_in_another_order() -> None:
+    """The smallest return summed step by step, its bound summed backwards: one ulp apart, the same number."""
+    rewards = [0.1, 0.2, 0.3]
+    smallest, bound = sum(rewards), sum(reversed(rewards))
+    assert bound < smallest  # 0.6 and 0.6000000000000001
+    returns = np.array([bound, 2.0, 3.0])
+    result = estimated_return_improvement(returns, lower_bound=smallest)
+    assert result.value == pytest.approx(estimated_return_improvement(returns).value)
+    assert result.params["lower_bound"] == bound
+    assert result.algo_version == "2"
+    with pytest.raises(InvalidRequest, match="exceeds"):
+        estimated_return_improvement(returns, lower_bound=bound * (1 + 1e-5))
+
+
 def test_state_action_coverage() -> None:
     data = np.array([(0, 0), (0, 1), (0, 0), (1, 0), (2, 1), (2, 1)])
     reference = np.array([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)])
@@ -137,3 +151,52 @@ def test_behavioral_entropy_worked_example() -> None:
     assert behavioral_entropy(square, alpha=1.0, beta=1.0, k=1).value == pytest.approx(0.342931, abs=1e-6)
     with pytest.raises(InvalidRequest, match="D >= 2"):
         behavioral_entropy(square[:, :1].copy() + np.arange(4)[:, None], alpha=0.5, k=1)
+
+
+def test_behavioral_entropy_plug_in_is_signed_where_densities_exceed_one() -> None:
+    """The worked example's square at a tenth of the size: f = 100/(4 pi) three times and 25/(4 pi).
+
+    -ln f = -2.074146 (x3) and -0.687852; at alpha = beta = 1 the plug-in is their mean, -1.727572
+    (with |ln f| it was +0.068); at alpha = 2, beta = 1 it is the mean of s^2 e^(s - s^2).
+    """
+    from tuplehub.workers.metrics.entropy import behavioral_entropy
+
+    small = np.array([(0, 0), (1, 0), (0, 1), (3, 0)], dtype=float) / 10
+    shannon = behavioral_entropy(small, alpha=1.0, beta=1.0, k=1)
+    assert shannon.details["plug_in"] == pytest.approx(-1.727572, abs=1e-6)
+    assert shannon.details["plug_in_dense_share"] == 1.0
+    assert not shannon.warnings
+    s = -np.log(np.array([100, 100, 100, 25]) / (4 * np.pi))
+    squared = behavioral_entropy(small, alpha=2.0, beta=1.0, k=1)
+    assert squared.details["plug_in"] == pytest.approx(np.mean(s**2 * np.exp(s - s**2)), rel=1e-9)
+    fractional = behavioral_entropy(small, alpha=0.5, dimension=2, k=1)
+    assert fractional.details["plug_in"] is None
+    assert any("exceed 1" in warning and "alpha = 0.5" in warning for warning in fractional.warnings)
+    assert fractional.value == pytest.approx(0.346547, abs=1e-6)  # the practical estimator is scale-free
+    assert fractional.algo_version == "2"
+    overflowing = behavioral_entropy(small / 1e3, alpha=3.0, beta=1.0, k=1)  # s = -9 to -11: e^(s - s^3) > 1e308
+    assert overflowing.details["plug_in"] is None
+    assert any("overflows" in warning for warning in overflowing.warnings)
+
+
+def test_only_the_changed_metrics_recompute() -> None:
+    """Issue 11 changed the BE plug-in, ERI's bound check and FQE's target copies: their stored results are stale,
+    the others' are not."""
+    from tuplehub.storage.metrics import MetricName
+    from tuplehub.workers.metrics.versions import ALGORITHM_VERSIONS
+
+    changed = {MetricName.behavioral_entropy, MetricName.return_improvement, MetricName.average_q,
+               MetricName.policy_value}
+    assert {name for name, version in ALGORITHM_VERSIONS.items() if version != "1"} == changed
+
+
+@pytest.mark.parametrize(("cpus", "jobs", "threads"), [(16, 2, 8), (2, 2, 1), (2, 3, 1), (8, 1, 8)])
+def test_torch_threads_default_to_one_jobs_share_of_the_cpus(monkeypatch: pytest.MonkeyPatch, cpus: int, jobs: int,
+                                                            threads: int) -> None:
+    from tuplehub.storage import settings
+
+    monkeypatch.setattr(settings, "available_cpus", lambda: cpus)
+    monkeypatch.delenv("TUPLEHUB_METRICS_THREADS", raising=False)
+    assert settings.Settings(_env_file=None, max_concurrent_jobs=jobs).metrics_threads == threads
+    monkeypatch.setenv("TUPLEHUB_METRICS_THREADS", "3")
+    assert settings.Settings(_env_file=None, max_concurrent_jobs=jobs).metrics_threads == 3

@@ -69,8 +69,12 @@ def run(metric: str, rows: int, queries: int) -> dict[str, object]:
 
         sample = fqe_sample(arrays, FQE_ROWS)
         arrays.clear()  # the full data is no longer needed: free it before torch allocates its copy
+        from tuplehub.storage.settings import Settings
+
+        # The threads a worker would use here (TUPLEHUB_METRICS_THREADS, by default one job's share of the CPUs).
         result = fqe.average_q_value(sample["observation"], sample["action"], sample["reward"],
-                                     sample["next_observation"], sample["terminated"], initial=sample["initial"])
+                                     sample["next_observation"], sample["terminated"], initial=sample["initial"],
+                                     threads=Settings(_env_file=None).metrics_threads)
     elif metric == "shannon_entropy":
         result = entropy.shannon_entropy(arrays["observation"][:1_000_000, :16], queries=queries)
     else:
@@ -79,7 +83,8 @@ def run(metric: str, rows: int, queries: int) -> dict[str, object]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"metric": metric, "seconds": round(seconds, 2), "peak_mb": round(peak), "value": result.value,
             "interval": [result.ci_low, result.ci_high], "rows_used": result.n_rows_used,
-            "queried": result.details.get("queried")}
+            "queried": result.details.get("queried"), "threads": result.details.get("threads"),
+            "per_seed": result.details.get("per_seed"), "warnings": result.warnings}
 
 
 METRICS = ["returns", "trajectory_quality", "return_improvement", "coverage", "shannon_entropy", "behavioral_entropy",

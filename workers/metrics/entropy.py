@@ -5,7 +5,10 @@
   candidate neighbour.
 - Behavioral entropy (Suttle et al. 2025) with Prelec weighting w(p) = exp(-beta (-ln p)^alpha):
   the practical kNN estimator PyTupli follows (distances normalised by their mean, terms
-  r E e^-E with E = beta ln(1 + r)^alpha), and the plug-in form on the kNN density in ``details``.
+  r E e^-E with E = beta ln(1 + r)^alpha), and the plug-in form on the kNN density f in ``details``:
+  the mean of phi(f) = beta (-ln f)^alpha e^(-beta (-ln f)^alpha) / f, with -ln f signed as the formula
+  has it. Where some density exceeds 1, -ln f < 0 and a non-integer power of it is undefined: the
+  plug-in is then null, with a warning, rather than a number of another formula.
 
 Exact duplicate rows would give rho = 0 and ln 0: they are dropped first (repeats add nothing, as
 coverage says) and their share is reported; constant columns are dropped too. Compare datasets
@@ -23,7 +26,8 @@ from scipy.special import digamma, gammaln
 from tuplehub.storage.errors import InvalidRequest
 from tuplehub.storage.metrics import MetricResult
 
-VERSION = "1"
+SHANNON_VERSION = "1"
+BEHAVIORAL_VERSION = "2"  # 2: the plug-in uses the signed -ln f (1: |ln f|, a different number where f > 1)
 DUPLICATE_WARNING = 0.05
 
 
@@ -70,7 +74,7 @@ def shannon_entropy(points: np.ndarray, *, k: int = 5, queries: int = 20_000, se
         ci_method=f"normal, standard error over {m} query points" if se is not None else None,
         n_rows_used=len(points), n_episodes_used=0, params={"k": k, "queries": queries, "estimator": "KL"},
         seed=seed, warnings=warnings, details={**facts, "queried": m, "subsampled": m < n},
-        algo_version=VERSION)
+        algo_version=SHANNON_VERSION)
 
 
 def behavioral_entropy(points: np.ndarray, *, alpha: float, beta: float | None = None, dimension: int | None = None,
@@ -93,15 +97,38 @@ def behavioral_entropy(points: np.ndarray, *, alpha: float, beta: float | None =
     terms = r * energy * np.exp(-energy)
     value = float(terms.mean())
     se = float(terms.std(ddof=1) / math.sqrt(m)) if m > 1 else None
-    density = k / (n * np.exp(_log_unit_ball(d)) * rho ** d)  # the kNN density, for the plug-in form
-    surprise = -np.log(density)
-    plug_in = float(np.mean(beta * np.abs(surprise) ** alpha * np.exp(-beta * np.abs(surprise) ** alpha) / density))
-    if np.any(density >= 1):
-        warnings.append("some kNN densities are >= 1 (units too small): the plug-in form is not meaningful there")
+    plug_in, dense_share, undefined = _plug_in(rho, n, d, k, alpha=alpha, beta=beta)
+    if undefined:
+        warnings.append(undefined)
     return MetricResult(
         metric="behavioral_entropy", value=value, ci_low=value - 1.96 * se if se is not None else None,
         ci_high=value + 1.96 * se if se is not None else None,
         ci_method=f"normal, standard error over {m} query points" if se is not None else None,
         n_rows_used=len(points), n_episodes_used=0,
         params={"alpha": alpha, "beta": beta, "k": k, "queries": queries, "clip": clip, "estimator": "practical"},
-        seed=seed, warnings=warnings, details={**facts, "queried": m, "plug_in": plug_in}, algo_version=VERSION)
+        seed=seed, warnings=warnings,
+        details={**facts, "queried": m, "plug_in": plug_in, "plug_in_dense_share": dense_share},
+        algo_version=BEHAVIORAL_VERSION)
+
+
+def _plug_in(rho: np.ndarray, n: int, d: int, k: int, *, alpha: float,
+             beta: float) -> tuple[float | None, float, str | None]:
+    """The plug-in BE on the kNN density f = k / (N V_d rho^d), the share of densities above 1, and why
+    the plug-in is undefined (None when it is defined).
+
+    With s = -ln f, phi(f) = beta s^alpha e^(-beta s^alpha) / f = beta s^alpha e^(s - beta s^alpha): the
+    same number without dividing by a density. s < 0 (f > 1) is fine for an integer alpha (alpha = beta = 1
+    gives the plug-in Shannon form, s itself) and has no real power otherwise.
+    """
+    surprise = np.log(rho) * d + _log_unit_ball(d) + math.log(n) - math.log(k)  # -ln f, in float64
+    dense_share = float(np.mean(surprise < 0))
+    if dense_share and not float(alpha).is_integer():
+        return None, dense_share, (
+            f"{dense_share:.1%} of the kNN densities exceed 1, where (-ln f)^alpha has no value for alpha = "
+            f"{alpha}: details.plug_in is null. Use an integer alpha, or features in larger units")
+    energy = beta * surprise ** alpha
+    with np.errstate(over="ignore"):
+        plug_in = float(np.mean(energy * np.exp(surprise - energy)))
+    if not math.isfinite(plug_in):  # a density near 0, or (alpha >= 3) far above 1: e^(s - beta s^alpha) overflows
+        return None, dense_share, "the plug-in overflows a float for these densities: details.plug_in is null"
+    return plug_in, dense_share, None

@@ -16,6 +16,10 @@ discounted return. Both scale like r / (1 - gamma) and are reported raw, with ga
 
 Learned, so the uncertainty comes from training once per seed (initialisation and minibatch order) and the
 interval is min-max over seeds; the steps are fixed, never "until convergence", so the cost is known in advance.
+Each hard copy of the target network is one Bellman backup, and B backups from Q = 0 reach only 1 - gamma^B of a
+long-lived policy's value (200 backups at gamma 0.99: 86.6 where the policy is worth 100). So the copies follow
+the horizon 1 / (1 - gamma): as many as bring gamma^B under 1%, within the fixed steps, and a result whose steps
+cannot afford that many says so in its warnings.
 Observations are standardised by the data's own mean and std (std 1 for constant columns), continuous actions
 are mapped linearly from [action_low, action_high] to [-1, 1]. Only ``terminated`` stops bootstrapping: a
 truncated episode's last row bootstraps from its stored next observation.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,11 +42,12 @@ import numpy as np
 
 from tuplehub.storage.errors import InvalidRequest
 from tuplehub.storage.metrics import MetricResult
+from tuplehub.storage.settings import metrics_threads_default
 
 if TYPE_CHECKING:
     import torch
 
-VERSION = "1"
+VERSION = "2"  # 2: target copies follow the horizon (1: every 100 steps, biased low at gamma 0.99)
 STEPS = 20_000  # the reference recipe (PyTupli's and d3rlpy's scale), fixed: never "until convergence"
 BC_STEPS = 10_000
 # Three seeds, with BC and STEPS: 500 k ant-shaped rows (obs 105, act 8) take 196 s and 1.5 GB on 2 CPU cores
@@ -51,6 +57,9 @@ BC_HIDDEN = (256, 256)
 CHUNK_ROWS = 65_536  # forward passes over every row: bounded memory, few Python round trips
 PROGRESS_EVERY = 250  # steps between progress reports; also how many minibatches are drawn at once
 LOSS_WINDOW = 100  # the "final" loss is the mean over this many last steps, not one noisy minibatch
+TARGET_EVERY = 100  # steps between target copies where the horizon needs no more copies (d3rlpy's default)
+MIN_STEPS_PER_COPY = 10  # fewer steps cannot fit a network to its new target (CartPole at 0.99 fits with 6)
+BACKUP_RESIDUAL = 0.01  # the copies must bring gamma^backups, the value the fit cannot reach, under this
 DIVERGENCE_FACTOR = 1.5  # |Q| may not exceed this times max|r| / (1 - gamma), the largest possible return
 
 Target = Literal["policy", "sarsa", "fqi"]
@@ -427,12 +436,35 @@ def _fqe_run(setup: _Setup, next_choice: torch.Tensor | None, *, seed: int, step
     return run
 
 
+def backups_needed(gamma: float) -> int:
+    """The Bellman backups B with gamma^B <= 1%: 459 at gamma 0.99, 44 at 0.9, 1 for gamma 0."""
+    return 1 if gamma == 0 else max(1, math.ceil(math.log(BACKUP_RESIDUAL) / math.log(gamma)))
+
+
+def target_schedule(gamma: float, steps: int, target_every: int | None) -> tuple[int, int, str | None]:
+    """Steps between target copies, the backups that makes, and a warning when they are too few for gamma.
+
+    Unset ``target_every`` means every 100 steps, or more often where the horizon needs more backups, down
+    to 10 steps a copy; the step budget itself never grows, so the cost stays known in advance.
+    """
+    needed = backups_needed(gamma)
+    if target_every is None:
+        target_every = max(MIN_STEPS_PER_COPY, min(TARGET_EVERY, steps // needed))
+    backups = math.ceil(steps / target_every)
+    if backups >= needed:
+        return target_every, backups, None
+    return target_every, backups, (
+        f"only {backups} Bellman backups ({steps} steps, a target copy every {target_every}) where gamma {gamma} "
+        f"needs {needed}: the fit reaches at most 1 - gamma^{backups} = {1 - gamma ** backups:.1%} of a long-lived "
+        f"policy's value (biased low); give steps >= {needed * target_every} or a smaller gamma")
+
+
 def _check_settings(gamma: float, steps: int, bc_steps: int, seeds: Sequence[int], hidden: Sequence[int],
-                    learning_rate: float, batch_size: int, target_every: int, threads: int) -> None:
+                    learning_rate: float, batch_size: int, target_every: int | None, threads: int) -> None:
     if not 0 <= gamma < 1:
         raise InvalidRequest(f"gamma must be in [0, 1), got {gamma}", field="gamma")
     for name, number in (("steps", steps), ("bc_steps", bc_steps), ("batch_size", batch_size),
-                         ("target_every", target_every), ("threads", threads)):
+                         ("target_every", 1 if target_every is None else target_every), ("threads", threads)):
         if int(number) != number or number < 1:
             raise InvalidRequest(f"{name} must be a positive integer, got {number}", field=name)
     if not seeds:
@@ -501,21 +533,25 @@ def average_q_value(observation: np.ndarray, action: np.ndarray, reward: np.ndar
                     initial: np.ndarray | None = None, action_low: np.ndarray | None = None,
                     action_high: np.ndarray | None = None, gamma: float = 0.99, steps: int = STEPS,
                     bc_steps: int = BC_STEPS, seeds: Sequence[int] = SEEDS, hidden: tuple[int, ...] = (256, 256),
-                    learning_rate: float = 3e-4, batch_size: int = 256, target_every: int = 100,
-                    device: str | None = None, threads: int = 2,
+                    learning_rate: float = 3e-4, batch_size: int = 256, target_every: int | None = None,
+                    device: str | None = None, threads: int | None = None,
                     progress: Callable[[float], None] | None = None) -> MetricResult:
     """Average Q (no policy) or a policy's value (``policy`` given), by FQE; one training run per seed.
 
     Rows are transitions in any order. ``n_actions`` set means discrete action ids in [0, n_actions); None means
     continuous actions [N, act_dim]. ``next_action`` (target "sarsa") must be set on every non-terminated row
     (NaN or -1 is allowed on terminated rows) and is ignored by the other targets. ``initial`` marks
-    episode-start rows. ``action_low``/``action_high`` default to the data's per-dimension min/max. BC is trained
+    episode-start rows. ``action_low``/``action_high`` default to the data's per-dimension min/max.
+    ``target_every`` unset follows the horizon (``target_schedule``); set, it is taken as given. ``threads``
+    (CPU only) unset is the default of ``TUPLEHUB_METRICS_THREADS``, one job's share of the CPUs. BC is trained
     once (first seed) and shared by the seeds. ``progress(fraction)`` is called every few hundred steps; an
     exception it raises stops the work. Memory: one float32 copy of observations and next observations.
     """
     torch = _torch()
+    threads = metrics_threads_default() if threads is None else threads
     _check_settings(gamma, steps, bc_steps, seeds, hidden, learning_rate, batch_size, target_every, threads)
     _check_target(target, n_actions, policy, next_action)
+    target_every, backups, too_few = target_schedule(gamma, steps, target_every)
     obs, after, rewards, done, starts = _transitions(observation, next_observation, reward, terminated, initial)
     n = len(obs)
     params: dict[str, Any] = {
@@ -555,8 +591,12 @@ def average_q_value(observation: np.ndarray, action: np.ndarray, reward: np.ndar
                                       bc_steps=bc_steps, seeds=params["seeds"], progress=progress)
     finally:
         torch.set_num_threads(previous_threads)
-    details.update({"device": str(chosen), "threads": threads, "steps": steps})
-    return _result(runs, setup, given_policy=policy is not None, starts=starts, params=params, details=details)
+    details.update({"device": str(chosen), "threads": threads, "steps": steps, "backups": backups,
+                    "backups_needed": backups_needed(gamma)})
+    result = _result(runs, setup, given_policy=policy is not None, starts=starts, params=params, details=details)
+    if too_few is not None:
+        result.warnings.append(too_few)
+    return result
 
 
 def _evaluate(setup: _Setup, obs: np.ndarray, after: np.ndarray, starts: np.ndarray | None, later: np.ndarray | None,

@@ -9,7 +9,10 @@ from tuplehub.storage.errors import InvalidRequest
 from tuplehub.storage.metrics import MetricResult
 from tuplehub.workers.metrics.episodes import bootstrap_mean
 
-VERSION = "1"
+TQ_VERSION = "1"
+ERI_VERSION = "2"  # 2: a lower bound one rounding above the smallest return is accepted (1: refused)
+# Relative slack of "lower bound <= smallest return": the same rewards summed in another order differ by an ulp.
+BOUND_TOLERANCE = 1e-6
 
 
 def trajectory_quality(returns: np.ndarray, *, random_return: float | None, expert_return: float | None,
@@ -35,7 +38,7 @@ def trajectory_quality(returns: np.ndarray, *, random_return: float | None, expe
         ci_method="episode bootstrap, 95% percentile, 2000 resamples" if interval else None,
         n_rows_used=n_rows, n_episodes_used=len(returns),
         params={"random_return": random_return, "expert_return": expert_return}, seed=seed,
-        warnings=[] if len(returns) > 1 else ["fewer than two episodes: no interval"], algo_version=VERSION)
+        warnings=[] if len(returns) > 1 else ["fewer than two episodes: no interval"], algo_version=TQ_VERSION)
 
 
 def _eri(shifted: np.ndarray) -> float:
@@ -47,17 +50,20 @@ def estimated_return_improvement(returns: np.ndarray, *, lower_bound: float | No
                                  n_rows: int = 0) -> MetricResult:
     """ERI = (max G' - mean G') / mean G' with G' = G - c, c a lower bound of the returns.
 
-    c defaults to the data's own minimum; it is always stored, since ERI is not shift-invariant
+    c defaults to the data's own minimum; a given c may exceed it by a relative 1e-6 (a rounding), and
+    is then taken as the minimum. c is always stored, since ERI is not shift-invariant
     and datasets compare only under one c (use a benchmark-level bound for that). A maximum is
     not bootstrap-friendly, so the leave-best-out value is reported as the spread instead.
     """
     returns = np.asarray(returns, dtype=np.float64)
     if not len(returns):
         return MetricResult(metric="return_improvement", value=None, n_rows_used=n_rows, n_episodes_used=0,
-                            warnings=["no episodes"], algo_version=VERSION)
-    c = float(returns.min()) if lower_bound is None else float(lower_bound)
-    if c > returns.min():
-        raise InvalidRequest(f"the lower bound {c} exceeds the smallest return {returns.min()}", field="lower_bound")
+                            warnings=["no episodes"], algo_version=ERI_VERSION)
+    smallest = float(returns.min())
+    c = smallest if lower_bound is None else float(lower_bound)
+    if c > smallest + BOUND_TOLERANCE * max(abs(c), abs(smallest)):
+        raise InvalidRequest(f"the lower bound {c} exceeds the smallest return {smallest}", field="lower_bound")
+    c = min(c, smallest)  # a bound summed in another order may sit a rounding above: it is the minimum
     shifted = returns - c
     warnings = ["every shifted return is 0: ERI is 0 by convention"] if shifted.mean() == 0 else []
     without_best = np.delete(shifted, int(np.argmax(shifted)))
@@ -65,4 +71,4 @@ def estimated_return_improvement(returns: np.ndarray, *, lower_bound: float | No
         metric="return_improvement", value=_eri(shifted), n_rows_used=n_rows, n_episodes_used=len(returns),
         params={"lower_bound": c, "lower_bound_given": lower_bound is not None}, warnings=warnings,
         details={"leave_best_out": _eri(without_best) if len(without_best) else None, "lower_bound": c},
-        algo_version=VERSION)
+        algo_version=ERI_VERSION)

@@ -6,8 +6,8 @@ from tuplehub.storage.metrics import MetricName
 from tuplehub.workers.metrics import coverage, entropy, fqe, quality, returns
 
 ALGORITHM_VERSIONS: dict[MetricName, str] = {
-    MetricName.returns: returns.VERSION, MetricName.trajectory_quality: quality.VERSION,
-    MetricName.return_improvement: quality.VERSION, MetricName.state_action_coverage: coverage.VERSION,
-    MetricName.shannon_entropy: entropy.VERSION, MetricName.behavioral_entropy: entropy.VERSION,
+    MetricName.returns: returns.VERSION, MetricName.trajectory_quality: quality.TQ_VERSION,
+    MetricName.return_improvement: quality.ERI_VERSION, MetricName.state_action_coverage: coverage.VERSION,
+    MetricName.shannon_entropy: entropy.SHANNON_VERSION, MetricName.behavioral_entropy: entropy.BEHAVIORAL_VERSION,
     MetricName.average_q: fqe.VERSION, MetricName.policy_value: fqe.VERSION,
 }
