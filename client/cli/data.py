@@ -10,6 +10,7 @@ import typer
 
 from tuplehub.client.cli.output import AsJson, Url, emit, parse_filter, reported_errors
 from tuplehub.client.client import Client
+from tuplehub.client.jobs import Job
 
 datasets_app = typer.Typer(help="Create, list and inspect datasets.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Follow and cancel jobs.", no_args_is_help=True)
@@ -135,14 +136,27 @@ def upload(dataset: Annotated[str, typer.Argument(help="Dataset name.")],
            mode: Annotated[str, typer.Option(help="append or replace")] = "append",
            metadata: Annotated[Path | None, typer.Option(help="JSON file: episode id -> metadata.")] = None,
            wait: Annotated[bool, typer.Option(help="Wait for the ingest job to finish.")] = True,
+           resume: Annotated[bool, typer.Option(
+               "--resume", help="Send only the parts an interrupted upload of this file did not deliver.")] = False,
            url: Url = None, as_json: AsJson = False) -> None:
     """Upload a Parquet file of tuples as the dataset's next version."""
     episode_metadata = json.loads(metadata.read_text()) if metadata else None
     with reported_errors(), Client(url) as hub:
-        job = hub.datasets.get(dataset).upload(path, mode=mode, episode_metadata=episode_metadata)
+        job = hub.datasets.get(dataset).upload(path, mode=mode, episode_metadata=episode_metadata, resume=resume,
+                                               progress=None if not as_json else False)
         if wait:
-            job.wait(progress=None if not as_json else False)
+            _wait(job, as_json)
         emit(job.record, as_json=as_json, columns=("id", "status", "result", "error"))
+
+
+def _wait(job: Job, as_json: bool) -> None:
+    """Wait with the job's bar; on Ctrl-C say that the job goes on and how to follow it."""
+    try:
+        job.wait(progress=None if not as_json else False)
+    except KeyboardInterrupt:
+        typer.echo(f"{job.record.kind} job {job.id} continues on the server; follow it with "
+                   f"`tuplehub jobs show {job.id}`", err=True)
+        raise typer.Exit(130) from None
 
 
 def export(dataset: Annotated[str, typer.Argument(help="name or name@version")],
@@ -160,8 +174,8 @@ def export(dataset: Annotated[str, typer.Argument(help="name or name@version")],
             where=parse_filter(where, "--where"), episodes=parse_filter(episodes_filter, "--episodes"),
             version=version, columns=columns.split(",") if columns else None,
             next_observation=next_observation, format=fmt)
-        job.wait(progress=None if not as_json else False)
-        job.download(out)
+        _wait(job, as_json)
+        job.download(out, progress=None if not as_json else False)
         emit(job.record, as_json=as_json, columns=("id", "status", "result"))
         if not as_json:
             typer.echo(f"saved {out}")

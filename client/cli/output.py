@@ -11,6 +11,7 @@ import httpx
 import typer
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from tuplehub.client.errors import UploadInterrupted
 from tuplehub.storage.errors import InvalidFilter, TuplehubError, Unauthenticated
 from tuplehub.storage.filters.language import Filter, FilterNode
 
@@ -88,6 +89,9 @@ def reported_errors() -> Iterator[None]:
         if isinstance(exc, Unauthenticated):
             typer.echo("hint: run `tuplehub login`, or set TUPLEHUB_TOKEN to an API token", err=True)
         raise typer.Exit(1) from exc
+    except UploadInterrupted as exc:  # Ctrl-C while bytes moved: say what the server kept
+        typer.echo(exc.detail, err=True)
+        raise typer.Exit(130) from None
     except httpx.TransportError as exc:
         typer.echo(f"error: cannot reach the server at {exc.request.url.host}:{exc.request.url.port} ({exc}); "
                    "start one with `tuplehub serve` or set TUPLEHUB_URL", err=True)
