@@ -147,6 +147,7 @@ async def create_upload(name: str, body: UploadCreate, caller: Caller, catalog: 
 async def list_open_uploads(name: str, caller: Caller, catalog: CatalogDep, objects: ObjectsDep) -> list[UploadRead]:
     """The caller's open, unexpired sessions on this dataset, newest first: what can be resumed."""
     dataset = await readable_dataset(catalog, caller, name)
+    require_owner(caller, dataset, "dataset", "write")
     uploads = await catalog.list_open_uploads(dataset.id, caller.user_id, expires_after=utcnow())
     return [upload_read(upload, objects) for upload in uploads]
 
