@@ -19,14 +19,14 @@ from typer.testing import CliRunner
 
 from tuplehub.client import Client
 from tuplehub.client.cli import app
-from tuplehub.client.cli.server import EmbeddedServer
+from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
 from tuplehub.client.errors import UploadInterrupted
 from tuplehub.client.jobs import Job
 from tuplehub.client.parts import READ_CHUNK
 from tuplehub.client.uploads import table_from_arrays
 from tuplehub.storage.errors import InvalidUpload
 
-from .conftest import admin_token
+from .conftest import admin_client, admin_token, make_settings
 from .factories import episode_arrays
 
 PART = 2**16  # the smallest part the API takes, so a small file has many parts
@@ -192,6 +192,44 @@ def test_cli_ctrl_c_says_what_was_kept(cli, tmp_path: Path, unique_name: str,
     assert f"ingest job {job} continues on the server; follow it with `tuplehub jobs show {job}`" in shown
     monkeypatch.undo()
     assert json.loads(cli("jobs", "wait", job, "--json"))["status"] == "succeeded"
+
+
+def test_resume_on_an_s3_store_through_presigned_urls(tmp_path: Path, redis_url: str, s3_endpoint: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    settings = make_settings(tmp_path, redis_url, objects_url="s3://tuplehub/resume", s3_endpoint_url=s3_endpoint)
+    path = tmp_path / "tuples.parquet"
+    arrays = _parquet(path, episodes=1400)
+    part_size = 5 * 2**20  # S3's smallest
+    total = -(-path.stat().st_size // part_size)
+    assert total >= 3
+    main = threading.main_thread().ident
+    puts: list[int] = []
+
+    def answer(response: httpx.Response) -> None:  # parts go straight to S3, not through the API client
+        if response.request.method == "PUT":
+            puts.append(int(response.request.url.params["partNumber"]))
+            if len(puts) == 1:
+                signal.pthread_kill(main, signal.SIGINT)  # type: ignore[arg-type]
+    real = httpx.Client
+
+    class Watched(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, event_hooks={"response": [answer]}, **kwargs)
+    with serve_in_thread(settings) as server, admin_client(server) as hub, monkeypatch.context() as patch:
+        patch.setattr("tuplehub.client.parts.httpx.Client", Watched)
+        dataset = hub.datasets.create("on-s3")
+        with pytest.raises(UploadInterrupted) as interrupted:
+            dataset.upload(path, part_size=part_size, parallel=1)
+        held = hub._http.get(f"/uploads/{interrupted.value.upload_id}/parts").json()
+        assert [part["number"] for part in held] == list(range(1, interrupted.value.sent + 1))
+        assert held[0]["etag"].strip('"') == hashlib.md5(path.read_bytes()[:part_size]).hexdigest()
+        dataset.upload(path, resume=True).wait(progress=False)
+        assert sorted(puts) == list(range(1, total + 1))  # each part once: none held was sent again
+        np.testing.assert_array_equal(dataset.export().to_numpy()["observation"],
+                                      arrays["observation"])
 
 
 # --- client memory ---------------------------------------------------------------------------------
