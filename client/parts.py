@@ -84,7 +84,9 @@ def held_parts(http: httpx.Client, upload_id: str, parts: FileParts, *, progress
     raise_for_problem(response)
     candidates = [item for item in response.json()
                   if item["number"] <= parts.count and item["size"] == parts.length(item["number"])]
-    held = {}
+    held: dict[int, str] = {}
+    if not candidates:
+        return held
     with ByteBar("checking sent parts", sum(item["size"] for item in candidates), progress=progress) as bar:
         for item in candidates:
             if item["etag"].strip('"') == parts.md5(item["number"]):

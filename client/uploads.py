@@ -304,15 +304,16 @@ def _upload_file(http: httpx.Client, dataset: str, path: Path, *, mode: UploadMo
     any other failure cancels it.
     """
     schema = parquet_schema(path)
-    size, print_ = path.stat().st_size, fingerprint(path)
-    session = _resumable(http, dataset, mode, print_) if resume else None
+    size, content = path.stat().st_size, fingerprint(path)
+    session = _resumable(http, dataset, mode, content) if resume else None
+    resumed = session is not None
     if session is None:
         part_size = max(part_size, math.ceil(size / MAX_PARTS))
         session = _open_session(http, dataset, {
             "mode": mode.value, "part_size": part_size, "episode_metadata": metadata, "size": size,
-            "fingerprint": print_, "schema": schema})
+            "fingerprint": content, "schema": schema})
     parts = FileParts(path, size, int(session["part_size"]))
-    held = held_parts(http, session["id"], parts, progress=progress) if resume else {}
+    held = held_parts(http, session["id"], parts, progress=progress) if resumed else {}
     initial = sum(parts.length(number) for number in held)
     try:
         with ByteBar(f"upload {path.name}", size, progress=progress, initial=initial) as bar:
@@ -327,15 +328,15 @@ def _upload_file(http: httpx.Client, dataset: str, path: Path, *, mode: UploadMo
         with contextlib.suppress(Exception):
             http.delete(f"/uploads/{session['id']}")
         raise
-    return _complete(http, session["id"], sent, metadata if resume else {})
+    return _complete(http, session["id"], sent, metadata if resumed else {})
 
 
-def _resumable(http: httpx.Client, dataset: str, mode: UploadMode, print_: str) -> dict[str, Any] | None:
+def _resumable(http: httpx.Client, dataset: str, mode: UploadMode, content: str) -> dict[str, Any] | None:
     """The newest open session of this file (same content fingerprint and mode), if any."""
     response = http.get(f"/datasets/{dataset}/uploads")
     raise_for_problem(response)
     for session in response.json():
-        if session["fingerprint"] == print_ and session["mode"] == mode.value:
+        if session["fingerprint"] == content and session["mode"] == mode.value:
             return session
     return None
 
