@@ -106,7 +106,7 @@ def _part_limit(upload: UploadRecord, number: int, settings: Settings) -> int:
     return min(upload.part_size, upload.size - (number - 1) * upload.part_size)
 
 
-async def _check_appendable(catalog: Catalog, dataset: DatasetRecord, body: UploadCreate) -> None:
+async def _check_declared_schema(catalog: Catalog, dataset: DatasetRecord, body: UploadCreate) -> None:
     """An append whose declared schema differs from the latest version's is refused now, not at commit."""
     if body.tuple_schema is None or body.mode != UploadMode.append:
         return
@@ -132,7 +132,7 @@ async def create_upload(name: str, body: UploadCreate, caller: Caller, catalog: 
     if body.part_size > settings.max_part_bytes:
         raise InvalidRequest(f"part_size may be at most {settings.max_part_bytes} bytes", field="part_size")
     _check_declared_size(body.size, body.part_size, settings)
-    await _check_appendable(catalog, dataset, body)
+    await _check_declared_schema(catalog, dataset, body)
     upload_id = new_id()
     key = f"uploads/{upload_id}.parquet"
     multipart_id = await asyncio.to_thread(objects.start_multipart, key)
