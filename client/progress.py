@@ -7,7 +7,7 @@ quiet; ``True`` and ``False`` force it on or off. Job bars (``Job.wait``) follow
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import IO
 
 import httpx
@@ -37,19 +37,13 @@ class ByteBar:
         self.close()
 
 
-def counted(chunks: Iterable[bytes], bar: ByteBar) -> Iterator[bytes]:
-    """The chunks, each counted on ``bar`` as it passes."""
-    for chunk in chunks:
-        bar.update(len(chunk))
-        yield chunk
-
-
 def save(chunks: Iterable[bytes], handle: IO[bytes], *, desc: str, total: int | None,
          progress: bool | None) -> None:
     """Write a download's chunks to ``handle`` with a byte bar (``total`` from Content-Length, if any)."""
     with ByteBar(desc, total, progress=progress) as bar:
-        for chunk in counted(chunks, bar):
+        for chunk in chunks:
             handle.write(chunk)
+            bar.update(len(chunk))
 
 
 def content_length(response: httpx.Response) -> int | None:
