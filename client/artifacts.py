@@ -14,21 +14,15 @@ from typing import Any
 
 import httpx
 
-from tuplehub.client.errors import raise_for_problem
-from tuplehub.client.jobs import Job, quiet
+from tuplehub.client.errors import UploadInterrupted, raise_for_problem
+from tuplehub.client.jobs import Job
+from tuplehub.client.progress import content_length, save
 from tuplehub.client.sharing import Shareable
-from tuplehub.client.uploads import DEFAULT_PART_SIZE, PartSink
+from tuplehub.client.uploads import DEFAULT_PART_SIZE, PartSink, send_file
 from tuplehub.storage.artifacts import ArtifactRead
 from tuplehub.storage.models import Page
 
 DOWNLOAD_CHUNK = 4 * 2**20
-
-
-def _bytes_bar(total: int | None, desc: str, progress: bool | None) -> Any:
-    """A byte progress bar (size, rate, time left) on stderr; ``None`` shows it only on a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=quiet(progress))
 
 
 class Artifact(Shareable[ArtifactRead]):
@@ -48,17 +42,15 @@ class Artifact(Shareable[ArtifactRead]):
             return self._http.stream("GET", answer["url"], timeout=600)
         return httpx.stream("GET", answer["url"], timeout=600)  # presigned: no API credentials go along
 
-    def download(self, path: str | Path, *, progress: bool | None = False) -> Path:
-        """Write the bytes to ``path`` (streamed; memory stays at one chunk); ``progress`` shows a byte bar."""
+    def download(self, path: str | Path, *, progress: bool | None = None) -> Path:
+        """Write the bytes to ``path`` (streamed; memory stays at one chunk; a byte bar on a terminal)."""
         target = Path(path)
-        with self._stream() as response:
+        with self._stream() as response, target.open("wb") as handle:
             if response.status_code >= 400:
                 response.read()
                 raise_for_problem(response)
-            with target.open("wb") as handle, _bytes_bar(self.record.size, "download", progress) as bar:
-                for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
-                    handle.write(chunk)
-                    bar.update(len(chunk))
+            save(response.iter_bytes(DOWNLOAD_CHUNK), handle, desc=f"download {target.name}",
+                 total=content_length(response), progress=progress)
         return target
 
     def read(self) -> bytes:
@@ -85,10 +77,10 @@ class Artifacts:
     def upload(self, source: str | Path | bytes, *, name: str | None = None, media_type: str | None = None,
                metadata: Mapping[str, Any] | None = None, benchmarks: Iterable[str] = (),
                datasets: Iterable[str] = (), part_size: int = DEFAULT_PART_SIZE,
-               progress: bool | None = False) -> Artifact:
+               progress: bool | None = None) -> Artifact:
         """Upload a file (or bytes) in parts and wait until it is stored; the same bytes get the same id.
 
-        ``progress`` shows a byte bar (``None``: only on a terminal).
+        A file goes from disk a chunk at a time, with a byte bar on a terminal (``progress``).
         """
         if isinstance(source, bytes) and name is None:
             raise ValueError("give a name for an artifact uploaded from bytes")
@@ -99,21 +91,18 @@ class Artifacts:
             "benchmarks": list(benchmarks), "datasets": list(datasets), "part_size": part_size})
         raise_for_problem(response)
         session = response.json()
-        sink = PartSink(self._http, session)
         try:
             if isinstance(source, bytes):
+                sink = PartSink(self._http, session)
                 sink.write(source)
+                parts = sink.finish()
             else:
-                path = Path(source)
-                with path.open("rb") as handle, _bytes_bar(path.stat().st_size, "upload", progress) as bar:
-                    for chunk in iter(lambda: handle.read(sink.part_size), b""):
-                        sink.write(chunk)
-                        bar.update(len(chunk))
-            parts = sink.finish()
-        except BaseException:
-            sink.abort()
+                parts = send_file(self._http, session, Path(source), progress=progress)
+        except BaseException as exc:
             with contextlib.suppress(Exception):
                 self._http.delete(f"/uploads/{session['id']}")
+            if isinstance(exc, KeyboardInterrupt):
+                raise UploadInterrupted(session["id"], 0, 0) from None
             raise
         response = self._http.post(f"/uploads/{session['id']}/complete", json={"parts": parts})
         raise_for_problem(response)

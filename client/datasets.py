@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,11 +48,6 @@ def _source_json(source: DeriveSource | Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _is_frame(source: object) -> bool:
-    """A pandas DataFrame, recognised without importing pandas."""
-    return type(source).__module__.startswith("pandas") and hasattr(source, "columns")
-
-
 class Dataset(Shareable[DatasetRead]):
     """A handle on one dataset; ``record`` is what the server last said about it."""
 
@@ -78,7 +72,7 @@ class Dataset(Shareable[DatasetRead]):
     def upload(self, source: UploadSource, *, mode: UploadMode | str = UploadMode.append,
                episode_metadata: Mapping[Any, Mapping[str, Any]] | None = None,
                part_size: int | None = None, parallel: int | None = None,
-               compression: str | None = "lz4") -> Job:
+               compression: str | None = "lz4", resume: bool = False, progress: bool | None = None) -> Job:
         """Send ``source`` as a new version; returns the ``ingest`` job (call ``.wait()``).
 
         ``source`` is a dict of per-step arrays (``episode_id``, ``observation``, ``action``,
@@ -88,52 +82,18 @@ class Dataset(Shareable[DatasetRead]):
         ``metadata``), or a pandas DataFrame as ``Export.to_pandas()`` makes it.
         ``mode="append"`` keeps the previous version's episodes; ``"replace"``
         starts over. Memory stays at a few parts of ``part_size`` bytes (32 MiB unless given, 4 in
-        flight unless ``parallel`` says otherwise) whatever the source's size.
+        flight unless ``parallel`` says otherwise) whatever the source's size. A file that is not
+        Parquet, or an append whose columns do not match the dataset, is refused before any byte is
+        sent. ``resume=True`` (a file) sends only the parts an interrupted upload of the same file did
+        not deliver. ``progress=None`` shows a byte bar on a terminal only.
         """
-        import pyarrow as pa  # the upload path only: listing datasets never loads pyarrow
+        from tuplehub.client.uploads import DEFAULT_PARALLEL, DEFAULT_PART_SIZE, upload_dataset  # not for listings
 
-        from tuplehub.client.uploads import (
-            DEFAULT_PARALLEL,
-            DEFAULT_PART_SIZE,
-            PartSink,
-            send_file,
-            table_from_arrays,
-            tables_from_episodes,
-            write_parquet,
-        )
-
-        part_size = part_size or DEFAULT_PART_SIZE
-        parallel = parallel or DEFAULT_PARALLEL
-        metadata = {str(key): dict(value) for key, value in (episode_metadata or {}).items()}
-        response = self._http.post(f"/datasets/{self.name}/uploads", json={
-            "mode": UploadMode(mode).value, "part_size": part_size, "episode_metadata": metadata})
-        raise_for_problem(response)
-        session = response.json()
-        sink = PartSink(self._http, session, parallel=parallel)
-        late_metadata: dict[str, dict[str, Any]] = {}
-        try:
-            if isinstance(source, str | Path):
-                send_file(Path(source), sink)
-            elif isinstance(source, pa.Table):
-                write_parquet([source], sink, compression=compression)
-            elif isinstance(source, Mapping):
-                write_parquet([table_from_arrays(source)], sink, compression=compression)
-            elif _is_frame(source):
-                from tuplehub.client.converters.frames import from_frame
-
-                write_parquet([table_from_arrays(from_frame(source))], sink, compression=compression)
-            else:
-                write_parquet(tables_from_episodes(source, late_metadata), sink, compression=compression)
-            parts = sink.finish()
-        except BaseException:
-            sink.abort()
-            with contextlib.suppress(Exception):
-                self._http.delete(f"/uploads/{session['id']}")
-            raise
-        response = self._http.post(f"/uploads/{session['id']}/complete",
-                                   json={"parts": parts, "episode_metadata": late_metadata})
-        raise_for_problem(response)
-        return Job(self._http, response.json(), on_success=lambda _: self.refresh())
+        record = upload_dataset(
+            self._http, self.name, source, mode=mode, episode_metadata=episode_metadata,
+            part_size=part_size or DEFAULT_PART_SIZE, parallel=parallel or DEFAULT_PARALLEL,
+            compression=compression, resume=resume, progress=progress)
+        return Job(self._http, record, on_success=lambda _: self.refresh())
 
     def export(self, *, where: FilterNode | None = None, episodes: FilterNode | None = None,
                version: int | None = None, columns: list[str] | None = None, next_observation: bool = False,

@@ -103,3 +103,22 @@ def raise_for_problem(response: httpx.Response) -> None:
     error.status = response.status_code  # type: ignore[misc]
     error.problem = body  # type: ignore[attr-defined]
     raise error
+
+
+class UploadInterrupted(KeyboardInterrupt):
+    """Ctrl-C while an upload's bytes were moving; says what the server kept.
+
+    A ``KeyboardInterrupt`` (not a :class:`TuplehubError`), so ``except Exception`` in a script
+    does not swallow the user's Ctrl-C; the CLI prints ``detail`` in one line. ``resume`` is how
+    to pick the upload up again when its session was kept, None when it was cancelled.
+    """
+
+    def __init__(self, upload_id: str, sent: int, total: int, resume: str | None = None) -> None:
+        self.upload_id, self.sent, self.total, self.resume = upload_id, sent, total, resume
+        super().__init__(self.detail)
+
+    @property
+    def detail(self) -> str:
+        if self.resume is None:
+            return "upload interrupted: the session was cancelled and nothing was stored"
+        return f"upload interrupted: {self.sent} of {self.total} parts sent; resume with {self.resume}"

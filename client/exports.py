@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from tuplehub.client.errors import raise_for_problem
 from tuplehub.client.jobs import Job
+from tuplehub.client.progress import content_length, save
 from tuplehub.storage.schema import column_to_numpy, spec_of_field
 
 DOWNLOAD_CHUNK = 4 * 2**20
@@ -57,12 +58,15 @@ class Export(Job):
             if presigned:
                 client.close()
 
-    def download(self, path: str | Path) -> Path:
-        """Save the result file (Parquet, or an Arrow IPC stream, as requested) at ``path``."""
+    def download(self, path: str | Path, *, progress: bool | None = None) -> Path:
+        """Save the result file (Parquet, or an Arrow IPC stream, as requested) at ``path``.
+
+        ``progress=None`` shows a byte bar (size, rate, time left) when stderr is a terminal.
+        """
         path = Path(path)
         with self._body() as stream, path.open("wb") as handle:
-            for chunk in stream.iter_raw(DOWNLOAD_CHUNK):
-                handle.write(chunk)
+            save(stream.iter_raw(DOWNLOAD_CHUNK), handle, desc=f"download {path.name}",
+                 total=content_length(stream), progress=progress)
         return path
 
     @contextlib.contextmanager
@@ -74,7 +78,7 @@ class Export(Job):
             return
         folder = Path(tempfile.mkdtemp(prefix="tuplehub-export-"))
         try:
-            parquet = pq.ParquetFile(self.download(folder / f"{self.id}.parquet"))
+            parquet = pq.ParquetFile(self.download(folder / f"{self.id}.parquet", progress=False))
             yield parquet.schema_arrow, parquet.iter_batches(batch_size=batch_size)
         finally:
             shutil.rmtree(folder, ignore_errors=True)

@@ -1,13 +1,21 @@
 """Uploading: any supported source becomes one Parquet stream, sent in parallel parts.
 
 Sources are a dict of per-step numpy arrays, an Arrow table, a Parquet file, or an iterator of
-episodes. Parquet is written straight into a :class:`PartSink`, which cuts the byte stream into
-parts and sends each from a small thread pool while the next is written, so memory stays at a
-few parts whatever the size of the upload. An existing Parquet file is sent as it is.
+episodes. A Parquet file is checked first (its magic bytes and footer: a CSV or a file whose
+columns break the tuple contract is refused before a byte is sent) and then sent as it is,
+straight from disk (:mod:`.parts`), so it can be resumed after Ctrl-C or a dropped connection.
+Other sources are written as Parquet straight into a :class:`PartSink`, which cuts the byte
+stream into parts and sends each from a small thread pool while the next is written. Either way
+memory stays at a few parts or less whatever the size of the upload, and the session is opened
+with the schema the columns imply, so an append that does not fit the dataset fails at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import math
+import shlex
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,29 +27,36 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tuplehub.client.errors import raise_for_problem
+from tuplehub.client.errors import UploadInterrupted, raise_for_problem
+from tuplehub.client.parts import FileParts, PresignedURLs, fingerprint, held_parts, send_parts
+from tuplehub.client.progress import ByteBar
+from tuplehub.storage.contract import inspect_upload
+from tuplehub.storage.errors import InvalidUpload
+from tuplehub.storage.models import UploadMode
 from tuplehub.storage.schema import numpy_to_column, spec_of_array
 
 DEFAULT_PART_SIZE = 32 * 2**20
 DEFAULT_PARALLEL = 4
 ROW_GROUP_BYTES = 32 * 2**20  # row groups the server can read one at a time in little memory
-PRESIGN_BATCH = 16
+MAX_PARTS = 10_000  # S3's limit, and the server's default
+PARQUET_MAGIC = b"PAR1"
 FLOAT_TYPES = (pa.float16(), pa.float32(), pa.float64())
 
 
 class PartSink:
     """A write-only binary file whose bytes leave as upload parts, ``parallel`` at a time."""
 
-    def __init__(self, http: httpx.Client, session: dict[str, Any], *, parallel: int = DEFAULT_PARALLEL) -> None:
+    def __init__(self, http: httpx.Client, session: dict[str, Any], *, parallel: int = DEFAULT_PARALLEL,
+                 bar: ByteBar | None = None) -> None:
         self.http = http
+        self.bar = bar
         self.session = session
         self.part_size = int(session["part_size"])
         self._buffer = bytearray()
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="tuplehub-upload")
         self._slots = threading.Semaphore(parallel + 1)  # parts in flight or waiting: bounded memory
         self._futures: list[Future[tuple[int, str]]] = []
-        self._urls: dict[int, str] = {}
-        self._urls_lock = threading.Lock()
+        self._urls = PresignedURLs(http, session["id"]) if session["transport"] == "presigned" else None
         # Presigned URLs carry their own authorisation; the API client's headers must not go along.
         self._direct = httpx.Client(timeout=600) if session["transport"] == "presigned" else None
         self.bytes_sent = 0
@@ -100,25 +115,20 @@ class PartSink:
         try:
             if self.session["transport"] == "presigned":
                 assert self._direct is not None
-                response = self._direct.put(self._presigned_url(number), content=data)
-                if not response.is_success:
-                    raise_for_problem(response)
-                return number, response.headers["ETag"]
-            response = self.http.put(f"/uploads/{self.session['id']}/parts/{number}", content=data,
-                                     headers={"Content-Type": "application/octet-stream"}, timeout=600)
-            raise_for_problem(response)
-            return number, response.json()["etag"]
+                assert self._urls is not None
+                response = self._direct.put(self._urls.get(number), content=data)
+                raise_for_problem(response)
+                etag = response.headers["ETag"]
+            else:
+                response = self.http.put(f"/uploads/{self.session['id']}/parts/{number}", content=data,
+                                         headers={"Content-Type": "application/octet-stream"}, timeout=600)
+                raise_for_problem(response)
+                etag = response.json()["etag"]
+            if self.bar is not None:
+                self.bar.update(len(data))
+            return number, etag
         finally:
             self._slots.release()
-
-    def _presigned_url(self, number: int) -> str:
-        with self._urls_lock:
-            if number not in self._urls:
-                numbers = list(range(number, number + PRESIGN_BATCH))
-                response = self.http.post(f"/uploads/{self.session['id']}/parts", json={"numbers": numbers})
-                raise_for_problem(response)
-                self._urls.update({item["number"]: item["url"] for item in response.json()})
-            return self._urls.pop(number)
 
 
 # --- sources -> Arrow ----------------------------------------------------------------------------
@@ -193,8 +203,160 @@ def _is_floating(arrow_type: pa.DataType) -> bool:
     return arrow_type in FLOAT_TYPES
 
 
-def send_file(path: Path, sink: PartSink) -> None:
-    """Send a file as it is (a Parquet upload, an artifact), a part at a time."""
+# --- the upload of a dataset version ------------------------------------------------------------
+
+def upload_dataset(http: httpx.Client, dataset: str, source: Any, *, mode: UploadMode | str,
+                   episode_metadata: Mapping[Any, Mapping[str, Any]] | None, part_size: int, parallel: int,
+                   compression: str | None, resume: bool, progress: bool | None) -> dict[str, Any]:
+    """Send ``source`` (see ``Dataset.upload``) as ``dataset``'s next version; the ingest job's record."""
+    mode = UploadMode(mode)
+    metadata = {str(key): dict(value) for key, value in (episode_metadata or {}).items()}
+    if isinstance(source, str | Path):
+        return _upload_file(http, dataset, Path(source), mode=mode, metadata=metadata, part_size=part_size,
+                            parallel=parallel, resume=resume, progress=progress)
+    if resume:
+        raise ValueError("resume=True needs the path of a Parquet file: only a file can be sent again in part")
+    late_metadata: dict[str, dict[str, Any]] = {}
+    tables = _tables_of(source, late_metadata)
+    first = next(tables, None)
+    if first is None:
+        raise ValueError("nothing to upload: the source holds no rows")
+    session = _open_session(http, dataset, {"mode": mode.value, "part_size": part_size,
+                                            "episode_metadata": metadata, "schema": _table_schema(first)})
+    with ByteBar(f"upload {dataset}", None, progress=progress) as bar:
+        sink = PartSink(http, session, parallel=parallel, bar=bar)
+        try:
+            write_parquet(itertools.chain([first], tables), sink, compression=compression)
+            parts = sink.finish()
+        except BaseException as exc:
+            sink.abort()
+            with contextlib.suppress(Exception):
+                http.delete(f"/uploads/{session['id']}")
+            if isinstance(exc, KeyboardInterrupt):
+                raise UploadInterrupted(session["id"], 0, 0) from None
+            raise
+    return _complete(http, session["id"], parts, late_metadata)
+
+
+def _tables_of(source: Any, late_metadata: dict[str, dict[str, Any]]) -> Iterator[pa.Table]:
+    if isinstance(source, pa.Table):
+        return iter([source])
+    if isinstance(source, Mapping):
+        return iter([table_from_arrays(source)])
+    if _is_frame(source):
+        from tuplehub.client.converters.frames import from_frame
+
+        return iter([table_from_arrays(from_frame(source))])
+    return tables_from_episodes(source, late_metadata)
+
+
+def _is_frame(source: object) -> bool:
+    """A pandas DataFrame, recognised without importing pandas."""
+    return type(source).__module__.startswith("pandas") and hasattr(source, "columns")
+
+
+def implied_schema(arrow_schema: pa.Schema, first: pa.RecordBatch | None) -> dict[str, Any] | None:
+    """The tuple schema the server will derive from these columns, for the session to check an append.
+
+    None when the columns break the contract: the server stays the one judge of that, and its
+    ingest job reports the column, row and reason.
+    """
+    try:
+        return inspect_upload(arrow_schema, first).schema.model_dump(mode="json")
+    except InvalidUpload:
+        return None
+
+
+def _table_schema(table: pa.Table) -> dict[str, Any] | None:
+    return implied_schema(table.schema, table.slice(0, 1).to_batches()[0] if len(table) else None)
+
+
+def parquet_schema(path: Path) -> dict[str, Any] | None:
+    """The tuple schema a Parquet file implies, from its magic bytes and footer, without reading its rows.
+
+    Anything that is not Parquet (a CSV, a truncated copy) is refused with a hint, before any byte
+    goes to the server; None when the footer or columns are broken (the server judges those).
+    """
+    size = path.stat().st_size
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(sink.part_size), b""):
-            sink.write(chunk)
+        head = handle.read(4)
+        handle.seek(max(0, size - 4))
+        tail = handle.read(4)
+    if size < 12 or head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
+        raise InvalidUpload(f"{path} is not a Parquet file (it does not begin and end with PAR1); tuplehub "
+                            "takes Parquet files of tuples. From pandas, upload the frame itself: "
+                            "`ds.upload(pd.read_csv(...))`", reason="not-parquet")
+    try:
+        parquet = pq.ParquetFile(path)
+        lists = [f.name for f in parquet.schema_arrow if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]
+        first = next(parquet.iter_batches(batch_size=1, columns=lists), None) if lists else None
+    except (pa.ArrowInvalid, OSError):
+        return None  # a damaged footer: the ingest job names what is wrong with it
+    return implied_schema(parquet.schema_arrow, first)
+
+
+def _upload_file(http: httpx.Client, dataset: str, path: Path, *, mode: UploadMode,
+                 metadata: dict[str, dict[str, Any]], part_size: int, parallel: int, resume: bool,
+                 progress: bool | None) -> dict[str, Any]:
+    """Send a Parquet file as it is, from disk; with ``resume``, only the parts the server lacks.
+
+    An interrupted or cut-off file upload keeps its session (until it expires) so it can resume;
+    any other failure cancels it.
+    """
+    schema = parquet_schema(path)
+    size, content = path.stat().st_size, fingerprint(path)
+    session = _resumable(http, dataset, mode, content) if resume else None
+    resumed = session is not None
+    if session is None:
+        part_size = max(part_size, math.ceil(size / MAX_PARTS))
+        session = _open_session(http, dataset, {
+            "mode": mode.value, "part_size": part_size, "episode_metadata": metadata, "size": size,
+            "fingerprint": content, "schema": schema})
+    parts = FileParts(path, size, int(session["part_size"]))
+    held = held_parts(http, session["id"], parts, progress=progress) if resumed else {}
+    initial = sum(parts.length(number) for number in held)
+    try:
+        with ByteBar(f"upload {path.name}", size, progress=progress, initial=initial) as bar:
+            sent = send_parts(http, session, parts, held=held, parallel=parallel, bar=bar)
+    except UploadInterrupted as exc:
+        command = shlex.join(["tuplehub", "upload", "--resume", dataset, str(path)])
+        raise UploadInterrupted(exc.upload_id, exc.sent, exc.total, f"`{command}` (Python: upload(..., "
+                                f"resume=True)) before {session['expires_at']}") from None
+    except httpx.TransportError:
+        raise  # the connection dropped: the parts that arrived stay for a resume
+    except BaseException:
+        with contextlib.suppress(Exception):
+            http.delete(f"/uploads/{session['id']}")
+        raise
+    return _complete(http, session["id"], sent, metadata if resumed else {})
+
+
+def _resumable(http: httpx.Client, dataset: str, mode: UploadMode, content: str) -> dict[str, Any] | None:
+    """The newest open session of this file (same content fingerprint and mode), if any."""
+    response = http.get(f"/datasets/{dataset}/uploads")
+    raise_for_problem(response)
+    for session in response.json():
+        if session["fingerprint"] == content and session["mode"] == mode.value:
+            return session
+    return None
+
+
+def _open_session(http: httpx.Client, dataset: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = http.post(f"/datasets/{dataset}/uploads", json=body)
+    raise_for_problem(response)
+    return response.json()
+
+
+def _complete(http: httpx.Client, upload_id: str, parts: list[dict[str, Any]],
+              metadata: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    response = http.post(f"/uploads/{upload_id}/complete", json={"parts": parts, "episode_metadata": metadata})
+    raise_for_problem(response)
+    return response.json()
+
+
+def send_file(http: httpx.Client, session: Mapping[str, Any], path: Path, *, parallel: int = DEFAULT_PARALLEL,
+              progress: bool | None = None) -> list[dict[str, Any]]:
+    """Send a file as it is (an artifact) from disk; the ``parts`` list for ``complete``."""
+    parts = FileParts(path, path.stat().st_size, int(session["part_size"]))
+    with ByteBar(f"upload {path.name}", parts.size, progress=progress) as bar:
+        return send_parts(http, session, parts, held={}, parallel=parallel, bar=bar)

@@ -433,14 +433,22 @@ class UploadStatus(StrEnum):
 
 
 class UploadCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "mode": "append", "part_size": 67108864, "episode_metadata": {"0": {"policy": "random"}}}]})
-
     mode: UploadMode = UploadMode.append
     part_size: int = Field(64 * 2**20, ge=2**16, le=2**32,
                            description="Bytes in every part but the last; S3 needs at least 5 MiB.")
     episode_metadata: EpisodeMetadata = Field(
         default_factory=dict, description="Free-form JSON per episode, keyed by episode id as a string.")
+    size: int | None = Field(None, ge=0, le=2**62, description=(
+        "Bytes of the whole upload when known (a file): checked against the server's limits at once, "
+        "and the parts must add up to it."))
+    fingerprint: str | None = Field(None, max_length=200, description=(
+        "The client's name for the file's content, kept so an interrupted upload can be found and resumed."))
+    tuple_schema: TupleSchema | None = Field(None, alias="schema", description=(
+        "The schema the upload's columns imply (from its Parquet footer): an append that does not match "
+        "the dataset is refused before any byte is sent."))
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra={"examples": [{
+        "mode": "append", "part_size": 67108864, "episode_metadata": {"0": {"policy": "random"}}}]})
 
 
 class UploadRecord(BaseModel):
@@ -458,6 +466,8 @@ class UploadRecord(BaseModel):
     job_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
+    size: int | None = None
+    fingerprint: str | None = None
 
 
 class UploadRead(BaseModel):
@@ -476,6 +486,8 @@ class UploadRead(BaseModel):
     job_id: str | None = None
     created_at: datetime
     expires_at: datetime
+    size: int | None = Field(None, description="Bytes of the whole upload, as declared when it was opened.")
+    fingerprint: str | None = None
 
 
 class PartURLsRequest(BaseModel):
@@ -496,9 +508,18 @@ class UploadedPart(BaseModel):
     etag: str
 
 
+class ReceivedPart(BaseModel):
+    """A part the store holds: its etag is the MD5 of its bytes (quoted, as S3 gives it, on S3)."""
+
+    number: int
+    etag: str
+    size: int
+
+
 class UploadComplete(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "parts": [{"number": 1, "etag": "1-33554432"}, {"number": 2, "etag": "2-1048576"}]}]})
+        "parts": [{"number": 1, "etag": "b1946ac92492d2347c6235b4d2611184"},
+                  {"number": 2, "etag": "591785b794601e212b260e25925636fd"}]}]})
 
     parts: list[UploadedPart] = Field(min_length=1, max_length=10_000)
     episode_metadata: EpisodeMetadata = Field(

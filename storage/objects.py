@@ -13,6 +13,8 @@ Every method here blocks; async callers wrap them in ``asyncio.to_thread``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
 from tuplehub.storage.errors import ConfigError, InvalidRequest, NotFound, PayloadTooLarge, StoreUnavailable
+from tuplehub.storage.models import ReceivedPart
 
 S3_MIN_PART = 5 * 2**20  # S3 refuses smaller parts, except the last
 
@@ -84,14 +87,19 @@ class ObjectStore:
     def start_multipart(self, key: str) -> str | None:
         raise NotImplementedError
 
-    def open_part(self, key: str, number: int, part_size: int) -> PartWriter:
+    def open_part(self, key: str, number: int, part_size: int, limit: int) -> PartWriter:
         raise InvalidRequest("this object store takes upload parts through presigned URLs, not the API")
+
+    def list_parts(self, key: str, multipart_id: str | None) -> list[ReceivedPart]:
+        """The parts the store holds for an open upload, by number, with their MD5 etags."""
+        raise NotImplementedError
 
     def presign_part(self, key: str, multipart_id: str, number: int, expires_s: int) -> str:
         raise InvalidRequest("this object store takes upload parts through the API, not presigned URLs")
 
     def complete_multipart(self, key: str, multipart_id: str | None, parts: Sequence[tuple[int, str]],
-                           part_size: int) -> None:
+                           part_size: int, size: int | None = None) -> None:
+        """Assemble the parts; ``size``, where the session declared it, is what they must add up to."""
         raise NotImplementedError
 
     def abort_multipart(self, key: str, multipart_id: str | None) -> None:
@@ -99,27 +107,36 @@ class ObjectStore:
 
 
 class PartWriter:
-    """Writes one upload part in place, at ``(number - 1) * part_size`` of the partial file."""
+    """Writes one upload part in place, at ``(number - 1) * part_size`` of the partial file.
 
-    def __init__(self, partial: Path, marker: Path, number: int, part_size: int) -> None:
+    At most ``limit`` bytes (the part size, or what is left of the declared upload) are written,
+    so no request can reach past the size the session was opened for. The part's MD5 is its etag,
+    as on S3, so a client that resumes can check every part the store already holds.
+    """
+
+    def __init__(self, partial: Path, marker: Path, number: int, part_size: int, limit: int) -> None:
+        marker.unlink(missing_ok=True)  # a part being rewritten is not received until it is whole again
         self.fd = os.open(partial, os.O_WRONLY)
-        self.marker, self.number, self.part_size = marker, number, part_size
+        self.marker, self.number, self.limit = marker, number, limit
         self.offset = (number - 1) * part_size
         self.written = 0
+        self._md5 = hashlib.md5(usedforsecurity=False)
 
     def write(self, data: bytes) -> None:
-        if self.written + len(data) > self.part_size:
+        if self.written + len(data) > self.limit:
             self.abort()
-            raise PayloadTooLarge(f"part {self.number} is larger than the session's part size of "
-                                  f"{self.part_size} bytes", part=self.number)
+            raise PayloadTooLarge(f"part {self.number} is larger than the {self.limit} bytes it may hold",
+                                  part=self.number)
         os.pwrite(self.fd, data, self.offset + self.written)
+        self._md5.update(data)
         self.written += len(data)
 
     def close(self) -> str:
-        """Finish the part; its etag names the part and its size."""
+        """Finish the part; its etag is the MD5 of its bytes."""
         self._release()
-        self.marker.write_text(str(self.written))
-        return f"{self.number}-{self.written}"
+        etag = self._md5.hexdigest()
+        self.marker.write_text(json.dumps({"size": self.written, "etag": etag}))
+        return etag
 
     def abort(self) -> None:
         self._release()
@@ -175,14 +192,23 @@ class LocalObjectStore(ObjectStore):
         self._sizes(key).mkdir(exist_ok=True)
         return None
 
-    def open_part(self, key: str, number: int, part_size: int) -> PartWriter:
+    def open_part(self, key: str, number: int, part_size: int, limit: int) -> PartWriter:
         partial = self._partial(key)
         if not partial.exists():
             raise NotFound(f"upload object {key!r} has no open multipart upload")
-        return PartWriter(partial, self._sizes(key) / str(number), number, part_size)
+        return PartWriter(partial, self._sizes(key) / str(number), number, part_size, limit)
+
+    def list_parts(self, key: str, multipart_id: str | None) -> list[ReceivedPart]:
+        folder = self._sizes(key)
+        markers = sorted(folder.iterdir(), key=lambda p: int(p.name)) if folder.exists() else []
+        return [ReceivedPart(number=int(marker.name), **self._marker(marker)) for marker in markers]
+
+    @staticmethod
+    def _marker(marker: Path) -> dict[str, Any]:
+        return json.loads(marker.read_text())
 
     def complete_multipart(self, key: str, multipart_id: str | None, parts: Sequence[tuple[int, str]],
-                           part_size: int) -> None:
+                           part_size: int, size: int | None = None) -> None:
         if not self._partial(key).exists() and self.local_path(key).exists():
             return  # completed by an earlier call that did not live to record it
         sizes = self._sizes(key)
@@ -194,13 +220,16 @@ class LocalObjectStore(ObjectStore):
             marker = sizes / str(number)
             if not marker.exists():
                 raise InvalidRequest(f"part {number} was never uploaded", part=number)
-            size = int(marker.read_text())
-            if etag != f"{number}-{size}":
+            stored = self._marker(marker)
+            stored_size = int(stored["size"])
+            if etag.strip('"') != stored["etag"]:
                 raise InvalidRequest(f"part {number}: etag {etag!r} does not match the stored part", part=number)
-            if number < len(parts) and size != part_size:
-                raise InvalidRequest(f"part {number} holds {size} bytes; every part but the last must hold "
+            if number < len(parts) and stored_size != part_size:
+                raise InvalidRequest(f"part {number} holds {stored_size} bytes; every part but the last must hold "
                                      f"exactly {part_size}", part=number)
-            total += size
+            total += stored_size
+        if size is not None and total != size:
+            raise InvalidRequest(f"the parts hold {total} bytes; the upload declared {size}")
         partial = self._partial(key)
         os.truncate(partial, total)
         partial.replace(self.local_path(key))
@@ -247,13 +276,25 @@ class S3ObjectStore(ObjectStore):
         answer = self._client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))
         return answer["UploadId"]
 
+    def list_parts(self, key: str, multipart_id: str | None) -> list[ReceivedPart]:
+        parts: list[ReceivedPart] = []
+        marker = 0
+        while True:  # pages of at most 1000 parts
+            answer = self._client.list_parts(Bucket=self.bucket, Key=self._key(key), UploadId=multipart_id,
+                                             PartNumberMarker=marker)
+            parts += [ReceivedPart(number=p["PartNumber"], etag=p["ETag"], size=p["Size"])
+                      for p in answer.get("Parts", [])]
+            if not answer.get("IsTruncated"):
+                return parts
+            marker = answer["NextPartNumberMarker"]
+
     def presign_part(self, key: str, multipart_id: str, number: int, expires_s: int) -> str:
         return self._signer.generate_presigned_url("upload_part", Params={
             "Bucket": self.bucket, "Key": self._key(key), "UploadId": multipart_id, "PartNumber": number,
         }, ExpiresIn=expires_s)
 
     def complete_multipart(self, key: str, multipart_id: str | None, parts: Sequence[tuple[int, str]],
-                           part_size: int) -> None:
+                           part_size: int, size: int | None = None) -> None:
         from botocore.exceptions import ClientError
 
         try:

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     upload_ttl_s: int = Field(24 * 3600, ge=60, description="An open upload session expires after this.")
     presign_ttl_s: int = Field(600, ge=30, le=3600, description="Lifetime of presigned URLs.")
     max_part_bytes: int = Field(2**30, description="Largest upload part the API accepts.")
+    # Upload sizes (issue 11): checked against what a session declares before anything is allocated.
+    max_upload_bytes: int = Field(100 * 2**30, ge=2**16, description="Largest upload one session may hold.")
+    max_parts: int = Field(10_000, ge=1, le=10_000, description="Most parts one upload session may have.")
     max_body_bytes: int = Field(2**20, ge=1024, description="Largest JSON request body the API accepts.")
 
     # Access. Booleans are parsed by pydantic: "False", "false", "0" and "no" all mean false.

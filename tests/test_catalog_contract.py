@@ -126,6 +126,18 @@ async def test_expired_uploads_are_listed(catalog: Catalog) -> None:
     assert [u.id for u in found] == [stale.id]
 
 
+async def test_open_uploads_of_one_owner_on_one_dataset_are_listed_newest_first(catalog: Catalog) -> None:
+    older = await catalog.create_upload(upload_record().model_copy(update={"created_at": utcnow() - timedelta(1)}))
+    newer = await catalog.create_upload(upload_record())
+    await catalog.create_upload(upload_record(expires_in_s=-10))  # expired
+    await catalog.create_upload(upload_record("d2"))  # another dataset
+    await catalog.create_upload(upload_record().model_copy(update={"owner": "bob"}))
+    done = await catalog.create_upload(upload_record())
+    await catalog.transition_upload(done.id, UploadStatus.open, UploadStatus.completed)
+    found = await catalog.list_open_uploads("d1", "alice", expires_after=utcnow())
+    assert [u.id for u in found] == [newer.id, older.id]
+
+
 async def test_job_lifecycle(catalog: Catalog) -> None:
     job = await catalog.create_job(job_record())
     claimed = await catalog.claim_job(job.id, worker="w1")

@@ -20,15 +20,18 @@ from tuplehub.storage.access import Right
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from tuplehub.storage.models import (
+    DatasetRecord,
     JobKind,
     JobRead,
     JobRecord,
     JobStatus,
     PartURL,
     PartURLsRequest,
+    ReceivedPart,
     UploadComplete,
     UploadCreate,
     UploadedPart,
+    UploadMode,
     UploadRead,
     UploadRecord,
     UploadStatus,
@@ -37,6 +40,8 @@ from tuplehub.storage.models import (
 )
 from tuplehub.storage.objects import S3_MIN_PART, ObjectStore
 from tuplehub.storage.queue import Queue
+from tuplehub.storage.settings import Settings
+from tuplehub.storage.versions import check_appendable
 
 router = APIRouter(tags=["uploads"])
 # Bytes gathered from the request stream before one write: few thread hops, bounded memory.
@@ -69,10 +74,57 @@ async def _open_upload(catalog: Catalog, upload_id: str, caller: Principal) -> U
     return upload
 
 
-@router.post("/datasets/{name}/uploads", status_code=201, responses=problems(NotFound, Forbidden, InvalidRequest))
+def _check_declared_size(size: int | None, part_size: int, settings: Settings) -> None:
+    """Refuse a declared upload the server would never take, before anything is allocated for it."""
+    if size is None:
+        return
+    if size > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"the upload declares {size} bytes; this server takes at most "
+                              f"{settings.max_upload_bytes} bytes per upload (TUPLEHUB_MAX_UPLOAD_BYTES)",
+                              field="size")
+    parts = max(1, -(-size // part_size))
+    if parts > settings.max_parts:
+        smallest = -(-size // settings.max_parts)
+        raise InvalidRequest(f"{size} bytes in parts of {part_size} bytes make {parts} parts; at most "
+                             f"{settings.max_parts} are allowed: use a part_size of at least {smallest}",
+                             field="part_size")
+
+
+def _last_part(upload: UploadRecord, settings: Settings) -> int:
+    """The highest part number the session may use: what its declared size needs, else the limits'."""
+    if upload.size is not None:
+        return max(1, -(-upload.size // upload.part_size))
+    return max(1, min(settings.max_parts, settings.max_upload_bytes // upload.part_size))
+
+
+def _part_limit(upload: UploadRecord, number: int, settings: Settings) -> int:
+    """The most bytes part ``number`` may hold, so that no write lands past the declared end."""
+    if not 1 <= number <= _last_part(upload, settings):
+        raise InvalidRequest(f"part {number} is out of range: this upload has parts 1 to "
+                             f"{_last_part(upload, settings)}", part=number)
+    if upload.size is None:
+        return upload.part_size
+    return min(upload.part_size, upload.size - (number - 1) * upload.part_size)
+
+
+async def _check_declared_schema(catalog: Catalog, dataset: DatasetRecord, body: UploadCreate) -> None:
+    """An append whose declared schema differs from the latest version's is refused now, not at commit."""
+    if body.tuple_schema is None or body.mode != UploadMode.append:
+        return
+    versions = await catalog.list_versions(dataset.id)
+    if versions:
+        check_appendable(versions[-1], body.tuple_schema)
+
+
+@router.post("/datasets/{name}/uploads", status_code=201,
+             responses=problems(NotFound, Forbidden, InvalidRequest, PayloadTooLarge))
 async def create_upload(name: str, body: UploadCreate, caller: Caller, catalog: CatalogDep, objects: ObjectsDep,
                         settings: SettingsDep) -> UploadRead:
-    """Open an upload session for one Parquet file, sent in parts of ``part_size`` bytes."""
+    """Open an upload session for one Parquet file, sent in parts of ``part_size`` bytes.
+
+    A declared ``size`` is checked against the server's limits and a declared ``schema`` against
+    the dataset (for an append) here, so a doomed upload fails before its first byte.
+    """
     dataset = await readable_dataset(catalog, caller, name)
     require_owner(caller, dataset, "dataset", "write")
     await quotas.require_bytes(catalog, settings, caller.user_id)
@@ -81,19 +133,38 @@ async def create_upload(name: str, body: UploadCreate, caller: Caller, catalog: 
                              field="part_size")
     if body.part_size > settings.max_part_bytes:
         raise InvalidRequest(f"part_size may be at most {settings.max_part_bytes} bytes", field="part_size")
+    _check_declared_size(body.size, body.part_size, settings)
+    await _check_declared_schema(catalog, dataset, body)
     upload_id = new_id()
     key = f"uploads/{upload_id}.parquet"
     multipart_id = await asyncio.to_thread(objects.start_multipart, key)
     record = UploadRecord(id=upload_id, dataset_id=dataset.id, dataset=dataset.name, owner=caller.user_id,
                           mode=body.mode, part_size=body.part_size, object_key=key, multipart_id=multipart_id,
-                          episode_metadata=body.episode_metadata,
+                          episode_metadata=body.episode_metadata, size=body.size, fingerprint=body.fingerprint,
                           expires_at=utcnow() + timedelta(seconds=settings.upload_ttl_s))
     return upload_read(await catalog.create_upload(record), objects)
+
+
+@router.get("/datasets/{name}/uploads", responses=problems(NotFound, Forbidden))
+async def list_open_uploads(name: str, caller: Caller, catalog: CatalogDep, objects: ObjectsDep) -> list[UploadRead]:
+    """The caller's open, unexpired sessions on this dataset, newest first: what can be resumed."""
+    dataset = await readable_dataset(catalog, caller, name)
+    require_owner(caller, dataset, "dataset", "write")
+    uploads = await catalog.list_open_uploads(dataset.id, caller.user_id, expires_after=utcnow())
+    return [upload_read(upload, objects) for upload in uploads]
 
 
 @router.get("/uploads/{upload_id}", responses=problems(NotFound, Forbidden))
 async def get_upload(upload_id: str, caller: Caller, catalog: CatalogDep, objects: ObjectsDep) -> UploadRead:
     return upload_read(await _own_upload(catalog, upload_id, caller), objects)
+
+
+@router.get("/uploads/{upload_id}/parts", responses=problems(NotFound, Conflict))
+async def received_parts(upload_id: str, caller: Caller, catalog: CatalogDep,
+                         objects: ObjectsDep) -> list[ReceivedPart]:
+    """The parts the store already holds, with their MD5 etags, so a client resumes by sending the rest."""
+    upload = await _open_upload(catalog, upload_id, caller)
+    return await asyncio.to_thread(objects.list_parts, upload.object_key, upload.multipart_id)
 
 
 @router.post("/uploads/{upload_id}/parts", responses=problems(NotFound, Conflict, InvalidRequest))
@@ -104,6 +175,7 @@ async def presign_parts(upload_id: str, body: PartURLsRequest, caller: Caller, c
     expires_at = utcnow() + timedelta(seconds=settings.presign_ttl_s)
     urls = []
     for number in body.numbers:
+        _part_limit(upload, number, settings)
         url = await asyncio.to_thread(objects.presign_part, upload.object_key, upload.multipart_id or "", number,
                                       settings.presign_ttl_s)
         urls.append(PartURL(number=number, url=url, expires_at=expires_at))
@@ -116,17 +188,20 @@ async def presign_parts(upload_id: str, body: PartURLsRequest, caller: Caller, c
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def put_part(upload_id: str, number: int, request: Request, caller: Caller, catalog: CatalogDep,
                    objects: ObjectsDep, settings: SettingsDep) -> UploadedPart:
-    """Stream one part through the API (local stores); the body is the part's raw bytes."""
+    """Stream one part through the API (local stores); the body is the part's raw bytes.
+
+    The part's place and size are checked against the session's declared size (or the server's
+    limits) before anything is written, so a small request cannot make a huge sparse file.
+    """
     upload = await _open_upload(catalog, upload_id, caller)
-    if not 1 <= number <= 10_000:
-        raise InvalidRequest("part numbers run from 1 to 10000", part=number)
+    limit = _part_limit(upload, number, settings)
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > upload.part_size:
-        raise PayloadTooLarge(f"part {number} declares {declared} bytes; the session's part size is "
-                              f"{upload.part_size}", part=number)
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"part {number} declares {declared} bytes; it may hold at most {limit}",
+                              part=number)
     await quotas.require_bytes(catalog, settings, caller.user_id,
-                               int(declared) if declared is not None and declared.isdigit() else upload.part_size)
-    writer = await asyncio.to_thread(objects.open_part, upload.object_key, number, upload.part_size)
+                               int(declared) if declared is not None and declared.isdigit() else limit)
+    writer = await asyncio.to_thread(objects.open_part, upload.object_key, number, upload.part_size, limit)
     buffer = bytearray()
     try:
         async for chunk in request.stream():
@@ -157,8 +232,11 @@ async def complete_upload(upload_id: str, body: UploadComplete, caller: Caller, 
     upload = await _open_upload(catalog, upload_id, caller)
     await quotas.require_job_slot(catalog, settings, upload.owner)
     parts = [(part.number, part.etag) for part in sorted(body.parts, key=lambda p: p.number)]
+    if upload.size is not None and len(parts) != _last_part(upload, settings):
+        raise InvalidRequest(f"the upload declared {upload.size} bytes, which take {_last_part(upload, settings)} "
+                             f"parts; {len(parts)} were given", upload=upload_id)
     await asyncio.to_thread(objects.complete_multipart, upload.object_key, upload.multipart_id, parts,
-                            upload.part_size)
+                            upload.part_size, upload.size)
     completed = upload.model_copy(update={
         "status": UploadStatus.completed, "job_id": new_id(),
         "episode_metadata": {**upload.episode_metadata, **body.episode_metadata}})

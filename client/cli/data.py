@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from tuplehub.client.cli.errors import INTERRUPTED
 from tuplehub.client.cli.options import (
     DOCS_FILTERS,
     EPISODE_FILTER_EXAMPLE,
@@ -31,6 +32,7 @@ from tuplehub.client.errors import CommandLineError
 
 if TYPE_CHECKING:
     from tuplehub.client.client import Client
+    from tuplehub.client.jobs import Job
     from tuplehub.storage.models import DatasetRead, JobRead
 
 datasets_app = group("Create, list, inspect, share and delete datasets.")
@@ -210,14 +212,17 @@ def upload(dataset: Annotated[str, typer.Argument(help="Dataset name (create it 
            metadata: Annotated[Path | None, typer.Option(help=(
                f"JSON file of episode id -> metadata, e.g. {METADATA_EXAMPLE}."))] = None,
            wait: Annotated[bool, typer.Option(help="Wait for the ingest job to finish.")] = True,
+           resume: Annotated[bool, typer.Option(
+               "--resume", help="Send only the parts an interrupted upload of this file did not deliver.")] = False,
            url: Url = None, as_json: AsJson = False) -> None:
     """Upload a Parquet file of tuples as the dataset's next version."""
     episode_metadata = read_json_file(metadata, "--metadata", shape=dict, example=METADATA_EXAMPLE) \
         if metadata else None
     with client(url) as hub:
-        job = hub.datasets.get(dataset).upload(path, mode=mode, episode_metadata=episode_metadata)
+        job = hub.datasets.get(dataset).upload(path, mode=mode, episode_metadata=episode_metadata, resume=resume,
+                                               progress=bars(as_json))
         if wait:
-            job.wait(progress=bars(as_json))
+            _wait(job, as_json)
         emit(job.record, as_json=as_json, columns=("id", "status", "result", "error"))
 
 
@@ -227,6 +232,16 @@ def _sample(n: int | None, fraction: float | None, level: str, seed: int) -> dic
     if n is None and fraction is None:
         return None
     return {"level": level, "seed": seed, **({"n": n} if n is not None else {"fraction": fraction})}
+
+
+def _wait(job: Job, as_json: bool) -> None:
+    """Wait with the job's bar; on Ctrl-C say that the job goes on and how to follow it."""
+    try:
+        job.wait(progress=bars(as_json))
+    except KeyboardInterrupt:
+        typer.echo(f"{job.record.kind} job {job.id} continues on the server; follow it with "
+                   f"`tuplehub jobs show {job.id}`", err=True)
+        raise typer.Exit(INTERRUPTED) from None
 
 
 def export(dataset: Reference,
@@ -263,8 +278,8 @@ def export(dataset: Reference,
             where=where_filter, episodes=episode_filter, version=version,
             columns=columns.split(",") if columns else None, next_observation=next_observation, sample=sample,
             rebalance=rebalance, format=fmt)
-        job.wait(progress=bars(as_json))
-        job.download(out)
+        _wait(job, as_json)
+        job.download(out, progress=bars(as_json))
         emit(job.record, as_json=as_json, columns=("id", "status", "result"))
         if not as_json:
             typer.echo(f"saved {out}")

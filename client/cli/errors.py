@@ -22,11 +22,12 @@ from typing import Any
 import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer >= 0.29 ships its own click
 
-from tuplehub.client.errors import CommandLineError
+from tuplehub.client.errors import CommandLineError, UploadInterrupted
 from tuplehub.storage.errors import TuplehubError, Unauthenticated
 
 FAILED = 1
 USAGE = 2
+INTERRUPTED = 130
 
 # How the API's validation messages read in command-line words: (pattern of the message, the CLI's words).
 _NAME_RULE = "use letters, digits, '.', '_' and '-' (first a letter or digit), at most 128 characters"
@@ -112,6 +113,9 @@ def reported_errors(as_json: bool = False, command: str = "") -> Iterator[None]:
     except TuplehubError as exc:
         _print(describe(exc, command), as_json=as_json)
         raise typer.Exit(FAILED) from exc
+    except UploadInterrupted as exc:  # Ctrl-C while bytes moved: say what the server kept
+        _print({"code": "interrupted", "detail": exc.detail}, as_json=as_json)
+        raise typer.Exit(INTERRUPTED) from None
     except NoArgsIsHelpError:
         raise
     except ClickException as exc:

@@ -148,6 +148,9 @@ class Catalog(Protocol):
 
     async def list_uploads(self, status: UploadStatus, *, expires_before: datetime) -> list[UploadRecord]: ...
 
+    async def list_open_uploads(self, dataset_id: str, owner: str, *, expires_after: datetime) -> list[UploadRecord]:
+        """``owner``'s open sessions on a dataset that expire after ``expires_after``, newest first."""
+
     # --- jobs -----------------------------------------------------------------------------------
     async def create_job(self, record: JobRecord) -> JobRecord:
         """Store a job; return the stored one instead if its id exists or a live job holds its ``dedup_key``."""

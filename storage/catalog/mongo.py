@@ -263,6 +263,12 @@ class MongoCatalog:
         docs = await self.db.uploads.find({"status": status.value, "expires_at": {"$lt": expires_before}}).to_list(None)
         return [UploadRecord.model_validate(doc) for doc in docs]
 
+    async def list_open_uploads(self, dataset_id: str, owner: str, *, expires_after: datetime) -> list[UploadRecord]:
+        docs = await self.db.uploads.find({"status": UploadStatus.open.value, "dataset_id": dataset_id,
+                                           "owner": owner, "expires_at": {"$gt": expires_after}}
+                                          ).sort("created_at", -1).to_list(None)
+        return [UploadRecord.model_validate(doc) for doc in docs]
+
     # --- jobs ---------------------------------------------------------------------------------
     async def create_job(self, record: JobRecord) -> JobRecord:
         try:

@@ -355,6 +355,14 @@ class SQLiteCatalog:
             (status, expires_before.isoformat())).fetchall())
         return [UploadRecord.model_validate_json(doc) for (doc,) in rows]
 
+    async def list_open_uploads(self, dataset_id: str, owner: str, *, expires_after: datetime) -> list[UploadRecord]:
+        rows = await self._run(lambda c: c.execute(
+            "SELECT doc FROM uploads WHERE status = ? AND expires_at > ? AND json_extract(doc, '$.dataset_id') = ? "
+            "AND json_extract(doc, '$.owner') = ?",
+            (UploadStatus.open, expires_after.isoformat(), dataset_id, owner)).fetchall())
+        records = [UploadRecord.model_validate_json(doc) for (doc,) in rows]
+        return sorted(records, key=lambda record: record.created_at, reverse=True)
+
     # --- jobs ---------------------------------------------------------------------------------
     async def create_job(self, record: JobRecord) -> JobRecord:
         def work(conn: sqlite3.Connection) -> JobRecord:
