@@ -35,7 +35,8 @@ DISABLED_COMMANDS = ("CONFIG", "DEBUG", "MODULE", "SAVE", "BGSAVE", "BGREWRITEAO
                      "SLAVEOF", "SYNC", "PSYNC", "MIGRATE", "MONITOR", "ACL", "FLUSHALL", "LASTSAVE")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the kernel stops the child with SIGTERM when its parent dies."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -82,7 +83,7 @@ class EmbeddedRedis:
 
     def _launch(self, executable: str, conf: Path) -> None:
         self.process = subprocess.Popen([executable, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                        stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
                                         start_new_session=True)
         self._wait_ready()
 

@@ -35,8 +35,10 @@ DataDir = Annotated[Path | None, typer.Option(envvar="TUPLEHUB_DATA_DIR", help="
 
 
 @app.command()
-def serve(host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-          port: Annotated[int | None, typer.Option(help="Port (0 picks a free one).")] = None,
+def serve(host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1, or "
+                                                         "TUPLEHUB_HOST).")] = None,
+          port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one (default 8470, or "
+                                                        "TUPLEHUB_PORT).")] = None,
           data_dir: DataDir = None,
           worker: Annotated[bool, typer.Option(help="Run a job worker in this process.")] = True) -> None:
     """Run the API (and a worker); with nothing configured, the embedded default with a bundled Redis."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.processes import free_port, start_serve, stop  # noqa: E402
+from tests.processes import free_port, start_serve, stop
 
 
 def time_to_ready(data_dir: Path) -> float:
