@@ -103,8 +103,10 @@ class EmbeddedRedis:
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                log = self.folder / "redis.log"
-                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                try:
+                    tail = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
+                except OSError as exc:
+                    tail = f"(no log: {exc})"
                 raise StoreUnavailable(f"the bundled redis-server exited at start-up: {tail}")
             if self._answers():
                 return

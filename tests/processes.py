@@ -6,6 +6,7 @@ a test can send SIGINT to the whole group the way Ctrl-C does.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+
+from tuplehub.client import Client
 
 START_TIMEOUT_S = 60.0
 
@@ -131,3 +134,13 @@ def processes() -> Iterator[Processes]:
         yield children
     finally:
         children.stop_all()
+
+
+def embedded_client(data_dir: Path, env: dict[str, str]) -> Client:
+    """A client of the server running in ``data_dir``, signed in as its local admin (as the CLI would be)."""
+    url = json.loads((data_dir / "server.json").read_text())["url"]
+    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]  # as storage.paths names it
+    stored = json.loads((Path(env["TUPLEHUB_CONFIG_DIR"]) / "embedded" / f"{key}.json").read_text())
+    client = Client(url)
+    client.login(stored["username"], stored["password"], remember=False)
+    return client

@@ -21,7 +21,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tuplehub.client import Client
 from tuplehub.client.cli.server import loose_entries
 from tuplehub.storage.models import JobStatus
 from tuplehub.storage.settings import Settings
@@ -32,6 +31,7 @@ from .processes import (
     children_of,
     cli,
     command_of,
+    embedded_client,
     free_port,
     isolated_env,
     processes,
@@ -83,56 +83,48 @@ def test_a_busy_port_is_one_line_and_creates_nothing(tmp_path: Path, env: dict[s
 
 
 def test_help_shows_the_default_address() -> None:
-    done = subprocess.run(cli("serve", "--help"), capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "COLUMNS": "200"})
+    from typer.testing import CliRunner
+
+    from tuplehub.client.cli import app
+
+    shown = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}, terminal_width=200).output
     defaults = Settings(_env_file=None)
-    assert defaults.host in done.stdout
-    assert str(defaults.port) in done.stdout
+    assert f"default {defaults.host}" in shown
+    assert f"default {defaults.port}" in shown
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_stopping_is_one_line_exit_0_and_leaves_nothing(tmp_path: Path, env: dict[str, str], running: Processes,
-                                                        how: str) -> None:
+def test_serve_stops_with_one_line_and_keeps_the_data_folder_private(tmp_path: Path, env: dict[str, str],
+                                                                     running: Processes) -> None:
+    """SIGTERM, then Ctrl-C to the whole process group (as a terminal sends it, children included)."""
     data_dir, log = tmp_path / "data", tmp_path / "serve.log"
+    server = running.add(start_serve(data_dir, free_port(), env=env, log=log))
+    url = wait_for_server(data_dir, server, log)
+    with embedded_client(data_dir, env) as hub:
+        hub.datasets.create("private").upload(episode_arrays(episodes=2, length=5)).wait(timeout=60)
+    assert stop(server) == 0
+    assert log.read_text().splitlines() == [
+        f"tuplehub serving {url} (data in {data_dir}); press Ctrl-C to stop", "tuplehub stopped"]
+    assert not (data_dir / "server.json").exists()
+    for path in [data_dir, *data_dir.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+
+    (data_dir / "catalog.db").chmod(0o644)  # as an older tuplehub (or a copy) left it
+    log.unlink()
     server = running.add(start_serve(data_dir, free_port(), env=env, log=log))
     url = wait_for_server(data_dir, server, log)
     children = children_of(server.pid)
     assert any("redis-server" in command_of(pid) for pid in children)
     assert any("tuplehub.workers" in command_of(pid) for pid in children)
-
-    if how == "ctrl-c":
-        os.killpg(server.pid, signal.SIGINT)  # the whole foreground group, as a terminal does
-        assert server.wait(30) == 0
-    else:
-        assert stop(server) == 0
-    lines = log.read_text().splitlines()
-    assert lines == [f"tuplehub serving {url} (data in {data_dir}); press Ctrl-C to stop", "tuplehub stopped"]
-    assert not (data_dir / "server.json").exists()
-    assert not any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
-                   for pid in children)
-
-
-def test_the_data_folder_is_private_and_a_loose_one_is_reported(tmp_path: Path, env: dict[str, str],
-                                                                running: Processes) -> None:
-    data_dir, log = tmp_path / "data", tmp_path / "serve.log"
-    server = running.add(start_serve(data_dir, free_port(), env=env, log=log))
-    wait_for_server(data_dir, server, log)
-    with _client(data_dir, env) as hub:
-        hub.datasets.create("private").upload(episode_arrays(episodes=2, length=5)).wait(timeout=60)
-    assert stop(server) == 0
-    for path in [data_dir, *data_dir.rglob("*")]:
-        mode = stat.S_IMODE(path.lstat().st_mode)
-        assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
-    assert "warning" not in log.read_text()
-    assert loose_entries(data_dir) == []
-
-    (data_dir / "catalog.db").chmod(0o644)  # as an older tuplehub (or a copy) left it
-    server = running.add(start_serve(data_dir, free_port(), env=env, log=log))
-    wait_for_server(data_dir, server, log)
-    assert stop(server) == 0
-    [warning] = [line for line in log.read_text().splitlines() if "warning" in line]
+    os.killpg(server.pid, signal.SIGINT)
+    assert server.wait(30) == 0
+    warning, *lines = log.read_text().splitlines()
     assert "catalog.db" in warning
     assert f"chmod -R go= {data_dir}" in warning
+    assert lines == [f"tuplehub serving {url} (data in {data_dir}); press Ctrl-C to stop", "tuplehub stopped"]
+    assert not (data_dir / "server.json").exists()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+    assert loose_entries(data_dir) == [data_dir / "catalog.db"]
 
 
 def test_a_job_that_crashes_its_worker_process_fails_and_the_api_stays_up(tmp_path: Path, env: dict[str, str],
@@ -144,7 +136,7 @@ def test_a_job_that_crashes_its_worker_process_fails_and_the_api_stays_up(tmp_pa
     data_dir, log = tmp_path / "data", tmp_path / "serve.log"
     server = running.add(start_serve(data_dir, free_port(), env=env, log=log))
     url = wait_for_server(data_dir, server, log)
-    with _client(data_dir, env) as hub:
+    with embedded_client(data_dir, env) as hub:
         job = hub.datasets.create("crashing").upload(episode_arrays(episodes=2, length=5))
 
         def failed() -> bool:
@@ -162,22 +154,3 @@ def test_a_job_that_crashes_its_worker_process_fails_and_the_api_stays_up(tmp_pa
     assert stop(server) == 0
     assert log.read_text().count("was killed by SIGSEGV") == 2
 
-
-def _client(data_dir: Path, env: dict[str, str]) -> Client:
-    """A client of that server as its local admin, found the way the CLI finds it."""
-    import json
-
-    from tuplehub.storage.paths import embedded_credentials_file, read_json
-
-    url = json.loads((data_dir / "server.json").read_text())["url"]
-    old = os.environ.get("TUPLEHUB_CONFIG_DIR")
-    os.environ["TUPLEHUB_CONFIG_DIR"] = env["TUPLEHUB_CONFIG_DIR"]
-    try:
-        stored = read_json(embedded_credentials_file(data_dir))
-    finally:
-        if old is not None:
-            os.environ["TUPLEHUB_CONFIG_DIR"] = old
-    assert stored is not None
-    client = Client(url)
-    client.login(stored["username"], stored["password"], remember=False)
-    return client

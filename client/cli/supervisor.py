@@ -115,7 +115,7 @@ class Supervisor:
             except Exception as exc:  # reported, then tried again; fatal after the last try
                 self.fatal = f"the bundled redis-server died and could not be restarted: {exc}"
                 logger.error("restart %d of %d of redis-server failed: %s", attempt, REDIS_RESTARTS, exc)
-                await asyncio.sleep(attempt)
+                await asyncio.sleep(0.5 * attempt)
                 continue
             self._state["redis"] = "ok"
             logger.warning("the bundled redis-server is back; restarting the worker to re-enqueue its jobs")
