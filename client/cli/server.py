@@ -21,8 +21,11 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -247,6 +250,51 @@ def serve_in_thread(settings: Settings) -> Iterator[EmbeddedServer]:
         finally:
             server.stop()
             thread.join(30)
+
+
+@contextlib.contextmanager
+def serve_in_subprocess(data_dir: Path) -> Iterator[str]:
+    """A ``tuplehub serve`` child on a free port for ``data_dir``, stopped on exit; yields its URL.
+
+    Its output goes to a temporary log, whose last line is the error if it fails to start (the
+    demo uses this).
+    """
+    with tempfile.TemporaryFile() as log:
+        child = subprocess.Popen([sys.executable, "-m", "tuplehub.client.cli", "serve", "--port", "0",
+                                  "--data-dir", str(data_dir)], stdin=subprocess.DEVNULL, stdout=log,
+                                 stderr=subprocess.STDOUT)
+        try:
+            url = _wait_announced(child, data_dir)
+            if url is None:
+                log.seek(0)
+                lines = log.read().decode(errors="replace").strip().splitlines()
+                raise SystemExit(lines[-1] if lines else "error: the embedded server did not start")
+            yield url
+        finally:
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait(30)
+
+
+def _wait_announced(child: subprocess.Popen[bytes], data_dir: Path) -> str | None:
+    """The URL the child wrote to ``server.json``, once it answers as ready; None if it exited."""
+    import httpx
+
+    from tuplehub.storage.paths import read_json
+
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline and child.poll() is None:
+        announced = read_json(data_dir / SERVER_FILE) or {}
+        if announced.get("pid") == child.pid:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{announced['url']}/api/v1/health/ready", timeout=2).status_code == 200:
+                    return str(announced["url"])
+        time.sleep(0.05)
+    return None
 
 
 def run_worker(settings: Settings) -> None:
