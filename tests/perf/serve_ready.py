@@ -3,7 +3,8 @@
 Starts real ``tuplehub serve`` processes on a free port, on a fresh data folder and then again
 on the same (existing) folder, several times each, and prints every run and the medians. For
 reference it also times ``python -c pass`` in the same run, so figures from a busy machine can
-be compared as ratios.
+be compared as ratios. The servers run with this interpreter: run the script with another
+checkout's ``.venv/bin/python`` to measure that checkout.
 
     python tests/perf/serve_ready.py [--runs 5]
 """
@@ -21,13 +22,13 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.processes import free_port, start_serve, stop
+from tests.processes import free_port, isolated_env, start_serve, stop
 
 
 def time_to_ready(data_dir: Path) -> float:
     port = free_port()
     started = time.perf_counter()
-    process = start_serve(data_dir, port)
+    process = start_serve(data_dir, port, env=isolated_env(data_dir.parent / "config"))
     try:
         url = f"http://127.0.0.1:{port}/api/v1/health/ready"
         for _ in range(1200):
