@@ -91,6 +91,7 @@ def _redis_pid(server_pid: int) -> int:
     return pid
 
 
+@pytest.mark.slow
 def test_a_killed_redis_is_restarted_and_sign_in_upload_and_export_recover(
         tmp_path: Path, running: Processes) -> None:
     env = isolated_env(tmp_path / "config", TUPLEHUB_AUTO_METRICS="false")
@@ -114,6 +115,7 @@ def test_a_killed_redis_is_restarted_and_sign_in_upload_and_export_recover(
     assert "the bundled redis-server was killed by SIGKILL; restarting it" in log.read_text()
 
 
+@pytest.mark.slow
 def test_a_redis_that_cannot_come_back_is_reported_then_the_server_exits_non_zero(
         tmp_path: Path, running: Processes) -> None:
     env = isolated_env(tmp_path / "config")

@@ -57,6 +57,7 @@ def running() -> Iterator[Processes]:
     yield from processes()
 
 
+@pytest.mark.slow
 def test_the_demo_uses_its_own_server_and_adds_no_version_when_run_again(tmp_path: Path, stranger: str,
                                                                        running: Processes) -> None:
     data_dir = tmp_path / "data"

@@ -93,6 +93,7 @@ def test_help_shows_the_default_address() -> None:
     assert f"default {defaults.port}" in shown
 
 
+@pytest.mark.slow
 def test_serve_stops_with_one_line_and_keeps_the_data_folder_private(tmp_path: Path, env: dict[str, str],
                                                                      running: Processes) -> None:
     """SIGTERM, then Ctrl-C to the whole process group (as a terminal sends it, children included)."""
@@ -127,6 +128,7 @@ def test_serve_stops_with_one_line_and_keeps_the_data_folder_private(tmp_path: P
     assert loose_entries(data_dir) == [data_dir / "catalog.db"]
 
 
+@pytest.mark.slow
 def test_a_job_that_crashes_its_worker_process_fails_and_the_api_stays_up(tmp_path: Path, env: dict[str, str],
                                                                          running: Processes) -> None:
     site = tmp_path / "site"

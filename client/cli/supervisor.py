@@ -78,6 +78,7 @@ class Supervisor:
             self._state["worker"] = "starting"
         self._pause_s = FIRST_PAUSE_S
         self._worker_started = 0.0
+        self._restart_at: float | None = None
         self._stopping = False
 
     def checks(self) -> dict[str, str]:
@@ -90,6 +91,7 @@ class Supervisor:
         self.worker = subprocess.Popen([sys.executable, "-m", "tuplehub.workers", "--sole"], env=self.worker_env,
                                        stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
         self._worker_started = time.monotonic()
+        self._restart_at = None
         self._state["worker"] = "ok"
 
     async def watch(self, on_fatal: Callable[[str], None]) -> None:
@@ -102,7 +104,9 @@ class Supervisor:
                 on_fatal(self.fatal or "the bundled redis-server died")
                 return
             if self.worker is not None and self.worker.poll() is not None:
-                await self._restart_worker()
+                self._worker_exited()
+            if self.worker is None and self._restart_at is not None and time.monotonic() >= self._restart_at:
+                self.start_worker()
 
     async def _restart_redis(self) -> bool:
         assert self.redis is not None
@@ -125,7 +129,8 @@ class Supervisor:
             return True
         return False
 
-    async def _restart_worker(self) -> None:
+    def _worker_exited(self) -> None:
+        """Schedule a new worker process after a pause that grows while it keeps dying."""
         assert self.worker is not None
         code = self.worker.returncode
         if time.monotonic() - self._worker_started > CALM_S:
@@ -134,10 +139,8 @@ class Supervisor:
                      "one lost attempt)", _describe_exit(code), self._pause_s)
         self._state["worker"] = f"down: the worker process {_describe_exit(code)}; restarting it"
         self.worker = None
-        await asyncio.sleep(self._pause_s)
+        self._restart_at = time.monotonic() + self._pause_s
         self._pause_s = min(self._pause_s * 2, LONGEST_PAUSE_S)
-        if not self._stopping:
-            self.start_worker()
 
     async def _stop_worker(self) -> None:
         worker, self.worker = self.worker, None
