@@ -44,12 +44,13 @@ def isolated_env(config_dir: Path | None = None, **extra: str) -> dict[str, str]
     return {**env, **extra}
 
 
-def start_serve(data_dir: Path, port: int = 0, *, env: dict[str, str] | None = None,
-                log: Path | None = None, args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+def start_serve(data_dir: Path, port: int = 0, *, env: dict[str, str] | None = None, log: Path | None = None,
+                args: tuple[str, ...] = (), python: str = sys.executable) -> subprocess.Popen[bytes]:
     """``tuplehub serve`` on ``port`` with ``data_dir``, in a new process group."""
     handle = log.open("ab") if log is not None else subprocess.DEVNULL
+    command = [python, *cli("serve", "--port", str(port), "--data-dir", str(data_dir), *args)[1:]]
     try:
-        return subprocess.Popen(cli("serve", "--port", str(port), "--data-dir", str(data_dir), *args),
+        return subprocess.Popen(command,
                                 env=env if env is not None else isolated_env(), stdout=handle,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     finally:
