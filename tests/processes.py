@@ -123,13 +123,22 @@ class Processes:
         self.running.append(process)
         return process
 
+    def start(self, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        """``tuplehub ARGS...`` with its output appended to ``log``."""
+        with log.open("ab") as handle:
+            return self.add(subprocess.Popen(cli(*args), env=env, stdout=handle, stderr=subprocess.STDOUT))
+
+    @staticmethod
+    def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+        return stop(process, sig)
+
     def stop_all(self) -> None:
         for process in self.running:
             stop(process)
 
 
-def processes() -> Iterator[Processes]:
-    """Body of a fixture: ``yield from processes()``."""
+def owned_processes() -> Iterator[Processes]:
+    """Body of a fixture: ``yield from owned_processes()``."""
     children = Processes()
     try:
         yield children

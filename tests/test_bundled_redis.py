@@ -24,7 +24,7 @@ from .processes import (
     embedded_client,
     free_port,
     isolated_env,
-    processes,
+    owned_processes,
     start_serve,
     stop,
     wait_for_server,
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def running() -> Iterator[Processes]:
-    yield from processes()
+    yield from owned_processes()
 
 
 @pytest.fixture

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from .processes import Processes, cli, embedded_client, isolated_env, processes, start_serve, stop, wait_for_server
+from .processes import (
+    Processes,
+    cli,
+    embedded_client,
+    isolated_env,
+    owned_processes,
+    start_serve,
+    stop,
+    wait_for_server,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +63,7 @@ def stranger() -> Iterator[str]:
 
 @pytest.fixture
 def running() -> Iterator[Processes]:
-    yield from processes()
+    yield from owned_processes()
 
 
 @pytest.mark.slow

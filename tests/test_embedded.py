@@ -34,7 +34,7 @@ from .processes import (
     embedded_client,
     free_port,
     isolated_env,
-    processes,
+    owned_processes,
     start_serve,
     stop,
     wait_for_server,
@@ -59,7 +59,7 @@ CRASHING_SITECUSTOMIZE = textwrap.dedent("""
 
 @pytest.fixture
 def running() -> Iterator[Processes]:
-    yield from processes()
+    yield from owned_processes()
 
 
 @pytest.fixture
