@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuplehub.client.discovery import SERVER_FILE
+from tuplehub.storage.errors import TuplehubError
 
 if TYPE_CHECKING:
     from tuplehub.client.cli.supervisor import Supervisor
@@ -216,7 +217,10 @@ def serve(settings: Settings, *, with_worker: bool = True) -> None:
         if settings.embedded_catalog:
             _warn_if_loose(settings.data_dir)
         threading.Thread(target=_announce, args=(server,), daemon=True).start()
-        asyncio.run(server.run())
+        try:
+            asyncio.run(server.run())
+        except (TuplehubError, OSError) as exc:  # the bundled Redis would not start, an unusable data folder
+            raise SystemExit(f"error: {exc}") from None
     if server.exit_code:
         raise SystemExit(server.exit_code)
     print("tuplehub stopped", flush=True)
