@@ -355,6 +355,9 @@ class JobRecord(BaseModel):
     cancel_requested: bool = False
     worker: str | None = None
     heartbeat_at: datetime | None = None
+    # Attempts whose worker process died before recording an outcome, and when progress last moved.
+    lost: int = 0
+    progress_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None

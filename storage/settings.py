@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(DEFAULT_CONCURRENT_JOBS, ge=1)
     heartbeat_s: float = Field(5.0, gt=0, description="How often a running job proves it is alive.")
     stale_after_s: float = Field(60.0, gt=0, description="A running job silent this long is re-run.")
+    stuck_after_s: float = Field(900.0, gt=0, description=(
+        "A running job whose progress has not changed this long is stuck and fails, whatever its heartbeat says."))
     requeue_every_s: int = Field(60, ge=1, description="How often lost jobs are looked for.")
     metrics_timeout_s: int = Field(3600, ge=10, description="Longest a metrics job may run.")
     # issue 11 (metricsfix): torch threads sized to one job's share of the CPUs.

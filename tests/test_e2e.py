@@ -9,12 +9,8 @@ default server keeps its datasets across a restart.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,67 +22,14 @@ from tuplehub.client import Client
 from tuplehub.storage.models import JobStatus
 
 from .factories import episode_arrays
+from .processes import Processes, owned_processes, wait_for_server, wait_until
 
 pytestmark = pytest.mark.e2e
-START_TIMEOUT_S = 60
-
-
-class Processes:
-    """Child processes that are always stopped, whatever the test does."""
-
-    def __init__(self) -> None:
-        self.running: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-        handle = log.open("ab")
-        process = subprocess.Popen([sys.executable, "-m", "tuplehub.client.cli", *args], env=env,
-                                   stdout=handle, stderr=subprocess.STDOUT)
-        handle.close()
-        self.running.append(process)
-        return process
-
-    def stop(self, process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
-
-    def stop_all(self) -> None:
-        for process in self.running:
-            self.stop(process)
 
 
 @pytest.fixture
 def processes() -> Iterator[Processes]:
-    children = Processes()
-    try:
-        yield children
-    finally:
-        children.stop_all()
-
-
-def wait_for_server(folder: Path, process: subprocess.Popen[bytes], log: Path) -> str:
-    announce = folder / "server.json"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if announce.exists():
-            return json.loads(announce.read_text())["url"]
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}: {log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    raise AssertionError(f"server did not start: {log.read_text()[-3000:]}")
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    yield from owned_processes()
 
 
 def test_distributed_ingest_survives_a_killed_worker(tmp_path: Path, redis_url: str, s3_endpoint: str,

@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 from arq import Retry
 
 from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.catalog.jobstate import stalled
 from tuplehub.storage.errors import JobCancelled, NotFound, TuplehubError, is_unavailable
 from tuplehub.storage.models import JobRecord, JobStatus, utcnow
 from tuplehub.storage.objects import ObjectStore
@@ -51,6 +52,7 @@ class JobRun:
         self.catalog = ctx["catalog"]
         self.objects = ctx["objects"]
         self.settings = ctx["settings"]
+        self.stuck = False  # set by the heartbeat when progress stalled past ``stuck_after_s``
 
     async def checkpoint(self, fraction: float, stage: str, message: str = "") -> None:
         """Record progress; raise :class:`JobCancelled` if someone asked the job to stop."""
@@ -88,31 +90,42 @@ async def run_job(ctx: WorkerContext, job_id: str, body: Body, *, timeout_s: flo
             await catalog.finish_job(job_id, JobStatus.cancelled)
         return
     run = JobRun(ctx, job)
-    if job.attempts > settings.job_max_tries:
+    if job.lost >= settings.job_max_tries:
         await _cleanup(cleanup, run)
         await catalog.finish_job(job_id, JobStatus.failed, error={
             "code": "max-attempts", "attempts": job.attempts - 1,
-            "detail": f"gave up after {job.attempts - 1} attempts; the last did not finish (its worker stopped)"})
+            "detail": f"the worker process died while running this job {job.lost} times; it is not run again"})
         return
+    work = asyncio.create_task(body(run))
     every_s = settings.heartbeat_s
-    heartbeat = asyncio.create_task(_beat(catalog, job_id, every_s, beats=int(timeout_s / every_s) + 1))
+    heartbeat = asyncio.create_task(_beat(run, work, every_s, beats=int(timeout_s / every_s) + 1))
     deadline = asyncio.timeout(timeout_s)
     try:
         async with deadline:
-            result = await body(run)
+            result = await work
     except JobCancelled:
         await _cleanup(cleanup, run)
         await catalog.finish_job(job_id, JobStatus.cancelled)
     except AttemptSuperseded as exc:
         logger.warning("job %s attempt %d stops: %s", job_id, job.attempts, exc)  # the sweep drops its segment
+    except asyncio.CancelledError:
+        if not run.stuck:  # the worker is stopping: hand the attempt back, it runs again later
+            with contextlib.suppress(Exception):
+                await catalog.hand_back_job(job_id, attempt=job.attempts)
+            raise
+        await _cleanup(cleanup, run)
+        await catalog.finish_job(job_id, JobStatus.failed, error={
+            "code": "stuck", "stage": run.job.progress.stage,
+            "detail": f"the job made no progress for {settings.stuck_after_s:.0f} s (TUPLEHUB_STUCK_AFTER_S) "
+                      "and was stopped"})
     except Exception as exc:
         await _failed(run, exc, timed_out=deadline.expired(), timeout_s=timeout_s, cleanup=cleanup)
     else:
         await catalog.finish_job(job_id, JobStatus.succeeded, result=result)
     finally:
         heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+        work.cancel()
+        await asyncio.gather(heartbeat, work, return_exceptions=True)
 
 
 async def _failed(run: JobRun, exc: Exception, *, timed_out: bool, timeout_s: float,
@@ -125,8 +138,8 @@ async def _failed(run: JobRun, exc: Exception, *, timed_out: bool, timeout_s: fl
         if job.attempts < run.settings.job_max_tries:
             delay = min(300, 2 ** job.attempts)
             logger.warning("job %s attempt %d: %s; retrying in %d s", job.id, job.attempts, exc, delay)
-            await catalog.update_job(job.id, progress={**job.progress.model_dump(), "stage": "retrying",
-                                                       "message": str(exc)[:500]})
+            await catalog.update_job(job.id, worker=None, progress={**job.progress.model_dump(), "stage": "retrying",
+                                                                    "message": str(exc)[:500]})
             raise Retry(defer=timedelta(seconds=delay)) from exc
         error = {"code": "store-unavailable", "detail": str(exc)[:2000], "attempts": job.attempts}
     elif isinstance(exc, TuplehubError):
@@ -147,9 +160,18 @@ async def _cleanup(cleanup: Cleanup | None, run: JobRun) -> None:
         logger.exception("cleanup after job %s failed; the periodic sweep removes what it left", run.job.id)
 
 
-async def _beat(catalog: Catalog, job_id: str, every_s: float, beats: int) -> None:
-    """Prove the job is alive while its work runs in a thread; recovery re-runs silent jobs."""
+async def _beat(run: JobRun, work: asyncio.Task[Any], every_s: float, beats: int) -> None:
+    """Prove the job is alive while its work runs in a thread (recovery re-runs silent jobs), and
+    stop the work when its progress has not moved for ``stuck_after_s``: a fresh heartbeat only
+    says the process lives, not that the job gets anywhere."""
     for _ in range(beats):
         await asyncio.sleep(every_s)
         with contextlib.suppress(Exception):
-            await catalog.update_job(job_id, heartbeat_at=utcnow())
+            await run.catalog.update_job(run.job.id, heartbeat_at=utcnow())
+            current = await run.catalog.get_job(run.job.id)
+            if stalled(current, after_s=run.settings.stuck_after_s):
+                logger.warning("job %s made no progress since %s; stopping it", run.job.id, current.progress_at)
+                run.stuck = True
+                run.job = current
+                work.cancel()
+                return

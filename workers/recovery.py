@@ -2,7 +2,8 @@
 
 The catalog is the source of truth. A ``queued`` job missing from Redis is enqueued again; a
 ``running`` job whose heartbeat stopped belonged to a worker that died, so its Arq in-progress
-mark is released and a live worker runs it again (ingest and export are idempotent). Expired
+mark is released and a live worker runs it again (ingest and export are idempotent); the worker
+that ``tuplehub serve`` supervises does this at once when it starts, as it is the only one. Expired
 upload sessions are aborted, and segments that no version references are deleted once their
 job has ended.
 """
@@ -21,16 +22,22 @@ from tuplehub.workers.context import WorkerContext
 logger = logging.getLogger("tuplehub.workers")
 
 
-async def requeue_lost_jobs(ctx: WorkerContext) -> int:
-    """Put queued jobs missing from Redis back, and free running jobs whose worker died."""
+async def requeue_lost_jobs(ctx: WorkerContext, *, sole: bool = False) -> int:
+    """Put queued jobs missing from Redis back, and free running jobs whose worker died.
+
+    ``sole``: this worker is starting and is the only one on its queue (``tuplehub serve``
+    supervises it), so every running job belonged to a worker process that is gone: it is run
+    again at once instead of after ``stale_after_s`` of silence. The next claim counts the lost
+    attempt (see :func:`tuplehub.storage.catalog.jobstate.claim`).
+    """
     catalog, queue, settings = ctx["catalog"], ctx["queue"], ctx["settings"]
     stale_before = utcnow() - timedelta(seconds=settings.stale_after_s)
     recovered = 0
     for job in await catalog.jobs_with_status([JobStatus.queued, JobStatus.running]):
         if job.status == JobStatus.running:
-            if job.heartbeat_at is not None and job.heartbeat_at > stale_before:
+            if not sole and job.heartbeat_at is not None and job.heartbeat_at > stale_before:
                 continue
-            logger.warning("job %s has been silent since %s; running it again", job.id, job.heartbeat_at)
+            logger.warning("job %s lost its worker (silent since %s); running it again", job.id, job.heartbeat_at)
             await queue.release(job.id)
             recovered += 1
             if not await queue.knows(job.id):  # Redis lost it too
@@ -82,8 +89,8 @@ async def sweep_segments(ctx: WorkerContext) -> int:
     return swept
 
 
-async def maintain(ctx: WorkerContext) -> None:
-    """The periodic pass (an Arq cron job, and once at worker start-up)."""
-    await requeue_lost_jobs(ctx)
+async def maintain(ctx: WorkerContext, *, sole: bool = False) -> None:
+    """The periodic pass (an Arq cron job, and once at worker start-up, where ``sole`` may be set)."""
+    await requeue_lost_jobs(ctx, sole=sole)
     await expire_uploads(ctx)
     await sweep_segments(ctx)

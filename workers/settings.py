@@ -1,7 +1,8 @@
 """Arq worker wiring: which functions run, their limits, start-up and shutdown.
 
 ``tuplehub worker`` runs this as a separate process in deployments; ``tuplehub serve`` runs the
-same worker inside the API process in the embedded default.
+same worker as a child process it supervises (``python -m tuplehub.workers``, restarted if it
+dies) in the embedded default, so a job that kills its process never takes the API with it.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ def _every(seconds: int) -> dict[str, Any]:
     return {"hour": set(range(0, 24, step)), "minute": 0, "second": 0}
 
 
-def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = True, burst: bool = False) -> Worker:
-    """An Arq worker for ``settings``, talking to Redis at ``redis_url``."""
+def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = True, burst: bool = False,
+                 sole: bool = False) -> Worker:
+    """An Arq worker for ``settings``, talking to Redis at ``redis_url``; ``sole``: no other worker
+    serves this queue, so jobs still marked running at start-up lost their worker."""
 
     async def startup(ctx: WorkerContext) -> None:
         ctx["settings"] = settings
@@ -59,11 +62,14 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         ctx["catalog"] = await open_catalog(settings.resolved_catalog_url())
         ctx["objects"] = open_object_store(settings.resolved_objects_url(), **settings.object_store_options())
         ctx["queue"] = await Queue.connect(redis_url, settings.queue_name)
-        await maintain(ctx)
+        await maintain(ctx, sole=sole)
 
     async def shutdown(ctx: WorkerContext) -> None:
-        await ctx["queue"].aclose()
-        await ctx["catalog"].aclose()
+        # A worker stopped during its start-up has opened only some of these.
+        if "queue" in ctx:
+            await ctx["queue"].aclose()
+        if "catalog" in ctx:
+            await ctx["catalog"].aclose()
 
     return Worker(
         functions=[

@@ -72,8 +72,10 @@ def _main(version: Annotated[bool, typer.Option(
 
 
 @app.command()
-def serve(host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
-          port: Annotated[int | None, typer.Option(help="Port (0 picks a free one) [default: 8470].")] = None,
+def serve(host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1, or "
+                                                         "TUPLEHUB_HOST).")] = None,
+          port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one (default 8470, or "
+                                                        "TUPLEHUB_PORT).")] = None,
           data_dir: DataDir = None,
           worker: Annotated[bool, typer.Option(help="Run a job worker in this process.")] = True) -> None:
     """Run the API (and a worker); with nothing configured, the embedded default with a bundled Redis."""

@@ -4,11 +4,14 @@ It records CartPole episodes with two policies (uniformly random, and a pole-bal
 uploads them with each episode's policy as metadata, waits for the ingest job, exports the
 heuristic's transitions where the pole is nearly upright, checks the export against the recorded
 arrays, shows the quality metrics the server computed after the ingest, and prints what it did
-and how long each step took.
+and how long each step took. Each episode's metadata carries a hash of the whole recording, so
+running the demo again with the same options reuses its version instead of adding one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -18,21 +21,26 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tuplehub.client.cli.output import reported_errors
-from tuplehub.client.discovery import embedded_credentials
+from tuplehub.client.discovery import SERVER_FILE, embedded_credentials
+from tuplehub.client.discovery import data_dir as default_data_dir
 from tuplehub.storage.deferred import deferred
 from tuplehub.storage.errors import NotFound
+from tuplehub.storage.paths import read_json
 
 if TYPE_CHECKING:  # `tuplehub --help` imports this module: numpy, gymnasium and the client load when it runs
     import gymnasium as gym
     import numpy as np
 
     from tuplehub.client.client import Client
+    from tuplehub.client.datasets import Dataset
+    from tuplehub.storage.models import VersionRecord
 else:
     gym = deferred("gymnasium")
     np = deferred("numpy")
 
 DATASET = "cartpole-demo"
 UPRIGHT = 0.01  # radians: the pole is "nearly upright" within this angle
+MAX_VERSIONS_CHECKED = 20  # for an earlier run's version, newest first
 
 
 def record(env_id: str, episodes: int, seed: int) -> tuple[dict[str, np.ndarray], dict[int, dict[str, Any]]]:
@@ -63,38 +71,90 @@ def record(env_id: str, episodes: int, seed: int) -> tuple[dict[str, np.ndarray]
     return arrays, metadata
 
 
-def _server(stack: ExitStack, data_dir: Path | None) -> Client:
-    """A running server if one answers, else an embedded one in this process."""
+def _server(stack: ExitStack, url: str | None, data_dir: Path | None) -> Client:
+    """The server named by ``--url``; else the embedded server of the data folder if one runs there
+    and its local admin can sign in; else a new embedded server there, on a free port, stopped at
+    the end. Whatever else answers on the default address (another account's server, a
+    port-forward) is never used: the demo must not fail on a server it cannot sign in to."""
     from tuplehub.client.client import Client
 
-    client = stack.enter_context(Client())
-    try:
-        if client.ready().get("status") == "ok":
-            return client
-    except Exception:  # nothing answers: start our own below
-        pass
-    from tuplehub.client.cli.server import load_settings, serve_in_thread
+    if url:
+        return stack.enter_context(Client(url))
+    folder = data_dir or default_data_dir()
+    announced = read_json(folder / SERVER_FILE)
+    if announced is not None and "url" in announced:
+        client = stack.enter_context(Client(str(announced["url"])))
+        credentials = embedded_credentials(client.url, folder)
+        try:
+            if credentials is not None:
+                client.login(*credentials, remember=False)
+                return client
+        except Exception:  # a stale server.json, or not ours: start our own below
+            pass
+    from tuplehub.client.cli.server import serve_in_subprocess
 
-    settings = load_settings(data_dir=data_dir, port=0)
-    typer.echo(f"starting the embedded server (data in {settings.data_dir}) ...")
-    server = stack.enter_context(serve_in_thread(settings))
-    client = stack.enter_context(Client(server.url))
-    credentials = embedded_credentials(server.url, settings.data_dir)
-    if not client.signed_in and credentials is not None:
-        client.login(*credentials)
+    typer.echo(f"starting the embedded server (data in {folder}) ...")
+    started = stack.enter_context(serve_in_subprocess(folder))
+    client = stack.enter_context(Client(started))
+    credentials = embedded_credentials(started, folder)
+    if credentials is None:
+        raise SystemExit(f"error: the embedded server in {folder} left no local admin credentials")
+    client.login(*credentials, remember=False)
     return client
+
+
+def recording_hash(arrays: dict[str, np.ndarray], metadata: dict[int, dict[str, Any]]) -> str:
+    """Of what was recorded: the same episodes and seed give the same hash."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    digest.update(json.dumps(metadata, sort_keys=True).encode())
+    return digest.hexdigest()[:32]
+
+
+def _version_of(dataset: Dataset, recording: str) -> VersionRecord | None:
+    """The newest version whose episodes carry this recording's hash (the demo ran before)."""
+    for version in reversed(dataset.record.versions[-MAX_VERSIONS_CHECKED:]):
+        first = dataset.episodes(version=version.number, limit=1).items
+        if first and first[0].metadata.get("recording") == recording:
+            return version
+    return None
+
+
+def _upload(dataset: Dataset, arrays: dict[str, np.ndarray], metadata: dict[int, dict[str, Any]],
+            timings: dict[str, float]) -> dict[str, Any]:
+    """Upload the recording as a new version, unless a version already holds exactly it."""
+    recording = recording_hash(arrays, metadata)
+    existing = _version_of(dataset, recording)
+    if existing is not None:
+        typer.echo(f"version {existing.number} already holds this recording: using it (no new version)")
+        return {"version": existing.number, "episodes": existing.episodes, "transitions": existing.transitions}
+    started = time.perf_counter()
+    tagged = {episode: {**values, "recording": recording} for episode, values in metadata.items()}
+    job = dataset.upload(arrays, mode="replace", episode_metadata=tagged)
+    result = job.wait().result or {}
+    timings["upload → ingested"] = time.perf_counter() - started
+    return result
 
 
 def demo(episodes: Annotated[int, typer.Option(min=2, max=10_000, help="Episodes to record.")] = 40,
          seed: Annotated[int, typer.Option(help="Seed of the environment and the random policy.")] = 0,
          data_dir: Annotated[Path | None, typer.Option(envvar="TUPLEHUB_DATA_DIR",
-                                                       help="Data folder of the embedded server.")] = None) -> None:
-    """Record CartPole with two policies, upload, ingest, export a filtered subset and report."""
+                                                       help="Data folder of the embedded server.")] = None,
+         url: Annotated[str | None, typer.Option(help=(
+             "Use this server instead of the embedded one (TUPLEHUB_URL is not used: the demo runs its "
+             "own server unless told)."))] = None) -> None:
+    """Record CartPole with two policies, upload, ingest, export a filtered subset and report.
+
+    Runs against the embedded server of the data folder (started for the demo and stopped at the
+    end if none runs there). Running it again with the same options reuses the version it made.
+    """
     from tuplehub.storage.filters.language import F
 
     timings: dict[str, float] = {}
     with reported_errors(), ExitStack() as stack:
-        hub = _server(stack, data_dir)
+        hub = _server(stack, url, data_dir)
         typer.echo(f"server: {hub.url}")
 
         started = time.perf_counter()
@@ -106,10 +166,7 @@ def demo(episodes: Annotated[int, typer.Option(min=2, max=10_000, help="Episodes
         except NotFound:
             dataset = hub.datasets.create(DATASET, description="CartPole-v1: random and heuristic policies",
                                           tags=["demo", "cartpole"])
-        started = time.perf_counter()
-        job = dataset.upload(arrays, mode="replace", episode_metadata=metadata)
-        result = job.wait().result or {}
-        timings["upload → ingested"] = time.perf_counter() - started
+        result = _upload(dataset, arrays, metadata, timings)
 
         started = time.perf_counter()
         export = dataset.export(episodes=F.metadata.policy == "heuristic",

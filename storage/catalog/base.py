@@ -167,6 +167,9 @@ class Catalog(Protocol):
     async def claim_job(self, job_id: str, *, worker: str) -> JobRecord | None:
         """Start the job's next attempt (``attempts`` + 1); None if it finished or was cancelled."""
 
+    async def hand_back_job(self, job_id: str, *, attempt: int) -> bool:
+        """Queue a running job again whose worker stopped cleanly during ``attempt``; False if it moved on."""
+
     async def update_job(self, job_id: str, **fields: Any) -> None:
         """Set fields of a job that has not finished (progress, heartbeat)."""
 

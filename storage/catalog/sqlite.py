@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from tuplehub.storage.access import StoredRecord
 from tuplehub.storage.blocks import BlockRecord
 from tuplehub.storage.catalog.base import NAMESPACES, M, ReadScope, RecordKind, check_fields, sort_stamp
-from tuplehub.storage.catalog.jobstate import cancel, claim, finish, update
+from tuplehub.storage.catalog.jobstate import cancel, claim, finish, hand_back, update
 from tuplehub.storage.errors import ConfigError, Conflict, NotFound, StoreUnavailable
 from tuplehub.storage.filters.prune import Constraint
 from tuplehub.storage.models import (
@@ -420,6 +420,9 @@ class SQLiteCatalog:
 
     async def claim_job(self, job_id: str, *, worker: str) -> JobRecord | None:
         return await self._modify_job(job_id, lambda job: claim(job, worker=worker))
+
+    async def hand_back_job(self, job_id: str, *, attempt: int) -> bool:
+        return await self._modify_job(job_id, lambda job: hand_back(job, attempt=attempt)) is not None
 
     async def update_job(self, job_id: str, **fields: Any) -> None:
         await self._modify_job(job_id, lambda job: update(job, fields))
