@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     max_part_bytes: int = Field(2**30, description="Largest upload part the API accepts.")
     max_body_bytes: int = Field(2**20, ge=1024, description="Largest JSON request body the API accepts.")
 
+    # What one filter or one upload may cost (hostile input).
+    filter_max_leaves: int = Field(1000, ge=1, description=(
+        "Most comparisons one filter may hold (exports, derives, episode listing, rebalancing)."))
+    max_tensor_bytes: int = Field(4 * 2**20, ge=1, description=(
+        "Largest observation or action of one row, in bytes, that an upload may hold."))
+    max_upload_episodes: int = Field(1_000_000, ge=1, description="Most episodes one upload may hold.")
+
     # Access. Booleans are parsed by pydantic: "False", "false", "0" and "no" all mean false.
     admin_username: str = Field("admin", description="The first admin, created on first start.")
     admin_password: SecretStr | None = Field(None, description=(
