@@ -11,25 +11,33 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from tuplehub.client import Client, F, InvalidFilter, Rebalance
+from tuplehub.client import Client, F, InvalidFilter, InvalidUpload, JobFailed, Rebalance
 from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
 from tuplehub.client.datasets import Dataset
 from tuplehub.storage.filters.arrow import compile_filter
 from tuplehub.storage.filters.language import And, FilterNode, Or, measure
+from tuplehub.storage.objects import open_object_store
+from tuplehub.storage.upload_limits import decoded_size
+from tuplehub.workers.jobs import ingest as ingest_module
 
 from .conftest import admin_client, make_settings
 from .factories import episode_arrays
 from .test_filters import TUPLE_SCHEMA, expected_rows, kept_rows, random_leaf, tuple_data
 
 MAX_LEAVES = 10
+MAX_TENSOR_BYTES = 4096
+MAX_EPISODES = 50
 
 
 @pytest.fixture(scope="module")
 def limited_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[EmbeddedServer]:
     """A hub whose limits are small enough to reach with small data."""
-    settings = make_settings(tmp_path_factory.mktemp("limits"), redis_url, filter_max_leaves=MAX_LEAVES)
+    settings = make_settings(tmp_path_factory.mktemp("limits"), redis_url, filter_max_leaves=MAX_LEAVES,
+                             max_tensor_bytes=MAX_TENSOR_BYTES, max_upload_episodes=MAX_EPISODES)
     with serve_in_thread(settings) as server:
         yield server
 
@@ -138,3 +146,93 @@ def test_derives_refuse_a_filter_with_too_many_comparisons(hub: Client, dataset:
 def test_episode_listing_refuses_a_filter_with_too_many_comparisons(dataset: Dataset) -> None:
     refused(lambda: dataset.episodes(where=wide_or("length", MAX_LEAVES + 1)))
     assert dataset.episodes(where=wide_or("length", MAX_LEAVES)).total >= 0
+
+
+# --- uploads: tensor sizes and episode counts ------------------------------------------------
+
+def zeros_upload(path: Path, *, rows: int, width: int, variable: bool = False, episodes: int = 1) -> Path:
+    """``rows`` rows whose observation is ``width`` float32 zeros: a tiny file, big once decoded."""
+    values = pa.array(np.zeros(rows * width, np.float32))
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * width)
+    obs = pa.ListArray.from_arrays(offsets, values) if variable else pa.FixedSizeListArray.from_arrays(values, width)
+    ids = np.arange(rows) * episodes // rows
+    ends = np.append(ids[1:] != ids[:-1], True)
+    pq.write_table(pa.table({"episode_id": ids, "observation": obs, "action": np.zeros(rows, np.float32),
+                             "reward": np.zeros(rows, np.float32), "terminated": ends,
+                             "truncated": np.zeros(rows, bool)}), path, compression="zstd")
+    return path
+
+
+@pytest.mark.parametrize("variable", [False, True], ids=["fixed-size", "variable"])
+def test_tensors_above_the_limit_are_refused_naming_column_and_size(hub: Client, tmp_path: Path,
+                                                                     variable: bool) -> None:
+    dataset = hub.datasets.create(f"lim-{uuid.uuid4().hex[:8]}")
+    fits = zeros_upload(tmp_path / "fits.parquet", rows=20, width=MAX_TENSOR_BYTES // 4, variable=variable)
+    dataset.upload(fits).wait()
+    wide = zeros_upload(tmp_path / "wide.parquet", rows=20, width=MAX_TENSOR_BYTES // 4 + 1, variable=variable)
+    with pytest.raises(JobFailed) as failure:
+        dataset.upload(wide).wait()
+    assert "column 'observation'" in str(failure.value)
+    assert "1,025 values (4,100 bytes)" in str(failure.value)
+    assert "TUPLEHUB_MAX_TENSOR_BYTES" in str(failure.value)
+    assert failure.value.error["reason"] == "tensor-too-large"
+    assert dataset.refresh().latest_version == 1  # nothing half-written
+
+
+def test_the_tensor_limit_is_decided_from_the_footer_before_any_row_is_decoded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 MB of zeros in a 2 KB file: the footer's value counts give it away."""
+    bomb = zeros_upload(tmp_path / "bomb.parquet", rows=8, width=2_000_000)
+    assert bomb.stat().st_size < 2**14
+    monkeypatch.setattr(ingest_module, "_batches", lambda *_: pytest.fail("rows were decoded"))
+    objects = open_object_store((tmp_path / "objects").as_uri())
+    with objects.open_write("bomb.parquet") as sink:
+        sink.write(bomb.read_bytes())
+    reader = ingest_module.UploadReader(objects, "bomb.parquet", "s", {}, max_tensor_bytes=4 * 2**20,
+                                        max_episodes=10)
+    with pytest.raises(InvalidUpload, match=r"2,000,000 values \(7\.6 MiB\)"):
+        next(reader.steps())
+
+
+def test_decoded_sizes_come_from_value_counts(tmp_path: Path) -> None:
+    table = pa.table({"observation": pa.FixedSizeListArray.from_arrays(
+        pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(5 * 6, np.float64)), 3), 2),
+        "action": pa.array([[1, 2]] * 5, pa.list_(pa.int32())), "reward": np.zeros(5, np.float32)})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=2)
+    size = decoded_size(pq.ParquetFile(tmp_path / "t.parquet").metadata)
+    assert size.tensor_values == {"observation": 6, "action": 2}
+    assert size.tensor_bytes == {"observation": 48, "action": 8}
+    assert size.row_bytes == 48 + 8 + 4
+
+
+def test_ingest_batches_are_sized_by_decoded_bytes(tmp_path: Path) -> None:
+    """Rows of 1 MB: the old minimum of 64 rows a batch made 64 MB batches of a 16 MB budget."""
+    upload = zeros_upload(tmp_path / "wide.parquet", rows=100, width=2**18)
+    parquet = pq.ParquetFile(upload)
+    batches = list(ingest_module._batches(parquet, decoded_size(parquet.metadata).row_bytes))
+    assert sum(batch.num_rows for batch in batches) == 100
+    assert max(batch.nbytes for batch in batches) <= ingest_module.BATCH_BYTES
+
+
+def test_many_tiny_episodes_are_handled_in_bounded_steps(tmp_path: Path) -> None:
+    episodes = 3 * ingest_module.EPISODES_PER_STEP + 7
+    upload = zeros_upload(tmp_path / "tiny.parquet", rows=episodes, width=1, episodes=episodes)
+    objects = open_object_store((tmp_path / "objects").as_uri())
+    with objects.open_write("tiny.parquet") as sink:
+        sink.write(upload.read_bytes())
+    reader = ingest_module.UploadReader(objects, "tiny.parquet", "s", {}, max_tensor_bytes=4096,
+                                        max_episodes=episodes)
+    counts = [len(step.episodes) for step in reader.steps()]
+    assert sum(counts) == episodes
+    assert max(counts) <= ingest_module.EPISODES_PER_STEP
+
+
+def test_an_upload_with_too_many_episodes_is_refused(hub: Client, tmp_path: Path) -> None:
+    dataset = hub.datasets.create(f"lim-{uuid.uuid4().hex[:8]}")
+    dataset.upload(episode_arrays(episodes=MAX_EPISODES, length=2)).wait()
+    with pytest.raises(JobFailed) as failure:
+        dataset.upload(episode_arrays(episodes=MAX_EPISODES + 1, length=2), mode="replace").wait()
+    assert f"more than {MAX_EPISODES} episodes" in str(failure.value)
+    assert "TUPLEHUB_MAX_UPLOAD_EPISODES" in str(failure.value)
+    assert failure.value.error["reason"] == "too-many-episodes"
+    assert dataset.refresh().latest_version == 1
