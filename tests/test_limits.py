@@ -69,8 +69,7 @@ def test_a_20000_term_or_runs_without_crashing_the_process() -> None:
     """
     script = textwrap.dedent("""
         import pyarrow as pa
-        from tuplehub.storage.catalog import open_catalog
-from tuplehub.storage.filters.arrow import compile_filter
+        from tuplehub.storage.filters.arrow import compile_filter
         from tuplehub.storage.filters.language import F, Or
         from tests.factories import SCHEMA
         node = Or(op="or", args=[F.step == i for i in range(20_000)])
