@@ -239,6 +239,18 @@ def test_an_upload_with_too_many_episodes_is_refused(hub: Client, tmp_path: Path
     assert dataset.refresh().latest_version == 1
 
 
+def test_the_upload_limits_do_not_apply_to_derived_versions(hub: Client) -> None:
+    """A merge of stored versions is no upload: its episodes each passed the limit when they came in."""
+    parts = []
+    for first_id in (0, MAX_EPISODES):
+        part = hub.datasets.create(f"lim-{uuid.uuid4().hex[:8]}")
+        part.upload(episode_arrays(episodes=MAX_EPISODES, length=2, first_id=first_id)).wait()
+        parts.append(part.name)
+    merged = f"lim-{uuid.uuid4().hex[:8]}"
+    hub.datasets.derive(merged, [{"dataset": name} for name in parts]).wait()
+    assert hub.datasets.get(merged).episodes(limit=1).total == 2 * MAX_EPISODES
+
+
 def disk_use(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.glob("catalog.db*"))
 

@@ -10,7 +10,8 @@ Each is ingested by the worker's own ``ingest`` job function, in a fresh child p
 own embedded catalog and object folder, and the script prints the seconds, the child's peak RSS,
 the data folder's size on disk and how the job ended. The reference is the same job run from the
 code before the limits (``--before``, a git revision, extracted to a temporary folder and put
-first on ``sys.path``), in the same run on the same files.
+first on ``sys.path``), in the same run on the same files; the wide rows are also ingested with
+the tensor limit raised to 1 GiB, to show what sizing batches by decoded bytes does on its own.
 
     nice python tests/perf/ingest_bombs.py                  # both uploads, before and after
     nice python tests/perf/ingest_bombs.py --only tiny --episodes 500000
@@ -22,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -84,20 +84,28 @@ async def ingest_once(upload: Path, folder: Path) -> dict[str, object]:
     done = await catalog.get_job(job.id)
     await catalog.aclose()
     return {"seconds": seconds, "status": str(done.status),
-            "detail": (done.error or {}).get("detail") or (done.result or {})}
+            "detail": done.error.detail if done.error is not None else done.result}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM; ``ru_maxrss`` would carry the parent's peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def child(upload: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="tuplehub-bomb-") as folder:
         outcome = asyncio.run(ingest_once(upload, Path(folder)))
         disk = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
-    outcome["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    outcome["peak_rss_mb"] = peak_rss_mb()
     outcome["disk_mb"] = disk / 2**20
     print(json.dumps(outcome, default=str))
 
 
-def measure(upload: Path, code: Path | None) -> dict[str, object]:
-    env = dict(os.environ)
+def measure(upload: Path, code: Path | None, **settings: str) -> dict[str, object]:
+    env = dict(os.environ) | settings
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, __file__, "--child", str(upload)], capture_output=True, text=True,
@@ -137,13 +145,15 @@ def main() -> None:
         for name, upload in uploads.items():
             if args.only and name != args.only:
                 continue
-            print(f"\n{name}: {upload.stat().st_size / 2**20:.2f} MiB of Parquet")
-            for label, code in ((f"before ({args.before})", before), ("after", None)):
-                m = measure(upload, code)
+            print(f"\n{name}: {upload.stat().st_size / 2**10:,.0f} KiB of Parquet")
+            runs = [(f"before ({args.before})", before, {}), ("after", None, {})]
+            if name == "wide":  # what byte-sized batches alone do, with the tensor limit out of the way
+                runs.append(("after, limit 1 GiB", None, {"TUPLEHUB_MAX_TENSOR_BYTES": str(2**30)}))
+            for label, code, settings in runs:
+                m = measure(upload, code, **settings)
                 figures = (f"{m['seconds']:7.1f} s  {m['peak_rss_mb']:6.0f} MB peak RSS  {m['disk_mb']:6.0f} MB disk"
                            if "seconds" in m else "")
-                print(f"  {label:<18} {figures}  {m['status']}: {str(m['detail'])[:160]}")
-
+                print(f"  {label:<20} {figures}  {m['status']}: {str(m['detail'])[:160]}", flush=True)
 
 if __name__ == "__main__":
     main()

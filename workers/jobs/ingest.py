@@ -62,8 +62,8 @@ class UploadReader:
     key: str
     segment: str
     episode_metadata: dict[str, dict[str, Any]]
-    max_tensor_bytes: int
-    max_episodes: int
+    max_tensor_bytes: int | None
+    max_episodes: int | None
     total_rows: int = 0
     layout: UploadLayout | None = None
     used_metadata: set[str] = field(default_factory=set)
@@ -74,7 +74,8 @@ class UploadReader:
             parquet = _open_parquet(handle)
             self.total_rows = parquet.metadata.num_rows
             size = decoded_size(parquet.metadata)
-            check_tensor_sizes(size, max_bytes=self.max_tensor_bytes)  # before a single row is decoded
+            if self.max_tensor_bytes is not None:
+                check_tensor_sizes(size, max_bytes=self.max_tensor_bytes)  # before a single row is decoded
             batches = _batches(parquet, size.row_bytes)
             first = next(batches, None)
             layout = self.layout = inspect_upload(parquet.schema_arrow, first)
@@ -152,9 +153,11 @@ async def ingest_upload(run: JobRun, upload_id: str, *, lineage: Lineage | None 
     # Each attempt writes its own segment: an attempt that a stale heartbeat made look dead may
     # still be running, and must never overwrite or delete what another attempt commits.
     segment = segment_id(run.job.id, run.job.attempts)
+    # A derived version's rows come from stored versions, which met the upload limits when they came in.
+    limited = lineage is None
     reader = UploadReader(run.objects, upload.object_key, segment, upload.episode_metadata,
-                          max_tensor_bytes=run.settings.max_tensor_bytes,
-                          max_episodes=run.settings.max_upload_episodes)
+                          max_tensor_bytes=run.settings.max_tensor_bytes if limited else None,
+                          max_episodes=run.settings.max_upload_episodes if limited else None)
     steps = reader.steps()
     await run.checkpoint(0.0, "ingest", "reading the upload")
     episodes = transitions = terminated = 0
