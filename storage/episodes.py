@@ -49,8 +49,6 @@ class EpisodeStats:
 @dataclass
 class EpisodeSplitter:
     layout: UploadLayout
-    max_episodes: int | None = None
-    """Refuse an upload with more episodes (``None``: no limit)."""
     rows: int = 0
     finished: list[EpisodeStats] = field(default_factory=list)
     _open: EpisodeStats | None = None
@@ -71,13 +69,6 @@ class EpisodeSplitter:
             flag = "terminated" if self._open.terminated else "truncated"
             raise InvalidUpload(f"episode {run_ids[0]!r} goes on after it was {flag}",
                                 column="episode_id", row=first_row, reason="step-after-end")
-        new = len(starts) - continuing
-        if self.max_episodes is not None and len(self._seen) + new > self.max_episodes:
-            over = int(starts[self.max_episodes - len(self._seen) + continuing])
-            raise InvalidUpload(f"the upload holds more than {self.max_episodes:,} episodes, the most this server "
-                                "accepts in one upload (setting TUPLEHUB_MAX_UPLOAD_EPISODES); send it in parts "
-                                "with mode=append", column="episode_id", row=first_row + over,
-                                reason="too-many-episodes", limit=self.max_episodes)
 
         runs: list[EpisodeStats] = []
         for position, (start, episode_id) in enumerate(zip(starts, run_ids, strict=True)):

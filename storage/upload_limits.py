@@ -1,4 +1,4 @@
-"""What an upload will cost once decoded, read from its Parquet footer before any row is decoded.
+"""What an upload will cost once decoded, known before its rows are decoded.
 
 Parquet's encodings hide size: a run of zeros is stored as a few bytes whatever its length, so
 a 2 KB file can hold rows of 64 MB, and the footer's "uncompressed" sizes count encoded bytes
@@ -9,10 +9,13 @@ what the tensor limit is checked against.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tuplehub.storage.episodes import run_starts
 from tuplehub.storage.errors import InvalidUpload
 
 # Bytes per decoded value of each Parquet physical type; BYTE_ARRAY (strings) has no fixed width.
@@ -65,6 +68,32 @@ def check_tensor_sizes(size: DecodedSize, *, max_bytes: int) -> None:
                 f"one row holds {size.tensor_values[column]:,} values ({_mib(nbytes)}); this server accepts at most "
                 f"{_mib(max_bytes)} per observation or action (setting TUPLEHUB_MAX_TENSOR_BYTES)",
                 column=column, reason="tensor-too-large", bytes=nbytes, limit=max_bytes)
+
+
+def check_episode_count(ids: Iterable[pa.RecordBatch], *, max_episodes: int) -> None:
+    """Refuse an upload of more than ``max_episodes`` episodes, counted from its id column alone.
+
+    ``ids`` are batches of the ``episode_id`` column, in order. Reading one column first costs a
+    fraction of the ingest, and refuses two million one-step episodes in a second instead of after a
+    million of them were written. (Episodes are runs of one id here; the ingest checks that runs of
+    one id do not repeat.)
+    """
+    episodes, rows, last = 0, 0, None
+    for batch in ids:
+        column = batch.column(0)
+        if len(column) == 0:
+            continue
+        starts = run_starts(column)
+        if last is not None and column[0].as_py() == last:
+            starts = starts[1:]  # the episode goes on from the previous batch
+        if episodes + len(starts) > max_episodes:
+            raise InvalidUpload(
+                f"the upload holds more than {max_episodes:,} episodes, the most this server accepts in one upload "
+                "(setting TUPLEHUB_MAX_UPLOAD_EPISODES); send it in parts with mode=append", column="episode_id",
+                row=rows + int(starts[max_episodes - episodes]), reason="too-many-episodes", limit=max_episodes)
+        episodes += len(starts)
+        rows += len(column)
+        last = column[-1].as_py()
 
 
 def _mib(nbytes: int) -> str:

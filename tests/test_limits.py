@@ -22,7 +22,7 @@ from tuplehub.storage.catalog import open_catalog
 from tuplehub.storage.filters.arrow import compile_filter
 from tuplehub.storage.filters.language import And, FilterNode, Or, measure
 from tuplehub.storage.objects import open_object_store
-from tuplehub.storage.upload_limits import decoded_size
+from tuplehub.storage.upload_limits import check_episode_count, decoded_size
 from tuplehub.workers.jobs import ingest as ingest_module
 
 from .conftest import admin_client, make_settings
@@ -226,6 +226,18 @@ def test_many_tiny_episodes_are_handled_in_bounded_steps(tmp_path: Path) -> None
     counts = [len(step.episodes) for step in reader.steps()]
     assert sum(counts) == episodes
     assert max(counts) <= ingest_module.EPISODES_PER_STEP
+
+    over = ingest_module.UploadReader(objects, "tiny.parquet", "s", {}, max_tensor_bytes=4096,
+                                      max_episodes=episodes - 1)
+    with pytest.raises(InvalidUpload, match=f"row {episodes - 1}: the upload holds more than"):
+        next(over.steps())  # refused before the first step: from the id column alone
+
+
+def test_episodes_are_counted_across_batches() -> None:
+    batches = [pa.record_batch({"episode_id": ids}) for ids in (["a", "a", "b"], [], ["b", "b", "c"])]
+    check_episode_count(batches, max_episodes=3)
+    with pytest.raises(InvalidUpload, match="row 5: the upload holds more than 2 episodes"):
+        check_episode_count(batches, max_episodes=2)
 
 
 def test_an_upload_with_too_many_episodes_is_refused(hub: Client, tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ Each is ingested by the worker's own ``ingest`` job function, in a fresh child p
 own embedded catalog and object folder, and the script prints the seconds, the child's peak RSS,
 the data folder's size on disk and how the job ended. The reference is the same job run from the
 code before the limits (``--before``, a git revision, extracted to a temporary folder and put
-first on ``sys.path``), in the same run on the same files; the wide rows are also ingested with
-the tensor limit raised to 1 GiB, to show what sizing batches by decoded bytes does on its own.
+first on ``sys.path``), in the same run on the same files. Each upload is also ingested with its
+limit raised (tensors to 1 GiB, episodes to all of them), to show what byte-sized batches and
+bounded steps do on their own.
 
     nice python tests/perf/ingest_bombs.py                  # both uploads, before and after
     nice python tests/perf/ingest_bombs.py --only tiny --episodes 500000
@@ -147,13 +148,17 @@ def main() -> None:
                 continue
             print(f"\n{name}: {upload.stat().st_size / 2**10:,.0f} KiB of Parquet")
             runs = [(f"before ({args.before})", before, {}), ("after", None, {})]
-            if name == "wide":  # what byte-sized batches alone do, with the tensor limit out of the way
+            # What byte-sized batches and bounded steps do on their own, with the limit out of the way.
+            if name == "wide":
                 runs.append(("after, limit 1 GiB", None, {"TUPLEHUB_MAX_TENSOR_BYTES": str(2**30)}))
+            else:
+                runs.append((f"after, limit {args.episodes:,}", None,
+                             {"TUPLEHUB_MAX_UPLOAD_EPISODES": str(args.episodes)}))
             for label, code, settings in runs:
                 m = measure(upload, code, **settings)
                 figures = (f"{m['seconds']:7.1f} s  {m['peak_rss_mb']:6.0f} MB peak RSS  {m['disk_mb']:6.0f} MB disk"
                            if "seconds" in m else "")
-                print(f"  {label:<20} {figures}  {m['status']}: {str(m['detail'])[:160]}", flush=True)
+                print(f"  {label:<24} {figures}  {m['status']}: {str(m['detail'])[:160]}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ from tuplehub.storage.episodes import EpisodeSplitter, EpisodeStats, run_starts
 from tuplehub.storage.errors import InvalidUpload, NotFound
 from tuplehub.storage.models import EpisodeRecord, Lineage, Moments, SegmentRef, UploadMode, VersionRecord
 from tuplehub.storage.objects import ObjectStore
-from tuplehub.storage.upload_limits import check_tensor_sizes, decoded_size
+from tuplehub.storage.upload_limits import check_episode_count, check_tensor_sizes, decoded_size
 from tuplehub.storage.versions import commit_segment, segment_id
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
 from tuplehub.workers.jobs.metric_schedule import queue_cheap_metrics
@@ -76,10 +76,12 @@ class UploadReader:
             size = decoded_size(parquet.metadata)
             if self.max_tensor_bytes is not None:
                 check_tensor_sizes(size, max_bytes=self.max_tensor_bytes)  # before a single row is decoded
+            if self.max_episodes is not None and "episode_id" in parquet.schema_arrow.names:
+                check_episode_count(_batches(parquet, 8, columns=["episode_id"]), max_episodes=self.max_episodes)
             batches = _batches(parquet, size.row_bytes)
             first = next(batches, None)
             layout = self.layout = inspect_upload(parquet.schema_arrow, first)
-            splitter = EpisodeSplitter(layout, max_episodes=self.max_episodes)
+            splitter = EpisodeSplitter(layout)
             builder = BlockBuilder(layout.schema, self.segment)
             for batch in itertools.chain([first] if first is not None else [], batches):
                 if batch.num_rows == 0:
@@ -119,10 +121,12 @@ def _open_parquet(handle: Any) -> pq.ParquetFile:
         raise InvalidUpload(f"the upload is not a readable Parquet file: {exc}", reason="unreadable") from exc
 
 
-def _batches(parquet: pq.ParquetFile, row_bytes: int) -> Iterator[pa.RecordBatch]:
-    """Batches of about :data:`BATCH_BYTES` decoded bytes (one row at least)."""
+def _batches(parquet: pq.ParquetFile, row_bytes: int, *, columns: list[str] | None = None
+             ) -> Iterator[pa.RecordBatch]:
+    """Batches of about :data:`BATCH_BYTES` decoded bytes (one row at least), of ``row_bytes`` a row."""
     try:
-        yield from parquet.iter_batches(batch_size=max(1, BATCH_BYTES // max(row_bytes, 1)), use_threads=True)
+        yield from parquet.iter_batches(batch_size=max(1, BATCH_BYTES // max(row_bytes, 1)), columns=columns,
+                                        use_threads=True)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidUpload(f"the upload's Parquet data is damaged: {exc}", reason="unreadable") from exc
 
