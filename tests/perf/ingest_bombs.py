@@ -156,7 +156,7 @@ def main() -> None:
                              {"TUPLEHUB_MAX_UPLOAD_EPISODES": str(args.episodes)}))
             for label, code, settings in runs:
                 m = measure(upload, code, **settings)
-                figures = (f"{m['seconds']:7.1f} s  {m['peak_rss_mb']:6.0f} MB peak RSS  {m['disk_mb']:6.0f} MB disk"
+                figures = (f"{m['seconds']:7.2f} s  {m['peak_rss_mb']:6.0f} MB peak RSS  {m['disk_mb']:6.0f} MB disk"
                            if "seconds" in m else "")
                 print(f"  {label:<24} {figures}  {m['status']}: {str(m['detail'])[:160]}", flush=True)
 
