@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tuplehub.api.app import create_app
 from tuplehub.client import Client, F, InvalidFilter, InvalidUpload, JobFailed, Rebalance
 from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
 from tuplehub.client.datasets import Dataset
@@ -22,6 +23,7 @@ from tuplehub.storage.catalog import open_catalog
 from tuplehub.storage.filters.arrow import compile_filter
 from tuplehub.storage.filters.language import And, FilterNode, Or, measure
 from tuplehub.storage.objects import open_object_store
+from tuplehub.storage.settings import Settings
 from tuplehub.storage.upload_limits import check_episode_count, decoded_size
 from tuplehub.workers.jobs import ingest as ingest_module
 
@@ -148,6 +150,32 @@ def test_episode_listing_refuses_a_filter_with_too_many_comparisons(dataset: Dat
     refused(lambda: dataset.episodes(where=wide_or("length", MAX_LEAVES + 1)))
     assert dataset.episodes(where=wide_or("length", MAX_LEAVES)).total >= 0
 
+
+def test_every_operation_that_takes_a_filter_is_covered_above(tmp_path: Path) -> None:
+    """A new route taking a filter (say, metrics on a subset) must check its size too: add it here."""
+    spec = create_app(Settings(_env_file=None, data_dir=tmp_path), "redis://unused").openapi()
+    schemas = spec["components"]["schemas"]
+
+    def named(node: object, seen: set[str]) -> set[str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                name = value.rsplit("/", 1)[-1] if key == "$ref" else None
+                if name is not None and name not in seen:
+                    seen.add(name)
+                    named(schemas[name], seen)
+                elif name is None:
+                    named(value, seen)
+        elif isinstance(node, list):
+            for value in node:
+                named(value, seen)
+        return seen
+
+    taking = {f"{method.upper()} {path}" for path, operations in spec["paths"].items()
+              for method, operation in operations.items()
+              if "Compare" in named(operation.get("requestBody", {}), set())
+              or any("filter" in (p.get("description") or "").lower() for p in operation.get("parameters", []))}
+    assert taking == {"POST /api/v1/datasets/{name}/exports", "POST /api/v1/datasets/{name}/derive",
+                      "GET /api/v1/datasets/{name}/versions/{version}/episodes"}
 
 # --- uploads: tensor sizes and episode counts ------------------------------------------------
 
