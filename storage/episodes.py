@@ -19,6 +19,11 @@ import pyarrow.compute as pc
 from tuplehub.storage.contract import UploadLayout
 from tuplehub.storage.errors import InvalidUpload
 
+# Steps that skip ahead are what a tuple-filtered export looks like when it is uploaded again.
+_FILTERED_HINT = (". Rows of a tuple-filtered export keep their original steps, so they do not form episodes; "
+                  "make the subset on the server instead: `tuplehub derive NEW --source "
+                  "'{\"dataset\": ..., \"where\": ...}' --renumber` (or an \"episodes\" filter for whole episodes)")
+
 
 @dataclass
 class EpisodeStats:
@@ -56,7 +61,7 @@ class EpisodeSplitter:
             return pa.table({})
         first_row = self.rows
         ids = columns["episode_id"]
-        starts = _run_starts(ids)
+        starts = run_starts(ids)
         run_ids = ids.take(pa.array(starts)).to_pylist()
         lengths = np.diff(np.append(starts, n))
         continuing = self._open is not None and run_ids[0] == self._open.episode_id
@@ -127,7 +132,8 @@ class EpisodeSplitter:
                             if step == previous else
                             ("step-out-of-order", f"step {step} follows step {previous} in episode"))
             raise InvalidUpload(f"{what} {runs[_run_of(starts, row)].episode_id!r}; steps of an episode "
-                                "must increase by one", column="step", row=first_row + row, reason=reason)
+                                f"must increase by one{_FILTERED_HINT if step > previous else ''}", column="step",
+                                row=first_row + row, reason=reason)
         for position, start in enumerate(starts):
             if not (position == 0 and continuing):
                 runs[position].first_step = int(steps[start])
@@ -164,7 +170,7 @@ class EpisodeSplitter:
             run.terminated, run.truncated = bool(terminated[i]), bool(truncated[i])
 
 
-def _run_starts(ids: pa.Array) -> np.ndarray:
+def run_starts(ids: pa.Array) -> np.ndarray:
     if len(ids) == 0:
         return np.zeros(0, dtype=np.int64)
     changed = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(zero_copy_only=False)

@@ -13,7 +13,8 @@ import pyarrow as pa
 
 from tuplehub.storage.errors import InvalidRequest
 from tuplehub.storage.filters.arrow import compile_filter
-from tuplehub.storage.models import ExportCreate, VersionRecord
+from tuplehub.storage.filters.language import check_size
+from tuplehub.storage.models import DeriveSource, ExportCreate, VersionRecord
 from tuplehub.storage.schema import TupleSchema
 
 
@@ -43,12 +44,23 @@ def output_schema(schema: TupleSchema, columns: list[str]) -> pa.Schema:
     return pa.schema([special[c] if c in special else stored.field(c) for c in columns])
 
 
-def check_export(version: VersionRecord, request: ExportCreate) -> None:
+def check_selection(schema: TupleSchema, selection: ExportCreate | DeriveSource, *, max_leaves: int) -> None:
+    """Refuse, as a 422, filters that are too big or do not fit the version (exports and derives).
+
+    Sizes are checked first, before anything walks a filter that a request may have made huge.
+    """
+    filters = [(selection.episodes, "episode"), (selection.where, "tuple")]
+    if selection.rebalance is not None:
+        filters.append((selection.rebalance.keep, "tuple"))
+    for node, _ in filters:
+        check_size(node, max_leaves=max_leaves)
+    for node, scope in filters:
+        compile_filter(node, scope, schema)  # type: ignore[arg-type]
+
+
+def check_export(version: VersionRecord, request: ExportCreate, *, max_leaves: int) -> None:
     """Raise the 422 a worker would otherwise fail the job with."""
-    compile_filter(request.episodes, "episode", version.tuple_schema)
-    compile_filter(request.where, "tuple", version.tuple_schema)
-    if request.rebalance is not None:
-        compile_filter(request.rebalance.keep, "tuple", version.tuple_schema)
+    check_selection(version.tuple_schema, request, max_leaves=max_leaves)
     export_columns(version.tuple_schema, request)
 
 

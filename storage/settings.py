@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     max_parts: int = Field(10_000, ge=1, le=10_000, description="Most parts one upload session may have.")
     max_body_bytes: int = Field(2**20, ge=1024, description="Largest JSON request body the API accepts.")
 
+    # What one filter or one upload may cost (hostile input).
+    filter_max_leaves: int = Field(1000, ge=1, description=(
+        "Most comparisons one filter may hold (exports, derives, episode listing, rebalancing)."))
+    max_tensor_bytes: int = Field(4 * 2**20, ge=1, description=(
+        "Largest observation or action of one row, in bytes, that an upload may hold."))
+    max_upload_episodes: int = Field(1_000_000, ge=1, description="Most episodes one upload may hold.")
+
     # Access. Booleans are parsed by pydantic: "False", "false", "0" and "no" all mean false.
     admin_username: str = Field("admin", description="The first admin, created on first start.")
     admin_password: SecretStr | None = Field(None, description=(

@@ -84,8 +84,8 @@ class Interrupting:
 
 @pytest.fixture(autouse=True)
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Read uploads in many small batches, so jobs have many checkpoints."""
-    monkeypatch.setattr(ingest_module, "BATCH_BYTES", 1)
+    """Read uploads in many small batches (~60 of these test rows), so jobs have many checkpoints."""
+    monkeypatch.setattr(ingest_module, "BATCH_BYTES", 4096)
 
 
 async def test_ingest_notices_cancellation_between_batches(ctx: WorkerContext) -> None:

@@ -24,7 +24,7 @@ from tuplehub.storage import quotas, versions
 from tuplehub.storage.access import GroupRecord, Publish, UserRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidFilter, NotFound
-from tuplehub.storage.filters.language import Filter, FilterNode
+from tuplehub.storage.filters.language import Filter, FilterNode, check_size
 from tuplehub.storage.metrics import MetricRecord
 from tuplehub.storage.models import (
     DatasetCreate,
@@ -160,8 +160,10 @@ async def unpublish_dataset(name: str, body: Publish, caller: Caller, catalog: C
 async def list_episodes(name: str, version: int, caller: Reader, catalog: CatalogDep,
                         where: Annotated[str | None, Query(description="Episode filter as JSON", examples=[
                             '{"op": "gt", "field": "return", "value": 100}'])] = None,
-                        offset: Offset = 0, limit: Limit = 100) -> Page[EpisodeRead]:
+                        offset: Offset = 0, limit: Limit = 100, *, settings: SettingsDep) -> Page[EpisodeRead]:
     """Episodes of one version that pass an episode filter, in version order."""
     dataset = await readable_dataset(catalog, caller, name)
     record = await versions.get_version(catalog, dataset, version)
-    return await versions.list_episodes(catalog, record, parse_filter(where), offset=offset, limit=limit)
+    node = parse_filter(where)
+    check_size(node, max_leaves=settings.filter_max_leaves)
+    return await versions.list_episodes(catalog, record, node, offset=offset, limit=limit)

@@ -9,8 +9,7 @@ from tuplehub.api.deps import Caller, CatalogDep, QueueDep, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.storage import quotas, versions
 from tuplehub.storage.errors import Forbidden, InvalidFilter, InvalidRequest, InvalidUpload, NotFound
-from tuplehub.storage.exports import output_schema
-from tuplehub.storage.filters.arrow import compile_filter
+from tuplehub.storage.exports import check_selection, output_schema
 from tuplehub.storage.models import DeriveCreate, JobKind, JobRead, JobRecord, UploadMode
 
 router = APIRouter(tags=["datasets"])
@@ -32,10 +31,7 @@ async def derive_dataset(name: str, body: DeriveCreate, caller: Caller, catalog:
     for number, source in enumerate(body.sources):
         dataset = await readable_dataset(catalog, caller, source.dataset)
         version = await versions.get_version(catalog, dataset, source.version)
-        compile_filter(source.episodes, "episode", version.tuple_schema)
-        compile_filter(source.where, "tuple", version.tuple_schema)
-        if source.rebalance is not None:
-            compile_filter(source.rebalance.keep, "tuple", version.tuple_schema)
+        check_selection(version.tuple_schema, source, max_leaves=settings.filter_max_leaves)
         columns = version.tuple_schema.export_columns()
         schema = output_schema(version.tuple_schema, columns)
         if body.renumber:

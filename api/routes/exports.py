@@ -35,7 +35,7 @@ async def create_export(name: str, body: ExportCreate, caller: Caller, catalog: 
     """Start an export job; an identical request on the same version returns the earlier job."""
     dataset = await readable_dataset(catalog, caller, name)
     version = await versions.get_version(catalog, dataset, body.version)
-    check_export(version, body)
+    check_export(version, body, max_leaves=settings.filter_max_leaves)
     job = JobRecord(kind=JobKind.export, owner=caller.user_id,
                     dedup_key=dedup_key(dataset.id, version.number, body, caller.id))
     job.params = {"dataset_id": dataset.id, "dataset": dataset.name, "version": version.number,

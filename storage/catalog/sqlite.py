@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     segment TEXT NOT NULL, idx INTEGER NOT NULL, episode_key TEXT NOT NULL, length INTEGER NOT NULL,
     return REAL NOT NULL, reward_min REAL NOT NULL, reward_max REAL NOT NULL,
     first_step INTEGER NOT NULL, last_step INTEGER NOT NULL, doc TEXT NOT NULL,
-    PRIMARY KEY (segment, idx));
+    PRIMARY KEY (segment, idx)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS episodes_by_key ON episodes (episode_key, segment);
 CREATE TABLE IF NOT EXISTS uploads (
     id TEXT PRIMARY KEY, status TEXT NOT NULL, expires_at TEXT NOT NULL, doc TEXT NOT NULL);
@@ -80,6 +80,13 @@ CREATE INDEX IF NOT EXISTS records_by_dataset ON records (kind, json_extract(doc
 
 _OPS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "="}
 _POOL_SIZE = 4
+
+
+# Episode fields kept in their own (exact, integer or text) columns only, put back into the doc on
+# reading; floats stay in the doc too, as JSON keeps their every bit. Older docs hold them all.
+_IN_COLUMNS = {"segment", "index", "length", "first_step", "last_step"}
+_EPISODE_DOC = ("json_set(doc, '$.segment', segment, '$.index', idx, '$.length', length, "
+                "'$.first_step', first_step, '$.last_step', last_step)")
 
 
 def _episode_key(episode_id: int | str) -> str:
@@ -287,8 +294,11 @@ class SQLiteCatalog:
             yield block
 
     async def put_episodes(self, episodes: Sequence[EpisodeRecord]) -> None:
+        # The doc leaves out what the row's integer columns hold (see _EPISODE_DOC): an upload may hold
+        # a million one-step episodes, and the segment id alone was a fifth of each row.
         rows = [(e.segment, e.index, _episode_key(e.episode_id), e.length, e.return_, e.reward_min,
-                 e.reward_max, e.first_step, e.last_step, e.model_dump_json()) for e in episodes]
+                 e.reward_max, e.first_step, e.last_step,
+                 e.model_dump_json(exclude=_IN_COLUMNS, exclude_defaults=True)) for e in episodes]
         await self._run(lambda c: c.executemany(
             "INSERT OR REPLACE INTO episodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows), write=True)
 
@@ -297,7 +307,7 @@ class SQLiteCatalog:
         args = [segment, *(c.value for c in constraints)]
         # Parsed in the worker thread too: a segment may hold a million episodes.
         return await self._run(lambda c: [EpisodeRecord.model_validate_json(doc) for (doc,) in c.execute(
-            f"SELECT doc FROM episodes WHERE segment = ?{where} ORDER BY idx", args)])
+            f"SELECT {_EPISODE_DOC} FROM episodes WHERE segment = ?{where} ORDER BY idx", args)])
 
     async def find_shared_episode_id(self, segment: str, others: Sequence[str]) -> int | str | None:
         if not others:

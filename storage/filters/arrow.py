@@ -7,6 +7,7 @@ which this expression is true.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,6 @@ import pyarrow.compute as pc
 from tuplehub.storage.errors import InvalidFilter
 from tuplehub.storage.filters.fields import FieldRef, Kind, Scope, resolve
 from tuplehub.storage.filters.language import (
-    MAX_DEPTH,
     And,
     Between,
     Compare,
@@ -26,7 +26,7 @@ from tuplehub.storage.filters.language import (
     In,
     Not,
     Or,
-    depth,
+    check_size,
 )
 from tuplehub.storage.schema import TupleSchema
 
@@ -65,8 +65,7 @@ def compile_filter(node: FilterNode | None, scope: Scope, schema: TupleSchema) -
     """Type-check ``node`` against ``schema`` and build its expression (``None`` keeps every row)."""
     if node is None:
         return CompiledFilter(pc.scalar(True))
-    if depth(node) > MAX_DEPTH:
-        raise InvalidFilter(f"the filter nests deeper than {MAX_DEPTH} levels")
+    check_size(node)  # bounds the recursion below
     compiled = CompiledFilter(pc.scalar(True))
     try:
         compiled.expression = _compile(node, scope, schema, compiled)
@@ -100,9 +99,9 @@ def metadata_column(values: list[Any], kind: Kind | None) -> pa.Array:
 
 def _compile(node: FilterNode, scope: Scope, schema: TupleSchema, out: CompiledFilter) -> pc.Expression:
     if isinstance(node, And):
-        return _fold([_compile(arg, scope, schema, out) for arg in node.args], lambda a, b: a & b)
+        return _fold([_compile(arg, scope, schema, out) for arg in _operands(node)], lambda a, b: a & b)
     if isinstance(node, Or):
-        return _fold([_compile(arg, scope, schema, out) for arg in node.args], lambda a, b: a | b)
+        return _fold([_compile(arg, scope, schema, out) for arg in _operands(node)], lambda a, b: a | b)
     if isinstance(node, Not):
         return ~_compile(node.arg, scope, schema, out)
     ref = resolve(node.field, scope, schema)  # type: ignore[attr-defined]
@@ -145,11 +144,44 @@ def _field_expression(ref: FieldRef) -> pc.Expression:
     return pc.list_element(column, ref.element)
 
 
-def _fold(parts: list[pc.Expression], combine) -> pc.Expression:
-    result = parts[0]
-    for part in parts[1:]:
-        result = combine(result, part)
-    return result
+# Operands Arrow chains directly. Arrow flattens every chain of one associative operator (``and``
+# inside ``and``) and folds it back up left-deep; binding and evaluating recurse once per level,
+# so a 20,000-term ``or`` overflowed the C stack and killed the whole process (10,000 already did).
+_CHAIN = 64
+_TRUE, _FALSE = pa.scalar(True), pa.scalar(False)
+
+
+def _operands(node: And | Or) -> list[FilterNode]:
+    """The operands of ``node`` with nested nodes of the same operator spliced in (``a & (b & c)``)."""
+    operands: list[FilterNode] = []
+    pending = list(reversed(node.args))
+    while pending:
+        arg = pending.pop()
+        if type(arg) is type(node):
+            pending.extend(reversed(arg.args))  # type: ignore[attr-defined]
+        else:
+            operands.append(arg)
+    return operands
+
+
+def _fold(parts: list[pc.Expression], combine: Callable[[pc.Expression, pc.Expression], pc.Expression]
+          ) -> pc.Expression:
+    """Combine ``parts`` into a tree of chains of at most :data:`_CHAIN` operands.
+
+    Each chain below the top is wrapped in ``if_else(chain, true, false)``, the identity on
+    booleans (null stays null), which Arrow does not flatten through: the tree keeps
+    ``log64(n)`` levels of short chains, and the expression nests ~200 levels for 20,000 terms.
+    """
+    while True:
+        chains = []
+        for start in range(0, len(parts), _CHAIN):
+            chain = parts[start]
+            for part in parts[start + 1:start + _CHAIN]:
+                chain = combine(chain, part)
+            chains.append(chain)
+        if len(chains) == 1:
+            return chains[0]
+        parts = [pc.if_else(chain, _TRUE, _FALSE) for chain in chains]
 
 
 def _check_kind(ref: FieldRef, op: str, values: list) -> None:

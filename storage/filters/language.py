@@ -20,6 +20,7 @@ false under ``not``: use ``exists`` to ask for presence.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -32,6 +33,8 @@ from pydantic import (
     StrictStr,
     field_validator,
 )
+
+from tuplehub.storage.errors import InvalidFilter
 
 # Integers fit int64 and floats are finite: every value can be compared without overflow.
 Scalar = StrictBool | Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)] \
@@ -125,12 +128,48 @@ for _model in (And, Or, Not):
     _model.model_rebuild()
 
 
-def depth(node: FilterNode) -> int:
-    if isinstance(node, And | Or):
-        return 1 + max(depth(arg) for arg in node.args)
-    if isinstance(node, Not):
-        return 1 + depth(node.arg)
-    return 1
+@dataclass(frozen=True)
+class FilterSize:
+    """How deep a filter nests and how many comparisons (leaves) it holds: what it costs to run."""
+
+    depth: int
+    leaves: int
+
+
+def measure(node: FilterNode) -> FilterSize:
+    """The size of ``node``, walked without recursion so that no tree can exhaust Python's stack."""
+    deepest = leaves = 0
+    pending: list[tuple[FilterNode, int]] = [(node, 1)]
+    while pending:
+        current, level = pending.pop()
+        deepest = max(deepest, level)
+        if isinstance(current, And | Or):
+            pending.extend((arg, level + 1) for arg in current.args)
+        elif isinstance(current, Not):
+            pending.append((current.arg, level + 1))
+        else:
+            leaves += 1
+    return FilterSize(deepest, leaves)
+
+
+def check_size(node: FilterNode | None, *, max_leaves: int | None = None) -> None:
+    """Refuse a filter deeper than :data:`MAX_DEPTH` or with more than ``max_leaves`` comparisons.
+
+    Every request that carries a filter calls this with the server's limit before anything else
+    looks at the filter: evaluation costs one pass over the data per comparison, so the number of
+    comparisons bounds what one request can cost (an ``in`` with many values is one comparison:
+    Arrow looks its values up in a hash set). The compiler checks the depth only.
+    """
+    if node is None:
+        return
+    size = measure(node)
+    if size.depth > MAX_DEPTH:
+        raise InvalidFilter(f"the filter nests deeper than {MAX_DEPTH} levels ({size.depth})",
+                            limit=MAX_DEPTH)
+    if max_leaves is not None and size.leaves > max_leaves:
+        raise InvalidFilter(f"the filter holds {size.leaves} comparisons; this server allows at most {max_leaves} "
+                            "(setting TUPLEHUB_FILTER_MAX_LEAVES); an 'in' with a list of values counts as one",
+                            limit=max_leaves, leaves=size.leaves)
 
 
 def field_paths(node: FilterNode) -> list[str]:
