@@ -199,8 +199,8 @@ def test_tensors_above_the_limit_are_refused_naming_column_and_size(hub: Client,
     fits = zeros_upload(tmp_path / "fits.parquet", rows=20, width=MAX_TENSOR_BYTES // 4, variable=variable)
     dataset.upload(fits).wait()
     wide = zeros_upload(tmp_path / "wide.parquet", rows=20, width=MAX_TENSOR_BYTES // 4 + 1, variable=variable)
-    with pytest.raises(JobFailed) as failure:
-        dataset.upload(wide).wait()
+    with pytest.raises(JobFailed) as failure:  # replace: an append of another width is refused at open
+        dataset.upload(wide, mode="replace").wait()
     assert "column 'observation'" in str(failure.value)
     assert "1,025 values (4,100 bytes)" in str(failure.value)
     assert "TUPLEHUB_MAX_TENSOR_BYTES" in str(failure.value)
