@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 
 from tuplehub.storage.catalog import Catalog
-from tuplehub.storage.errors import Conflict, InvalidUpload, NotFound
+from tuplehub.storage.catalog.sqlite import SQLiteCatalog
+from tuplehub.storage.errors import Conflict, InvalidUpload, NotFound, StoreUnavailable
 from tuplehub.storage.filters.prune import Constraint
 from tuplehub.storage.models import (
     DatasetRecord,
@@ -351,3 +352,17 @@ async def test_access_queries_refuse_unknown_fields_and_operator_values(catalog:
         await catalog.find_records("users", UserRecord, where={"name": {"$ne": "x"}})
     with pytest.raises(ValueError, match="no field"):
         await catalog.update_record("users", UserRecord, "x", **{"$set": 1})
+
+
+async def test_closing_waits_for_calls_in_progress_and_later_calls_fail_cleanly(catalog: Catalog) -> None:
+    """A shutdown that races a request (a heartbeat, a poll) must neither crash nor hang it."""
+    await new_dataset(catalog, "racing")
+    calls = [asyncio.ensure_future(catalog.get_dataset("racing")) for _ in range(20)]
+    await asyncio.sleep(0)
+    await catalog.aclose()
+    done = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=30)
+    assert all(not isinstance(result, BaseException) or isinstance(result, StoreUnavailable) for result in done)
+    if isinstance(catalog, SQLiteCatalog):
+        with pytest.raises(StoreUnavailable, match="closed"):
+            await asyncio.wait_for(catalog.get_dataset("racing"), timeout=30)
+    await catalog.aclose()  # closing twice is harmless

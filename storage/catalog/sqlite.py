@@ -79,6 +79,7 @@ CREATE INDEX IF NOT EXISTS records_by_dataset ON records (kind, json_extract(doc
 """
 
 _OPS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "="}
+_CLOSE_WAIT_S = 30  # how long aclose waits for a call in progress to give its connection back
 _POOL_SIZE = 4
 
 
@@ -97,7 +98,8 @@ class SQLiteCatalog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.block_dir = path.with_name(path.name + ".blocks")
-        self._connections: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        # None in the pool marks a closed catalog (see aclose)
+        self._connections: queue.SimpleQueue[sqlite3.Connection | None] = queue.SimpleQueue()
         self._write_lock = asyncio.Lock()
         self._all: list[sqlite3.Connection] = []
 
@@ -127,6 +129,9 @@ class SQLiteCatalog:
     async def _run(self, work: Callable[[sqlite3.Connection], R], *, write: bool = False) -> R:
         def call() -> R:
             conn = self._connections.get()
+            if conn is None:  # closed: pass the marker on to the next waiter
+                self._connections.put(conn)
+                raise StoreUnavailable(f"SQLite catalog {self.path} is closed")
             try:
                 if not write:
                     return work(conn)
@@ -518,9 +523,27 @@ class SQLiteCatalog:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
 
     async def aclose(self) -> None:
-        for conn in self._all:
-            conn.close()
-        self._all.clear()
+        """Close each connection once it is back in the pool.
+
+        Closing a connection that another thread is still using crashes the process inside
+        sqlite3, and a shutdown can race a heartbeat or a request. Calls that come later get the
+        None marker and fail with StoreUnavailable instead of waiting for a connection forever.
+        """
+        def drain() -> None:
+            for _ in range(len(self._all)):
+                try:
+                    conn = self._connections.get(timeout=_CLOSE_WAIT_S)
+                except queue.Empty:  # a call that never returned keeps its connection; exit frees it
+                    break
+                if conn is None:  # closed twice
+                    self._connections.put(conn)
+                    break
+                conn.close()
+            self._connections.put(None)
+
+        if self._all:
+            await asyncio.to_thread(drain)
+            self._all.clear()
 
 
 def _summary(dataset_doc: str, version_doc: str | None) -> DatasetSummary:
