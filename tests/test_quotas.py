@@ -109,6 +109,22 @@ def test_a_part_that_would_pass_the_quota_is_refused(raw: httpx.Client) -> None:
         "stored_bytes", STORED, STORED + 1)
 
 
+def test_a_session_whose_parts_together_pass_the_quota_is_refused_at_completion(raw: httpx.Client) -> None:
+    part = STORED * 3 // 4  # each part fits what is stored (nothing yet); two together do not
+    session = raw.post("/artifacts/uploads", json={"name": "split.bin", "part_size": part}).json()
+    parts = []
+    for number in (1, 2):
+        answer = raw.put(f"/uploads/{session['id']}/parts/{number}", content=b"x" * part)
+        assert answer.status_code == 200, answer.text
+        parts.append(answer.json())
+    refused = raw.post(f"/uploads/{session['id']}/complete", json={"parts": parts})
+    assert refused.status_code == 403, refused.text
+    assert (refused.json()["quota"], refused.json()["usage"], refused.json()["incoming"]) == (
+        "stored_bytes", 0, 2 * part)
+    assert raw.get(f"/uploads/{session['id']}").json()["status"] == "aborted"  # its bytes are freed
+    assert raw.get("/auth/me").json()["usage"]["stored_bytes"] == 0
+
+
 def test_a_job_past_the_concurrency_quota_is_refused(hub_server: EmbeddedServer, user: Client,
                                                      raw: httpx.Client) -> None:
     dataset = user.datasets.create(f"q-{uuid.uuid4().hex[:8]}")

@@ -18,7 +18,7 @@ from tuplehub.api.problems import problems
 from tuplehub.storage import quotas
 from tuplehub.storage.access import Right
 from tuplehub.storage.catalog import Catalog
-from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
+from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
 from tuplehub.storage.models import (
     JobKind,
     JobRead,
@@ -37,6 +37,7 @@ from tuplehub.storage.models import (
 )
 from tuplehub.storage.objects import S3_MIN_PART, ObjectStore
 from tuplehub.storage.queue import Queue
+from tuplehub.storage.settings import Settings
 
 router = APIRouter(tags=["uploads"])
 # Bytes gathered from the request stream before one write: few thread hops, bounded memory.
@@ -159,6 +160,7 @@ async def complete_upload(upload_id: str, body: UploadComplete, caller: Caller, 
     parts = [(part.number, part.etag) for part in sorted(body.parts, key=lambda p: p.number)]
     await asyncio.to_thread(objects.complete_multipart, upload.object_key, upload.multipart_id, parts,
                             upload.part_size)
+    await _assembled_within_quota(catalog, objects, settings, upload)
     completed = upload.model_copy(update={
         "status": UploadStatus.completed, "job_id": new_id(),
         "episode_metadata": {**upload.episode_metadata, **body.episode_metadata}})
@@ -168,6 +170,24 @@ async def complete_upload(upload_id: str, body: UploadComplete, caller: Caller, 
         if completed.status != UploadStatus.completed or completed.job_id is None:
             raise Conflict(f"upload {upload_id} was aborted meanwhile", upload=upload_id)
     return JobRead.from_record(await _ingest_job(catalog, queue, completed))
+
+
+async def _assembled_within_quota(catalog: Catalog, objects: ObjectStore, settings: Settings,
+                                  upload: UploadRecord) -> None:
+    """Refuse, and abort, a session whose assembled file would pass its owner's storage quota.
+
+    Each part is checked against what is already stored, not against the session's other parts, and
+    parts sent to presigned S3 URLs are not seen at all: only the whole file tells what a session adds.
+    """
+    if settings.quota_stored_bytes is None:
+        return
+    size = await asyncio.to_thread(objects.size, upload.object_key)
+    try:
+        await quotas.require_bytes(catalog, settings, upload.owner, size)
+    except QuotaExceeded:
+        if await catalog.transition_upload(upload.id, UploadStatus.open, UploadStatus.aborted):
+            await asyncio.to_thread(objects.delete, upload.object_key)
+        raise
 
 
 async def _ingest_job(catalog: Catalog, queue: Queue, upload: UploadRecord) -> JobRecord:
