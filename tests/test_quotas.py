@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -75,6 +76,20 @@ def test_a_dataset_past_the_quota_is_refused(user: Client) -> None:
     assert refused.value.extra == {"quota": "datasets", "usage": DATASETS, "limit": DATASETS}
     assert "delete one first" in refused.value.detail
     assert user.whoami().usage.datasets == DATASETS  # type: ignore[union-attr]
+
+
+def test_concurrent_creations_cannot_pass_the_dataset_quota(hub_server: EmbeddedServer, token: str) -> None:
+    def create(_: int) -> int:
+        with httpx.Client(base_url=hub_server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
+                          timeout=60) as http:
+            return http.post("/datasets", json={"name": f"q-{uuid.uuid4().hex[:8]}"}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(create, range(16)))
+    assert set(answers) <= {201, 403}
+    with httpx.Client(base_url=hub_server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}) as http:
+        owned = http.get("/auth/me").json()["usage"]["datasets"]
+    assert owned == answers.count(201) <= DATASETS
 
 
 def test_stored_bytes_are_counted_and_refused_before_an_upload(user: Client) -> None:
