@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from tuplehub.api.access.accounts import create_user, end_sessions, grantable_rights, set_password
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.passwords import verify_password
+from tuplehub.api.access.policy import require_password_sign_in
 from tuplehub.api.access.tokens import REFRESH_PREFIX, Signer, hash_token, new_opaque
 from tuplehub.api.deps import Caller, CatalogDep, LimiterDep, SettingsDep, SignerDep
 from tuplehub.api.problems import problems
@@ -142,8 +143,7 @@ async def change_password(body: PasswordChange, request: Request, caller: Caller
 
     Needs a sign-in with the password: an API token, however narrow, never changes the password.
     """
-    if caller.via != "access":
-        raise Forbidden("changing the password needs a sign-in with the password, not an API token")
+    require_password_sign_in(caller)
     user = await catalog.get_record("users", UserRecord, id=caller.user_id)
     await limiter.attempt(user.name, _address(request))  # a stolen token must not become a password oracle
     if not await verify_password(user.password_hash, body.current_password):
