@@ -116,6 +116,18 @@ def test_stored_bytes_are_counted_and_refused_before_an_upload(user: Client) -> 
         user.artifacts.upload(b"x" * (STORED - used + 1), name="policy.bin")
 
 
+def test_a_derive_that_could_pass_the_quota_is_refused(user: Client, raw: httpx.Client) -> None:
+    source = user.datasets.create(f"q-{uuid.uuid4().hex[:8]}")
+    source.upload(episode_arrays(episodes=40, length=50)).wait()  # some 84 kB of decoded rows
+    target = user.datasets.create(f"q-{uuid.uuid4().hex[:8]}")
+    used = user.whoami().usage.stored_bytes  # type: ignore[union-attr]
+    refused = raw.post(f"/datasets/{target.name}/derive",  # three copies cannot fit the 200 kB quota
+                       json={"sources": [{"dataset": source.name}] * 3, "renumber": True})
+    assert refused.status_code == 403, refused.text
+    assert (refused.json()["quota"], refused.json()["usage"], refused.json()["incoming"]) == (
+        "stored_bytes", used, 3 * used)
+
+
 def test_a_part_that_would_pass_the_quota_is_refused(raw: httpx.Client) -> None:
     session = raw.post("/artifacts/uploads", json={"name": "big.bin", "part_size": 2**20}).json()
     answer = raw.put(f"/uploads/{session['id']}/parts/1", content=b"x" * (STORED + 1))
