@@ -123,8 +123,8 @@ class Roles:
         _call(self._http, "DELETE", f"/roles/{name}")
 
 
-def whoami(http: httpx.Client) -> Me:
-    return Me.model_validate(_call(http, "GET", "/auth/me"))
+def whoami(http: httpx.Client, *, usage: bool = False) -> Me:
+    return Me.model_validate(_call(http, "GET", "/auth/me", params={"usage": "true"} if usage else None))
 
 
 def read_audit(http: httpx.Client, *, actor: str | None = None, action: str | None = None,

@@ -168,8 +168,9 @@ class Client:
         """Whether requests carry credentials (a token or a session); not whether they are still valid."""
         return self._http.auth is not None
 
-    def whoami(self) -> Me:
-        return whoami(self._http)
+    def whoami(self, *, usage: bool = False) -> Me:
+        """Who these credentials are; ``usage=True`` adds what they store and run against the quotas."""
+        return whoami(self._http, usage=usage)
 
     def change_password(self, current_password: str, new_password: str) -> None:
         """Change one's own password; every session ends, so sign in again afterwards."""

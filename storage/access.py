@@ -284,6 +284,7 @@ class ApiTokenRecord(StoredRecord):
     expires_at: datetime | None
     revoked: bool = False
     last_used_at: datetime | None = None
+    parent: str | None = Field(None, description="The API token this one was made with; revoking it revokes this.")
 
 
 class ApiTokenRead(BaseModel):

@@ -20,7 +20,7 @@ from tuplehub.storage.access import Usage
 from tuplehub.storage.artifacts import ArtifactRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import QuotaExceeded
-from tuplehub.storage.models import JobStatus
+from tuplehub.storage.models import DatasetRecord, JobStatus
 from tuplehub.storage.settings import Settings
 
 _PAGE = 1000
@@ -85,9 +85,28 @@ async def require_dataset_slot(catalog: Catalog, settings: Settings, user_id: st
         return
     owned = await dataset_count(catalog, user_id)
     if owned >= limit:
-        raise QuotaExceeded(f"you own {owned} datasets, the most this server allows per user ({limit}); "
-                            "delete one first, or ask an administrator for more",
-                            quota="datasets", usage=owned, limit=limit)
+        raise _too_many_datasets(owned, limit)
+
+
+async def settle_dataset_slot(catalog: Catalog, settings: Settings, user_id: str, created: DatasetRecord) -> None:
+    """Undo a dataset just created past the limit: concurrent creations all passed the check before it.
+
+    Every creation that finds the user over the limit removes its own dataset, so the limit holds
+    whatever the timing (racing creations may all be refused; a retry gets a free slot).
+    """
+    limit = settings.quota_datasets
+    if limit is None:
+        return
+    owned = await dataset_count(catalog, user_id)
+    if owned > limit:
+        await catalog.delete_dataset(created.id)
+        raise _too_many_datasets(owned - 1, limit)
+
+
+def _too_many_datasets(owned: int, limit: int) -> QuotaExceeded:
+    return QuotaExceeded(f"you own {owned} datasets, the most this server allows per user ({limit}); "
+                         "delete one first, or ask an administrator for more",
+                         quota="datasets", usage=owned, limit=limit)
 
 
 async def require_job_slot(catalog: Catalog, settings: Settings, user_id: str) -> None:

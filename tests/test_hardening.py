@@ -178,6 +178,32 @@ def test_an_api_token_cannot_change_the_password(hub_server: EmbeddedServer, adm
     login(hub_server, name)  # the password is unchanged
 
 
+def test_an_administrators_api_token_cannot_reset_its_own_accounts_password(hub_server: EmbeddedServer,
+                                                                            admin: Client) -> None:
+    name = admin.users.create(f"h-{uuid.uuid4().hex[:8]}", PASSWORD, site_roles=["admin"]).name
+    with api(hub_server, login(hub_server, name)["access_token"]) as http:
+        full = http.post("/tokens", json={"name": "script"}).json()["token"]
+    with api(hub_server, full) as http:
+        refused = http.put(f"/users/{name}/password", json={"new_password": "taken-over-Passphrase-2"})
+        assert "sign-in with the password" in problem(refused, 403)["detail"]
+    login(hub_server, name)  # the password is unchanged
+
+
+def test_revoking_an_api_token_revokes_the_tokens_made_with_it(hub_server: EmbeddedServer, user: httpx.Client) -> None:
+    stolen = user.post("/tokens", json={"name": "stolen", "no_expiry": True}).json()
+    with api(hub_server, stolen["token"]) as thief:
+        child = thief.post("/tokens", json={"name": "persistence", "no_expiry": True}).json()
+    with api(hub_server, child["token"]) as thief:
+        grandchild = thief.post("/tokens", json={"name": "more", "no_expiry": True}).json()
+    unrelated = user.post("/tokens", json={"name": "mine"}).json()
+    assert user.delete(f"/tokens/{stolen['id']}").status_code == 200
+    for token in (stolen, child, grandchild):
+        with api(hub_server, token["token"]) as http:
+            problem(http.get("/auth/me"), 401)
+    with api(hub_server, unrelated["token"]) as http:
+        assert http.get("/auth/me").status_code == 200
+
+
 def test_api_tokens_expire_by_default_unless_asked_not_to(hub_server: EmbeddedServer, user: httpx.Client) -> None:
     days = hub_server.settings.api_token_ttl_days
     expires = user.post("/tokens", json={"name": "default"}).json()["expires_at"]

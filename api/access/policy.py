@@ -88,6 +88,13 @@ def require_unpublish(caller: Principal, item: Shared, kind: str, group_ids: lis
     raise Forbidden(f"only the owner, a {kind} administrator or the group's admin may unpublish this {kind}")
 
 
+def require_password_sign_in(caller: Principal) -> None:
+    """Changing one's own password needs a sign-in with the password: an API token, however many
+    rights it carries, must not turn into the account itself."""
+    if caller.via != "access":
+        raise Forbidden("changing your own password needs a sign-in with the password, not an API token")
+
+
 async def readable_benchmark(catalog: Catalog, caller: Principal, benchmark_id: str) -> BenchmarkRecord:
     """A record of the benchmark the caller may read (their own first): one spec may be stored by
     several owners, each with its own visibility."""

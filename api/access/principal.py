@@ -30,6 +30,7 @@ class Principal:
     group_rights: Mapping[str, frozenset[Right]] = field(default_factory=dict)  # group id -> rights
     token_rights: frozenset[Right] | None = None   # an API token's narrowing; None: no narrowing
     token_expires_at: datetime | None = None       # when the API token in use expires
+    token_id: str | None = None                    # the API token in use, parent of those it makes
     via: str = "access"
 
     @property
@@ -107,7 +108,8 @@ async def principal_of(catalog: Catalog, user: UserRecord, *, token: ApiTokenRec
         group_roles={m.group_id: tuple(m.roles) for m in memberships},
         group_rights={m.group_id: rights_of(m.roles, table) for m in memberships},
         token_rights=None if token is None or token.rights is None else frozenset(token.rights),
-        token_expires_at=token.expires_at if token else None, via="api-token" if token else "access")
+        token_expires_at=token.expires_at if token else None, token_id=token.id if token else None,
+        via="api-token" if token else "access")
 
 
 async def authenticate(catalog: Catalog, signer: Signer, authorization: str | None) -> Principal:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from tuplehub.api.access.accounts import create_user, end_sessions, grantable_rights, set_password
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.passwords import verify_password
+from tuplehub.api.access.policy import require_password_sign_in
 from tuplehub.api.access.tokens import REFRESH_PREFIX, Signer, hash_token, new_opaque
 from tuplehub.api.deps import Caller, CatalogDep, LimiterDep, SettingsDep, SignerDep
 from tuplehub.api.problems import problems
@@ -125,14 +126,18 @@ async def logout(body: Refresh, catalog: CatalogDep,
 
 
 @router.get("/me")
-async def me(caller: Caller, catalog: CatalogDep, settings: SettingsDep) -> Me:
-    """Who the token belongs to, the roles they hold, the site-wide rights it carries, and their quota usage."""
+async def me(caller: Caller, catalog: CatalogDep, settings: SettingsDep, usage: Annotated[bool, Query(
+        description="Also count what the caller stores and runs against the quotas (reads their versions).")] = False,
+        ) -> Me:
+    """Who the token belongs to, the roles they hold, the site-wide rights it carries and, with
+    ``usage=true``, their quota usage. Counting usage reads every version the caller owns, so a
+    sign-in (which asks who it is) does not pay for it."""
     user = await catalog.get_record("users", UserRecord, id=caller.user_id)
     groups, _ = await catalog.find_records("groups", GroupRecord, where={"id": list(caller.group_roles)})
     return Me(**UserRead.model_validate(user, from_attributes=True).model_dump(),
               groups={group.name: list(caller.group_roles[group.id]) for group in groups},
               rights=sorted(caller.rights_in(None)), token=caller.via,
-              usage=await quotas.usage(catalog, settings, user.id))
+              usage=await quotas.usage(catalog, settings, user.id) if usage else None)
 
 
 @router.put("/password", status_code=204, responses=problems(Forbidden, InvalidRequest, RateLimited))
@@ -142,8 +147,7 @@ async def change_password(body: PasswordChange, request: Request, caller: Caller
 
     Needs a sign-in with the password: an API token, however narrow, never changes the password.
     """
-    if caller.via != "access":
-        raise Forbidden("changing the password needs a sign-in with the password, not an API token")
+    require_password_sign_in(caller)
     user = await catalog.get_record("users", UserRecord, id=caller.user_id)
     await limiter.attempt(user.name, _address(request))  # a stolen token must not become a password oracle
     if not await verify_password(user.password_hash, body.current_password):

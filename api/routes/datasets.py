@@ -69,6 +69,7 @@ async def create_dataset(body: DatasetCreate, caller: Caller, catalog: CatalogDe
     if body.benchmark is not None:
         await readable_benchmark(catalog, caller, body.benchmark)  # linking needs read access to it
     record = await catalog.create_dataset(DatasetRecord(**body.model_dump(), owner=caller.user_id))
+    await quotas.settle_dataset_slot(catalog, settings, caller.user_id, record)
     await audit(catalog, caller, "dataset.create", "dataset", record.id, record.name)
     return DatasetRead(**record.model_dump())
 

@@ -28,9 +28,11 @@ async def derive_dataset(name: str, body: DeriveCreate, caller: Caller, catalog:
     target = await readable_dataset(catalog, caller, name)
     require_owner(caller, target, "dataset", "write")
     sources, schemas = [], []
+    most = 0  # the decoded bytes the derive can store at most: every row of every source
     for number, source in enumerate(body.sources):
         dataset = await readable_dataset(catalog, caller, source.dataset)
         version = await versions.get_version(catalog, dataset, source.version)
+        most += version.transitions * version.tuple_schema.row_bytes()
         check_selection(version.tuple_schema, source, max_leaves=settings.filter_max_leaves)
         columns = version.tuple_schema.export_columns()
         schema = output_schema(version.tuple_schema, columns)
@@ -59,7 +61,7 @@ async def derive_dataset(name: str, body: DeriveCreate, caller: Caller, catalog:
         "dataset": target.name, "dataset_id": target.id, "mode": body.mode.value, "renumber": body.renumber,
         "sources": sources})
     await quotas.require_job_slot(catalog, settings, caller.user_id)
-    await quotas.require_bytes(catalog, settings, caller.user_id)  # a derived version is stored data too
+    await quotas.require_bytes(catalog, settings, caller.user_id, most)  # a derived version is stored data too
     stored = await catalog.create_job(job)
     await queue.enqueue(stored)
     return JobRead.from_record(stored)

@@ -12,6 +12,7 @@ from tuplehub.api.access.tokens import API_TOKEN_PREFIX, new_opaque
 from tuplehub.api.deps import Caller, CatalogDep, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.storage.access import ApiTokenCreate, ApiTokenCreated, ApiTokenRead, ApiTokenRecord, Right
+from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Forbidden, InvalidRequest, NotFound
 from tuplehub.storage.models import utcnow
 
@@ -56,7 +57,7 @@ async def create_token(body: ApiTokenCreate, caller: Caller, catalog: CatalogDep
     rights = sorted(set(body.rights)) if body.rights is not None else None
     token, digest = new_opaque(API_TOKEN_PREFIX)
     record = ApiTokenRecord(hash=digest, user_id=caller.user_id, name=body.name, rights=rights,
-                            expires_at=expires_at)
+                            expires_at=expires_at, parent=caller.token_id)
     await catalog.insert_record("api_tokens", record, unique=digest)
     await audit(catalog, caller, "token.create", "token", record.id, record.name, rights=rights)
     return ApiTokenCreated(**_read(record).model_dump(), token=token)
@@ -72,7 +73,10 @@ async def list_tokens(caller: Caller, catalog: CatalogDep) -> list[ApiTokenRead]
 
 @router.delete("/{token_id}", responses=problems(NotFound, Forbidden))
 async def revoke_token(token_id: str, caller: Caller, catalog: CatalogDep) -> ApiTokenRead:
-    """Revoke one of the caller's tokens; it is refused from the next request on."""
+    """Revoke one of the caller's tokens, and those made with it; it is refused from the next request on.
+
+    A thief holding an API token could otherwise mint a child that outlives the token's revocation.
+    """
     _require_full_credential(caller)
     try:
         record = await catalog.get_record("api_tokens", ApiTokenRecord, id=token_id, user_id=caller.id)
@@ -80,4 +84,18 @@ async def revoke_token(token_id: str, caller: Caller, catalog: CatalogDep) -> Ap
         raise NotFound(f"no token {token_id!r}", token=token_id) from None
     revoked = await catalog.update_record("api_tokens", ApiTokenRecord, record.id, revoked=True)
     await audit(catalog, caller, "token.revoke", "token", record.id, record.name)
+    await _revoke_children(catalog, caller, record.id)
     return _read(revoked or record)
+
+
+async def _revoke_children(catalog: Catalog, caller: Principal, parent: str) -> None:
+    """Revoke every token made, directly or through others, with the token ``parent``."""
+    pending = [parent]
+    while pending:
+        children, _ = await catalog.find_records("api_tokens", ApiTokenRecord,
+                                                 where={"user_id": caller.user_id, "parent": pending.pop()})
+        for child in children:
+            if not child.revoked:
+                await catalog.update_record("api_tokens", ApiTokenRecord, child.id, revoked=True)
+                await audit(catalog, caller, "token.revoke", "token", child.id, child.name, parent=child.parent)
+            pending.append(child.id)

@@ -18,7 +18,7 @@ from tuplehub.api.problems import problems
 from tuplehub.storage import quotas
 from tuplehub.storage.access import Right
 from tuplehub.storage.catalog import Catalog
-from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
+from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
 from tuplehub.storage.models import (
     DatasetRecord,
     JobKind,
@@ -127,7 +127,7 @@ async def create_upload(name: str, body: UploadCreate, caller: Caller, catalog: 
     """
     dataset = await readable_dataset(catalog, caller, name)
     require_owner(caller, dataset, "dataset", "write")
-    await quotas.require_bytes(catalog, settings, caller.user_id)
+    await quotas.require_bytes(catalog, settings, caller.user_id, body.size or 0)
     if objects.presigned_uploads and body.part_size < S3_MIN_PART:
         raise InvalidRequest(f"part_size must be at least {S3_MIN_PART} bytes for an S3 store",
                              field="part_size")
@@ -199,8 +199,9 @@ async def put_part(upload_id: str, number: int, request: Request, caller: Caller
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"part {number} declares {declared} bytes; it may hold at most {limit}",
                               part=number)
-    await quotas.require_bytes(catalog, settings, caller.user_id,
-                               int(declared) if declared is not None and declared.isdigit() else limit)
+    if upload.size is None:  # a declared size passed the quota when the session opened; this part's place bounds the rest
+        length = int(declared) if declared is not None and declared.isdigit() else limit
+        await quotas.require_bytes(catalog, settings, caller.user_id, (number - 1) * upload.part_size + length)
     writer = await asyncio.to_thread(objects.open_part, upload.object_key, number, upload.part_size, limit)
     buffer = bytearray()
     try:
@@ -237,6 +238,7 @@ async def complete_upload(upload_id: str, body: UploadComplete, caller: Caller, 
                              f"parts; {len(parts)} were given", upload=upload_id)
     await asyncio.to_thread(objects.complete_multipart, upload.object_key, upload.multipart_id, parts,
                             upload.part_size, upload.size)
+    await _assembled_within_quota(catalog, objects, settings, upload)
     completed = upload.model_copy(update={
         "status": UploadStatus.completed, "job_id": new_id(),
         "episode_metadata": {**upload.episode_metadata, **body.episode_metadata}})
@@ -246,6 +248,24 @@ async def complete_upload(upload_id: str, body: UploadComplete, caller: Caller, 
         if completed.status != UploadStatus.completed or completed.job_id is None:
             raise Conflict(f"upload {upload_id} was aborted meanwhile", upload=upload_id)
     return JobRead.from_record(await _ingest_job(catalog, queue, completed))
+
+
+async def _assembled_within_quota(catalog: Catalog, objects: ObjectStore, settings: Settings,
+                                  upload: UploadRecord) -> None:
+    """Refuse, and abort, a session whose assembled file would pass its owner's storage quota.
+
+    Each part is checked against what is already stored, not against the session's other parts, and
+    parts sent to presigned S3 URLs are not seen at all: only the whole file tells what a session adds.
+    """
+    if settings.quota_stored_bytes is None:
+        return
+    size = await asyncio.to_thread(objects.size, upload.object_key)
+    try:
+        await quotas.require_bytes(catalog, settings, upload.owner, size)
+    except QuotaExceeded:
+        if await catalog.transition_upload(upload.id, UploadStatus.open, UploadStatus.aborted):
+            await asyncio.to_thread(objects.delete, upload.object_key)
+        raise
 
 
 async def _ingest_job(catalog: Catalog, queue: Queue, upload: UploadRecord) -> JobRecord:

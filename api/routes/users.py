@@ -14,6 +14,7 @@ from tuplehub.api.access.accounts import (
     set_password,
 )
 from tuplehub.api.access.audit import audit
+from tuplehub.api.access.policy import require_password_sign_in
 from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset, SettingsDep
 from tuplehub.api.problems import problems
@@ -105,6 +106,8 @@ async def reset_password(name: str, body: PasswordReset, caller: Caller, catalog
     recovery); never for someone with more rights."""
     user = await visible_user(catalog, caller, name)
     _require(caller, Right.user_update)
+    if user.id == caller.user_id:
+        require_password_sign_in(caller)
     await check_outranks(catalog, caller, user)
     await set_password(catalog, settings, user, body.new_password, revoke_api_tokens_too=True)
     await audit(catalog, caller, "user.password", "user", user.id, user.name)

@@ -49,7 +49,7 @@ def logout(everywhere: Annotated[bool, typer.Option(help="End every session of t
 def whoami(url: Url = None, as_json: AsJson = False) -> None:
     """Who the current credentials belong to, what they may do, and their usage of the server's quotas."""
     with client(url) as hub:
-        me = hub.whoami()
+        me = hub.whoami(usage=True)
         emit(me, as_json=as_json, columns=("name", "site_roles", "groups", "token"))
         if not as_json and me.usage is not None:
             typer.echo(f"usage: {me.usage.describe()}")
