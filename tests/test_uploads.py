@@ -190,6 +190,9 @@ def test_cli_ctrl_c_says_what_was_kept(cli, tmp_path: Path, unique_name: str,
     shown = cli("upload", unique_name, str(path), "--resume", code=130)
     job = shown.strip().splitlines()[-1].split()[2]
     assert f"ingest job {job} continues on the server; follow it with `tuplehub jobs show {job}`" in shown
+    waited = cli("jobs", "wait", job, code=130)  # Ctrl-C on `jobs wait` says the same
+    assert f"ingest job {job} continues on the server; follow it with `tuplehub jobs show {job}`" in waited
+    assert "Traceback" not in waited
     monkeypatch.undo()
     assert json.loads(cli("jobs", "wait", job, "--json"))["status"] == "succeeded"
 

@@ -317,10 +317,10 @@ def show_job(job_id: str, url: Url = None, as_json: AsJson = False) -> None:
 
 @jobs_app.command("wait")
 def wait_job(job_id: str, url: Url = None, as_json: AsJson = False) -> None:
-    """Wait for a job to end; exit 1 if it failed."""
+    """Wait for a job to end; exit 1 if it failed (Ctrl-C leaves the job running)."""
     with client(url) as hub:
         job = hub.jobs.get(job_id)
-        job.wait(progress=bars(as_json))
+        _wait(job, as_json)
         emit(job.record, as_json=as_json, columns=("id", "status", "result"))
 
 
