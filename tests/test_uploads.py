@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from tuplehub.client import Client
 from tuplehub.client.cli import app
 from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
-from tuplehub.client.errors import UploadInterrupted
+from tuplehub.client.errors import ServerUnreachable, UploadInterrupted
 from tuplehub.client.jobs import Job
 from tuplehub.client.parts import READ_CHUNK
 from tuplehub.client.uploads import table_from_arrays
@@ -121,6 +121,29 @@ def test_ctrl_c_keeps_the_parts_and_resume_sends_only_the_missing_ones(
     assert job.result["version"] == 1
     np.testing.assert_array_equal(dataset.export().to_numpy()["observation"], arrays["observation"])
     assert hub._http.get(f"/datasets/{unique_name}/uploads").json() == []  # nothing left open
+
+
+def test_a_dropped_connection_keeps_the_session_and_says_how_to_resume(
+        hub: Client, unique_name: str, tmp_path: Path) -> None:
+    path = tmp_path / "tuples.parquet"
+    _parquet(path, episodes=30)
+    assert -(-path.stat().st_size // PART) >= 4
+    dataset = hub.datasets.create(unique_name)
+    sent = _part_puts(hub)
+
+    def drop(request: httpx.Request) -> None:
+        if len(sent) == 3:
+            raise httpx.WriteError("connection reset by peer", request=request)
+    hub._http.event_hooks["request"].append(drop)
+    with pytest.raises(ServerUnreachable) as dropped:
+        dataset.upload(path, mode="replace", part_size=PART, parallel=1)
+    hub._http.event_hooks["request"].clear()
+    hint = dropped.value.extra["hint"]
+    assert "lost the connection to the server" in dropped.value.detail
+    assert f"the upload session is kept: once the server answers, send only the missing parts with `tuplehub " \
+           f"upload --mode replace --resume {unique_name} {path}`" in hint
+    assert len(hub._http.get(f"/datasets/{unique_name}/uploads").json()) == 1  # kept, not aborted
+    assert dataset.upload(path, mode="replace", resume=True).wait(progress=False).result["version"] == 1
 
 
 def test_resume_resends_a_part_the_server_holds_differently(hub: Client, unique_name: str, tmp_path: Path,
