@@ -284,7 +284,9 @@ def serve_in_subprocess(data_dir: Path) -> Iterator[str]:
             if url is None:
                 log.seek(0)
                 lines = log.read().decode(errors="replace").strip().splitlines()
-                raise ConfigError(lines[-1].removeprefix("error: ") if lines else "the embedded server did not start")
+                errors = [line for line in lines if line.startswith("error: ")] or lines  # a hint may follow
+                raise ConfigError(errors[-1].removeprefix("error: ") if errors else
+                                  "the embedded server did not start")
             yield url
         finally:
             if child.poll() is None:
