@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tuplehub.client.client import Client, Jobs
     from tuplehub.client.datasets import Dataset, Datasets
-    from tuplehub.client.errors import JobFailed, MissingExtra, ServerError, ServerUnreachable
+    from tuplehub.client.errors import JobFailed, MissingExtra, ServerError, ServerUnreachable, UploadInterrupted
     from tuplehub.client.exports import Export
     from tuplehub.client.jobs import Job
     from tuplehub.storage.errors import (
@@ -42,7 +42,8 @@ _HOMES = {
     "Client": "tuplehub.client.client", "Jobs": "tuplehub.client.client",
     "Dataset": "tuplehub.client.datasets", "Datasets": "tuplehub.client.datasets",
     "Export": "tuplehub.client.exports", "Job": "tuplehub.client.jobs",
-    **dict.fromkeys(("JobFailed", "MissingExtra", "ServerError", "ServerUnreachable"), "tuplehub.client.errors"),
+    **dict.fromkeys(("JobFailed", "MissingExtra", "ServerError", "ServerUnreachable", "UploadInterrupted"),
+                    "tuplehub.client.errors"),
     **dict.fromkeys(("Conflict", "Forbidden", "InvalidFilter", "InvalidRequest", "InvalidUpload", "NotFound",
                      "RateLimited", "TuplehubError", "Unauthenticated"), "tuplehub.storage.errors"),
     "F": "tuplehub.storage.filters.language",
@@ -71,6 +72,7 @@ __all__ = [
     "ServerUnreachable",
     "TuplehubError",
     "Unauthenticated",
+    "UploadInterrupted",
 ]
 
 

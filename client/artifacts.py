@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import mimetypes
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from tuplehub.client.errors import UploadInterrupted, raise_for_problem
 from tuplehub.client.jobs import Job
 from tuplehub.client.progress import content_length, save
 from tuplehub.client.sharing import Shareable
-from tuplehub.client.uploads import DEFAULT_PART_SIZE, PartSink, send_file
+from tuplehub.client.uploads import DEFAULT_PART_SIZE, MAX_PARTS, PartSink, send_file
 from tuplehub.storage.artifacts import ArtifactRead
 from tuplehub.storage.models import Page
 
@@ -86,9 +87,12 @@ class Artifacts:
             raise ValueError("give a name for an artifact uploaded from bytes")
         label = name or Path(source).name  # type: ignore[arg-type]
         guessed = mimetypes.guess_type(label)[0] if media_type is None else media_type
+        # the size is declared, so the server checks it against its limits before a byte is sent
+        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
         response = self._http.post("/artifacts/uploads", json={
             "name": label, "media_type": guessed or "application/octet-stream", "metadata": dict(metadata or {}),
-            "benchmarks": list(benchmarks), "datasets": list(datasets), "part_size": part_size})
+            "benchmarks": list(benchmarks), "datasets": list(datasets), "size": size,
+            "part_size": max(part_size, math.ceil(size / MAX_PARTS))})
         raise_for_problem(response)
         session = response.json()
         try:

@@ -36,14 +36,16 @@ class ServerUnreachable(TuplehubError, httpx.TransportError):
 
     code = "server-unreachable"
 
-    def __init__(self, url: str, cause: httpx.TransportError) -> None:
+    def __init__(self, url: str, cause: httpx.TransportError, *, hint: str | None = None) -> None:
         reason = str(cause) or type(cause).__name__
-        if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):
+        if isinstance(cause, ServerUnreachable):  # the same failure, told again with a better hint
+            detail, url = cause.detail, cause.extra["url"]
+        elif isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):
             detail = f"cannot reach the server at {url} ({reason})"
         else:
             detail = f"lost the connection to the server at {url} ({reason})"
-        super().__init__(detail, url=url, hint="start one with `tuplehub serve`, or set TUPLEHUB_URL (or --url) "
-                                                "to the server's address")
+        super().__init__(detail, url=url, hint=hint or "start one with `tuplehub serve`, or set TUPLEHUB_URL "
+                                                       "(or --url) to the server's address")
         self._request = cause._request
 
 

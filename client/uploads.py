@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tuplehub.client.errors import UploadInterrupted, raise_for_problem
+from tuplehub.client.errors import ServerUnreachable, UploadInterrupted, raise_for_problem
 from tuplehub.client.parts import FileParts, PresignedURLs, fingerprint, held_parts, send_parts
 from tuplehub.client.progress import ByteBar
 from tuplehub.storage.contract import inspect_upload
@@ -315,20 +315,29 @@ def _upload_file(http: httpx.Client, dataset: str, path: Path, *, mode: UploadMo
     parts = FileParts(path, size, int(session["part_size"]))
     held = held_parts(http, session["id"], parts, progress=progress) if resumed else {}
     initial = sum(parts.length(number) for number in held)
+    resume_with = _resume_command(dataset, path, mode, session)
     try:
         with ByteBar(f"upload {path.name}", size, progress=progress, initial=initial) as bar:
             sent = send_parts(http, session, parts, held=held, parallel=parallel, bar=bar)
     except UploadInterrupted as exc:
-        command = shlex.join(["tuplehub", "upload", "--resume", dataset, str(path)])
-        raise UploadInterrupted(exc.upload_id, exc.sent, exc.total, f"`{command}` (Python: upload(..., "
-                                f"resume=True)) before {session['expires_at']}") from None
-    except httpx.TransportError:
-        raise  # the connection dropped: the parts that arrived stay for a resume
+        raise UploadInterrupted(exc.upload_id, exc.sent, exc.total, resume_with) from None
+    except httpx.TransportError as exc:  # the connection dropped: the parts that arrived stay for a resume
+        raise ServerUnreachable(str(http.base_url), exc, hint=(
+            f"the upload session is kept: once the server answers, send only the missing parts with "
+            f"{resume_with}")) from exc
     except BaseException:
         with contextlib.suppress(Exception):
             http.delete(f"/uploads/{session['id']}")
         raise
     return _complete(http, session["id"], sent, metadata if resumed else {})
+
+
+def _resume_command(dataset: str, path: Path, mode: UploadMode, session: Mapping[str, Any]) -> str:
+    """How to pick up an interrupted file upload: the command line, the Python call, and until when."""
+    words = ["tuplehub", "upload", "--resume", dataset, str(path)]
+    if mode != UploadMode.append:
+        words[2:2] = ["--mode", mode.value]  # a resume looks for a session of the same mode
+    return f"`{shlex.join(words)}` (Python: upload(..., resume=True)) before {session['expires_at']}"
 
 
 def _resumable(http: httpx.Client, dataset: str, mode: UploadMode, content: str) -> dict[str, Any] | None:

@@ -38,6 +38,10 @@ class ArtifactUploadCreate(BaseModel):
     benchmarks: list[str] = Field(default_factory=list, max_length=100, description="Benchmark ids to link.")
     datasets: list[str] = Field(default_factory=list, max_length=100, description="Dataset names to link.")
     part_size: int = Field(64 * 2**20, ge=2**16, le=2**32)
+    size: int | None = Field(None, ge=0, le=2**62, description=(
+        "Bytes of the whole artifact when known (a file): checked against the server's limits at once, the "
+        "parts may not write past it and must add up to it. Without it the session is bounded by the "
+        "server's largest upload."))
 
 
 class ArtifactLinks(BaseModel):

@@ -373,6 +373,9 @@ class JobRead(BaseModel):
     id: str
     kind: JobKind
     owner: str
+    owner_name: str | None = Field(None, description=(
+        "The owner's user name where jobs are read (`GET /jobs`, `/jobs/{id}`, cancel); None if the account "
+        "is gone, and in the answer that starts a job (the caller is its owner)."))
     params: dict[str, Any]
     status: JobStatus
     progress: Progress
@@ -385,8 +388,8 @@ class JobRead(BaseModel):
     finished_at: datetime | None = None
 
     @classmethod
-    def from_record(cls, record: JobRecord) -> JobRead:
-        return cls.model_validate(record.model_dump())
+    def from_record(cls, record: JobRecord, *, owner_name: str | None = None) -> JobRead:
+        return cls.model_validate({**record.model_dump(), "owner_name": owner_name})
 
 
 # --- uploads ----------------------------------------------------------------------------------

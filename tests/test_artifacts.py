@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -106,3 +107,49 @@ def test_any_name_can_be_downloaded_and_re_uploads_update_the_record(hub_server:
     assert "filename*=UTF-8''" in response.headers["content-disposition"]
     renamed = hub.artifacts.upload(payload, name="policy-v1.d3", metadata={"step": 2})
     assert (renamed.id, renamed.record.name, renamed.record.metadata) == (artifact.id, "policy-v1.d3", {"step": 2})
+
+
+def test_an_artifact_session_declares_its_size_and_is_bounded_by_it(hub_server: EmbeddedServer, hub: Client,
+                                                                    tmp_path: Path) -> None:
+    """A one-byte request cannot make a huge sparse artifact file: parts stay within the declared size
+    (or, undeclared, within the server's largest upload), and a size over the limit is refused at once."""
+    settings = hub_server.settings
+    api = hub._http
+
+    def partial(upload_id: str) -> int:
+        return (Path(settings.data_dir) / "objects" / "uploads" / f"{upload_id}.bin.partial").stat().st_size
+
+    declared = api.post("/artifacts/uploads", json={"name": "w.bin", "part_size": 2**30, "size": 100}).json()
+    far = api.put(f"/uploads/{declared['id']}/parts/100", content=b"x")
+    assert far.status_code == 422
+    assert "parts 1 to 1" in far.json()["detail"]
+    assert api.put(f"/uploads/{declared['id']}/parts/1", content=b"x" * 101).status_code == 413
+    assert partial(declared["id"]) == 0
+
+    huge = api.post("/artifacts/uploads", json={"name": "h.bin", "size": settings.max_upload_bytes + 1})
+    assert huge.status_code == 413
+    assert "TUPLEHUB_MAX_UPLOAD_BYTES" in huge.json()["detail"]
+    many = api.post("/artifacts/uploads", json={"name": "m.bin", "part_size": 2**16, "size": 10 * 2**30})
+    assert many.status_code == 422
+    assert "use a part_size of at least" in many.json()["detail"]
+
+    undeclared = api.post("/artifacts/uploads", json={"name": "u.bin", "part_size": 2**30}).json()
+    beyond = settings.max_upload_bytes // 2**30 + 1
+    assert api.put(f"/uploads/{undeclared['id']}/parts/{beyond}", content=b"x").status_code == 422
+    assert partial(undeclared["id"]) == 0
+
+    opened: list[dict[str, object]] = []
+
+    def note(request: httpx.Request) -> None:
+        if request.method == "POST" and request.url.path.endswith("/artifacts/uploads"):
+            opened.append(json.loads(request.content))
+    api.event_hooks["request"].append(note)
+    source = tmp_path / "weights.bin"
+    source.write_bytes(os.urandom(150_000))
+    try:
+        stored = hub.artifacts.upload(source, part_size=2**16)
+        from_bytes = hub.artifacts.upload(b"abc", name="abc.txt")
+    finally:
+        api.event_hooks["request"].remove(note)
+    assert [body["size"] for body in opened] == [150_000, 3]  # the client declares what it sends
+    assert (stored.record.size, from_bytes.record.size) == (150_000, 3)

@@ -55,7 +55,13 @@ def test_dataset_upload_export_job_commands(run, tmp_path: Path, unique_name: st
     assert "next_observation" in table.column_names
     jobs = json.loads(run("jobs", "list", "--json"))
     assert exported["id"] in [j["id"] for j in jobs["items"]]
-    assert json.loads(run("jobs", "show", exported["id"], "--json"))["status"] == "succeeded"
+    shown_job = json.loads(run("jobs", "show", exported["id"], "--json"))
+    assert (shown_job["status"], shown_job["owner_name"]) == ("succeeded", "admin")
+    assert len(shown_job["owner"]) == 32  # the id stays for scripts
+    person_view = run("jobs", "show", exported["id"]).splitlines()
+    assert "owner_name: admin" in person_view
+    assert not [line for line in person_view if line.startswith("owner:")]  # no 32-hex id for people
+    assert {job["owner_name"] for job in jobs["items"]} == {"admin"}
     human = run("datasets", "show", unique_name)
     assert "VERSION" in human
     assert unique_name in human

@@ -10,9 +10,6 @@ from typer.testing import CliRunner
 
 from tuplehub.client.cli import app
 
-# These run a server or the demo and print no record; srv owns them (serve --json would mean nothing).
-NO_JSON = {"serve", "worker", "demo"}
-
 
 def _commands(command: object, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], object]]:
     sub = getattr(command, "commands", None)
@@ -27,13 +24,14 @@ def test_every_command_and_option_has_help_and_takes_json() -> None:
     root = typer.main.get_command(app)
     commands = list(_commands(root))
     assert len(commands) > 40
+    assert {("serve",), ("worker",), ("demo",)} <= {path for path, _ in commands}
     for path, command in commands:
         assert (command.help or "").strip(), f"tuplehub {' '.join(path)} has no help"
         options = [param for param in command.params if param.param_type_name == "option"]
         for option in options:
             assert (option.help or "").strip(), f"tuplehub {' '.join(path)} {option.opts} has no help"
-        if path[-1] not in NO_JSON:
-            assert any("--json" in option.opts for option in options), f"tuplehub {' '.join(path)} lacks --json"
+        # every command, serve, worker and demo included (README: "Every command takes --json")
+        assert any("--json" in option.opts for option in options), f"tuplehub {' '.join(path)} lacks --json"
 
 
 def test_help_reads_plainly() -> None:

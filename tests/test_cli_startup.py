@@ -49,5 +49,7 @@ def test_the_client_package_loads_its_parts_on_first_use() -> None:
     import tuplehub.client as package
 
     assert sorted(package._HOMES) == package.__all__
+    # every error a script may catch, Ctrl-C during an upload included
+    assert {"JobFailed", "ServerUnreachable", "UploadInterrupted"} <= set(package.__all__)
     for name in package.__all__:
         assert getattr(package, name) is not None

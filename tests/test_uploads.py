@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from tuplehub.client import Client
 from tuplehub.client.cli import app
 from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
-from tuplehub.client.errors import UploadInterrupted
+from tuplehub.client.errors import ServerUnreachable, UploadInterrupted
 from tuplehub.client.jobs import Job
 from tuplehub.client.parts import READ_CHUNK
 from tuplehub.client.uploads import table_from_arrays
@@ -123,6 +123,29 @@ def test_ctrl_c_keeps_the_parts_and_resume_sends_only_the_missing_ones(
     assert hub._http.get(f"/datasets/{unique_name}/uploads").json() == []  # nothing left open
 
 
+def test_a_dropped_connection_keeps_the_session_and_says_how_to_resume(
+        hub: Client, unique_name: str, tmp_path: Path) -> None:
+    path = tmp_path / "tuples.parquet"
+    _parquet(path, episodes=30)
+    assert -(-path.stat().st_size // PART) >= 4
+    dataset = hub.datasets.create(unique_name)
+    sent = _part_puts(hub)
+
+    def drop(request: httpx.Request) -> None:
+        if len(sent) == 3:
+            raise httpx.WriteError("connection reset by peer", request=request)
+    hub._http.event_hooks["request"].append(drop)
+    with pytest.raises(ServerUnreachable) as dropped:
+        dataset.upload(path, mode="replace", part_size=PART, parallel=1)
+    hub._http.event_hooks["request"].clear()
+    hint = dropped.value.extra["hint"]
+    assert "lost the connection to the server" in dropped.value.detail
+    assert f"the upload session is kept: once the server answers, send only the missing parts with `tuplehub " \
+           f"upload --mode replace --resume {unique_name} {path}`" in hint
+    assert len(hub._http.get(f"/datasets/{unique_name}/uploads").json()) == 1  # kept, not aborted
+    assert dataset.upload(path, mode="replace", resume=True).wait(progress=False).result["version"] == 1
+
+
 def test_resume_resends_a_part_the_server_holds_differently(hub: Client, unique_name: str, tmp_path: Path,
                                                              api: httpx.Client) -> None:
     path = tmp_path / "tuples.parquet"
@@ -190,6 +213,9 @@ def test_cli_ctrl_c_says_what_was_kept(cli, tmp_path: Path, unique_name: str,
     shown = cli("upload", unique_name, str(path), "--resume", code=130)
     job = shown.strip().splitlines()[-1].split()[2]
     assert f"ingest job {job} continues on the server; follow it with `tuplehub jobs show {job}`" in shown
+    waited = cli("jobs", "wait", job, code=130)  # Ctrl-C on `jobs wait` says the same
+    assert f"ingest job {job} continues on the server; follow it with `tuplehub jobs show {job}`" in waited
+    assert "Traceback" not in waited
     monkeypatch.undo()
     assert json.loads(cli("jobs", "wait", job, "--json"))["status"] == "succeeded"
 

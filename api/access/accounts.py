@@ -14,6 +14,14 @@ from tuplehub.storage.models import utcnow
 from tuplehub.storage.settings import Settings
 
 
+async def user_names(catalog: Catalog, user_ids: Iterable[str]) -> dict[str, str]:
+    """The user names of these account ids in one query (an id whose account is gone is left out):
+    what a read model shows next to an ``owner`` id."""
+    wanted = sorted(set(user_ids))
+    users, _ = await catalog.find_records("users", UserRecord, where={"id": wanted}) if wanted else ([], 0)
+    return {user.id: user.name for user in users}
+
+
 def check_name(name: str) -> None:
     """Reserved names would read as scopes or special accounts (PyTupli's ``global`` takeover)."""
     if name in RESERVED_NAMES:

@@ -26,13 +26,13 @@ from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, Limit, ObjectsDep, Offset, Reader, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.sharing import change_sharing
-from tuplehub.api.routes.uploads import upload_read
+from tuplehub.api.routes.uploads import check_declared_size, upload_read
 from tuplehub.api.streaming import RANGE_RESPONSES, stream_object
 from tuplehub.storage import quotas
 from tuplehub.storage.access import Publish
 from tuplehub.storage.artifacts import MEDIA_TYPE, ArtifactLinks, ArtifactRead, ArtifactRecord, ArtifactUploadCreate
 from tuplehub.storage.catalog import Catalog
-from tuplehub.storage.errors import Forbidden, InvalidRequest, NotFound
+from tuplehub.storage.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from tuplehub.storage.models import DownloadURL, Page, UploadMode, UploadRead, UploadRecord, new_id, utcnow
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
@@ -77,14 +77,19 @@ async def _dataset_names(catalog: Catalog, caller: Principal, record: ArtifactRe
     return names
 
 
-@router.post("/uploads", status_code=201, responses=problems(Forbidden, NotFound, InvalidRequest))
+@router.post("/uploads", status_code=201, responses=problems(Forbidden, NotFound, InvalidRequest, PayloadTooLarge))
 async def create_artifact_upload(body: ArtifactUploadCreate, caller: Caller, catalog: CatalogDep,
                                  objects: ObjectsDep, settings: SettingsDep) -> UploadRead:
-    """Open an upload session for one artifact; send its parts, then complete it like a dataset upload."""
+    """Open an upload session for one artifact; send its parts, then complete it like a dataset upload.
+
+    A declared ``size`` is checked against the server's limits as a dataset upload's is, and bounds
+    where its parts may write.
+    """
     require_create(caller, KIND)
     await quotas.require_bytes(catalog, settings, caller.user_id)
     if body.part_size > settings.max_part_bytes:
         raise InvalidRequest(f"part_size may be at most {settings.max_part_bytes} bytes", field="part_size")
+    check_declared_size(body.size, body.part_size, settings)
     dataset_ids = await _linked_dataset_ids(catalog, caller, ArtifactLinks(benchmarks=body.benchmarks,
                                                                            datasets=body.datasets))
     upload_id = new_id()
@@ -92,8 +97,8 @@ async def create_artifact_upload(body: ArtifactUploadCreate, caller: Caller, cat
     multipart_id = await asyncio.to_thread(objects.start_multipart, key)
     record = UploadRecord(
         id=upload_id, dataset_id="", dataset="", owner=caller.user_id, mode=UploadMode.replace,
-        part_size=body.part_size, object_key=key, multipart_id=multipart_id,
-        artifact={**body.model_dump(exclude={"part_size", "datasets"}), "datasets": dataset_ids},
+        part_size=body.part_size, object_key=key, multipart_id=multipart_id, size=body.size,
+        artifact={**body.model_dump(exclude={"part_size", "size", "datasets"}), "datasets": dataset_ids},
         expires_at=utcnow() + timedelta(seconds=settings.upload_ttl_s))
     return upload_read(await catalog.create_upload(record), objects)
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import TypeAdapter, ValidationError
 
+from tuplehub.api.access.accounts import user_names
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.policy import (
     read_scope,
@@ -54,10 +55,9 @@ def parse_filter(text: str | None) -> FilterNode | None:
 
 async def _read(catalog: Catalog, record: DatasetRecord) -> DatasetRead:
     groups, _ = await catalog.find_records("groups", GroupRecord, where={"id": record.groups})
-    owners, _ = await catalog.find_records("users", UserRecord, where={"id": record.owner})
     return DatasetRead(**record.model_dump(), versions=await catalog.list_versions(record.id),
                        published_to=sorted(group.name for group in groups),
-                       owner_name=owners[0].name if owners else None)
+                       owner_name=(await user_names(catalog, [record.owner])).get(record.owner))
 
 
 @router.post("", status_code=201, responses=problems(Conflict, Forbidden, NotFound))

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from tuplehub.api.access.accounts import user_names
 from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset
 from tuplehub.api.problems import problems
@@ -25,6 +26,12 @@ async def own_job(catalog: Catalog, job_id: str, caller: Principal) -> JobRecord
     return job
 
 
+async def job_reads(catalog: Catalog, jobs: list[JobRecord]) -> list[JobRead]:
+    """Jobs as their readers see them: with the owner's user name next to the owner's id."""
+    names = await user_names(catalog, (job.owner for job in jobs))
+    return [JobRead.from_record(job, owner_name=names.get(job.owner)) for job in jobs]
+
+
 @router.get("", summary="List my jobs", responses=problems(Forbidden))
 async def list_jobs(caller: Caller, catalog: CatalogDep, status: JobStatus | None = None, kind: JobKind | None = None,
                     everyone: Annotated[bool, Query(description="Every user's jobs (needs job:manage).")] = False,
@@ -35,13 +42,13 @@ async def list_jobs(caller: Caller, catalog: CatalogDep, status: JobStatus | Non
         raise Forbidden("listing every user's jobs needs the right job:manage")
     owner = None if everyone else caller.id
     items, total = await catalog.list_jobs(owner=owner, status=status, kind=kind, offset=offset, limit=limit)
-    return Page(items=[JobRead.from_record(job) for job in items], total=total, offset=offset, limit=limit)
+    return Page(items=await job_reads(catalog, items), total=total, offset=offset, limit=limit)
 
 
 @router.get("/{job_id}", responses=problems(NotFound))
 async def get_job(job_id: str, caller: Caller, catalog: CatalogDep) -> JobRead:
     """Status, progress, error and result of one job; clients poll this."""
-    return JobRead.from_record(await own_job(catalog, job_id, caller))
+    return (await job_reads(catalog, [await own_job(catalog, job_id, caller)]))[0]
 
 
 @router.post("/{job_id}/cancel", responses=problems(NotFound, Forbidden))
@@ -51,4 +58,4 @@ async def cancel_job(job_id: str, caller: Caller, catalog: CatalogDep) -> JobRea
     needed = Right.dataset_create if job.kind == JobKind.ingest else Right.dataset_read
     if not caller.allows(needed):
         raise Forbidden(f"this API token may not cancel {job.kind} jobs (it lacks {needed})")
-    return JobRead.from_record(await catalog.request_cancel(job_id))
+    return (await job_reads(catalog, [await catalog.request_cancel(job_id)]))[0]

@@ -74,8 +74,9 @@ async def _open_upload(catalog: Catalog, upload_id: str, caller: Principal) -> U
     return upload
 
 
-def _check_declared_size(size: int | None, part_size: int, settings: Settings) -> None:
-    """Refuse a declared upload the server would never take, before anything is allocated for it."""
+def check_declared_size(size: int | None, part_size: int, settings: Settings) -> None:
+    """Refuse a declared upload the server would never take, before anything is allocated for it
+    (dataset and artifact sessions alike)."""
     if size is None:
         return
     if size > settings.max_upload_bytes:
@@ -133,7 +134,7 @@ async def create_upload(name: str, body: UploadCreate, caller: Caller, catalog: 
                              field="part_size")
     if body.part_size > settings.max_part_bytes:
         raise InvalidRequest(f"part_size may be at most {settings.max_part_bytes} bytes", field="part_size")
-    _check_declared_size(body.size, body.part_size, settings)
+    check_declared_size(body.size, body.part_size, settings)
     await _check_declared_schema(catalog, dataset, body)
     upload_id = new_id()
     key = f"uploads/{upload_id}.parquet"

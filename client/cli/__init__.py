@@ -16,6 +16,7 @@ import typer
 from tuplehub.client.cli import access, artifacts, benchmarks, data, lineage, metrics
 from tuplehub.client.cli.demo import demo
 from tuplehub.client.cli.options import group
+from tuplehub.client.cli.output import AsJson
 
 # What a bug report needs: this package and the libraries whose versions change behaviour.
 REPORTED_DISTRIBUTIONS = ("httpx", "pydantic", "numpy", "pyarrow", "gymnasium", "typer", "fastapi", "uvicorn",
@@ -77,20 +78,25 @@ def serve(host: Annotated[str | None, typer.Option(help="Address to listen on (d
           port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one (default 8470, or "
                                                         "TUPLEHUB_PORT).")] = None,
           data_dir: DataDir = None,
-          worker: Annotated[bool, typer.Option(help="Run a job worker in this process.")] = True) -> None:
-    """Run the API (and a worker); with nothing configured, the embedded default with a bundled Redis."""
+          worker: Annotated[bool, typer.Option(help="Run a job worker in this process.")] = True,
+          as_json: AsJson = False) -> None:
+    """Run the API (and a worker); with nothing configured, the embedded default with a bundled Redis.
+
+    Prints its URL and data folder once it answers (--json: {"status": "serving", "url": ...,
+    "data_dir": ..., "pid": ...} on one line); Ctrl-C or SIGTERM stops it.
+    """
     from tuplehub.client.cli.server import load_settings
     from tuplehub.client.cli.server import serve as run
 
-    run(load_settings(host=host, port=port, data_dir=data_dir), with_worker=worker)
+    run(load_settings(host=host, port=port, data_dir=data_dir), with_worker=worker, as_json=as_json)
 
 
 @app.command("worker")
-def worker_cmd(data_dir: DataDir = None) -> None:
-    """Run a job worker against TUPLEHUB_REDIS_URL (deployments)."""
+def worker_cmd(data_dir: DataDir = None, as_json: AsJson = False) -> None:
+    """Run a job worker against TUPLEHUB_REDIS_URL (deployments); Ctrl-C or SIGTERM stops it."""
     from tuplehub.client.cli.server import load_settings, run_worker
 
-    run_worker(load_settings(data_dir=data_dir))
+    run_worker(load_settings(data_dir=data_dir), as_json=as_json)
 
 
 def main() -> None:

@@ -310,17 +310,20 @@ def _job_row(job: JobRead) -> dict[str, Any]:
 
 @jobs_app.command("show")
 def show_job(job_id: str, url: Url = None, as_json: AsJson = False) -> None:
-    """One job's status, progress, error and result."""
+    """One job's status, progress, error and result; its owner by user name."""
     with client(url) as hub:
-        emit(hub.jobs.get(job_id).record, as_json=as_json)
+        record = hub.jobs.get(job_id).record
+        # people read the owner's name; the id stays in --json (and shows if the account is gone)
+        shown = [name for name in type(record).model_fields if name != "owner" or record.owner_name is None]
+        emit(record, as_json=as_json, columns=shown)
 
 
 @jobs_app.command("wait")
 def wait_job(job_id: str, url: Url = None, as_json: AsJson = False) -> None:
-    """Wait for a job to end; exit 1 if it failed."""
+    """Wait for a job to end; exit 1 if it failed (Ctrl-C leaves the job running)."""
     with client(url) as hub:
         job = hub.jobs.get(job_id)
-        job.wait(progress=bars(as_json))
+        _wait(job, as_json)
         emit(job.record, as_json=as_json, columns=("id", "status", "result"))
 
 

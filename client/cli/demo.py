@@ -4,13 +4,15 @@ It records CartPole episodes with two policies (uniformly random, and a pole-bal
 uploads them with each episode's policy as metadata, waits for the ingest job, exports the
 heuristic's transitions where the pole is nearly upright, checks the export against the recorded
 arrays, shows the quality metrics the server computed after the ingest, and prints what it did
-and how long each step took. Each episode's metadata carries a hash of the whole recording, so
-running the demo again with the same options reuses its version instead of adding one.
+and how long each step took (with ``--json``, as one JSON document on stdout, its progress lines
+on stderr). Each episode's metadata carries a hash of the whole recording, so running the demo
+again with the same options reuses its version instead of adding one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import time
 from collections.abc import Iterator
@@ -20,11 +22,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tuplehub.client.cli.output import reported_errors
+from tuplehub.client.cli.output import AsJson
 from tuplehub.client.discovery import SERVER_FILE, embedded_credentials
 from tuplehub.client.discovery import data_dir as default_data_dir
 from tuplehub.storage.deferred import deferred
-from tuplehub.storage.errors import NotFound
+from tuplehub.storage.errors import ConfigError, NotFound, TuplehubError
 from tuplehub.storage.paths import read_json
 
 if TYPE_CHECKING:  # `tuplehub --help` imports this module: numpy, gymnasium and the client load when it runs
@@ -41,6 +43,8 @@ else:
 DATASET = "cartpole-demo"
 UPRIGHT = 0.01  # radians: the pole is "nearly upright" within this angle
 MAX_VERSIONS_CHECKED = 20  # for an earlier run's version, newest first
+# The steps it times: key in --json, and how people read it.
+STEPS = {"record": "record", "upload_to_ingested": "upload → ingested", "export_to_numpy": "export → numpy"}
 
 
 def record(env_id: str, episodes: int, seed: int) -> tuple[dict[str, np.ndarray], dict[int, dict[str, Any]]]:
@@ -71,7 +75,12 @@ def record(env_id: str, episodes: int, seed: int) -> tuple[dict[str, np.ndarray]
     return arrays, metadata
 
 
-def _server(stack: ExitStack, url: str | None, data_dir: Path | None) -> Client:
+def _say(message: str, as_json: bool) -> None:
+    """A progress line: on stdout for people, on stderr with ``--json`` (stdout holds the one document)."""
+    typer.echo(message, err=as_json)
+
+
+def _server(stack: ExitStack, url: str | None, data_dir: Path | None, as_json: bool) -> Client:
     """The server named by ``--url``; else the embedded server of the data folder if one runs there
     and its local admin can sign in; else a new embedded server there, on a free port, stopped at
     the end. Whatever else answers on the default address (another account's server, a
@@ -93,12 +102,12 @@ def _server(stack: ExitStack, url: str | None, data_dir: Path | None) -> Client:
             pass
     from tuplehub.client.cli.server import serve_in_subprocess
 
-    typer.echo(f"starting the embedded server (data in {folder}) ...")
+    _say(f"starting the embedded server (data in {folder}) ...", as_json)
     started = stack.enter_context(serve_in_subprocess(folder))
     client = stack.enter_context(Client(started))
     credentials = embedded_credentials(started, folder)
     if credentials is None:
-        raise SystemExit(f"error: the embedded server in {folder} left no local admin credentials")
+        raise ConfigError(f"the embedded server in {folder} left no local admin credentials")
     client.login(*credentials, remember=False)
     return client
 
@@ -123,19 +132,20 @@ def _version_of(dataset: Dataset, recording: str) -> VersionRecord | None:
 
 
 def _upload(dataset: Dataset, arrays: dict[str, np.ndarray], metadata: dict[int, dict[str, Any]],
-            timings: dict[str, float]) -> dict[str, Any]:
-    """Upload the recording as a new version, unless a version already holds exactly it."""
+            timings: dict[str, float], as_json: bool) -> dict[str, Any]:
+    """Upload the recording as a new version, unless a version already holds exactly it (``reused``)."""
     recording = recording_hash(arrays, metadata)
     existing = _version_of(dataset, recording)
     if existing is not None:
-        typer.echo(f"version {existing.number} already holds this recording: using it (no new version)")
-        return {"version": existing.number, "episodes": existing.episodes, "transitions": existing.transitions}
+        _say(f"version {existing.number} already holds this recording: using it (no new version)", as_json)
+        return {"version": existing.number, "episodes": existing.episodes, "transitions": existing.transitions,
+                "reused": True}
     started = time.perf_counter()
     tagged = {episode: {**values, "recording": recording} for episode, values in metadata.items()}
     job = dataset.upload(arrays, mode="replace", episode_metadata=tagged)
     result = job.wait().result or {}
-    timings["upload → ingested"] = time.perf_counter() - started
-    return result
+    timings["upload_to_ingested"] = time.perf_counter() - started
+    return {**result, "reused": False}
 
 
 def demo(episodes: Annotated[int, typer.Option(min=2, max=10_000, help="Episodes to record.")] = 40,
@@ -144,18 +154,21 @@ def demo(episodes: Annotated[int, typer.Option(min=2, max=10_000, help="Episodes
                                                        help="Data folder of the embedded server.")] = None,
          url: Annotated[str | None, typer.Option(help=(
              "Use this server instead of the embedded one (TUPLEHUB_URL is not used: the demo runs its "
-             "own server unless told)."))] = None) -> None:
+             "own server unless told)."))] = None,
+         as_json: AsJson = False) -> None:
     """Record CartPole with two policies, upload, ingest, export a filtered subset and report.
 
     Runs against the embedded server of the data folder (started for the demo and stopped at the
     end if none runs there). Running it again with the same options reuses the version it made.
+    With --json the report (counts, returns, the filter's rows, timings, quality, versions) is one
+    JSON document.
     """
     from tuplehub.storage.filters.language import F
 
     timings: dict[str, float] = {}
-    with reported_errors(), ExitStack() as stack:
-        hub = _server(stack, url, data_dir)
-        typer.echo(f"server: {hub.url}")
+    with ExitStack() as stack:
+        hub = _server(stack, url, data_dir, as_json)
+        _say(f"server: {hub.url}", as_json)
 
         started = time.perf_counter()
         arrays, metadata = record("CartPole-v1", episodes, seed)
@@ -166,24 +179,27 @@ def demo(episodes: Annotated[int, typer.Option(min=2, max=10_000, help="Episodes
         except NotFound:
             dataset = hub.datasets.create(DATASET, description="CartPole-v1: random and heuristic policies",
                                           tags=["demo", "cartpole"])
-        result = _upload(dataset, arrays, metadata, timings)
+        result = _upload(dataset, arrays, metadata, timings, as_json)
 
         started = time.perf_counter()
         export = dataset.export(episodes=F.metadata.policy == "heuristic",
                                 where=F.observation[2].between(-UPRIGHT, UPRIGHT), next_observation=True,
                                 version=result.get("version"))
         kept = export.to_numpy()
-        timings["export → numpy"] = time.perf_counter() - started
+        timings["export_to_numpy"] = time.perf_counter() - started
 
         _check(arrays, metadata, kept)
-        _report(arrays, metadata, kept, result, timings)
+        report = summary(arrays, metadata, kept, result, timings, server=hub.url)
+        if not as_json:
+            _report(report)  # before the metrics job's wait: people see it at once
         try:
-            typer.echo(_quality(hub, result.get("version")))
+            report["quality"] = _quality(hub, result.get("version"))
         except Exception as exc:  # the metrics are extra: never lose the report above for them
-            typer.echo(f"quality: the metrics job did not finish ({exc})")
+            report["quality"] = {"error": f"the metrics job did not finish ({exc})"}
+        typer.echo(json.dumps(report, indent=2) if as_json else _quality_line(report["quality"]))
 
 
-def _quality(hub: Client, version: int | None) -> str:
+def _quality(hub: Client, version: int | None) -> dict[str, Any]:
     """The cheap metrics of the new version: the job the ingest queued, or one asked for now."""
     queued = [job for job in hub.jobs.list(kind="metrics", limit=100).items
               if job.params.get("dataset") == DATASET and job.params.get("version") == version]
@@ -192,14 +208,31 @@ def _quality(hub: Client, version: int | None) -> str:
     results = {read.key: read.result for read in hub.metrics.results(DATASET, version=version)}
     returns, improvement, coverage = (results.get(key) for key in (
         "returns", "return_improvement", "state_action_coverage"))
-    parts = []
+    quality: dict[str, Any] = {}
     if returns is not None and returns.value is not None:
-        interval = f" [{returns.ci_low:.1f}, {returns.ci_high:.1f}]" if returns.ci_low is not None else ""
-        parts.append(f"return mean {returns.value:.1f}{interval}")
+        quality["return_mean"] = returns.value
+        if returns.ci_low is not None:
+            quality["return_mean_ci"] = [returns.ci_low, returns.ci_high]
     if improvement is not None and improvement.value is not None:
-        parts.append(f"return improvement {improvement.value:.2f}")
+        quality["return_improvement"] = improvement.value
     if coverage is not None and coverage.value is not None:
-        parts.append(f"{coverage.value:.0f} state-action cells ({coverage.details['distinct_per_row']:.2f} per row)")
+        quality["state_action_cells"] = coverage.value
+        quality["cells_per_row"] = coverage.details["distinct_per_row"]
+    return quality
+
+
+def _quality_line(quality: dict[str, Any]) -> str:
+    if "error" in quality:
+        return f"quality: {quality['error']}"
+    parts = []
+    if "return_mean" in quality:
+        low, high = quality.get("return_mean_ci") or (None, None)
+        interval = f" [{low:.1f}, {high:.1f}]" if low is not None else ""
+        parts.append(f"return mean {quality['return_mean']:.1f}{interval}")
+    if "return_improvement" in quality:
+        parts.append(f"return improvement {quality['return_improvement']:.2f}")
+    if "state_action_cells" in quality:
+        parts.append(f"{quality['state_action_cells']:.0f} state-action cells ({quality['cells_per_row']:.2f} per row)")
     return "quality (computed after the ingest): " + ", ".join(parts)
 
 
@@ -214,7 +247,7 @@ def _check(arrays: dict[str, np.ndarray], metadata: dict[int, dict[str, Any]], k
     mask = _expected_mask(arrays, metadata)
     for name in ("observation", "action", "reward", "next_observation"):
         if not np.array_equal(arrays[name][mask], kept[name]):
-            raise SystemExit(f"demo check failed: exported {name} differs from the recorded rows")
+            raise TuplehubError(f"demo check failed: exported {name} differs from the recorded rows")
 
 
 def _returns(arrays: dict[str, np.ndarray], metadata: dict[int, dict[str, Any]]) -> Iterator[tuple[str, np.ndarray]]:
@@ -225,16 +258,33 @@ def _returns(arrays: dict[str, np.ndarray], metadata: dict[int, dict[str, Any]])
         yield policy, totals[episodes]
 
 
-def _report(arrays: dict[str, np.ndarray], metadata: dict[int, dict[str, Any]], kept: dict[str, np.ndarray],
-            result: dict[str, Any], timings: dict[str, float]) -> None:
-    typer.echo("")
-    typer.echo(f"dataset {DATASET} version {result.get('version')}: {result.get('episodes')} episodes, "
-               f"{result.get('transitions')} transitions")
-    for policy, returns in _returns(arrays, metadata):
-        typer.echo(f"  {policy:<9} {len(returns):>4} episodes  return mean {returns.mean():7.1f}  "
-                   f"min {returns.min():6.1f}  max {returns.max():6.1f}")
+def summary(arrays: dict[str, np.ndarray], metadata: dict[int, dict[str, Any]], kept: dict[str, np.ndarray],
+            result: dict[str, Any], timings: dict[str, float], *, server: str) -> dict[str, Any]:
+    """What the demo did, as plain values: the report people read and the document ``--json`` prints."""
     heuristic_rows = int(sum(np.isin(arrays["episode_id"], [e for e, m in metadata.items()
                                                             if m["policy"] == "heuristic"])))
-    typer.echo(f"filter: heuristic episodes, |pole angle| <= {UPRIGHT} rad -> kept {len(kept['reward'])} of "
-               f"{heuristic_rows} heuristic rows ({len(arrays['reward'])} rows in all); matches numpy exactly")
-    typer.echo("timings: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items()))
+    return {
+        "tuplehub": importlib.metadata.version("tuplehub"), "server": server, "dataset": DATASET,
+        "version": result.get("version"), "reused_version": result.get("reused", False),
+        "episodes": result.get("episodes"), "transitions": result.get("transitions"),
+        "policies": {policy: {"episodes": len(returns), "return_mean": float(returns.mean()),
+                              "return_min": float(returns.min()), "return_max": float(returns.max())}
+                     for policy, returns in _returns(arrays, metadata)},
+        "filter": {"policy": "heuristic", "max_pole_angle_rad": UPRIGHT, "kept_rows": len(kept["reward"]),
+                   "heuristic_rows": heuristic_rows, "rows": len(arrays["reward"]), "matches_numpy": True},
+        "timings_s": {step: round(seconds, 4) for step, seconds in timings.items()},
+    }
+
+
+def _report(report: dict[str, Any]) -> None:
+    typer.echo("")
+    typer.echo(f"dataset {report['dataset']} version {report['version']}: {report['episodes']} episodes, "
+               f"{report['transitions']} transitions")
+    for policy, figures in report["policies"].items():
+        typer.echo(f"  {policy:<9} {figures['episodes']:>4} episodes  return mean {figures['return_mean']:7.1f}  "
+                   f"min {figures['return_min']:6.1f}  max {figures['return_max']:6.1f}")
+    kept = report["filter"]
+    typer.echo(f"filter: heuristic episodes, |pole angle| <= {UPRIGHT} rad -> kept {kept['kept_rows']} of "
+               f"{kept['heuristic_rows']} heuristic rows ({kept['rows']} rows in all); matches numpy exactly")
+    typer.echo("timings: " + ", ".join(f"{STEPS[step]} {seconds:.2f} s"
+                                       for step, seconds in report["timings_s"].items()))

@@ -7,6 +7,8 @@ when a server command runs, so the client installs and works without any server 
 and leaves nothing behind), makes everything it creates private to its user (umask 077: folders
 0700, files 0600), runs the worker as a child process (see :mod:`tuplehub.client.cli.supervisor`)
 and stops on SIGINT or SIGTERM: API first, worker next, Redis last, then ``server.json`` goes.
+With ``--json`` its start and stop lines are JSON documents, one a line; a failure to start is a
+tuplehub error, which the CLI reports in one line (or as JSON).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuplehub.client.discovery import SERVER_FILE
-from tuplehub.storage.errors import TuplehubError
+from tuplehub.client.errors import CommandLineError, MissingExtra
+from tuplehub.storage.errors import ConfigError
 
 if TYPE_CHECKING:
     from tuplehub.client.cli.supervisor import Supervisor
@@ -45,7 +48,7 @@ def load_settings(**overrides: object) -> Settings:
     try:
         from tuplehub.storage.settings import Settings
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        raise SystemExit("the server needs its extra: pip install 'tuplehub[server]'") from exc
+        raise MissingExtra("the server", "server", exc.name or "pydantic_settings") from exc
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -56,9 +59,9 @@ def bind(host: str, port: int) -> socket.socket:
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise SystemExit(f"error: {host}:{port} is already in use (another server?); pick another port "
-                             "with `tuplehub serve --port N` (0 picks a free one)") from None
-        raise SystemExit(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise CommandLineError(f"{host}:{port} is already in use (another server?); pick another port "
+                                   "with `tuplehub serve --port N` (0 picks a free one)") from None
+        raise CommandLineError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager
@@ -69,8 +72,8 @@ def _exclusive(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise SystemExit(f"error: another tuplehub server is already using {folder}; stop it or pick another "
-                             "--data-dir") from exc
+            raise CommandLineError(f"another tuplehub server is already using {folder}; stop it or pick another "
+                                   "--data-dir") from exc
         yield
 
 
@@ -149,7 +152,7 @@ class EmbeddedServer:
                 await serving  # raises the start-up error
                 if self.stop_requested:
                     return
-                raise SystemExit("error: the API server did not start")
+                raise ConfigError("the API server did not start")
             port = server.servers[0].sockets[0].getsockname()[1]
             self.url = f"http://{settings.host}:{port}"
             announce.write_text(json.dumps({"url": self.url, "pid": os.getpid()}))
@@ -198,8 +201,12 @@ class EmbeddedServer:
             self._loop.call_soon_threadsafe(setattr, self._server, "should_exit", True)
 
 
-def serve(settings: Settings, *, with_worker: bool = True) -> None:
-    """Run until SIGINT or SIGTERM, then stop the API, the worker and the bundled Redis; exit 0."""
+def serve(settings: Settings, *, with_worker: bool = True, as_json: bool = False) -> None:
+    """Run until SIGINT or SIGTERM, then stop the API, the worker and the bundled Redis; exit 0.
+
+    A failure to start (a busy port, a data folder in use, a bundled Redis that will not start,
+    an unusable folder) is raised as a tuplehub error or ``OSError``, which the CLI reports.
+    """
     listener = bind(settings.host, settings.port)  # before anything is created in the data folder
     os.umask(0o077)  # the catalog, blocks, exports and secrets are this user's only
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -216,20 +223,22 @@ def serve(settings: Settings, *, with_worker: bool = True) -> None:
     with _exclusive(settings.data_dir) if embedded else contextlib.nullcontext():
         if settings.embedded_catalog:
             _warn_if_loose(settings.data_dir)
-        threading.Thread(target=_announce, args=(server,), daemon=True).start()
-        try:
-            asyncio.run(server.run())
-        except (TuplehubError, OSError) as exc:  # the bundled Redis would not start, an unusable data folder
-            raise SystemExit(f"error: {exc}") from None
+        threading.Thread(target=_announce, args=(server, as_json), daemon=True).start()
+        asyncio.run(server.run())
     if server.exit_code:
         raise SystemExit(server.exit_code)
-    print("tuplehub stopped", flush=True)
+    print(json.dumps({"status": "stopped", "url": server.url}) if as_json else "tuplehub stopped", flush=True)
 
 
-def _announce(server: EmbeddedServer) -> None:
-    """Say where the server listens as soon as it does."""
+def _announce(server: EmbeddedServer, as_json: bool) -> None:
+    """Say where the server listens as soon as it does (with ``as_json``, as one JSON line for scripts)."""
     if server.started.wait(STARTUP_TIMEOUT_S) and server.url:
-        where = f" (data in {server.settings.data_dir})" if server.settings.embedded_catalog else ""
+        data_dir = server.settings.data_dir if server.settings.embedded_catalog else None
+        if as_json:
+            print(json.dumps({"status": "serving", "url": server.url, "data_dir": data_dir and str(data_dir),
+                              "pid": os.getpid(), "stop": "SIGINT (Ctrl-C) or SIGTERM"}), flush=True)
+            return
+        where = f" (data in {data_dir})" if data_dir else ""
         print(f"tuplehub serving {server.url}{where}; press Ctrl-C to stop", flush=True)
 
 
@@ -275,7 +284,9 @@ def serve_in_subprocess(data_dir: Path) -> Iterator[str]:
             if url is None:
                 log.seek(0)
                 lines = log.read().decode(errors="replace").strip().splitlines()
-                raise SystemExit(lines[-1] if lines else "error: the embedded server did not start")
+                errors = [line for line in lines if line.startswith("error: ")] or lines  # a hint may follow
+                raise ConfigError(errors[-1].removeprefix("error: ") if errors else
+                                  "the embedded server did not start")
             yield url
         finally:
             if child.poll() is None:
@@ -304,13 +315,20 @@ def _wait_announced(child: subprocess.Popen[bytes], data_dir: Path) -> str | Non
     return None
 
 
-def run_worker(settings: Settings) -> None:
-    """A standalone Arq worker (deployments); needs TUPLEHUB_REDIS_URL."""
+def run_worker(settings: Settings, *, as_json: bool = False) -> None:
+    """A standalone Arq worker (deployments); needs TUPLEHUB_REDIS_URL. Says that it started (with
+    ``as_json``, as one JSON line); the queue's URL is not printed (it may hold a password)."""
     from tuplehub.workers.__main__ import configure_logging, run
 
     if settings.redis_url is None:
-        raise SystemExit("error: tuplehub worker needs TUPLEHUB_REDIS_URL: it joins a server's queue "
-                         "(tuplehub serve runs its own worker in the embedded default)")
+        raise ConfigError("tuplehub worker needs TUPLEHUB_REDIS_URL: it joins a server's queue",
+                          hint="set TUPLEHUB_REDIS_URL to the server's Redis; `tuplehub serve` runs its own "
+                               "worker in the embedded default")
     configure_logging()
+    if as_json:
+        print(json.dumps({"status": "working", "pid": os.getpid(), "data_dir": str(settings.data_dir),
+                          "stop": "SIGINT (Ctrl-C) or SIGTERM"}), flush=True)
+    else:
+        print(f"tuplehub worker running (pid {os.getpid()}); press Ctrl-C to stop", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         raise SystemExit(asyncio.run(run(settings)))
