@@ -200,7 +200,8 @@ async def put_part(upload_id: str, number: int, request: Request, caller: Caller
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"part {number} declares {declared} bytes; it may hold at most {limit}",
                               part=number)
-    if upload.size is None:  # a declared size passed the quota when the session opened; this part's place bounds the rest
+    # A declared size passed the quota when the session opened; else this part's place bounds the rest.
+    if upload.size is None:
         length = int(declared) if declared is not None and declared.isdigit() else limit
         await quotas.require_bytes(catalog, settings, caller.user_id, (number - 1) * upload.part_size + length)
     writer = await asyncio.to_thread(objects.open_part, upload.object_key, number, upload.part_size, limit)
