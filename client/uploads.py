@@ -56,7 +56,9 @@ class PartSink:
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="tuplehub-upload")
         self._slots = threading.Semaphore(parallel + 1)  # parts in flight or waiting: bounded memory
         self._futures: list[Future[tuple[int, str]]] = []
-        self._urls = PresignedURLs(http, session["id"]) if session["transport"] == "presigned" else None
+        size = session.get("size")  # a declared size bounds the part numbers the server will presign
+        last = max(1, -(-int(size) // self.part_size)) if size is not None else None
+        self._urls = PresignedURLs(http, session["id"], last) if session["transport"] == "presigned" else None
         # Presigned URLs carry their own authorisation; the API client's headers must not go along.
         self._direct = httpx.Client(timeout=600) if session["transport"] == "presigned" else None
         self.bytes_sent = 0
