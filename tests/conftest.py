@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from typer.testing import CliRunner
 
 from tuplehub.client import Client
+from tuplehub.client.cli import app
 from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
 from tuplehub.storage.catalog import Catalog, open_catalog
 from tuplehub.storage.catalog.mongo import MongoCatalog
@@ -20,6 +23,7 @@ from tuplehub.storage.paths import embedded_credentials_file, read_json
 from tuplehub.storage.settings import Settings
 
 from .mongo_double import memory_database
+from .processes import Processes, free_port, owned_processes
 
 # Sessions and the embedded admin's credentials go to a folder of this run, never the user's own.
 os.environ["TUPLEHUB_CONFIG_DIR"] = tempfile.mkdtemp(prefix="tuplehub-test-config-")
@@ -68,12 +72,21 @@ def make_settings(folder: Path, redis_url: str, **overrides: object) -> Settings
     return Settings(_env_file=None, **values)
 
 
-@pytest.fixture(scope="module")
-def hub_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[EmbeddedServer]:
-    """API and worker in a background thread, on loopback, for the tests of one module."""
-    settings = make_settings(tmp_path_factory.mktemp("hub"), redis_url)
-    with serve_in_thread(settings) as server:
-        yield server
+def hub_server_with(**overrides: object) -> Callable[..., Iterator[EmbeddedServer]]:
+    """A module-scoped ``hub_server`` fixture whose settings differ by ``overrides``.
+
+    A module that needs other limits assigns it: ``hub_server = hub_server_with(quota_datasets=2)``.
+    """
+    @pytest.fixture(scope="module")
+    def hub_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[EmbeddedServer]:
+        """API and worker in a background thread, on loopback, for the tests of one module."""
+        settings = make_settings(tmp_path_factory.mktemp("hub"), redis_url, **overrides)
+        with serve_in_thread(settings) as server:
+            yield server
+    return hub_server
+
+
+hub_server = hub_server_with()
 
 
 def admin_client(server: EmbeddedServer, **options: object) -> Client:
@@ -97,15 +110,56 @@ def hub(hub_server: EmbeddedServer) -> Iterator[Client]:
         yield client
 
 
+@pytest.fixture(scope="module")
+def admin(hub_server: EmbeddedServer) -> Iterator[Client]:
+    """The local admin's client, shared by one module's tests (of its own ``hub_server``, if it has one)."""
+    with admin_client(hub_server) as client:
+        yield client
+
+
+def api(server: EmbeddedServer, token: str | None = None) -> httpx.Client:
+    """Raw HTTP to the server's API, as ``token``'s holder (or anonymously)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=server.url + "/api/v1", headers=headers, timeout=60)
+
+
+PASSWORD = "tests-Passphrase-1"
+
+
+def new_user(admin: Client, *, roles: list[str] | None = None) -> str:
+    """A fresh user (a contributor unless ``roles`` says otherwise) whose password is ``PASSWORD``."""
+    return admin.users.create(f"u-{uuid.uuid4().hex[:8]}", PASSWORD, site_roles=roles or ["contributor"]).name
+
+
+def login(server: EmbeddedServer, user: str, password: str = PASSWORD) -> dict[str, Any]:
+    """The tokens of a sign-in with the password, over raw HTTP (which must succeed)."""
+    with api(server) as http:
+        response = http.post("/auth/login", json={"username": user, "password": password})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture
+def hub_cli(hub_server: EmbeddedServer) -> Callable[..., str]:
+    """``hub_cli(*args, code=0)``: ``tuplehub ARGS --url SERVER`` as the admin; checks the exit code, gives output."""
+    runner = CliRunner(env={"TUPLEHUB_TOKEN": admin_token(hub_server)})
+
+    def invoke(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, [*args, "--url", hub_server.url])
+        assert result.exit_code == code, result.output
+        return result.output
+    return invoke
+
+
+@pytest.fixture
+def running() -> Iterator[Processes]:
+    """Real processes a test starts, all stopped by PID when it ends."""
+    yield from owned_processes()
+
+
 @pytest.fixture
 def unique_name() -> str:
     return f"ds-{uuid.uuid4().hex[:10]}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx
@@ -24,42 +23,14 @@ from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
 from tuplehub.storage.errors import Forbidden, InvalidRequest, Unauthenticated
 from tuplehub.storage.models import utcnow
 
-from .conftest import admin_client, admin_token, make_settings
+from .conftest import PASSWORD, admin_client, admin_token, api, hub_server_with, login, make_settings, new_user
 from .factories import episode_arrays
 
-PASSWORD = "access-Passphrase-1"
 PER_USER, PER_ADDRESS = 3, 12
 
 
-@pytest.fixture(scope="module")
-def hub_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[EmbeddedServer]:
-    settings = make_settings(tmp_path_factory.mktemp("access"), redis_url, open_signup=True,
-                             login_attempts_per_user=PER_USER, login_attempts_per_address=PER_ADDRESS,
-                             login_window_s=30, max_body_bytes=4096)
-    with serve_in_thread(settings) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def admin(hub_server: EmbeddedServer) -> Iterator[Client]:
-    with admin_client(hub_server) as client:
-        yield client
-
-
-def api(server: EmbeddedServer, token: str | None = None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=server.url + "/api/v1", headers=headers, timeout=60)
-
-
-def new_user(admin: Client, *, roles: list[str] | None = None) -> str:
-    return admin.users.create(f"u-{uuid.uuid4().hex[:8]}", PASSWORD, site_roles=roles or ["contributor"]).name
-
-
-def login(server: EmbeddedServer, user: str, password: str = PASSWORD) -> dict[str, Any]:
-    with api(server) as http:
-        response = http.post("/auth/login", json={"username": user, "password": password})
-    assert response.status_code == 200, response.text
-    return response.json()
+hub_server = hub_server_with(open_signup=True, login_attempts_per_user=PER_USER,
+                             login_attempts_per_address=PER_ADDRESS, login_window_s=30, max_body_bytes=4096)
 
 
 def status_as(server: EmbeddedServer, token: str, method: str = "GET", path: str = "/auth/me") -> int:

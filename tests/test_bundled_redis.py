@@ -24,7 +24,6 @@ from .processes import (
     embedded_client,
     free_port,
     isolated_env,
-    owned_processes,
     start_serve,
     stop,
     wait_for_server,
@@ -32,11 +31,6 @@ from .processes import (
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def running() -> Iterator[Processes]:
-    yield from owned_processes()
 
 
 @pytest.fixture

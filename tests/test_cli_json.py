@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,7 @@ from tuplehub.client.cli import app
 from tuplehub.client.cli.server import EmbeddedServer
 
 from .conftest import admin_token
-from .processes import Processes, cli, isolated_env, owned_processes, stop, wait_for_server
-
-
-@pytest.fixture
-def running() -> Iterator[Processes]:
-    yield from owned_processes()
+from .processes import Processes, cli, isolated_env, stop, wait_for_server
 
 
 def _error(output: str) -> dict[str, str]:

@@ -22,7 +22,6 @@ from .processes import (
     cli,
     embedded_client,
     isolated_env,
-    owned_processes,
     start_serve,
     stop,
     wait_for_server,
@@ -59,11 +58,6 @@ def stranger() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture
-def running() -> Iterator[Processes]:
-    yield from owned_processes()
 
 
 @pytest.mark.slow

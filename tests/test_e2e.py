@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,18 +21,13 @@ from tuplehub.client import Client
 from tuplehub.storage.models import JobStatus
 
 from .factories import episode_arrays
-from .processes import Processes, owned_processes, wait_for_server, wait_until
+from .processes import Processes, wait_for_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    yield from owned_processes()
-
-
 def test_distributed_ingest_survives_a_killed_worker(tmp_path: Path, redis_url: str, s3_endpoint: str,
-                                                     processes: Processes) -> None:
+                                                     running: Processes) -> None:
     credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                    "AWS_DEFAULT_REGION": "us-east-1"}
     catalog_url = os.environ.get("TUPLEHUB_TEST_MONGODB_URL", "").rstrip("/")
@@ -48,9 +42,9 @@ def test_distributed_ingest_survives_a_killed_worker(tmp_path: Path, redis_url: 
            "TUPLEHUB_ADMIN_PASSWORD": "e2e-Passphrase-7", "TUPLEHUB_JWT_SECRET": "e2e-" + "k" * 40}
     env.pop("TUPLEHUB_URL", None)
     log = tmp_path / "processes.log"
-    api = processes.start("serve", "--no-worker", env=env, log=log)
+    api = running.start("serve", "--no-worker", env=env, log=log)
     url = wait_for_server(tmp_path / "api", api, log)
-    first_worker = processes.start("worker", env=env, log=log)
+    first_worker = running.start("worker", env=env, log=log)
 
     arrays = episode_arrays(episodes=40, length=5_000, obs_dim=48, act_dim=8, seed=11, ragged=False)
     with Client(url, timeout=120) as hub:
@@ -68,9 +62,9 @@ def test_distributed_ingest_survives_a_killed_worker(tmp_path: Path, redis_url: 
             return record.status == JobStatus.running and 0.05 < record.progress.fraction < 0.8
 
         wait_until(ingest_is_half_done, 60, "the ingest to be under way")
-        processes.stop(first_worker, signal.SIGKILL)
+        running.stop(first_worker, signal.SIGKILL)
         assert job.refresh().record.status == JobStatus.running
-        processes.start("worker", env=env, log=log)
+        running.start("worker", env=env, log=log)
         job.wait(timeout=120)
         assert job.record.attempts >= 2, log.read_text()[-3000:]
         assert job.record.result["transitions"] == len(arrays["reward"])
@@ -84,7 +78,7 @@ def test_distributed_ingest_survives_a_killed_worker(tmp_path: Path, redis_url: 
         assert [v.number for v in dataset.refresh().record.versions] == [1]
 
 
-def test_embedded_server_keeps_datasets_across_restarts(tmp_path: Path, processes: Processes,
+def test_embedded_server_keeps_datasets_across_restarts(tmp_path: Path, running: Processes,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUPLEHUB_")}
     env |= {"TUPLEHUB_DATA_DIR": str(tmp_path / "data"), "TUPLEHUB_PORT": "0",
@@ -95,16 +89,16 @@ def test_embedded_server_keeps_datasets_across_restarts(tmp_path: Path, processe
     log = tmp_path / "serve.log"
     arrays = episode_arrays(episodes=5, length=20, seed=12)
 
-    server = processes.start("serve", env=env, log=log)
+    server = running.start("serve", env=env, log=log)
     wait_for_server(tmp_path / "data", server, log)
     with Client() as hub:
         hub.datasets.create("kept", tags=["restart"]).upload(arrays).wait()
-    processes.stop(server)
+    running.stop(server)
     assert server.returncode == 0, log.read_text()[-3000:]
     assert not (tmp_path / "data" / "server.json").exists()
     assert not (tmp_path / "data" / "redis" / "redis.sock").exists()  # the bundled Redis stopped with it
 
-    server = processes.start("serve", env=env, log=log)
+    server = running.start("serve", env=env, log=log)
     wait_for_server(tmp_path / "data", server, log)
     with Client() as hub:  # the session stored at the first start still works after the restart
         assert hub.whoami().name == "admin"

@@ -15,7 +15,6 @@ import stat
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -34,7 +33,6 @@ from .processes import (
     embedded_client,
     free_port,
     isolated_env,
-    owned_processes,
     start_serve,
     stop,
     wait_for_server,
@@ -55,11 +53,6 @@ CRASHING_SITECUSTOMIZE = textwrap.dedent("""
 
         ingest._ingest = crash
 """)
-
-
-@pytest.fixture
-def running() -> Iterator[Processes]:
-    yield from owned_processes()
 
 
 @pytest.fixture

@@ -27,32 +27,9 @@ from tuplehub.storage.artifacts import ArtifactRecord
 from tuplehub.storage.catalog import open_catalog
 from tuplehub.storage.models import utcnow
 
-from .conftest import admin_client
+from .conftest import PASSWORD, api, login, new_user
 
-PASSWORD = "hardening-Passphrase-1"
 HUGE = 2**64  # past SQLite's and MongoDB's 64-bit integers
-
-
-@pytest.fixture(scope="module")
-def admin(hub_server: EmbeddedServer) -> Iterator[Client]:
-    with admin_client(hub_server) as client:
-        yield client
-
-
-def api(server: EmbeddedServer, token: str | None = None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=server.url + "/api/v1", headers=headers, timeout=60)
-
-
-def new_user(admin: Client) -> str:
-    return admin.users.create(f"h-{uuid.uuid4().hex[:8]}", PASSWORD, site_roles=["contributor"]).name
-
-
-def login(server: EmbeddedServer, user: str) -> dict[str, Any]:
-    with api(server) as http:
-        response = http.post("/auth/login", json={"username": user, "password": PASSWORD})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,6 @@ import pytest
 
 from tuplehub.api.app import create_app
 from tuplehub.client import Client, F, InvalidFilter, InvalidUpload, JobFailed, Rebalance
-from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
 from tuplehub.client.datasets import Dataset
 from tuplehub.storage.catalog import open_catalog
 from tuplehub.storage.filters.arrow import compile_filter
@@ -27,7 +26,7 @@ from tuplehub.storage.settings import Settings
 from tuplehub.storage.upload_limits import check_episode_count, decoded_size
 from tuplehub.workers.jobs import ingest as ingest_module
 
-from .conftest import admin_client, make_settings
+from .conftest import hub_server_with
 from .factories import episode_arrays, episode_record
 from .test_filters import TUPLE_SCHEMA, expected_rows, kept_rows, random_leaf, tuple_data
 
@@ -36,24 +35,14 @@ MAX_TENSOR_BYTES = 4096
 MAX_EPISODES = 50
 
 
-@pytest.fixture(scope="module")
-def limited_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[EmbeddedServer]:
-    """A hub whose limits are small enough to reach with small data."""
-    settings = make_settings(tmp_path_factory.mktemp("limits"), redis_url, filter_max_leaves=MAX_LEAVES,
-                             max_tensor_bytes=MAX_TENSOR_BYTES, max_upload_episodes=MAX_EPISODES)
-    with serve_in_thread(settings) as server:
-        yield server
+# A hub whose limits are small enough to reach with small data.
+hub_server = hub_server_with(filter_max_leaves=MAX_LEAVES, max_tensor_bytes=MAX_TENSOR_BYTES,
+                             max_upload_episodes=MAX_EPISODES)
 
 
 @pytest.fixture(scope="module")
-def hub(limited_server: EmbeddedServer) -> Iterator[Client]:
-    with admin_client(limited_server) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def dataset(hub: Client) -> Dataset:
-    dataset = hub.datasets.create(f"lim-{uuid.uuid4().hex[:8]}")
+def dataset(admin: Client) -> Dataset:
+    dataset = admin.datasets.create(f"lim-{uuid.uuid4().hex[:8]}")
     dataset.upload(episode_arrays(episodes=4, length=6)).wait()
     return dataset.refresh()
 
@@ -136,14 +125,14 @@ def test_exports_refuse_a_filter_with_too_many_comparisons(dataset: Dataset) -> 
     assert 0 < len(set(rows.column("step").to_pylist())) <= MAX_LEAVES - 1
 
 
-def test_derives_refuse_a_filter_with_too_many_comparisons(hub: Client, dataset: Dataset) -> None:
+def test_derives_refuse_a_filter_with_too_many_comparisons(admin: Client, dataset: Dataset) -> None:
     target = f"lim-{uuid.uuid4().hex[:8]}"
     for selection in ({"where": wide_or("step", MAX_LEAVES + 1)},
                       {"episodes": wide_or("length", MAX_LEAVES + 1)},
                       {"rebalance": Rebalance(keep=wide_or("step", MAX_LEAVES + 1), rest_fraction=0.5)}):
-        refused(lambda selection=selection: hub.datasets.derive(
+        refused(lambda selection=selection: admin.datasets.derive(
             target, [{"dataset": dataset.name, **selection}], renumber=True))
-    hub.datasets.derive(target, [{"dataset": dataset.name, "episodes": wide_or("length", MAX_LEAVES)}]).wait()
+    admin.datasets.derive(target, [{"dataset": dataset.name, "episodes": wide_or("length", MAX_LEAVES)}]).wait()
 
 
 def test_episode_listing_refuses_a_filter_with_too_many_comparisons(dataset: Dataset) -> None:
@@ -193,9 +182,9 @@ def zeros_upload(path: Path, *, rows: int, width: int, variable: bool = False, e
 
 
 @pytest.mark.parametrize("variable", [False, True], ids=["fixed-size", "variable"])
-def test_tensors_above_the_limit_are_refused_naming_column_and_size(hub: Client, tmp_path: Path,
+def test_tensors_above_the_limit_are_refused_naming_column_and_size(admin: Client, tmp_path: Path,
                                                                      variable: bool) -> None:
-    dataset = hub.datasets.create(f"lim-{uuid.uuid4().hex[:8]}")
+    dataset = admin.datasets.create(f"lim-{uuid.uuid4().hex[:8]}")
     fits = zeros_upload(tmp_path / "fits.parquet", rows=20, width=MAX_TENSOR_BYTES // 4, variable=variable)
     dataset.upload(fits).wait()
     wide = zeros_upload(tmp_path / "wide.parquet", rows=20, width=MAX_TENSOR_BYTES // 4 + 1, variable=variable)
@@ -268,8 +257,8 @@ def test_episodes_are_counted_across_batches() -> None:
         check_episode_count(batches, max_episodes=2)
 
 
-def test_an_upload_with_too_many_episodes_is_refused(hub: Client, tmp_path: Path) -> None:
-    dataset = hub.datasets.create(f"lim-{uuid.uuid4().hex[:8]}")
+def test_an_upload_with_too_many_episodes_is_refused(admin: Client, tmp_path: Path) -> None:
+    dataset = admin.datasets.create(f"lim-{uuid.uuid4().hex[:8]}")
     dataset.upload(episode_arrays(episodes=MAX_EPISODES, length=2)).wait()
     with pytest.raises(JobFailed) as failure:
         dataset.upload(episode_arrays(episodes=MAX_EPISODES + 1, length=2), mode="replace").wait()
@@ -279,16 +268,16 @@ def test_an_upload_with_too_many_episodes_is_refused(hub: Client, tmp_path: Path
     assert dataset.refresh().latest_version == 1
 
 
-def test_the_upload_limits_do_not_apply_to_derived_versions(hub: Client) -> None:
+def test_the_upload_limits_do_not_apply_to_derived_versions(admin: Client) -> None:
     """A merge of stored versions is no upload: its episodes each passed the limit when they came in."""
     parts = []
     for first_id in (0, MAX_EPISODES):
-        part = hub.datasets.create(f"lim-{uuid.uuid4().hex[:8]}")
+        part = admin.datasets.create(f"lim-{uuid.uuid4().hex[:8]}")
         part.upload(episode_arrays(episodes=MAX_EPISODES, length=2, first_id=first_id)).wait()
         parts.append(part.name)
     merged = f"lim-{uuid.uuid4().hex[:8]}"
-    hub.datasets.derive(merged, [{"dataset": name} for name in parts]).wait()
-    assert hub.datasets.get(merged).episodes(limit=1).total == 2 * MAX_EPISODES
+    admin.datasets.derive(merged, [{"dataset": name} for name in parts]).wait()
+    assert admin.datasets.get(merged).episodes(limit=1).total == 2 * MAX_EPISODES
 
 
 def disk_use(folder: Path) -> int:

@@ -25,29 +25,19 @@ from tuplehub.storage.errors import QuotaExceeded
 from tuplehub.storage.models import JobKind, JobRecord, JobStatus
 from tuplehub.storage.settings import Settings
 
-from .conftest import admin_client, admin_token, make_settings
+from .conftest import admin_client, admin_token, api, hub_server_with, login, make_settings, new_user
 from .factories import episode_arrays
 
-PASSWORD = "quotas-Passphrase-1"
 STORED, DATASETS, JOBS = 200_000, 2, 1
 
 
-@pytest.fixture(scope="module")
-def hub_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[EmbeddedServer]:
-    settings = make_settings(tmp_path_factory.mktemp("quotas"), redis_url, quota_stored_bytes=STORED,
-                             quota_datasets=DATASETS, quota_concurrent_jobs=JOBS)
-    with serve_in_thread(settings) as server:
-        yield server
+hub_server = hub_server_with(quota_stored_bytes=STORED, quota_datasets=DATASETS, quota_concurrent_jobs=JOBS)
 
 
 @pytest.fixture
-def token(hub_server: EmbeddedServer) -> str:
+def token(hub_server: EmbeddedServer, admin: Client) -> str:
     """An ordinary user's access token."""
-    name = f"q-{uuid.uuid4().hex[:8]}"
-    with admin_client(hub_server) as admin:
-        admin.users.create(name, PASSWORD, site_roles=["contributor"])
-    with httpx.Client(base_url=hub_server.url + "/api/v1") as http:
-        return http.post("/auth/login", json={"username": name, "password": PASSWORD}).json()["access_token"]
+    return login(hub_server, new_user(admin))["access_token"]
 
 
 @pytest.fixture
@@ -58,8 +48,7 @@ def user(hub_server: EmbeddedServer, token: str) -> Iterator[Client]:
 
 @pytest.fixture
 def raw(hub_server: EmbeddedServer, token: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=hub_server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
-                      timeout=60) as http:
+    with api(hub_server, token) as http:
         yield http
 
 
@@ -81,14 +70,13 @@ def test_a_dataset_past_the_quota_is_refused(user: Client) -> None:
 
 def test_concurrent_creations_cannot_pass_the_dataset_quota(hub_server: EmbeddedServer, token: str) -> None:
     def create(_: int) -> int:
-        with httpx.Client(base_url=hub_server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
-                          timeout=60) as http:
+        with api(hub_server, token) as http:
             return http.post("/datasets", json={"name": f"q-{uuid.uuid4().hex[:8]}"}).status_code
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(create, range(16)))
     assert set(answers) <= {201, 403}
-    with httpx.Client(base_url=hub_server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}) as http:
+    with api(hub_server, token) as http:
         owned = http.get("/auth/me", params={"usage": "true"}).json()["usage"]["datasets"]
     assert owned == answers.count(201) <= DATASETS
 
@@ -201,8 +189,7 @@ def test_a_full_quota_refuses_an_upload_session_before_any_byte(tmp_path: Path, 
     settings = make_settings(tmp_path, redis_url, quota_stored_bytes=0)
     with serve_in_thread(settings) as server, admin_client(server) as admin:
         dataset = admin.datasets.create("full")
-        with httpx.Client(base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {admin_token(server)}"},
-                          timeout=60) as http:
+        with api(server, admin_token(server)) as http:
             for path in (f"/datasets/{dataset.name}/uploads", "/artifacts/uploads"):
                 answer = http.post(path, json={"name": "a.bin"} if "artifacts" in path else {})
                 assert answer.status_code == 403, answer.text

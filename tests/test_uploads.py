@@ -15,10 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
 from tuplehub.client import Client
-from tuplehub.client.cli import app
 from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
 from tuplehub.client.errors import ServerUnreachable, UploadInterrupted
 from tuplehub.client.jobs import Job
@@ -182,27 +180,16 @@ def test_ctrl_c_on_an_in_memory_source_cancels_the_session(hub: Client, unique_n
     assert dataset.refresh().record.versions == []
 
 
-@pytest.fixture
-def cli(hub_server: EmbeddedServer):
-    runner = CliRunner(env={"TUPLEHUB_TOKEN": admin_token(hub_server)})
-
-    def invoke(*args: str, code: int = 0) -> str:
-        result = runner.invoke(app, [*args, "--url", hub_server.url])
-        assert result.exit_code == code, result.output
-        return result.output
-    return invoke
-
-
-def test_cli_ctrl_c_says_what_was_kept(cli, tmp_path: Path, unique_name: str,
+def test_cli_ctrl_c_says_what_was_kept(hub_cli, tmp_path: Path, unique_name: str,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "tuples.parquet"
     _parquet(path, episodes=4)
-    cli("datasets", "create", unique_name)
+    hub_cli("datasets", "create", unique_name)
 
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise UploadInterrupted("abc", 2, 5)
     monkeypatch.setattr("tuplehub.client.uploads.send_parts", interrupted)
-    shown = cli("upload", unique_name, str(path), code=130)
+    shown = hub_cli("upload", unique_name, str(path), code=130)
     assert f"upload interrupted: 2 of 5 parts sent; resume with `tuplehub upload --resume {unique_name} " in shown
     assert "Traceback" not in shown
     monkeypatch.undo()
@@ -210,14 +197,14 @@ def test_cli_ctrl_c_says_what_was_kept(cli, tmp_path: Path, unique_name: str,
     def pressed(self: Job, **kwargs: Any) -> Job:
         raise KeyboardInterrupt
     monkeypatch.setattr(Job, "wait", pressed)
-    shown = cli("upload", unique_name, str(path), "--resume", code=130)
+    shown = hub_cli("upload", unique_name, str(path), "--resume", code=130)
     job = shown.strip().splitlines()[-1].split()[2]
     assert f"ingest job {job} continues on the server; follow it with `tuplehub jobs show {job}`" in shown
-    waited = cli("jobs", "wait", job, code=130)  # Ctrl-C on `jobs wait` says the same
+    waited = hub_cli("jobs", "wait", job, code=130)  # Ctrl-C on `jobs wait` says the same
     assert f"ingest job {job} continues on the server; follow it with `tuplehub jobs show {job}`" in waited
     assert "Traceback" not in waited
     monkeypatch.undo()
-    assert json.loads(cli("jobs", "wait", job, "--json"))["status"] == "succeeded"
+    assert json.loads(hub_cli("jobs", "wait", job, "--json"))["status"] == "succeeded"
 
 
 def test_resume_on_an_s3_store_through_presigned_urls(tmp_path: Path, redis_url: str, s3_endpoint: str,
@@ -316,11 +303,11 @@ def test_a_csv_is_refused_at_once_with_a_hint(hub: Client, unique_name: str, tmp
     assert hub._http.get(f"/datasets/{unique_name}/uploads").json() == []
 
 
-def test_cli_refuses_a_csv_in_one_line(cli, tmp_path: Path, unique_name: str) -> None:
+def test_cli_refuses_a_csv_in_one_line(hub_cli, tmp_path: Path, unique_name: str) -> None:
     path = tmp_path / "tuples.csv"
     path.write_text("a,b\n1,2\n")
-    cli("datasets", "create", unique_name)
-    shown = cli("upload", unique_name, str(path), code=1)
+    hub_cli("datasets", "create", unique_name)
+    shown = hub_cli("upload", unique_name, str(path), code=1)
     assert "is not a Parquet file" in shown
     assert "Traceback" not in shown
 
