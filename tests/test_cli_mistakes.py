@@ -106,6 +106,20 @@ def test_broken_metadata_files_and_a_wrong_mode(cli: Cli, dataset: str, tmp_path
     assert json.loads(cli("datasets", "show", dataset, "--json"))["latest_version"] == 1  # nothing was added
 
 
+
+def test_metadata_files_with_a_non_object_value_or_binary_bytes(cli: Cli, dataset: str, tmp_path: Path) -> None:
+    """Both printed a traceback (TypeError in the client, UnicodeDecodeError reading the file)."""
+    source = tmp_path / "more.parquet"
+    pq.write_table(table_from_arrays(episode_arrays(episodes=2, length=5, first_id=10)), source)
+    scalar = tmp_path / "scalar.json"
+    scalar.write_text('{"10": 5}')
+    assert "episode '10' maps to a number, not to a JSON object" in cli.mistake(
+        "upload", dataset, str(source), "--metadata", str(scalar), code=2)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    assert "is not UTF-8 text" in cli.mistake("upload", dataset, str(source), "--metadata", str(binary), code=2)
+    assert json.loads(cli("datasets", "show", dataset, "--json"))["latest_version"] == 1  # nothing was added
+
 def test_report_without_matplotlib_says_what_to_install(cli: Cli, dataset: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed

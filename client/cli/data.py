@@ -27,7 +27,7 @@ from tuplehub.client.cli.options import (
     job_kind,
     writable,
 )
-from tuplehub.client.cli.output import AsJson, Url, done, emit, parse_filter, read_json_file
+from tuplehub.client.cli.output import AsJson, Url, done, emit, json_kind, parse_filter, read_json_file
 from tuplehub.client.errors import CommandLineError
 
 if TYPE_CHECKING:
@@ -216,14 +216,23 @@ def upload(dataset: Annotated[str, typer.Argument(help="Dataset name (create it 
                "--resume", help="Send only the parts an interrupted upload of this file did not deliver.")] = False,
            url: Url = None, as_json: AsJson = False) -> None:
     """Upload a Parquet file of tuples as the dataset's next version."""
-    episode_metadata = read_json_file(metadata, "--metadata", shape=dict, example=METADATA_EXAMPLE) \
-        if metadata else None
+    episode_metadata = _episode_metadata(metadata) if metadata else None
     with client(url) as hub:
         job = hub.datasets.get(dataset).upload(path, mode=mode, episode_metadata=episode_metadata, resume=resume,
                                                progress=bars(as_json))
         if wait:
             _wait(job, as_json)
         emit(job.record, as_json=as_json, columns=("id", "status", "result", "error"))
+
+
+def _episode_metadata(path: Path) -> dict[str, Any]:
+    """``--metadata``: a JSON object of episode id -> object, refused in one line before anything is sent."""
+    values = read_json_file(path, "--metadata", shape=dict, example=METADATA_EXAMPLE)
+    for episode, value in values.items():
+        if not isinstance(value, dict):
+            raise CommandLineError(f"--metadata {path}: episode {episode!r} maps to {json_kind(value)}, not to a "
+                                   "JSON object of metadata", hint=f"write it like {METADATA_EXAMPLE}")
+    return values
 
 
 def _sample(n: int | None, fraction: float | None, level: str, seed: int) -> dict[str, Any] | None:

@@ -21,8 +21,8 @@ from tuplehub.client.errors import CommandLineError
 if TYPE_CHECKING:
     from tuplehub.storage.filters.language import FilterNode
 
-__all__ = ["AsJson", "Url", "done", "emit", "json_or_word", "parse_filter", "read_json_file", "reported_errors",
-           "table"]
+__all__ = ["AsJson", "Url", "done", "emit", "json_kind", "json_or_word", "parse_filter", "read_json_file",
+           "reported_errors", "table"]
 
 # The options every command takes.
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts (errors too, on stdout).")]
@@ -34,6 +34,11 @@ _KINDS = {dict: "a JSON object", list: "a JSON list", str: "a string", int: "a n
 MAX_WIDTH = 100
 GAP = "  "
 MIN_COLUMN = 8
+
+
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in words: 'a JSON list', 'a number'."""
+    return _KINDS.get(type(value), "a value")
 
 
 def json_or_word(raw: str) -> Any:
@@ -135,14 +140,17 @@ def parse_filter(text: str | None, option: str, *, episodes: bool = False) -> Fi
 def read_json_file(path: Any, option: str, *, shape: type, example: str) -> Any:
     """A JSON file named on the command line, refused in one line if it is missing, broken or the wrong shape."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CommandLineError(f"{option} {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # a binary file, or text in another encoding
+        raise CommandLineError(f"{option} {path} is not UTF-8 text (byte {exc.start}), so not JSON",
+                               hint=f"write it like {example}") from exc
     try:
         value = json.loads(text)
     except ValueError as exc:
         raise CommandLineError(f"{option} {path} is not valid JSON: {exc}", hint=f"write it like {example}") from exc
     if not isinstance(value, shape):
-        raise CommandLineError(f"{option} {path} holds {_KINDS.get(type(value), 'a value')}, not "
+        raise CommandLineError(f"{option} {path} holds {json_kind(value)}, not "
                                f"{_KINDS.get(shape, shape.__name__)}", hint=f"write it like {example}")
     return value
