@@ -167,6 +167,16 @@ def test_a_url_without_a_scheme_means_http(hub_server: EmbeddedServer, monkeypat
         Client("ftp://example.org")
 
 
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:99999", "127.0.0.1:port"])
+def test_a_malformed_url_is_a_tuplehub_error(url: str) -> None:
+    """urlsplit's ValueError (an unclosed IPv6 bracket, a bad port) was a traceback."""
+    with pytest.raises(InvalidRequest, match="is not an http:// or https:// address"):
+        Client(url, token="tht_unused")
+    result = CliRunner(env={"TUPLEHUB_TOKEN": "tht_unused"}).invoke(app, ["datasets", "list", "--url", url])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: the server URL 'http://{url.removeprefix('http://')}'")
+
+
 def test_errors_are_json_on_stdout_with_json(cli: Cli, unique_name: str) -> None:
     result = cli.runner.invoke(app, ["datasets", "show", unique_name, "--json", "--url", cli.url])
     assert result.exit_code == 1
