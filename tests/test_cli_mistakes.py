@@ -329,3 +329,10 @@ def test_an_upload_error_names_column_row_and_reason_once() -> None:
     error = InvalidUpload("nan is not a finite number", column="reward", row=42, reason="not-finite")
     assert describe(error) == {"code": "invalid-upload",
                                "detail": "column 'reward', row 42: nan is not a finite number (reason=not-finite)"}
+
+
+def test_lineage_of_a_missing_dataset_or_version_fails(cli: Cli, dataset: str) -> None:
+    """It printed 'nope@None: not readable' (or 'no such version') and exited 0."""
+    assert "no dataset named 'no-such-dataset'" in cli.mistake("lineage", "no-such-dataset")
+    assert f"dataset {dataset!r} has no version 7 (latest is 1)" in cli.mistake("lineage", f"{dataset}@7")
+    assert "uploaded by job" in cli("lineage", dataset)

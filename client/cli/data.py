@@ -89,7 +89,7 @@ def show(dataset: Reference, url: Url = None, as_json: AsJson = False) -> None:
     name, number = dataset_version(dataset)
     with client(url) as hub:
         record = hub.datasets.get(name).record
-        version = _version_of(record, number)
+        version = version_of(record, number)
         if as_json:
             emit(record, as_json=True)
             return
@@ -102,7 +102,8 @@ def show(dataset: Reference, url: Url = None, as_json: AsJson = False) -> None:
                "created_at": v.created_at} for v in record.versions], as_json=False)
 
 
-def _version_of(record: DatasetRead, number: int | None) -> Any:
+def version_of(record: DatasetRead, number: int | None) -> Any:
+    """Version ``number`` of a dataset (the latest when None, None if it has none), or :class:`NotFound`."""
     if number is None:
         return record.versions[-1] if record.versions else None
     for version in record.versions:
