@@ -336,3 +336,15 @@ def test_lineage_of_a_missing_dataset_or_version_fails(cli: Cli, dataset: str) -
     assert "no dataset named 'no-such-dataset'" in cli.mistake("lineage", "no-such-dataset")
     assert f"dataset {dataset!r} has no version 7 (latest is 1)" in cli.mistake("lineage", f"{dataset}@7")
     assert "uploaded by job" in cli("lineage", dataset)
+
+
+def test_a_wrapper_that_is_not_one_or_lacks_its_kwargs(cli: Cli) -> None:
+    """Each ended in a TypeError traceback from calling the wrapper."""
+    output = cli.mistake("benchmarks", "create", "Pendulum-v1", "--wrapper", "gymnasium.wrappers:TimeLimit", code=2)
+    assert "missing 1 required positional argument: 'max_episode_steps'" in output
+    assert '"kwargs"' in output  # the hint shows how to give them
+    assert "is not a gymnasium wrapper class" in cli.mistake("benchmarks", "create", "Pendulum-v1", "--wrapper",
+                                                            "os:getcwd", code=2)
+    assert "unexpected keyword argument 'bad'" in cli.mistake(
+        "benchmarks", "create", "Pendulum-v1", "--wrapper",
+        '{"entry_point": "gymnasium.wrappers:TimeLimit", "kwargs": {"bad": 1}}', code=2)

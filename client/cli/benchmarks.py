@@ -49,6 +49,8 @@ def _json_object(text: str, option: str) -> dict[str, Any]:
 
 def _wrap(env: Any, text: str) -> Any:
     """Apply ``--wrapper``: ``module:Class`` or ``{"entry_point": "module:Class", "kwargs": {...}}``."""
+    import gymnasium
+
     spec = _json_object(text, "--wrapper") if text.lstrip().startswith("{") else {"entry_point": text}
     entry_point, kwargs = str(spec.get("entry_point", "")), spec.get("kwargs") or {}
     module, _, attribute = entry_point.partition(":")
@@ -58,7 +60,14 @@ def _wrap(env: Any, text: str) -> Any:
         wrapper = getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError) as exc:
         raise CommandLineError(f"--wrapper {entry_point!r} cannot be imported ({exc})") from exc
-    return wrapper(env, **kwargs)
+    if not (isinstance(wrapper, type) and issubclass(wrapper, gymnasium.Wrapper)):
+        raise CommandLineError(f"--wrapper {entry_point!r} is not a gymnasium wrapper class",
+                               hint="name a subclass of gymnasium.Wrapper, e.g. gymnasium.wrappers:ClipAction")
+    try:
+        return wrapper(env, **kwargs)
+    except (TypeError, ValueError) as exc:  # missing or unknown keyword arguments, or values it refuses
+        raise CommandLineError(f"--wrapper {entry_point!r} with kwargs {json.dumps(kwargs)}: {exc}",
+                               hint=f"give its keyword arguments as JSON: {WRAPPER_EXAMPLE}") from exc
 
 
 @benchmarks_app.command("create")
