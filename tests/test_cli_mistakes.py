@@ -17,10 +17,13 @@ from typer.testing import CliRunner
 
 from tuplehub.client import Client, MissingExtra, ServerUnreachable, TuplehubError
 from tuplehub.client.cli import app, options
+from tuplehub.client.cli.errors import describe
 from tuplehub.client.cli.server import EmbeddedServer
 from tuplehub.client.uploads import table_from_arrays
+from tuplehub.storage.access import PRINCIPAL_PATTERN, RoleName
+from tuplehub.storage.artifacts import MEDIA_TYPE
 from tuplehub.storage.errors import InvalidRequest, NotFound
-from tuplehub.storage.models import JobKind, JobStatus, UploadMode
+from tuplehub.storage.models import NAME_PATTERN, JobKind, JobStatus, Tag, UploadMode
 
 from .conftest import admin_token
 from .factories import episode_arrays
@@ -348,3 +351,29 @@ def test_a_wrapper_that_is_not_one_or_lacks_its_kwargs(cli: Cli) -> None:
     assert "unexpected keyword argument 'bad'" in cli.mistake(
         "benchmarks", "create", "Pendulum-v1", "--wrapper",
         '{"entry_point": "gymnasium.wrappers:TimeLimit", "kwargs": {"bad": 1}}', code=2)
+
+
+def test_every_name_rule_and_metric_mistake_reads_in_command_line_words(cli: Cli, dataset: str) -> None:
+    """These printed the API's words: ``body.name: String should match pattern '^[a-z]...'``, ``Input tag 'nope'
+    found using 'metric'``, ``body.metrics.0.behavioral_entropy.alpha: Input should be a valid number``."""
+    assert "group names use lower-case letters" in cli.mistake("groups", "create", "My Group")
+    assert "role names use lower-case letters" in cli.mistake("roles", "create", "My Role", "--right", "dataset:read")
+    assert "--media-type must look like type/subtype" in cli.mistake(
+        "artifacts", "upload", __file__, "--media-type", "not a type")
+    output = cli.mistake("metrics", "compute", dataset, "-m", "nope")
+    assert output.startswith("error: -m/--metric 'nope' is not one of 'returns',")
+    assert "error: -p behavioral_entropy.alpha must be a number" in cli.mistake(
+        "metrics", "compute", dataset, "-m", "behavioral_entropy", "-p", "behavioral_entropy.alpha=abc")
+    assert "error: -p shannon_entropy.nope is not an option of that metric" in cli.mistake(
+        "metrics", "compute", dataset, "-m", "shannon_entropy", "-p", "shannon_entropy.nope=1")
+
+
+def test_the_translated_patterns_are_the_api_patterns() -> None:
+    """If the API changes a name rule, the CLI's plain words for it must change with it."""
+    def pattern_of(annotated: object) -> str:
+        return next(m.pattern for m in typing.get_args(annotated)[1].metadata if hasattr(m, "pattern"))
+
+    for pattern in (NAME_PATTERN, pattern_of(Tag), PRINCIPAL_PATTERN, pattern_of(RoleName), MEDIA_TYPE):
+        message = f"String should match pattern '{pattern}'"
+        error = InvalidRequest(f"body.name: {message}", errors=[{"location": "body.name", "message": message}])
+        assert "String should match" not in describe(error, "groups create")["detail"], pattern
