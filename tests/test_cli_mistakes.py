@@ -364,7 +364,7 @@ def test_every_name_rule_and_metric_mistake_reads_in_command_line_words(cli: Cli
     assert output.startswith("error: -m/--metric 'nope' is not one of 'returns',")
     assert "error: -p behavioral_entropy.alpha must be a number" in cli.mistake(
         "metrics", "compute", dataset, "-m", "behavioral_entropy", "-p", "behavioral_entropy.alpha=abc")
-    assert "error: -p shannon_entropy.nope is not an option of that metric" in cli.mistake(
+    assert "error: -p shannon_entropy.nope is not a known option" in cli.mistake(
         "metrics", "compute", dataset, "-m", "shannon_entropy", "-p", "shannon_entropy.nope=1")
 
 

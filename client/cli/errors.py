@@ -52,7 +52,7 @@ _MESSAGES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"Input tag '([^']*)' found using '[^']*' does not match any of the expected tags: (.*)"),
      r"'\1' is not one of \2"),
     (re.compile(r"Input should be a valid (number|integer|boolean)\b.*"), r"must be a \1"),
-    (re.compile(r"Extra inputs are not permitted"), "is not an option of that metric"),
+    (re.compile(r"Extra inputs are not permitted"), "is not a known option"),
     (re.compile(r"Field required"), "is required"),
 ]
 # What the API calls a field, as the command line shows it.
