@@ -289,7 +289,12 @@ def export(dataset: Reference,
             columns=columns.split(",") if columns else None, next_observation=next_observation, sample=sample,
             rebalance=rebalance, format=fmt)
         _wait(job, as_json)
-        job.download(out, progress=bars(as_json))
+        try:
+            job.download(out, progress=bars(as_json))
+        except KeyboardInterrupt:
+            typer.echo(f"download interrupted: nothing was written to {out}; the result of export job {job.id} "
+                       "stays on the server: the same command again reuses it", err=True)
+            raise typer.Exit(INTERRUPTED) from None
         emit(job.record, as_json=as_json, columns=("id", "status", "result"))
         if not as_json:
             typer.echo(f"saved {out}")
