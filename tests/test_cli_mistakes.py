@@ -377,3 +377,12 @@ def test_the_translated_patterns_are_the_api_patterns() -> None:
         message = f"String should match pattern '{pattern}'"
         error = InvalidRequest(f"body.name: {message}", errors=[{"location": "body.name", "message": message}])
         assert "String should match" not in describe(error, "groups create")["detail"], pattern
+
+
+def test_an_append_that_repeats_episodes_names_the_cli_option(cli: Cli, dataset: str, tmp_path: Path) -> None:
+    """The hint read 'upload with mode=replace', the Python argument, where the CLI takes --mode replace."""
+    again = tmp_path / "again.parquet"
+    pq.write_table(table_from_arrays(episode_arrays(episodes=2, length=5)), again)
+    output = cli.mistake("upload", dataset, str(again))
+    assert "upload with --mode replace" in output
+    assert "mode=replace" not in output

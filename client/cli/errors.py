@@ -92,9 +92,15 @@ def _hint(error: TuplehubError, command: str) -> str | None:
     return None
 
 
+# Phrases of the server's messages that name a Python/HTTP argument, as the command line spells it.
+_PHRASES = [("upload with mode=replace", "upload with --mode replace")]
+
+
 def describe(error: TuplehubError, command: str = "") -> dict[str, Any]:
     """What the user reads: ``detail`` (what is wrong), ``hint`` (how to fix it), and the error's own fields."""
     detail = _plain_validation(error, command) or error.detail
+    for api, cli in _PHRASES:
+        detail = detail.replace(api, cli)
     # where an upload broke and why, unless the sentence already says it
     shown = {key: value for key, value in error.extra.items()
              if key in ("column", "row", "reason") and str(value) not in detail}
