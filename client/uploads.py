@@ -319,9 +319,8 @@ def _upload_file(http: httpx.Client, dataset: str, path: Path, *, mode: UploadMo
         with ByteBar(f"upload {path.name}", size, progress=progress, initial=initial) as bar:
             sent = send_parts(http, session, parts, held=held, parallel=parallel, bar=bar)
     except UploadInterrupted as exc:
-        command = shlex.join(["tuplehub", "upload", "--resume", dataset, str(path)])
-        raise UploadInterrupted(exc.upload_id, exc.sent, exc.total, f"`{command}` (Python: upload(..., "
-                                f"resume=True)) before {session['expires_at']}") from None
+        raise UploadInterrupted(exc.upload_id, exc.sent, exc.total, f"`{resume_command(dataset, path, mode)}` "
+                                f"(Python: upload(..., resume=True)) before {session['expires_at']}") from None
     except httpx.TransportError:
         raise  # the connection dropped: the parts that arrived stay for a resume
     except BaseException:
@@ -329,6 +328,12 @@ def _upload_file(http: httpx.Client, dataset: str, path: Path, *, mode: UploadMo
             http.delete(f"/uploads/{session['id']}")
         raise
     return _complete(http, session["id"], sent, metadata if resumed else {})
+
+
+def resume_command(dataset: str, path: Path, mode: UploadMode | str) -> str:
+    """The command that resumes this upload: a resume looks for a session of the same mode, so it names it."""
+    words = ["tuplehub", "upload", "--resume", dataset, str(path)]
+    return shlex.join(words if UploadMode(mode) is UploadMode.append else [*words, "--mode", UploadMode(mode).value])
 
 
 def _resumable(http: httpx.Client, dataset: str, mode: UploadMode, content: str) -> dict[str, Any] | None:

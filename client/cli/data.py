@@ -28,7 +28,7 @@ from tuplehub.client.cli.options import (
     writable,
 )
 from tuplehub.client.cli.output import AsJson, Url, done, emit, json_kind, parse_filter, read_json_file
-from tuplehub.client.errors import CommandLineError
+from tuplehub.client.errors import CommandLineError, UploadInterrupted
 
 if TYPE_CHECKING:
     from tuplehub.client.client import Client
@@ -219,8 +219,18 @@ def upload(dataset: Annotated[str, typer.Argument(help="Dataset name (create it 
     """Upload a Parquet file of tuples as the dataset's next version."""
     episode_metadata = _episode_metadata(metadata) if metadata else None
     with client(url) as hub:
-        job = hub.datasets.get(dataset).upload(path, mode=mode, episode_metadata=episode_metadata, resume=resume,
-                                               progress=bars(as_json))
+        try:
+            job = hub.datasets.get(dataset).upload(path, mode=mode, episode_metadata=episode_metadata, resume=resume,
+                                                   progress=bars(as_json))
+        except UploadInterrupted:
+            raise  # while the bytes moved: it says how many parts the server kept
+        except KeyboardInterrupt:  # before the bytes moved, while a resume checked them, or while finishing
+            from tuplehub.client.uploads import resume_command
+
+            again = resume_command(dataset, path, mode)
+            typer.echo(f"upload interrupted before its ingest job started: `tuplehub jobs list --kind upload` shows "
+                       f"whether one did; if not, `{again}` sends only what is missing", err=True)
+            raise typer.Exit(INTERRUPTED) from None
         if wait:
             _wait(job, as_json)
         emit(job.record, as_json=as_json, columns=("id", "status", "result", "error"))
