@@ -82,6 +82,8 @@ def test_name_at_version_is_read_alike_by_every_command(cli: Cli, dataset: str, 
     assert "the version after '@' is a number or 'latest'" in cli.mistake("export", f"{dataset}@abc", code=2)
     assert "numbered from 1" in cli.mistake("show", f"{dataset}@0", code=2)
     assert "has no version 7 (latest is 1)" in cli.mistake("show", f"{dataset}@7")
+    # `NAME@$V` with V unset read as the latest version, silently
+    assert "no version after '@'" in cli.mistake("export", f"{dataset}@", "-o", str(tmp_path / "y.parquet"), code=2)
 
 
 def test_an_unwritable_output_is_refused_before_the_export_runs(cli: Cli, dataset: str, tmp_path: Path) -> None:
