@@ -388,3 +388,11 @@ def test_an_append_that_repeats_episodes_names_the_cli_option(cli: Cli, dataset:
     output = cli.mistake("upload", dataset, str(again))
     assert "upload with --mode replace" in output
     assert "mode=replace" not in output
+
+
+def test_metric_notes_wrap_at_words_within_100_columns(cli: Cli, dataset: str) -> None:
+    """A coverage note on a dataset without a benchmark was one 166-character line that wrapped mid-word."""
+    shown = cli("metrics", "show", dataset)
+    assert "features were scaled" in shown
+    assert max(len(line) for line in shown.splitlines()) <= 100
+    assert all(line.startswith(("note: ", "  ")) for line in shown.split("note: ", 1)[1].splitlines()[1:])

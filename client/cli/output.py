@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,8 +22,8 @@ from tuplehub.client.errors import CommandLineError
 if TYPE_CHECKING:
     from tuplehub.storage.filters.language import FilterNode
 
-__all__ = ["AsJson", "Url", "done", "emit", "json_kind", "json_or_word", "parse_filter", "read_json_file",
-           "reported_errors", "table"]
+__all__ = ["AsJson", "Url", "done", "emit", "json_kind", "json_or_word", "note", "parse_filter",
+           "read_json_file", "reported_errors", "table"]
 
 # The options every command takes.
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts (errors too, on stdout).")]
@@ -71,6 +72,12 @@ def emit(value: Any, *, as_json: bool, columns: Sequence[str] = ()) -> None:
 def done(message: str, *, as_json: bool, **fields: Any) -> None:
     """What a command that returns nothing did: a sentence for people, ``fields`` as JSON for scripts."""
     typer.echo(json.dumps(fields, indent=2, default=str) if as_json else message)
+
+
+def note(text: str, *, err: bool = False) -> None:
+    """A sentence under a table, wrapped at word boundaries to the table's width (100 columns at most)."""
+    typer.echo(textwrap.fill(text, width=_width(), subsequent_indent="  ", break_long_words=False,
+                             break_on_hyphens=False), err=err)
 
 
 def fits(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> bool:
