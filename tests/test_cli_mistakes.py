@@ -396,3 +396,14 @@ def test_metric_notes_wrap_at_words_within_100_columns(cli: Cli, dataset: str) -
     assert "features were scaled" in shown
     assert max(len(line) for line in shown.splitlines()) <= 100
     assert all(line.startswith(("note: ", "  ")) for line in shown.split("note: ", 1)[1].splitlines()[1:])
+
+
+def test_a_password_prompt_without_a_terminal_is_refused(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`users create bob < /dev/null` printed getpass's GetPassWarning, 'input may be echoed' and 'Aborted!'."""
+    for args in (("users", "create", "bobby"), ("users", "password", "admin"), ("login", "--username", "admin")):
+        output = cli.mistake(*args, code=2)
+        assert "there is no terminal to ask for the password" in output
+        assert "--password-stdin" in output
+    assert "bobby" not in cli("users", "list")
+    monkeypatch.setattr(options, "on_terminal", lambda: True)  # on a terminal it asks, hidden, as before
+    assert "Password" in cli("users", "create", "bobby", input="long-enough-pw\nlong-enough-pw\n")
