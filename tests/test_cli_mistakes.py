@@ -407,3 +407,18 @@ def test_a_password_prompt_without_a_terminal_is_refused(cli: Cli, monkeypatch: 
     assert "bobby" not in cli("users", "list")
     monkeypatch.setattr(options, "on_terminal", lambda: True)  # on a terminal it asks, hidden, as before
     assert "Password" in cli("users", "create", "bobby", input="long-enough-pw\nlong-enough-pw\n")
+
+
+def test_jobs_show_gives_progress_and_error_as_sentences(cli: Cli, dataset: str, tmp_path: Path) -> None:
+    """It printed ``progress: {"fraction": 0.0, ...}`` (stale, for a failed job) and ``error: {"code": ...}``."""
+    again = tmp_path / "again.parquet"
+    pq.write_table(table_from_arrays(episode_arrays(episodes=2, length=5)), again)
+    cli.mistake("upload", dataset, str(again))
+    failed = json.loads(cli("jobs", "list", "--kind", "ingest", "--status", "failed", "--json"))["items"][0]
+    shown = cli("jobs", "show", failed["id"])
+    assert "error: column 'episode_id': episode 0 is already in version 1" in shown
+    assert "(reason=duplicate-episode)" in shown
+    assert "progress:" not in shown
+    assert '{"code"' not in shown
+    assert '{"fraction"' not in shown
+    assert json.loads(cli("jobs", "show", failed["id"], "--json"))["error"]["reason"] == "duplicate-episode"

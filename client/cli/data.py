@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from tuplehub.client.cli.errors import INTERRUPTED
+from tuplehub.client.cli.errors import INTERRUPTED, with_where
 from tuplehub.client.cli.options import (
     DOCS_FILTERS,
     EPISODE_FILTER_EXAMPLE,
@@ -337,7 +337,21 @@ def _job_row(job: JobRead) -> dict[str, Any]:
 def show_job(job_id: str, url: Url = None, as_json: AsJson = False) -> None:
     """One job's status, progress, error and result."""
     with client(url) as hub:
-        emit(hub.jobs.get(job_id).record, as_json=as_json)
+        record = hub.jobs.get(job_id).record
+        if as_json:
+            emit(record, as_json=True)
+            return
+        emit({**record.model_dump(mode="json"), **_job_words(record)}, as_json=False)
+
+
+def _job_words(job: JobRead) -> dict[str, Any]:
+    """A job's progress and error as sentences (``ingest 40%: row group 4 of 10``), not JSON; progress only
+    while it runs (a failed job's last progress is stale and reads as if it went on)."""
+    progress = job.progress
+    shown = "" if job.status.finished else \
+        f"{progress.stage} {progress.fraction:.0%}" + (f": {progress.message}" if progress.message else "")
+    error = with_where(job.error.detail, job.error.model_dump()) if job.error is not None else ""
+    return {"progress": shown, "error": error}
 
 
 @jobs_app.command("wait")

@@ -96,16 +96,19 @@ def _hint(error: TuplehubError, command: str) -> str | None:
 _PHRASES = [("upload with mode=replace", "upload with --mode replace")]
 
 
+def with_where(detail: str, fields: dict[str, Any]) -> str:
+    """``detail`` and where an upload broke and why (``column``, ``row``, ``reason``), unless it already says so."""
+    shown = {key: value for key, value in fields.items()
+             if key in ("column", "row", "reason") and value is not None and str(value) not in detail}
+    return detail + (" (" + ", ".join(f"{key}={value}" for key, value in shown.items()) + ")" if shown else "")
+
+
 def describe(error: TuplehubError, command: str = "") -> dict[str, Any]:
     """What the user reads: ``detail`` (what is wrong), ``hint`` (how to fix it), and the error's own fields."""
     detail = _plain_validation(error, command) or error.detail
     for api, cli in _PHRASES:
         detail = detail.replace(api, cli)
-    # where an upload broke and why, unless the sentence already says it
-    shown = {key: value for key, value in error.extra.items()
-             if key in ("column", "row", "reason") and str(value) not in detail}
-    if shown:
-        detail += " (" + ", ".join(f"{key}={value}" for key, value in shown.items()) + ")"
+    detail = with_where(detail, error.extra)
     out: dict[str, Any] = {"code": error.code, "detail": detail}
     hint = _hint(error, command)
     if hint:
