@@ -422,3 +422,18 @@ def test_jobs_show_gives_progress_and_error_as_sentences(cli: Cli, dataset: str,
     assert '{"code"' not in shown
     assert '{"fraction"' not in shown
     assert json.loads(cli("jobs", "show", failed["id"], "--json"))["error"]["reason"] == "duplicate-episode"
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("benchmarks", "create", "CartPole-v1", "--random-return", "nan"), "nan is not a finite number"),
+    (("benchmarks", "create", "CartPole-v1", "--expert-return", "inf"), "inf is not a finite number"),
+    (("benchmarks", "create", "CartPole-v1", "--max-episode-steps", "-5"), "greater than or equal to 1"),
+    (("export", "DATASET", "--keep", '{"op": "gt", "field": "reward", "value": 0}', "--rest-fraction", "2"),
+     "less than or equal to 1"),
+])
+def test_out_of_range_numbers_are_usage_errors(cli: Cli, dataset: str, args: tuple[str, ...], words: str) -> None:
+    """Each was a traceback: JSON's 'Out of range float values', gymnasium's AssertionError, pydantic's
+    ValidationError for Rebalance."""
+    output = cli(*[dataset if arg == "DATASET" else arg for arg in args], code=2)
+    assert words in output
+    assert "Traceback" not in output

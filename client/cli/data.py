@@ -277,7 +277,8 @@ def export(dataset: Reference,
                help="Sample whole episodes or single rows.")] = "episode",
            keep: Annotated[str | None, typer.Option(help=(
                "Rebalance: keep every row matching this tuple filter, and --rest-fraction of the others."))] = None,
-           rest_fraction: Annotated[float, typer.Option(help="Rebalance: share of the other rows kept.")] = 0.1,
+           rest_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+               "Rebalance: share of the other rows kept, 0 to 1."))] = 0.1,
            seed: Annotated[int, typer.Option(help="Seed of --sample-* and --keep: same seed, same rows.")] = 0,
            fmt: Annotated[Literal["parquet", "arrow"], typer.Option("--format", help="File format.")] = "parquet",
            url: Url = None, as_json: AsJson = False) -> None:
