@@ -437,3 +437,13 @@ def test_out_of_range_numbers_are_usage_errors(cli: Cli, dataset: str, args: tup
     output = cli(*[dataset if arg == "DATASET" else arg for arg in args], code=2)
     assert words in output
     assert "Traceback" not in output
+
+
+def test_derive_sources_and_policy_ids_read_in_command_line_words(cli: Cli, dataset: str) -> None:
+    """``--source "my data"`` said ``dataset: String should match pattern '^[A-Za-z0-9]...'``; a policy that is not
+    an artifact id said ``body.metrics.0.policy_value.policy: String should match pattern '^[0-9a-f]{64}$'``."""
+    output = cli.mistake("derive", f"{dataset}-d", "--source", "my data", code=2)
+    assert "--source my data: dataset names use letters, digits" in output
+    assert "String should match" not in output
+    output = cli.mistake("metrics", "compute", dataset, "-m", "policy_value", "-p", "policy_value.policy=abc")
+    assert "-p policy_value.policy must be an artifact id: 64 hexadecimal digits" in output

@@ -42,6 +42,8 @@ _MESSAGES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"String should match pattern '\^\[a-z\]\[a-z0-9_-\]\{1,38\}\[a-z0-9\]\$'"), _PRINCIPAL_RULE),
     (re.compile(r"String should match pattern '\^\[a-z\]\[a-z0-9_\]\{1,39\}\$'"), _ROLE_RULE),
     (re.compile(r"String should match pattern '\^\[A-Za-z0-9\]\[A-Za-z0-9!#\$&\^_\.\+-\].*'"), _MEDIA_TYPE_RULE),
+    (re.compile(r"String should match pattern '\^\[0-9a-f\]\{64\}\$'"),
+     "must be an artifact id: 64 hexadecimal digits, as `tuplehub artifacts list` shows"),
     (re.compile(r"String should match pattern '\^\[0-9a-f\]\{32\}\$'"),
      "is a benchmark id: 32 hexadecimal digits, as `tuplehub benchmarks list` shows"),
     (re.compile(r"Input should be greater than or equal to (\S+)"), r"must be at least \1"),
@@ -58,7 +60,8 @@ _MESSAGES: list[tuple[re.Pattern[str], str]] = [
 # What the API calls a field, as the command line shows it.
 _FIELDS = {"version": "the version (NAME@VERSION)", "tags": "tags", "kind": "--kind", "status": "--status",
            "benchmark": "--benchmark", "offset": "--offset", "limit": "--limit", "mode": "--mode",
-           "metrics": "-m/--metric", "rights": "--right", "media_type": "--media-type"}
+           "metrics": "-m/--metric", "rights": "--right", "media_type": "--media-type",
+           "dataset": "dataset names"}
 _NOUNS = {"datasets": "dataset", "groups": "group", "users": "user", "tokens": "token", "roles": "role",
           "artifacts": "artifact", "benchmarks": "benchmark", "derive": "dataset", "upload": "dataset"}
 
@@ -68,9 +71,12 @@ def _plain_validation(error: TuplehubError, command: str) -> str | None:
     errors = error.extra.get("errors")
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
         return None
-    location = [part for part in str(errors[0].get("location", "")).split(".")
-                if part not in ("body", "query", "path") and not part.isdigit()]
-    message = str(errors[0].get("message", ""))
+    return plain_words(str(errors[0].get("location", "")), str(errors[0].get("message", "")), command)
+
+
+def plain_words(where: str, message: str, command: str = "") -> str | None:
+    """One pydantic message about the field at ``where`` (``body.name``) in CLI words, or None if unknown."""
+    location = [part for part in where.split(".") if part not in ("body", "query", "path") and not part.isdigit()]
     field = location[0] if location else ""
     if field == "metrics" and len(location) == 3:  # metrics.<metric>.<parameter>: what -p set
         subject = f"-p {location[1]}.{location[2]}"

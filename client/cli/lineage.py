@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tuplehub.client.cli.data import version_of
+from tuplehub.client.cli.errors import plain_words
 from tuplehub.client.cli.options import Mode, bars, client, dataset_version
 from tuplehub.client.cli.output import AsJson, Url, emit, json_or_word
 from tuplehub.client.errors import CommandLineError
@@ -52,7 +53,8 @@ def _source(text: str) -> object:
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
-        raise CommandLineError(f"--source {text}: {where + ': ' if where else ''}{error['msg']}",
+        words = plain_words(where, error["msg"], "derive") or f"{where + ': ' if where else ''}{error['msg']}"
+        raise CommandLineError(f"--source {text}: {words}",
                                hint='write it like \'{"dataset": "walks", "version": 2}\' or walks@2') from exc
 
 
