@@ -46,13 +46,12 @@ class Artifact(Shareable[ArtifactRead]):
     def download(self, path: str | Path, *, progress: bool | None = None) -> Path:
         """Write the bytes to ``path`` (streamed; memory stays at one chunk; a byte bar on a terminal)."""
         target = Path(path)
-        with self._stream() as response, target.open("wb") as handle:
+        with self._stream() as response:
             if response.status_code >= 400:
                 response.read()
                 raise_for_problem(response)
-            save(response.iter_bytes(DOWNLOAD_CHUNK), handle, desc=f"download {target.name}",
-                 total=content_length(response), progress=progress)
-        return target
+            return save(response.iter_bytes(DOWNLOAD_CHUNK), target, desc=f"download {target.name}",
+                        total=content_length(response), progress=progress)
 
     def read(self) -> bytes:
         """The whole content in memory (for small artifacts: hyperparameters, configs)."""

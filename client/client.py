@@ -39,10 +39,15 @@ def server_url(url: str) -> str:
     url = url.strip().rstrip("/")
     if "://" not in url:
         url = f"http://{url}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(f"the server URL {url!r} is not an http:// or https:// address "
-                             "(set TUPLEHUB_URL or --url like http://127.0.0.1:8470)", field="url")
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unclosed '[' of an IPv6 address, a port that is not a number or out of range
+        usable = False
+    if not usable:
+        raise InvalidRequest(f"the server URL {url!r} is not an http:// or https:// address with a host and a "
+                             "port from 1 to 65535 (set TUPLEHUB_URL or --url like http://127.0.0.1:8470)",
+                             field="url")
     return url
 
 

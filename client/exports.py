@@ -64,10 +64,9 @@ class Export(Job):
         ``progress=None`` shows a byte bar (size, rate, time left) when stderr is a terminal.
         """
         path = Path(path)
-        with self._body() as stream, path.open("wb") as handle:
-            save(stream.iter_raw(DOWNLOAD_CHUNK), handle, desc=f"download {path.name}",
-                 total=content_length(stream), progress=progress)
-        return path
+        with self._body() as stream:
+            return save(stream.iter_raw(DOWNLOAD_CHUNK), path, desc=f"download {path.name}",
+                        total=content_length(stream), progress=progress)
 
     @contextlib.contextmanager
     def _batches(self, batch_size: int = 65_536) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:

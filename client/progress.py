@@ -6,9 +6,10 @@ quiet; ``True`` and ``False`` force it on or off. Job bars (``Job.wait``) follow
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable
-from typing import IO
+from pathlib import Path
 
 import httpx
 from tqdm.auto import tqdm
@@ -37,13 +38,23 @@ class ByteBar:
         self.close()
 
 
-def save(chunks: Iterable[bytes], handle: IO[bytes], *, desc: str, total: int | None,
-         progress: bool | None) -> None:
-    """Write a download's chunks to ``handle`` with a byte bar (``total`` from Content-Length, if any)."""
-    with ByteBar(desc, total, progress=progress) as bar:
-        for chunk in chunks:
-            handle.write(chunk)
-            bar.update(len(chunk))
+def save(chunks: Iterable[bytes], path: Path, *, desc: str, total: int | None, progress: bool | None) -> Path:
+    """Write a download's chunks to ``path`` with a byte bar (``total`` from Content-Length, if any).
+
+    The bytes go to a hidden ``.NAME.part`` beside it, renamed to ``path`` only once complete: Ctrl-C,
+    a dropped connection or a full disk leaves neither a truncated file nor a clobbered older copy.
+    """
+    partial = path.with_name(f".{path.name}.part")
+    try:
+        with partial.open("wb") as handle, ByteBar(desc, total, progress=progress) as bar:
+            for chunk in chunks:
+                handle.write(chunk)
+                bar.update(len(chunk))
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def content_length(response: httpx.Response) -> int | None:

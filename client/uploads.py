@@ -317,7 +317,8 @@ def _upload_file(http: httpx.Client, dataset: str, path: Path, *, mode: UploadMo
     parts = FileParts(path, size, int(session["part_size"]))
     held = held_parts(http, session["id"], parts, progress=progress) if resumed else {}
     initial = sum(parts.length(number) for number in held)
-    resume_with = _resume_command(dataset, path, mode, session)
+    resume_with = f"`{resume_command(dataset, path, mode)}` (Python: upload(..., resume=True)) before " \
+        f"{session['expires_at']}"
     try:
         with ByteBar(f"upload {path.name}", size, progress=progress, initial=initial) as bar:
             sent = send_parts(http, session, parts, held=held, parallel=parallel, bar=bar)
@@ -334,12 +335,10 @@ def _upload_file(http: httpx.Client, dataset: str, path: Path, *, mode: UploadMo
     return _complete(http, session["id"], sent, metadata if resumed else {})
 
 
-def _resume_command(dataset: str, path: Path, mode: UploadMode, session: Mapping[str, Any]) -> str:
-    """How to pick up an interrupted file upload: the command line, the Python call, and until when."""
+def resume_command(dataset: str, path: Path, mode: UploadMode | str) -> str:
+    """The command that resumes this upload: a resume looks for a session of the same mode, so it names it."""
     words = ["tuplehub", "upload", "--resume", dataset, str(path)]
-    if mode != UploadMode.append:
-        words[2:2] = ["--mode", mode.value]  # a resume looks for a session of the same mode
-    return f"`{shlex.join(words)}` (Python: upload(..., resume=True)) before {session['expires_at']}"
+    return shlex.join(words if UploadMode(mode) is UploadMode.append else [*words, "--mode", UploadMode(mode).value])
 
 
 def _resumable(http: httpx.Client, dataset: str, mode: UploadMode, content: str) -> dict[str, Any] | None:

@@ -17,10 +17,13 @@ from typer.testing import CliRunner
 
 from tuplehub.client import Client, MissingExtra, ServerUnreachable, TuplehubError
 from tuplehub.client.cli import app, options
+from tuplehub.client.cli.errors import describe
 from tuplehub.client.cli.server import EmbeddedServer
 from tuplehub.client.uploads import table_from_arrays
+from tuplehub.storage.access import PRINCIPAL_PATTERN, RoleName
+from tuplehub.storage.artifacts import MEDIA_TYPE
 from tuplehub.storage.errors import InvalidRequest, NotFound
-from tuplehub.storage.models import JobKind, JobStatus, UploadMode
+from tuplehub.storage.models import NAME_PATTERN, JobKind, JobStatus, Tag, UploadMode
 
 from .conftest import admin_token
 from .factories import episode_arrays
@@ -79,6 +82,8 @@ def test_name_at_version_is_read_alike_by_every_command(cli: Cli, dataset: str, 
     assert "the version after '@' is a number or 'latest'" in cli.mistake("export", f"{dataset}@abc", code=2)
     assert "numbered from 1" in cli.mistake("show", f"{dataset}@0", code=2)
     assert "has no version 7 (latest is 1)" in cli.mistake("show", f"{dataset}@7")
+    # `NAME@$V` with V unset read as the latest version, silently
+    assert "no version after '@'" in cli.mistake("export", f"{dataset}@", "-o", str(tmp_path / "y.parquet"), code=2)
 
 
 def test_an_unwritable_output_is_refused_before_the_export_runs(cli: Cli, dataset: str, tmp_path: Path) -> None:
@@ -105,6 +110,20 @@ def test_broken_metadata_files_and_a_wrong_mode(cli: Cli, dataset: str, tmp_path
     assert "Traceback" not in output
     assert json.loads(cli("datasets", "show", dataset, "--json"))["latest_version"] == 1  # nothing was added
 
+
+
+def test_metadata_files_with_a_non_object_value_or_binary_bytes(cli: Cli, dataset: str, tmp_path: Path) -> None:
+    """Both printed a traceback (TypeError in the client, UnicodeDecodeError reading the file)."""
+    source = tmp_path / "more.parquet"
+    pq.write_table(table_from_arrays(episode_arrays(episodes=2, length=5, first_id=10)), source)
+    scalar = tmp_path / "scalar.json"
+    scalar.write_text('{"10": 5}')
+    assert "episode '10' maps to a number, not to a JSON object" in cli.mistake(
+        "upload", dataset, str(source), "--metadata", str(scalar), code=2)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    assert "is not UTF-8 text" in cli.mistake("upload", dataset, str(source), "--metadata", str(binary), code=2)
+    assert json.loads(cli("datasets", "show", dataset, "--json"))["latest_version"] == 1  # nothing was added
 
 def test_report_without_matplotlib_says_what_to_install(cli: Cli, dataset: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,6 +170,16 @@ def test_a_url_without_a_scheme_means_http(hub_server: EmbeddedServer, monkeypat
         assert hub.datasets.list().total >= 0
     with pytest.raises(InvalidRequest, match="is not an http:// or https:// address"):
         Client("ftp://example.org")
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:99999", "127.0.0.1:port"])
+def test_a_malformed_url_is_a_tuplehub_error(url: str) -> None:
+    """urlsplit's ValueError (an unclosed IPv6 bracket, a bad port) was a traceback."""
+    with pytest.raises(InvalidRequest, match="is not an http:// or https:// address"):
+        Client(url, token="tht_unused")
+    result = CliRunner(env={"TUPLEHUB_TOKEN": "tht_unused"}).invoke(app, ["datasets", "list", "--url", url])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: the server URL 'http://{url.removeprefix('http://')}'")
 
 
 def test_errors_are_json_on_stdout_with_json(cli: Cli, unique_name: str) -> None:
@@ -305,3 +334,116 @@ def test_an_upload_error_names_column_row_and_reason_once() -> None:
     error = InvalidUpload("nan is not a finite number", column="reward", row=42, reason="not-finite")
     assert describe(error) == {"code": "invalid-upload",
                                "detail": "column 'reward', row 42: nan is not a finite number (reason=not-finite)"}
+
+
+def test_lineage_of_a_missing_dataset_or_version_fails(cli: Cli, dataset: str) -> None:
+    """It printed 'nope@None: not readable' (or 'no such version') and exited 0."""
+    assert "no dataset named 'no-such-dataset'" in cli.mistake("lineage", "no-such-dataset")
+    assert f"dataset {dataset!r} has no version 7 (latest is 1)" in cli.mistake("lineage", f"{dataset}@7")
+    assert "uploaded by job" in cli("lineage", dataset)
+
+
+def test_a_wrapper_that_is_not_one_or_lacks_its_kwargs(cli: Cli) -> None:
+    """Each ended in a TypeError traceback from calling the wrapper."""
+    output = cli.mistake("benchmarks", "create", "Pendulum-v1", "--wrapper", "gymnasium.wrappers:TimeLimit", code=2)
+    assert "missing 1 required positional argument: 'max_episode_steps'" in output
+    assert '"kwargs"' in output  # the hint shows how to give them
+    assert "is not a gymnasium wrapper class" in cli.mistake("benchmarks", "create", "Pendulum-v1", "--wrapper",
+                                                            "os:getcwd", code=2)
+    assert "unexpected keyword argument 'bad'" in cli.mistake(
+        "benchmarks", "create", "Pendulum-v1", "--wrapper",
+        '{"entry_point": "gymnasium.wrappers:TimeLimit", "kwargs": {"bad": 1}}', code=2)
+
+
+def test_every_name_rule_and_metric_mistake_reads_in_command_line_words(cli: Cli, dataset: str) -> None:
+    """These printed the API's words: ``body.name: String should match pattern '^[a-z]...'``, ``Input tag 'nope'
+    found using 'metric'``, ``body.metrics.0.behavioral_entropy.alpha: Input should be a valid number``."""
+    assert "group names use lower-case letters" in cli.mistake("groups", "create", "My Group")
+    assert "role names use lower-case letters" in cli.mistake("roles", "create", "My Role", "--right", "dataset:read")
+    assert "--media-type must look like type/subtype" in cli.mistake(
+        "artifacts", "upload", __file__, "--media-type", "not a type")
+    output = cli.mistake("metrics", "compute", dataset, "-m", "nope")
+    assert output.startswith("error: -m/--metric 'nope' is not one of 'returns',")
+    assert "error: -p behavioral_entropy.alpha must be a number" in cli.mistake(
+        "metrics", "compute", dataset, "-m", "behavioral_entropy", "-p", "behavioral_entropy.alpha=abc")
+    assert "error: -p shannon_entropy.nope is not a known option" in cli.mistake(
+        "metrics", "compute", dataset, "-m", "shannon_entropy", "-p", "shannon_entropy.nope=1")
+
+
+def test_the_translated_patterns_are_the_api_patterns() -> None:
+    """If the API changes a name rule, the CLI's plain words for it must change with it."""
+    def pattern_of(annotated: object) -> str:
+        return next(m.pattern for m in typing.get_args(annotated)[1].metadata if hasattr(m, "pattern"))
+
+    for pattern in (NAME_PATTERN, pattern_of(Tag), PRINCIPAL_PATTERN, pattern_of(RoleName), MEDIA_TYPE):
+        message = f"String should match pattern '{pattern}'"
+        error = InvalidRequest(f"body.name: {message}", errors=[{"location": "body.name", "message": message}])
+        assert "String should match" not in describe(error, "groups create")["detail"], pattern
+
+
+def test_an_append_that_repeats_episodes_names_the_cli_option(cli: Cli, dataset: str, tmp_path: Path) -> None:
+    """The hint read 'upload with mode=replace', the Python argument, where the CLI takes --mode replace."""
+    again = tmp_path / "again.parquet"
+    pq.write_table(table_from_arrays(episode_arrays(episodes=2, length=5)), again)
+    output = cli.mistake("upload", dataset, str(again))
+    assert "upload with --mode replace" in output
+    assert "mode=replace" not in output
+
+
+def test_metric_notes_wrap_at_words_within_100_columns(cli: Cli, dataset: str) -> None:
+    """A coverage note on a dataset without a benchmark was one 166-character line that wrapped mid-word."""
+    shown = cli("metrics", "show", dataset)
+    assert "features were scaled" in shown
+    assert max(len(line) for line in shown.splitlines()) <= 100
+    assert all(line.startswith(("note: ", "  ")) for line in shown.split("note: ", 1)[1].splitlines()[1:])
+
+
+def test_a_password_prompt_without_a_terminal_is_refused(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`users create bob < /dev/null` printed getpass's GetPassWarning, 'input may be echoed' and 'Aborted!'."""
+    for args in (("users", "create", "bobby"), ("users", "password", "admin"), ("login", "--username", "admin")):
+        output = cli.mistake(*args, code=2)
+        assert "there is no terminal to ask for the password" in output
+        assert "--password-stdin" in output
+    assert "bobby" not in cli("users", "list")
+    monkeypatch.setattr(options, "on_terminal", lambda: True)  # on a terminal it asks, hidden, as before
+    assert "Password" in cli("users", "create", "bobby", input="long-enough-pw\nlong-enough-pw\n")
+
+
+def test_jobs_show_gives_progress_and_error_as_sentences(cli: Cli, dataset: str, tmp_path: Path) -> None:
+    """It printed ``progress: {"fraction": 0.0, ...}`` (stale, for a failed job) and ``error: {"code": ...}``."""
+    again = tmp_path / "again.parquet"
+    pq.write_table(table_from_arrays(episode_arrays(episodes=2, length=5)), again)
+    cli.mistake("upload", dataset, str(again))
+    failed = json.loads(cli("jobs", "list", "--kind", "ingest", "--status", "failed", "--json"))["items"][0]
+    shown = cli("jobs", "show", failed["id"])
+    assert "error: column 'episode_id': episode 0 is already in version 1" in shown
+    assert "(reason=duplicate-episode)" in shown
+    assert "progress:" not in shown
+    assert '{"code"' not in shown
+    assert '{"fraction"' not in shown
+    assert json.loads(cli("jobs", "show", failed["id"], "--json"))["error"]["reason"] == "duplicate-episode"
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("benchmarks", "create", "CartPole-v1", "--random-return", "nan"), "nan is not a finite number"),
+    (("benchmarks", "create", "CartPole-v1", "--expert-return", "inf"), "inf is not a finite number"),
+    (("benchmarks", "create", "CartPole-v1", "--max-episode-steps", "-5"), "greater than or equal to 1"),
+    (("export", "DATASET", "--keep", '{"op": "gt", "field": "reward", "value": 0}', "--rest-fraction", "2"),
+     "less than or equal to 1"),
+])
+def test_out_of_range_numbers_are_usage_errors(cli: Cli, dataset: str, args: tuple[str, ...], words: str) -> None:
+    """Each was a traceback: JSON's 'Out of range float values', gymnasium's AssertionError, pydantic's
+    ValidationError for Rebalance."""
+    output = cli(*[dataset if arg == "DATASET" else arg for arg in args], code=2)
+    assert words in output
+    assert "Traceback" not in output
+
+
+def test_derive_sources_and_policy_ids_read_in_command_line_words(cli: Cli, dataset: str) -> None:
+    """``--source "my data"`` said ``dataset: String should match pattern '^[A-Za-z0-9]...'``; a policy that is not
+    an artifact id said ``body.metrics.0.policy_value.policy: String should match pattern '^[0-9a-f]{64}$'``."""
+    output = cli.mistake("derive", f"{dataset}-d", "--source", "my data", code=2)
+    assert "--source my data: dataset names use letters, digits" in output
+    assert "String should match" not in output
+    output = cli.mistake("metrics", "compute", dataset, "-m", "policy_value", "-p", "policy_value.policy=abc")
+    assert "-p policy_value.policy must be an artifact id: 64 hexadecimal digits" in output

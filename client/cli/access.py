@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 
+from tuplehub.client.cli import options
 from tuplehub.client.cli.options import Yes, client, confirm, group
 from tuplehub.client.cli.output import AsJson, Url, done, emit
+from tuplehub.client.errors import CommandLineError
 
 PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")]
 TIME_FORMATS = ["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]  # no zone: UTC
@@ -22,8 +24,12 @@ roles_app = group("Roles: named bundles of rights.")
 
 
 def _password(from_stdin: bool, prompt: str = "Password", confirm: bool = False) -> str:
+    """The password from stdin, or asked (hidden) on a terminal; without one, a prompt would read a pipe and echo."""
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
+    if not options.on_terminal():  # looked up here, so tests can stand in a terminal
+        raise CommandLineError("there is no terminal to ask for the password",
+                               hint="pipe it in and add --password-stdin")
     return typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -49,6 +50,8 @@ def _json_object(text: str, option: str) -> dict[str, Any]:
 
 def _wrap(env: Any, text: str) -> Any:
     """Apply ``--wrapper``: ``module:Class`` or ``{"entry_point": "module:Class", "kwargs": {...}}``."""
+    import gymnasium
+
     spec = _json_object(text, "--wrapper") if text.lstrip().startswith("{") else {"entry_point": text}
     entry_point, kwargs = str(spec.get("entry_point", "")), spec.get("kwargs") or {}
     module, _, attribute = entry_point.partition(":")
@@ -58,7 +61,21 @@ def _wrap(env: Any, text: str) -> Any:
         wrapper = getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError) as exc:
         raise CommandLineError(f"--wrapper {entry_point!r} cannot be imported ({exc})") from exc
-    return wrapper(env, **kwargs)
+    if not (isinstance(wrapper, type) and issubclass(wrapper, gymnasium.Wrapper)):
+        raise CommandLineError(f"--wrapper {entry_point!r} is not a gymnasium wrapper class",
+                               hint="name a subclass of gymnasium.Wrapper, e.g. gymnasium.wrappers:ClipAction")
+    try:
+        return wrapper(env, **kwargs)
+    except (TypeError, ValueError) as exc:  # missing or unknown keyword arguments, or values it refuses
+        raise CommandLineError(f"--wrapper {entry_point!r} with kwargs {json.dumps(kwargs)}: {exc}",
+                               hint=f"give its keyword arguments as JSON: {WRAPPER_EXAMPLE}") from exc
+
+
+def _finite(value: float | None) -> float | None:
+    """A reference return is a number: nan and inf cannot be stored (nor sent as JSON)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 @benchmarks_app.command("create")
@@ -68,11 +85,14 @@ def create_benchmark(
                                                         "'{\"g\": 9.81}'.")] = None,
         wrapper: Annotated[list[str] | None, typer.Option("--wrapper", help=(
             f"A wrapper to apply, module:Class or {WRAPPER_EXAMPLE}; repeat, innermost first."))] = None,
-        max_episode_steps: Annotated[int | None, typer.Option(help="Truncate episodes after this many steps.")] = None,
+        max_episode_steps: Annotated[int | None, typer.Option(
+            min=1, help="Truncate episodes after this many steps.")] = None,
         name: Annotated[str, typer.Option(help="A short name to find it by (e.g. pendulum).")] = "",
         description: Annotated[str, typer.Option(help="One line on what it is.")] = "",
-        random_return: Annotated[float | None, typer.Option(help="Reference return of a random policy.")] = None,
-        expert_return: Annotated[float | None, typer.Option(help="Reference return of an expert.")] = None,
+        random_return: Annotated[float | None, typer.Option(
+            callback=_finite, help="Reference return of a random policy.")] = None,
+        expert_return: Annotated[float | None, typer.Option(callback=_finite, help="Reference return of an expert.")]
+        = None,
         url: Url = None, as_json: AsJson = False) -> None:
     """Store the benchmark of a gymnasium environment; the same environment always gets the same id."""
     import gymnasium

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from tuplehub.client.cli.errors import INTERRUPTED
+from tuplehub.client.cli.errors import INTERRUPTED, with_where
 from tuplehub.client.cli.options import (
     DOCS_FILTERS,
     EPISODE_FILTER_EXAMPLE,
@@ -27,8 +27,8 @@ from tuplehub.client.cli.options import (
     job_kind,
     writable,
 )
-from tuplehub.client.cli.output import AsJson, Url, done, emit, parse_filter, read_json_file
-from tuplehub.client.errors import CommandLineError
+from tuplehub.client.cli.output import AsJson, Url, done, emit, json_kind, parse_filter, read_json_file
+from tuplehub.client.errors import CommandLineError, UploadInterrupted
 
 if TYPE_CHECKING:
     from tuplehub.client.client import Client
@@ -89,7 +89,7 @@ def show(dataset: Reference, url: Url = None, as_json: AsJson = False) -> None:
     name, number = dataset_version(dataset)
     with client(url) as hub:
         record = hub.datasets.get(name).record
-        version = _version_of(record, number)
+        version = version_of(record, number)
         if as_json:
             emit(record, as_json=True)
             return
@@ -102,7 +102,8 @@ def show(dataset: Reference, url: Url = None, as_json: AsJson = False) -> None:
                "created_at": v.created_at} for v in record.versions], as_json=False)
 
 
-def _version_of(record: DatasetRead, number: int | None) -> Any:
+def version_of(record: DatasetRead, number: int | None) -> Any:
+    """Version ``number`` of a dataset (the latest when None, None if it has none), or :class:`NotFound`."""
     if number is None:
         return record.versions[-1] if record.versions else None
     for version in record.versions:
@@ -216,14 +217,33 @@ def upload(dataset: Annotated[str, typer.Argument(help="Dataset name (create it 
                "--resume", help="Send only the parts an interrupted upload of this file did not deliver.")] = False,
            url: Url = None, as_json: AsJson = False) -> None:
     """Upload a Parquet file of tuples as the dataset's next version."""
-    episode_metadata = read_json_file(metadata, "--metadata", shape=dict, example=METADATA_EXAMPLE) \
-        if metadata else None
+    episode_metadata = _episode_metadata(metadata) if metadata else None
     with client(url) as hub:
-        job = hub.datasets.get(dataset).upload(path, mode=mode, episode_metadata=episode_metadata, resume=resume,
-                                               progress=bars(as_json))
+        try:
+            job = hub.datasets.get(dataset).upload(path, mode=mode, episode_metadata=episode_metadata, resume=resume,
+                                                   progress=bars(as_json))
+        except UploadInterrupted:
+            raise  # while the bytes moved: it says how many parts the server kept
+        except KeyboardInterrupt:  # before the bytes moved, while a resume checked them, or while finishing
+            from tuplehub.client.uploads import resume_command
+
+            again = resume_command(dataset, path, mode)
+            typer.echo(f"upload interrupted before its ingest job started: `tuplehub jobs list --kind upload` shows "
+                       f"whether one did; if not, `{again}` sends only what is missing", err=True)
+            raise typer.Exit(INTERRUPTED) from None
         if wait:
             _wait(job, as_json)
         emit(job.record, as_json=as_json, columns=("id", "status", "result", "error"))
+
+
+def _episode_metadata(path: Path) -> dict[str, Any]:
+    """``--metadata``: a JSON object of episode id -> object, refused in one line before anything is sent."""
+    values = read_json_file(path, "--metadata", shape=dict, example=METADATA_EXAMPLE)
+    for episode, value in values.items():
+        if not isinstance(value, dict):
+            raise CommandLineError(f"--metadata {path}: episode {episode!r} maps to {json_kind(value)}, not to a "
+                                   "JSON object of metadata", hint=f"write it like {METADATA_EXAMPLE}")
+    return values
 
 
 def _sample(n: int | None, fraction: float | None, level: str, seed: int) -> dict[str, Any] | None:
@@ -257,7 +277,8 @@ def export(dataset: Reference,
                help="Sample whole episodes or single rows.")] = "episode",
            keep: Annotated[str | None, typer.Option(help=(
                "Rebalance: keep every row matching this tuple filter, and --rest-fraction of the others."))] = None,
-           rest_fraction: Annotated[float, typer.Option(help="Rebalance: share of the other rows kept.")] = 0.1,
+           rest_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+               "Rebalance: share of the other rows kept, 0 to 1."))] = 0.1,
            seed: Annotated[int, typer.Option(help="Seed of --sample-* and --keep: same seed, same rows.")] = 0,
            fmt: Annotated[Literal["parquet", "arrow"], typer.Option("--format", help="File format.")] = "parquet",
            url: Url = None, as_json: AsJson = False) -> None:
@@ -279,7 +300,12 @@ def export(dataset: Reference,
             columns=columns.split(",") if columns else None, next_observation=next_observation, sample=sample,
             rebalance=rebalance, format=fmt)
         _wait(job, as_json)
-        job.download(out, progress=bars(as_json))
+        try:
+            job.download(out, progress=bars(as_json))
+        except KeyboardInterrupt:
+            typer.echo(f"download interrupted: nothing was written to {out}; the result of export job {job.id} "
+                       "stays on the server: the same command again reuses it", err=True)
+            raise typer.Exit(INTERRUPTED) from None
         emit(job.record, as_json=as_json, columns=("id", "status", "result"))
         if not as_json:
             typer.echo(f"saved {out}")
@@ -313,9 +339,24 @@ def show_job(job_id: str, url: Url = None, as_json: AsJson = False) -> None:
     """One job's status, progress, error and result; its owner by user name."""
     with client(url) as hub:
         record = hub.jobs.get(job_id).record
+        if as_json:
+            emit(record, as_json=True)
+            return
         # people read the owner's name; the id stays in --json (and shows if the account is gone)
-        shown = [name for name in type(record).model_fields if name != "owner" or record.owner_name is None]
-        emit(record, as_json=as_json, columns=shown)
+        shown = {**record.model_dump(mode="json"), **_job_words(record)}
+        if record.owner_name is not None:
+            del shown["owner"]
+        emit(shown, as_json=False)
+
+
+def _job_words(job: JobRead) -> dict[str, Any]:
+    """A job's progress and error as sentences (``ingest 40%: row group 4 of 10``), not JSON; progress only
+    while it runs (a failed job's last progress is stale and reads as if it went on)."""
+    progress = job.progress
+    shown = "" if job.status.finished else \
+        f"{progress.stage} {progress.fraction:.0%}" + (f": {progress.message}" if progress.message else "")
+    error = with_where(job.error.detail, job.error.model_dump()) if job.error is not None else ""
+    return {"progress": shown, "error": error}
 
 
 @jobs_app.command("wait")

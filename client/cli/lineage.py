@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from tuplehub.client.cli.data import version_of
+from tuplehub.client.cli.errors import plain_words
 from tuplehub.client.cli.options import Mode, bars, client, dataset_version
 from tuplehub.client.cli.output import AsJson, Url, emit, json_or_word
 from tuplehub.client.errors import CommandLineError
@@ -51,7 +53,8 @@ def _source(text: str) -> object:
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
-        raise CommandLineError(f"--source {text}: {where + ': ' if where else ''}{error['msg']}",
+        words = plain_words(where, error["msg"], "derive") or f"{where + ': ' if where else ''}{error['msg']}"
+        raise CommandLineError(f"--source {text}: {words}",
                                hint='write it like \'{"dataset": "walks", "version": 2}\' or walks@2') from exc
 
 
@@ -107,11 +110,13 @@ def lineage(dataset: Annotated[str, typer.Argument(metavar="NAME[@VERSION]", hel
     with client(url) as hub:
         if as_json:
             record = hub.datasets.get(name).record
+            version_of(record, number)
             chosen = [v for v in record.versions if not number or v.number == number][-1:]
             emit([{"version": v.number, "content_hash": v.content_hash,
                    "lineage": v.lineage.model_dump(mode="json") if v.lineage else None} for v in chosen],
                  as_json=True)
             return
+        version_of(hub.datasets.get(name).record, number)  # a missing dataset or version fails here, exit 1
         lines: list[str] = []
         _describe(hub, name, number, 0, lines)
         typer.echo("\n".join(lines))

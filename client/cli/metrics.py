@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tuplehub.client.cli.options import bars, client, dataset_version, group
-from tuplehub.client.cli.output import AsJson, Url, done, emit, fits, json_or_word, table
+from tuplehub.client.cli.output import AsJson, Url, done, emit, fits, json_or_word, note, table
 from tuplehub.client.errors import CommandLineError, require
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def _print(results: list[MetricRead], *, as_json: bool) -> None:
          as_json=False, columns=("key", "value", "interval", "rows", "episodes"))
     for r in results:  # whole sentences under the table: in a column they would be cut or wrap through it
         for warning in r.result.warnings:
-            typer.echo(f"note: {r.key}: {warning}")
+            note(f"note: {r.key}: {warning}")
 
 
 @metrics_app.command("compare")
@@ -128,7 +128,7 @@ def compare(datasets: Names, url: Url = None, as_json: AsJson = False) -> None:
             [headers[i].lower(), *(row[i] for row in rows)] for i in range(1, len(headers))]
     table(headers, rows)
     for warning in comparison.warnings:
-        typer.echo(f"note: {warning}", err=True)
+        note(f"note: {warning}", err=True)
 
 
 @metrics_app.command("report")

@@ -52,8 +52,11 @@ def group(help: str) -> typer.Typer:
 def dataset_version(reference: str) -> tuple[str, int | None]:
     """``name``, ``name@3``, ``name@v3`` or ``name@latest`` as (name, version or None for the latest)."""
     name, at, version = reference.partition("@")
-    if not at or version.lower() in ("", "latest"):
+    if not at or version.lower() == "latest":
         return name, None
+    if not version:  # `pendulum@$V` with V unset: not silently the latest
+        raise CommandLineError(f"{reference!r}: no version after '@'",
+                               hint=f"write {name}@2, {name}@latest, or just {name} for the latest")
     digits = version[1:] if version[:1] in "vV" else version
     if not digits.isdigit():
         raise CommandLineError(f"{reference!r}: the version after '@' is a number or 'latest'",

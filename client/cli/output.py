@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,8 +22,8 @@ from tuplehub.client.errors import CommandLineError
 if TYPE_CHECKING:
     from tuplehub.storage.filters.language import FilterNode
 
-__all__ = ["AsJson", "Url", "done", "emit", "json_or_word", "parse_filter", "read_json_file", "reported_errors",
-           "table"]
+__all__ = ["AsJson", "Url", "done", "emit", "json_kind", "json_or_word", "note", "parse_filter",
+           "read_json_file", "reported_errors", "table"]
 
 # The options every command takes.
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts (errors too, on stdout).")]
@@ -34,6 +35,11 @@ _KINDS = {dict: "a JSON object", list: "a JSON list", str: "a string", int: "a n
 MAX_WIDTH = 100
 GAP = "  "
 MIN_COLUMN = 8
+
+
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in words: 'a JSON list', 'a number'."""
+    return _KINDS.get(type(value), "a value")
 
 
 def json_or_word(raw: str) -> Any:
@@ -66,6 +72,12 @@ def emit(value: Any, *, as_json: bool, columns: Sequence[str] = ()) -> None:
 def done(message: str, *, as_json: bool, **fields: Any) -> None:
     """What a command that returns nothing did: a sentence for people, ``fields`` as JSON for scripts."""
     typer.echo(json.dumps(fields, indent=2, default=str) if as_json else message)
+
+
+def note(text: str, *, err: bool = False) -> None:
+    """A sentence under a table, wrapped at word boundaries to the table's width (100 columns at most)."""
+    typer.echo(textwrap.fill(text, width=_width(), subsequent_indent="  ", break_long_words=False,
+                             break_on_hyphens=False), err=err)
 
 
 def fits(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> bool:
@@ -135,14 +147,17 @@ def parse_filter(text: str | None, option: str, *, episodes: bool = False) -> Fi
 def read_json_file(path: Any, option: str, *, shape: type, example: str) -> Any:
     """A JSON file named on the command line, refused in one line if it is missing, broken or the wrong shape."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CommandLineError(f"{option} {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # a binary file, or text in another encoding
+        raise CommandLineError(f"{option} {path} is not UTF-8 text (byte {exc.start}), so not JSON",
+                               hint=f"write it like {example}") from exc
     try:
         value = json.loads(text)
     except ValueError as exc:
         raise CommandLineError(f"{option} {path} is not valid JSON: {exc}", hint=f"write it like {example}") from exc
     if not isinstance(value, shape):
-        raise CommandLineError(f"{option} {path} holds {_KINDS.get(type(value), 'a value')}, not "
+        raise CommandLineError(f"{option} {path} holds {json_kind(value)}, not "
                                f"{_KINDS.get(shape, shape.__name__)}", hint=f"write it like {example}")
     return value
