@@ -139,7 +139,7 @@ def test_a_dropped_connection_keeps_the_session_and_says_how_to_resume(
     hint = dropped.value.extra["hint"]
     assert "lost the connection to the server" in dropped.value.detail
     assert f"the upload session is kept: once the server answers, send only the missing parts with `tuplehub " \
-           f"upload --mode replace --resume {unique_name} {path}`" in hint
+           f"upload --resume {unique_name} {path} --mode replace`" in hint
     assert len(hub._http.get(f"/datasets/{unique_name}/uploads").json()) == 1  # kept, not aborted
     assert dataset.upload(path, mode="replace", resume=True).wait(progress=False).result["version"] == 1
 
