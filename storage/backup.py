@@ -102,7 +102,7 @@ class Copied:
 
 def copy_file(source: Path, target: Path) -> tuple[int, str]:
     """Copy ``source`` to a new private file ``target``; its size and the SHA-256 of the bytes written."""
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_folders(target.parent)
     hasher, size = hashlib.sha256(), 0
     with source.open("rb") as reader:
         descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -114,6 +114,14 @@ def copy_file(source: Path, target: Path) -> tuple[int, str]:
             writer.flush()
             os.fsync(writer.fileno())
     return size, hasher.hexdigest()
+
+
+def _private_folders(folder: Path) -> None:
+    """``folder`` and any missing folder above it, each 0700 (``mkdir(parents=True)`` gives parents the umask's)."""
+    if not folder.is_dir():
+        _private_folders(folder.parent)
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
 
 
 def _regular_files(folder: Path) -> Iterator[Path]:
