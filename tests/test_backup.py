@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from tuplehub.storage.errors import NotFound
 
 from .conftest import PASSWORD, admin_client, api, make_settings
 from .factories import episode_arrays
+from .processes import Processes, cli, embedded_client, free_port, isolated_env, start_serve, stop, wait_for_server
 
 PART = 2**16  # the smallest part an upload session takes, so a small file spans several parts
 
@@ -290,3 +292,37 @@ def test_a_deletion_committed_during_the_copy_retakes_the_snapshot(
     files = {f["path"] for f in json.loads((tmp_path / "second" / "manifest.json").read_text())["files"]}
     assert not any(name.startswith(f"catalog.db.blocks/{deleted[0]}/") for name in files)
     assert tuplehub("restore", str(tmp_path / "second"), "--check", "--data-dir", str(tmp_path / "x"))["files"]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_backup_and_restore_as_commands_beside_a_real_serve(tmp_path: Path, running: Processes) -> None:
+    """``tuplehub serve`` (bundled Redis, worker process) backed up by a ``tuplehub backup`` process while it
+    serves; the restored folder serves the same versions to the same local admin."""
+    env = isolated_env(tmp_path / "config")
+    source, log = tmp_path / "source", tmp_path / "serve.log"
+    server = running.add(start_serve(source, free_port(), env=env, log=log))
+    wait_for_server(source, server, log)
+    with embedded_client(source, env) as hub:
+        dataset = hub.datasets.create("kept")
+        dataset.upload(episode_arrays(episodes=3, length=40, seed=7)).wait(timeout=60)
+        before = [v.content_hash for v in dataset.refresh().record.versions]
+    backup = subprocess.run(cli("backup", str(tmp_path / "bk"), "--data-dir", str(source), "--json"), env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert backup.returncode == 0, backup.stderr
+    refused = subprocess.run(cli("restore", str(tmp_path / "bk"), "--data-dir", str(source)), env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: a tuplehub server is running on"), refused.stderr
+    assert stop(server) == 0
+
+    restored = tmp_path / "restored"
+    done = subprocess.run(cli("restore", str(tmp_path / "bk"), "--data-dir", str(restored)), env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"tuplehub serve --data-dir {restored}" in done.stdout
+    server = running.add(start_serve(restored, free_port(), env=env, log=log))
+    wait_for_server(restored, server, log)
+    with embedded_client(restored, env) as hub:  # the local admin's saved password signs in
+        assert [v.content_hash for v in hub.datasets.get("kept").record.versions] == before
+    assert stop(server) == 0
