@@ -83,9 +83,11 @@ def _allowed(name: object) -> bool:
 
 def _check_files(source: Path, manifest: dict[str, Any], target: Path | None) -> int:
     """Check every listed file (copying it to ``target`` as it is read, if given); the bytes checked."""
-    total = 0
+    total, inside = 0, source.resolve()
     for entry in manifest["files"]:
         name = entry["path"]
+        if (source / name).is_symlink() or not (source / name).resolve().is_relative_to(inside):
+            raise BackupDamaged(f"{source / name} is a link: a backup holds plain files only")
         try:
             size, sha = copy_file(source / name, target / name) if target is not None else digest(source / name)
         except (FileNotFoundError, IsADirectoryError) as exc:

@@ -214,7 +214,12 @@ def test_restore_refuses_damaged_partial_and_unknown_backups_and_leaves_nothing(
         files = [*manifest["files"], {"path": "../outside", "size": 1, "sha256": "0" * 64}]
         (copy / "manifest.json").write_text(json.dumps({**manifest, "files": files}))
 
-    cases = [(flip, "does not match the manifest"), (lambda c: (c / "manifest.json").unlink(), "no manifest.json"),
+    def linked(copy: Path) -> None:
+        (copy / block).unlink()
+        (copy / block).symlink_to(tmp_path / "elsewhere")
+
+    cases = [(flip, "does not match the manifest"), (linked, "is a link"),
+             (lambda c: (c / "manifest.json").unlink(), "no manifest.json"),
              (lambda c: (c / block).unlink(), "is missing"), (newer, "backup format 99"),
              (lambda c: (c / "manifest.json").write_text("{"), "not valid JSON"), (escaping, "lists a file")]
     for change, words in cases:
