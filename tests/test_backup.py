@@ -331,3 +331,22 @@ def test_backup_and_restore_as_commands_beside_a_real_serve(tmp_path: Path, runn
     with embedded_client(restored, env) as hub:  # the local admin's saved password signs in
         assert [v.content_hash for v in hub.datasets.get("kept").record.versions] == before
     assert stop(server) == 0
+
+
+def test_an_object_deleted_while_it_is_copied_is_skipped(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export result discarded during the copy is not an error; an artifact of the snapshot still is kept."""
+    objects = world.server.settings.data_dir / "objects"
+    doomed = next(p for p in sorted(objects.rglob("*")) if p.is_file() and "artifacts" not in p.parts)
+    copy_file = backup_module.copy_file
+
+    def vanishing(source: Path, target: Path) -> tuple[int, str]:
+        if source == doomed:
+            raise FileNotFoundError(source)  # as if deleted between listing and opening
+        return copy_file(source, target)
+
+    monkeypatch.setattr(backup_module, "copy_file", vanishing)
+    tuplehub("backup", str(tmp_path / "bk"), "--data-dir", str(world.server.settings.data_dir))
+    files = {f["path"] for f in json.loads((tmp_path / "bk" / "manifest.json").read_text())["files"]}
+    assert f"objects/{doomed.relative_to(objects).as_posix()}" not in files
+    assert f"objects/artifacts/{world.artifact_id}" in files
