@@ -183,11 +183,11 @@ def _references(snapshot: Path) -> tuple[list[tuple[str, int]], list[str], dict[
 
 
 def _copy_snapshot(parts: Embedded, out: Path, copied: Copied) -> dict[str, int] | None:
-    """Steps 2, 3 and 5 of the module docstring once; the record counts, or None if the snapshot must be retaken."""
+    """Steps 2 to 5 of the module docstring once; the record counts, or None if the snapshot must be retaken."""
     _snapshot(parts.catalog, out / CATALOG)
     copied.files[CATALOG] = digest(out / CATALOG)
     blocks, artifact_keys, counts = _references(out / CATALOG)
-    wanted = {f"{BLOCKS}/{segment}/{seq:06d}": (segment, seq) for segment, seq in blocks}
+    wanted = {block_file(Path(BLOCKS), segment, seq).as_posix(): (segment, seq) for segment, seq in blocks}
     for stale in [name for name in copied.files if name.startswith(BLOCKS + "/") and name not in wanted]:
         (out / stale).unlink()
         del copied.files[stale]
