@@ -14,6 +14,8 @@ from typing import Any
 
 import platformdirs
 
+SERVE_LOCK = "serve.lock"  # held (flock) by the one embedded server of a data folder; restore checks it
+
 
 def config_dir() -> Path:
     configured = os.environ.get("TUPLEHUB_CONFIG_DIR")

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from tuplehub.client.discovery import SERVER_FILE
 from tuplehub.client.errors import CommandLineError, MissingExtra
 from tuplehub.storage.errors import ConfigError
+from tuplehub.storage.paths import SERVE_LOCK
 
 if TYPE_CHECKING:
     from tuplehub.client.cli.supervisor import Supervisor
@@ -68,7 +69,7 @@ def bind(host: str, port: int) -> socket.socket:
 def _exclusive(folder: Path) -> Iterator[None]:
     """One embedded server per data folder: a second would fight over its Redis and catalog."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with (folder / "serve.lock").open("w") as lock:
+    with (folder / SERVE_LOCK).open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:

@@ -94,10 +94,22 @@ def _episode_key(episode_id: int | str) -> str:
     return json.dumps(episode_id)
 
 
+def block_dir_of(path: Path) -> Path:
+    """The folder of the block payloads of the catalog file ``path`` (backups copy it too)."""
+    return path.with_name(path.name + ".blocks")
+
+
+def block_file(block_dir: Path, segment: str, seq: int) -> Path:
+    """Where block ``seq`` of ``segment`` keeps its payload under ``block_dir``."""
+    if not segment.isalnum():
+        raise ValueError(f"segment id {segment!r} must be alphanumeric")
+    return block_dir / segment / f"{seq:06d}"
+
+
 class SQLiteCatalog:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.block_dir = path.with_name(path.name + ".blocks")
+        self.block_dir = block_dir_of(path)
         # None in the pool marks a closed catalog (see aclose)
         self._connections: queue.SimpleQueue[sqlite3.Connection | None] = queue.SimpleQueue()
         self._write_lock = asyncio.Lock()
@@ -261,9 +273,7 @@ class SQLiteCatalog:
 
     # --- segments -----------------------------------------------------------------------------
     def _block_file(self, segment: str, seq: int) -> Path:
-        if not segment.isalnum():
-            raise ValueError(f"segment id {segment!r} must be alphanumeric")
-        return self.block_dir / segment / f"{seq:06d}"
+        return block_file(self.block_dir, segment, seq)
 
     def _write_block(self, block: BlockRecord) -> None:
         path = self._block_file(block.segment, block.seq)

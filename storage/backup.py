@@ -1,0 +1,287 @@
+"""Backups of the embedded default, taken safely while its server runs.
+
+A backup is a folder laid out like a data folder (``catalog.db``, ``catalog.db.blocks/``,
+``objects/``, ``jwt-secret.json``) plus ``config/embedded-admin.json`` (the local admin's password,
+kept outside the data folder) and ``manifest.json``, which lists every file with its size and
+SHA-256 and is written last. The folder is built under a temporary name beside ``DEST`` and
+renamed when complete, so a folder called ``DEST`` is never half a backup.
+
+Ordering, and why it is consistent:
+
+1. Objects, first pass: every file under the object folder. Going first keeps the upload of an
+   ingest that is running: the ingest deletes it only after committing its version.
+2. The catalog: one SQLite online backup (``Connection.backup``, all pages in one step, a single
+   read transaction), so it is the catalog of one instant; writers are not blocked (WAL).
+3. Block payloads of the snapshot's block rows. Ingest writes and fsyncs a payload before its row
+   commits, and deletion removes rows before payloads; so a payload missing here was deleted after
+   the snapshot, and the snapshot is retaken (``SNAPSHOT_TRIES`` times at most).
+4. Objects, second pass: files new or changed since the first, i.e. what was written before the
+   snapshot but after the first pass. Objects written after the snapshot are carried too; the
+   restored catalog does not refer to them.
+5. Every artifact record of the snapshot must have its bytes; a record is deleted before its bytes,
+   so a miss means a deletion after the snapshot, and the snapshot is retaken.
+
+Files that vanish while they are copied (an export discarded, an upload aborted) are skipped;
+what the snapshot refers to is checked by steps 3 and 5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from tuplehub.storage.catalog.sqlite import block_dir_of, block_file
+from tuplehub.storage.errors import ConfigError, Conflict, TuplehubError
+from tuplehub.storage.paths import embedded_credentials_file, read_json, write_private
+from tuplehub.storage.settings import Settings
+
+FORMAT = "tuplehub-backup"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CATALOG = "catalog.db"
+BLOCKS = CATALOG + ".blocks"
+OBJECTS = "objects"
+SECRETS = ("jwt-secret.json",)  # what the data folder holds besides the catalog and objects that a server needs
+ADMIN = "config/embedded-admin.json"
+SNAPSHOT_TRIES = 3  # a retake is needed only when a deletion commits during the copy; three in a row is damage
+CHUNK = 2**20
+DEPLOYMENT_DOCS = "docs/deployment.md (section 'Backup and restore')"
+
+
+class BackupDamaged(TuplehubError):
+    """A backup folder that is partial, corrupt or of an unknown format; nothing was restored from it."""
+
+    code = "backup-damaged"
+
+
+@dataclass
+class Embedded:
+    """Where the embedded default keeps its parts."""
+
+    data_dir: Path
+    catalog: Path
+    objects: Path
+
+    @property
+    def blocks(self) -> Path:
+        return block_dir_of(self.catalog)
+
+
+def embedded_parts(settings: Settings) -> Embedded:
+    """The catalog file and object folder of ``settings``; a deployment's MongoDB or S3 is refused."""
+    catalog, objects = urlparse(settings.resolved_catalog_url()), urlparse(settings.resolved_objects_url())
+    if catalog.scheme != "sqlite" or objects.scheme != "file":
+        other = f"a {catalog.scheme} catalog" if catalog.scheme != "sqlite" else f"a {objects.scheme} object store"
+        raise ConfigError("tuplehub backup and restore handle the embedded default (an SQLite catalog and a local "
+                          f"object folder); these settings name {other}",
+                          hint=f"back a deployment up with its own tools, see {DEPLOYMENT_DOCS}")
+    return Embedded(settings.data_dir, Path(unquote(catalog.netloc + catalog.path)),
+                    Path(unquote(objects.netloc + objects.path)))
+
+
+@dataclass
+class Copied:
+    """What a backup holds so far: relative path -> (size, sha256), and the source's (size, mtime) of objects."""
+
+    files: dict[str, tuple[int, str]] = field(default_factory=dict)
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def copy_file(source: Path, target: Path) -> tuple[int, str]:
+    """Copy ``source`` to a new private file ``target``; its size and the SHA-256 of the bytes written."""
+    _private_folders(target.parent)
+    hasher, size = hashlib.sha256(), 0
+    with source.open("rb") as reader:
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as writer:
+            while chunk := reader.read(CHUNK):
+                hasher.update(chunk)
+                writer.write(chunk)
+                size += len(chunk)
+            writer.flush()
+            os.fsync(writer.fileno())
+    return size, hasher.hexdigest()
+
+
+def _private_folders(folder: Path) -> None:
+    """``folder`` and any missing folder above it, each 0700 (``mkdir(parents=True)`` gives parents the umask's)."""
+    if not folder.is_dir():
+        _private_folders(folder.parent)
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+
+
+def _regular_files(folder: Path) -> Iterator[Path]:
+    """Regular files under ``folder``, links not followed."""
+    for root, folders, names in os.walk(folder):
+        folders.sort()
+        for name in sorted(names):
+            path = Path(root, name)
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(path.lstat().st_mode):
+                    yield path
+
+
+def _copy_objects(parts: Embedded, out: Path, copied: Copied) -> None:
+    """Object files not copied yet, or changed since; files that vanish meanwhile are skipped."""
+    for path in _regular_files(parts.objects):
+        relative = f"{OBJECTS}/{path.relative_to(parts.objects).as_posix()}"
+        try:
+            info = path.stat()
+            if copied.seen.get(relative) == (info.st_size, info.st_mtime_ns):
+                continue
+            copied.files[relative] = copy_file(path, out / relative)
+        except FileNotFoundError:
+            continue
+        copied.seen[relative] = (info.st_size, info.st_mtime_ns)
+
+
+def _snapshot(catalog: Path, target: Path) -> None:
+    """One consistent copy of the live catalog, as a self-contained file (no WAL beside it)."""
+    if not catalog.is_file():
+        raise ConfigError(f"there is no catalog at {catalog}: nothing to back up",
+                          hint="check --data-dir (or TUPLEHUB_DATA_DIR); `tuplehub serve` creates the catalog")
+    target.unlink(missing_ok=True)
+    source = sqlite3.connect(catalog, timeout=30)
+    try:
+        destination = sqlite3.connect(target)
+        try:
+            source.backup(destination)  # pages=-1: every page under one read transaction
+            destination.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            destination.close()
+    finally:
+        source.close()
+    os.chmod(target, 0o600)
+
+
+def _references(snapshot: Path) -> tuple[list[tuple[str, int]], list[str], dict[str, int]]:
+    """The snapshot's block rows, artifact object keys and record counts (reads storage/catalog/sqlite.py's schema)."""
+    with contextlib.closing(sqlite3.connect(snapshot.as_uri() + "?mode=ro", uri=True)) as conn:
+        blocks = conn.execute("SELECT segment, seq FROM blocks ORDER BY segment, seq").fetchall()
+        keys = [key for (key,) in conn.execute(
+            "SELECT json_extract(doc, '$.object_key') FROM records WHERE kind = 'artifacts'")]
+        counts = {"datasets": conn.execute("SELECT count(*) FROM datasets").fetchone()[0],
+                  "versions": conn.execute("SELECT count(*) FROM versions").fetchone()[0],
+                  "blocks": len(blocks)}
+        for kind in ("users", "groups", "artifacts", "api_tokens"):
+            counts[kind] = conn.execute("SELECT count(*) FROM records WHERE kind = ?", (kind,)).fetchone()[0]
+    return blocks, keys, counts
+
+
+def _copy_snapshot(parts: Embedded, out: Path, copied: Copied) -> dict[str, int] | None:
+    """Steps 2 to 5 of the module docstring once; the record counts, or None if the snapshot must be retaken."""
+    _snapshot(parts.catalog, out / CATALOG)
+    copied.files[CATALOG] = digest(out / CATALOG)
+    blocks, artifact_keys, counts = _references(out / CATALOG)
+    wanted = {block_file(Path(BLOCKS), segment, seq).as_posix(): (segment, seq) for segment, seq in blocks}
+    for stale in [name for name in copied.files if name.startswith(BLOCKS + "/") and name not in wanted]:
+        (out / stale).unlink()
+        del copied.files[stale]
+    for relative, (segment, seq) in wanted.items():
+        if relative in copied.files:  # a committed payload never changes
+            continue
+        try:
+            copied.files[relative] = copy_file(block_file(parts.blocks, segment, seq), out / relative)
+        except FileNotFoundError:
+            return None
+    _copy_objects(parts, out, copied)
+    if any(f"{OBJECTS}/{key}" not in copied.files for key in artifact_keys):
+        return None
+    return counts
+
+
+def digest(path: Path) -> tuple[int, str]:
+    """The size and SHA-256 of the file at ``path``."""
+    hasher, size = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+    return size, hasher.hexdigest()
+
+
+def _copy_secrets(parts: Embedded, settings: Settings, out: Path, copied: Copied) -> list[str]:
+    """The embedded signing key and local admin; notes on secrets that live elsewhere (environment, key files)."""
+    notes = []
+    for name in SECRETS:
+        with contextlib.suppress(FileNotFoundError):
+            copied.files[name] = copy_file(parts.data_dir / name, out / name)
+    if settings.jwt_secret is not None or settings.jwt_private_key_file is not None:
+        notes.append("tokens are signed with TUPLEHUB_JWT_SECRET or a key file, which this backup does not hold: "
+                     "give the restored server the same setting")
+    admin = read_json(embedded_credentials_file(parts.data_dir))
+    if admin is not None:
+        write_private(out / ADMIN, {key: admin[key] for key in ("username", "password") if key in admin})
+        copied.files[ADMIN] = digest(out / ADMIN)
+    return notes
+
+
+def private_folder_beside(target: Path, purpose: str) -> Path:
+    """A new empty 0700 folder next to ``target`` (same file system, so it can be renamed onto it)."""
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = target.with_name(f".{target.name}.{purpose}-{os.getpid()}-{time.time_ns()}")
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def require_empty(target: Path, what: str) -> None:
+    """Refuse a ``target`` that exists and holds anything (an empty folder is fine)."""
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise Conflict(f"{what} {target} already exists and is not an empty folder",
+                       hint="name a new folder, or move that one aside first (nothing is ever overwritten)")
+
+
+def create_backup(settings: Settings, dest: Path) -> dict[str, Any]:
+    """Back the embedded default of ``settings`` up into the new folder ``dest``; its manifest, less the file list."""
+    started = time.monotonic()
+    parts = embedded_parts(settings)
+    dest = dest.absolute()
+    if dest.resolve().is_relative_to(parts.data_dir.resolve()):
+        raise Conflict(f"{dest} is inside the data folder {parts.data_dir}; a backup there is lost with it",
+                       hint="write the backup to another folder, ideally another disk")
+    require_empty(dest, "the backup folder")
+    out = private_folder_beside(dest, "backup")
+    try:
+        copied = Copied()
+        _copy_objects(parts, out, copied)
+        for _ in range(SNAPSHOT_TRIES):
+            counts = _copy_snapshot(parts, out, copied)
+            if counts is not None:
+                break
+        else:
+            raise ConfigError(f"the catalog {parts.catalog} refers to block payloads or artifact bytes that are "
+                              f"missing, in {SNAPSHOT_TRIES} snapshots in a row: the data folder is damaged",
+                              hint="run `tuplehub serve` once to let it clean up, then back up again")
+        notes = _copy_secrets(parts, settings, out, copied)
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                    "tuplehub_version": importlib.metadata.version("tuplehub"),
+                    "created_at": datetime.now(UTC).isoformat(), "source": str(parts.data_dir.resolve()),
+                    "counts": counts, "notes": notes,
+                    "files": [{"path": name, "size": size, "sha256": sha}
+                              for name, (size, sha) in sorted(copied.files.items())]}
+        descriptor = os.open(out / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(manifest, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(out, dest)  # an empty dest folder is replaced; a non-empty one (raced in) fails
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    summary = {key: value for key, value in manifest.items() if key != "files"}
+    return {**summary, "path": str(dest), "files": len(manifest["files"]),
+            "bytes": sum(size for size, _ in copied.files.values()), "seconds": round(time.monotonic() - started, 3)}

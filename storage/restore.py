@@ -1,0 +1,151 @@
+"""Restoring a backup of :mod:`tuplehub.storage.backup` into a new data folder.
+
+Only into a data folder that does not exist or is empty, never over one in use: a restore that
+replaced live data could not be undone, so moving the old folder aside is left to the person.
+Every file is copied into a temporary folder beside the target and checked against the
+manifest's size and SHA-256 as it is copied; only when all match (and the catalog passes
+SQLite's ``quick_check``) is the folder renamed into place. A partial or corrupt backup leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from tuplehub.storage.backup import (
+    ADMIN,
+    BLOCKS,
+    CATALOG,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    OBJECTS,
+    SECRETS,
+    BackupDamaged,
+    copy_file,
+    digest,
+    private_folder_beside,
+    require_empty,
+)
+from tuplehub.storage.errors import ConfigError, Conflict
+from tuplehub.storage.paths import SERVE_LOCK, embedded_credentials_file, read_json, write_private
+from tuplehub.storage.settings import Settings
+
+_TOP_FILES = {CATALOG, ADMIN, *SECRETS}
+_FOLDERS = (BLOCKS, OBJECTS)
+
+
+def read_manifest(source: Path) -> dict[str, Any]:
+    """The manifest of the backup folder ``source``, checked for shape; :class:`BackupDamaged` if unusable."""
+    if not source.is_dir():
+        raise BackupDamaged(f"{source} is not a backup folder (no such folder)")
+    path = source / MANIFEST
+    if not path.is_file():
+        raise BackupDamaged(f"{source} has no {MANIFEST}: it is not a tuplehub backup, or one that did not finish",
+                            hint="take a new backup with `tuplehub backup DEST`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BackupDamaged(f"{path} is not valid JSON ({exc}): the backup is damaged") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackupDamaged(f"{path} is not the manifest of a tuplehub backup")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BackupDamaged(f"{source} has backup format {version!r}, made by tuplehub "
+                            f"{manifest.get('tuplehub_version')}; this tuplehub reads format {FORMAT_VERSION}",
+                            hint="restore it with that tuplehub version or a newer one")
+    files = manifest.get("files")
+    if not isinstance(files, list) or not any(isinstance(f, dict) and f.get("path") == CATALOG for f in files):
+        raise BackupDamaged(f"{path} lists no {CATALOG}: the backup is damaged")
+    for entry in files:
+        if not (isinstance(entry, dict) and _allowed(entry.get("path")) and isinstance(entry.get("size"), int)
+                and isinstance(entry.get("sha256"), str)):
+            raise BackupDamaged(f"{path} lists a file it may not: {entry!r}")
+    return manifest
+
+
+def _allowed(name: object) -> bool:
+    """A relative path a backup may hold: the catalog, a secret, or a file under the blocks or objects folder."""
+    if not isinstance(name, str) or "\\" in name:
+        return False
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or ".." in parts or "." in parts or not parts:
+        return False
+    return name in _TOP_FILES or (len(parts) > 1 and parts[0] in _FOLDERS)
+
+
+def _check_files(source: Path, manifest: dict[str, Any], target: Path | None) -> int:
+    """Check every listed file (copying it to ``target`` as it is read, if given); the bytes checked."""
+    total, inside = 0, source.resolve()
+    for entry in manifest["files"]:
+        name = entry["path"]
+        if (source / name).is_symlink() or not (source / name).resolve().is_relative_to(inside):
+            raise BackupDamaged(f"{source / name} is a link: a backup holds plain files only")
+        try:
+            size, sha = copy_file(source / name, target / name) if target is not None else digest(source / name)
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise BackupDamaged(f"{source / name} is missing: the backup is incomplete") from exc
+        if (size, sha) != (entry["size"], entry["sha256"]):
+            raise BackupDamaged(f"{source / name} does not match the manifest ({size} bytes, sha256 {sha[:12]}…; "
+                                f"expected {entry['size']} bytes, {entry['sha256'][:12]}…): the backup is damaged")
+        total += size
+    catalog = (target or source) / CATALOG
+    with contextlib.closing(sqlite3.connect(catalog.as_uri() + "?mode=ro", uri=True)) as conn:
+        try:
+            verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            verdict = str(exc)
+    if verdict != "ok":
+        raise BackupDamaged(f"the catalog of {source} fails SQLite's check: {verdict}")
+    return total
+
+
+def _refuse_running(target: Path) -> None:
+    """Refuse a data folder whose embedded server runs (it holds the lock file)."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError), (target / SERVE_LOCK).open("r") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Conflict(f"a tuplehub server is running on {target}; stop it first",
+                           hint="restore into a new folder with --data-dir, then serve from it") from None
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def restore_backup(settings: Settings, source: Path, *, check_only: bool = False) -> dict[str, Any]:
+    """Restore ``source`` into ``settings.data_dir`` (new or empty); with ``check_only``, only verify it."""
+    if settings.catalog_url is not None or settings.objects_url is not None:
+        raise ConfigError("restore writes the embedded default's layout into a data folder; unset "
+                          "TUPLEHUB_CATALOG_URL and TUPLEHUB_OBJECTS_URL",
+                          hint="a deployment restores with its own tools, see docs/deployment.md")
+    target = settings.data_dir.absolute()
+    source = source.absolute()
+    manifest = read_manifest(source)
+    summary = {"source": str(source), "files": len(manifest["files"]), "created_at": manifest.get("created_at"),
+               "tuplehub_version": manifest.get("tuplehub_version"), "counts": manifest.get("counts"),
+               "notes": manifest.get("notes", [])}
+    if check_only:
+        return {**summary, "restored": False, "bytes": _check_files(source, manifest, None)}
+    _refuse_running(target)
+    require_empty(target, "the data folder")
+    work = private_folder_beside(target, "restore")
+    try:
+        total = _check_files(source, manifest, work)
+        admin = read_json(work / ADMIN) if (work / ADMIN).exists() else None
+        shutil.rmtree(work / ADMIN.split("/")[0], ignore_errors=True)  # it belongs in the config folder
+        try:
+            os.replace(work, target)
+        except OSError as exc:
+            raise Conflict(f"cannot put the restored data at {target}: {exc.strerror}",
+                           hint="restore into a new folder that nothing else writes to") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if admin is not None:
+        write_private(embedded_credentials_file(target), {**admin, "data_dir": str(target.resolve())})
+    return {**summary, "restored": True, "path": str(target), "bytes": total}
