@@ -12,9 +12,11 @@ recorded reads as 0. Every process that opens the catalog (API replicas, workers
 - newer: a later release upgraded it; this one refuses to start rather than write records the
   newer code would misread (a downgrade is a restore from backup).
 
-A migration must also be safe on a fresh catalog, which runs them all, and must never need the
-old code to stop reading: old code refuses the upgraded catalog anyway. Add one by appending to
-:data:`MIGRATIONS` with the next number; give each backend a step only where it has work to do.
+A migration must also be safe on a fresh catalog, which runs them all, and must leave the catalog
+usable by the previous release: during a rolling restart its replicas, which checked the version
+when they started, keep running on the migrated catalog until they are replaced (add; rename or
+remove only in a later release). Add one by appending to :data:`MIGRATIONS` with the next number;
+give each backend a step only where it has work to do.
 """
 
 from __future__ import annotations
