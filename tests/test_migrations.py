@@ -155,3 +155,22 @@ async def test_a_migration_lock_left_by_a_dead_process_is_taken_over_after_it_ex
     assert await catalog.migrate() == [migration.version for migration in MIGRATIONS]
     lock = await catalog.db.meta.find_one({"_id": "migration-lock"})
     assert lock["owner"] is None  # released when done
+
+
+async def test_a_migration_that_fails_leaves_the_catalog_as_it_was(catalog: Catalog) -> None:
+    def half_done(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half (n INTEGER)")
+        raise RuntimeError("the disk is full")
+
+    async def half_done_mongo(db: object) -> None:
+        raise RuntimeError("the disk is full")
+
+    broken = (*MIGRATIONS, Migration(SCHEMA_VERSION + 1, "breaks", sqlite=half_done, mongo=half_done_mongo))
+    with pytest.raises(RuntimeError, match="the disk is full"):
+        await catalog.migrate(broken)  # type: ignore[attr-defined]
+    assert await schema_version(catalog) == SCHEMA_VERSION  # the next start runs it again
+    if isinstance(catalog, SQLiteCatalog):  # one transaction: its half is gone too
+        with sqlite3.connect(catalog.path) as conn:
+            assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
+    else:  # the lock is free again for the next start
+        assert (await catalog.db.meta.find_one({"_id": "migration-lock"}))["owner"] is None
