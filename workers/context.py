@@ -121,7 +121,8 @@ async def run_job(ctx: WorkerContext, job_id: str, body: Body, *, timeout_s: flo
     except WorkerStopping as exc:
         # Left in Arq's queue (Retry), so another worker takes it at once; the sweep drops its segment.
         logger.info("job %s attempt %d handed back at a checkpoint: %s", job_id, job.attempts, exc)
-        await catalog.hand_back_job(job_id, attempt=job.attempts)
+        with contextlib.suppress(Exception):  # unrecorded, the next claim counts this attempt as lost
+            await catalog.hand_back_job(job_id, attempt=job.attempts)
         raise Retry() from exc
     except asyncio.CancelledError:
         if not run.stuck:  # the worker is stopping: hand the attempt back, it runs again later
