@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     stuck_after_s: float = Field(900.0, gt=0, description=(
         "A running job whose progress has not changed this long is stuck and fails, whatever its heartbeat says."))
     requeue_every_s: int = Field(60, ge=1, description="How often lost jobs are looked for.")
+    # Upgrades (issue 12): rolling restarts lose no request and no job.
+    shutdown_grace_s: float = Field(10.0, ge=0, le=3600, description=(
+        "On SIGTERM, how long the API waits for requests in flight and a worker for its running jobs to finish "
+        "their current step (each is then handed back and runs again), before cancelling what is left."))
     metrics_timeout_s: int = Field(3600, ge=10, description="Longest a metrics job may run.")
     # issue 11 (metricsfix): torch threads sized to one job's share of the CPUs.
     metrics_threads: int = Field(

@@ -49,7 +49,7 @@ async def make_catalog(backend: str, folder: Path) -> Catalog:
     if url:
         return await MongoCatalog.connect(f"{url.rstrip('/')}/tuplehub_test_{uuid.uuid4().hex[:12]}")
     catalog = MongoCatalog(memory_database())
-    await catalog.ensure_indexes()
+    await catalog.prepare()
     return catalog
 
 

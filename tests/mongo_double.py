@@ -60,6 +60,7 @@ class AsyncCollection:
 class AsyncDatabase:
     def __init__(self, database: Any) -> None:
         self._database = database
+        self.name: str = database.name
 
     def __getitem__(self, name: str) -> AsyncCollection:
         return AsyncCollection(self._database[name])

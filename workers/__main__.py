@@ -3,9 +3,11 @@
 ``tuplehub worker`` (deployments) and the worker that ``tuplehub serve`` supervises in the
 embedded default both run :func:`run`. Settings come from ``TUPLEHUB_*`` variables; the queue's
 URL (``TUPLEHUB_REDIS_URL``) travels in the environment, never on the command line, where other
-local accounts could read a password in it. On a signal, running jobs are handed back to the
-queue (they run again later and do not count as lost attempts); the exit status is 0 after a
-signal and 1 when the worker itself failed (Redis went away, say), so a supervisor restarts it.
+local accounts could read a password in it. On a signal the worker takes no new job and lets each
+running one finish its current step, for up to ``TUPLEHUB_SHUTDOWN_GRACE_S``; the job then hands
+itself back to the queue (another worker runs it again; the attempt does not count as lost). The
+exit status is 0 after a signal and 1 when the worker itself failed (Redis went away, say), so a
+supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import signal
 
 from tuplehub.storage.settings import Settings
-from tuplehub.workers.settings import build_worker, stop_worker
+from tuplehub.workers.settings import build_worker, drain_worker, stop_worker
 
 logger = logging.getLogger("tuplehub.workers")
 
@@ -41,7 +43,7 @@ async def run(settings: Settings, *, sole: bool = False) -> int:
     working.cancel()
     await asyncio.gather(working, signalled, return_exceptions=True)
     try:
-        await stop_worker(worker)
+        await (stop_worker(worker) if failed else drain_worker(worker, settings.shutdown_grace_s))
     except Exception as exc:  # its Redis is gone: nothing left to close cleanly
         logger.warning("the worker could not close cleanly: %s", exc)
         failed = True

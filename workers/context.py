@@ -2,7 +2,9 @@
 
 :func:`run_job` claims the catalog record, keeps its heartbeat, turns the outcome into a status
 (``succeeded``, ``failed`` with an error naming the problem, ``cancelled``) and decides what is
-worth retrying: an unreachable store is retried with backoff, bad input never is.
+worth retrying: an unreachable store is retried with backoff, bad input never is. A worker that is
+stopping (SIGTERM) lets each job finish the step it is in: the job's next checkpoint hands the
+attempt back to the queue, where another worker runs it again.
 """
 
 from __future__ import annotations
@@ -31,9 +33,14 @@ class AttemptSuperseded(Exception):
     """A newer attempt claimed the job (this one's heartbeat went stale): stop, touch nothing shared."""
 
 
+class WorkerStopping(Exception):
+    """The worker is stopping: the job hands its attempt back at this checkpoint, between two steps."""
+
+
 class WorkerContext(TypedDict, total=False):
     """Filled by ``on_startup``; Arq adds ``job_id`` and ``job_try`` (unused: the catalog counts attempts)."""
 
+    stopping: asyncio.Event  # set when the worker drains (see tuplehub.workers.settings.drain_worker)
     settings: Settings
     catalog: Catalog
     objects: ObjectStore
@@ -55,7 +62,10 @@ class JobRun:
         self.stuck = False  # set by the heartbeat when progress stalled past ``stuck_after_s``
 
     async def checkpoint(self, fraction: float, stage: str, message: str = "") -> None:
-        """Record progress; raise :class:`JobCancelled` if someone asked the job to stop."""
+        """Record progress; raise :class:`JobCancelled` if someone asked the job to stop, and
+        :class:`WorkerStopping` if its worker is stopping (the step before this one is done)."""
+        if "stopping" in self.ctx and self.ctx["stopping"].is_set():
+            raise WorkerStopping(f"its worker stopped at {fraction:.0%} ({stage})")
         current = await self.catalog.get_job(self.job.id)
         if current.attempts != self.job.attempts:
             raise AttemptSuperseded(f"attempt {current.attempts} took over")
@@ -108,6 +118,12 @@ async def run_job(ctx: WorkerContext, job_id: str, body: Body, *, timeout_s: flo
         await catalog.finish_job(job_id, JobStatus.cancelled)
     except AttemptSuperseded as exc:
         logger.warning("job %s attempt %d stops: %s", job_id, job.attempts, exc)  # the sweep drops its segment
+    except WorkerStopping as exc:
+        # Left in Arq's queue (Retry), so another worker takes it at once; the sweep drops its segment.
+        logger.info("job %s attempt %d handed back at a checkpoint: %s", job_id, job.attempts, exc)
+        with contextlib.suppress(Exception):  # unrecorded, the next claim counts this attempt as lost
+            await catalog.hand_back_job(job_id, attempt=job.attempts)
+        raise Retry() from exc
     except asyncio.CancelledError:
         if not run.stuck:  # the worker is stopping: hand the attempt back, it runs again later
             with contextlib.suppress(Exception):

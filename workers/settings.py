@@ -8,6 +8,7 @@ dies) in the embedded default, so a job that kills its process never takes the A
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from typing import Any
@@ -27,6 +28,8 @@ from tuplehub.workers.jobs.ingest import ingest
 from tuplehub.workers.jobs.metric_schedule import recompute_metrics
 from tuplehub.workers.jobs.metrics import metrics
 from tuplehub.workers.recovery import maintain
+
+logger = logging.getLogger("tuplehub.workers")
 
 # Seconds between queue polls: the latency a client sees between "complete upload" and "running".
 POLL_DELAY_S = 0.05
@@ -92,6 +95,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         queue_name=settings.queue_name,
         on_startup=startup,
         on_shutdown=shutdown,
+        ctx={"stopping": asyncio.Event()},
         handle_signals=handle_signals,
         burst=burst,
         max_jobs=settings.max_concurrent_jobs,
@@ -99,6 +103,20 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         keep_result=0,
         max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES,
     )
+
+
+async def drain_worker(worker: Worker, grace_s: float) -> None:
+    """Stop a worker gently (SIGTERM): it takes no new job, and each running job finishes its
+    current step and hands itself back at its next checkpoint (see ``run_job``). Jobs still
+    running after ``grace_s`` are stopped as :func:`stop_worker` stops them (handed back too)."""
+    worker.allow_pick_jobs = False
+    worker.ctx["stopping"].set()
+    running = [task for task in worker.tasks.values() if not task.done()]
+    if running:
+        logger.info("stopping: waiting up to %.0f s for %d running job(s) to reach a checkpoint", grace_s,
+                    len(running))
+        await asyncio.wait(running, timeout=grace_s)
+    await stop_worker(worker)
 
 
 async def stop_worker(worker: Worker) -> None:

@@ -118,11 +118,15 @@ class EmbeddedServer:
 
     async def run(self) -> None:
         from tuplehub.client.cli.supervisor import Supervisor, settings_environment
+        from tuplehub.storage.catalog import open_catalog
         from tuplehub.storage.embedded_redis import EmbeddedRedis
 
         self._loop = asyncio.get_running_loop()
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Opening the catalog migrates it (or refuses one a newer release upgraded) before anything
+        # serves: its error is then one line, not a traceback from inside the API's lifespan.
+        await (await open_catalog(settings.resolved_catalog_url())).aclose()
         redis = EmbeddedRedis(settings.data_dir / "redis") if settings.embedded_redis else None
         announce = settings.data_dir / SERVER_FILE
         supervisor: Supervisor | None = None
@@ -135,13 +139,15 @@ class EmbeddedServer:
 
             in_process = self.with_worker and not self.worker_process
             supervisor = Supervisor(redis, settings_environment(settings, redis_url)
-                                    if self.with_worker and self.worker_process else None)
+                                    if self.with_worker and self.worker_process else None,
+                                    stop_grace_s=settings.shutdown_grace_s)
             app = create_app(settings, redis_url)
             if redis is not None:
                 redis.wait_ready()
             app.state.supervision = supervisor
             config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                                    lifespan="on", timeout_graceful_shutdown=10)
+                                    lifespan="on",
+                                    timeout_graceful_shutdown=settings.shutdown_grace_s)
             self._server = server = uvicorn.Server(config)
             server.should_exit = self.stop_requested
             serving = asyncio.create_task(server.serve(sockets=[self.listener] if self.listener else None))

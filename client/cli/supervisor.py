@@ -39,7 +39,7 @@ FIRST_PAUSE_S = 0.5
 LONGEST_PAUSE_S = 30.0
 CALM_S = 60.0
 REDIS_RESTARTS = 3
-WORKER_STOP_S = 15.0
+WORKER_STOP_S = 15.0  # beyond its drain grace (TUPLEHUB_SHUTDOWN_GRACE_S), before a stopping worker is killed
 
 
 def settings_environment(settings: Settings, redis_url: str) -> dict[str, str]:
@@ -68,9 +68,11 @@ def _describe_exit(code: int) -> str:
 class Supervisor:
     """Starts, watches and stops the children of ``tuplehub serve``."""
 
-    def __init__(self, redis: EmbeddedRedis | None, worker_env: dict[str, str] | None) -> None:
+    def __init__(self, redis: EmbeddedRedis | None, worker_env: dict[str, str] | None, *,
+                 stop_grace_s: float = 0.0) -> None:
         self.redis = redis
         self.worker_env = worker_env
+        self.stop_wait_s = stop_grace_s + WORKER_STOP_S
         self.worker: subprocess.Popen[bytes] | None = None
         self.fatal: str | None = None
         self._state = {"redis": "ok"} if redis is not None else {}
@@ -146,11 +148,11 @@ class Supervisor:
         worker, self.worker = self.worker, None
         if worker is None or worker.poll() is not None:
             return
-        worker.terminate()  # the worker hands its running jobs back to the queue
+        worker.terminate()  # its jobs finish their current step and are handed back to the queue
         try:
-            await asyncio.to_thread(worker.wait, WORKER_STOP_S)
+            await asyncio.to_thread(worker.wait, self.stop_wait_s)
         except subprocess.TimeoutExpired:
-            logger.warning("the worker did not stop within %.0f s; killing it", WORKER_STOP_S)
+            logger.warning("the worker did not stop within %.0f s; killing it", self.stop_wait_s)
             worker.kill()
             await asyncio.to_thread(worker.wait, WORKER_STOP_S)
 

@@ -9,9 +9,13 @@ Indexes and unique constraints are created at start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
+import socket
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -20,6 +24,7 @@ from tuplehub.storage.access import StoredRecord
 from tuplehub.storage.blocks import BlockRecord
 from tuplehub.storage.catalog.base import NAMESPACES, M, ReadScope, RecordKind, check_fields
 from tuplehub.storage.catalog.jobstate import cancel, claim, finish, hand_back, update
+from tuplehub.storage.catalog.migrations import MIGRATIONS, Migration, pending
 from tuplehub.storage.errors import Conflict, NotFound, StoreUnavailable
 from tuplehub.storage.filters.prune import Constraint
 from tuplehub.storage.models import (
@@ -39,6 +44,11 @@ _OPS = {"lt": "$lt", "le": "$lte", "gt": "$gt", "ge": "$gte", "eq": "$eq"}
 _CAS_ATTEMPTS = 50
 _ID_CHUNK = 1000
 _AFTER = True  # pymongo.ReturnDocument.AFTER, without importing the driver at module load
+# The migration lock: held while its owner renews it every third of its life, so a process that
+# died migrating frees it within a minute; waiters look again every half second for ten minutes.
+_LOCK_TTL_S = 60.0
+_LOCK_POLL_S = 0.5
+_MIGRATION_WAIT_S = 600.0
 
 # collection -> [(keys, options)]
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
@@ -80,8 +90,76 @@ class MongoCatalog:
 
         client = AsyncMongoClient(url, tz_aware=True, serverSelectionTimeoutMS=10_000)
         catalog = cls(client.get_default_database(default="tuplehub"), client)
-        await catalog.ensure_indexes()
+        try:
+            await catalog.prepare()
+        except BaseException:
+            await catalog.aclose()
+            raise
         return catalog
+
+    async def prepare(self) -> None:
+        """What every start does: migrate (or refuse a newer catalog), then make sure of the indexes."""
+        await self.migrate()
+        await self.ensure_indexes()
+
+    async def migrate(self, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+        """Bring the database to the code's schema version; the versions this call applied.
+
+        The version lives in ``meta``'s ``schema`` document. Pending migrations run only while
+        this process holds ``meta``'s ``migration-lock`` document, taken by one atomic
+        ``find_one_and_update`` (free, or past its expiry); replicas starting together wait for
+        the holder and then find the version current. Each migration's version is recorded as
+        soon as it is done, so a holder that dies leaves only its unfinished one to run again.
+        """
+        where = f"MongoDB database {self.db.name!r}"
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        deadline = asyncio.get_running_loop().time() + _MIGRATION_WAIT_S
+        while True:
+            if not pending(await self._schema_version(), where, migrations):
+                return []
+            if await self._take_lock(owner):
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                holder = await self.db.meta.find_one({"_id": "migration-lock"}) or {}
+                raise StoreUnavailable(f"{where}: {holder.get('owner')} has been migrating the catalog for "
+                                       f"over {_MIGRATION_WAIT_S:.0f} s")
+            await asyncio.sleep(_LOCK_POLL_S)
+        renewing = asyncio.create_task(self._renew_lock(owner))
+        try:
+            applied = []
+            for step in pending(await self._schema_version(), where, migrations):
+                await step.mongo(self.db)
+                await self.db.meta.update_one({"_id": "schema"}, {"$set": {"version": step.version}}, upsert=True)
+                applied.append(step.version)
+            return applied
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            await self.db.meta.update_one({"_id": "migration-lock", "owner": owner}, {"$set": {"owner": None}})
+
+    async def _schema_version(self) -> int:
+        doc = await self.db.meta.find_one({"_id": "schema"})
+        return 0 if doc is None else int(doc["version"])
+
+    async def _take_lock(self, owner: str) -> bool:
+        now = utcnow()
+        try:
+            doc = await self.db.meta.find_one_and_update(
+                {"_id": "migration-lock", "$or": [{"owner": None}, {"expires_at": {"$lt": now}}]},
+                {"$set": {"owner": owner, "expires_at": now + timedelta(seconds=_LOCK_TTL_S)}},
+                upsert=True, return_document=_AFTER)
+        except Exception as exc:
+            if _is_duplicate(exc):  # held: the upsert found the document but not free
+                return False
+            raise
+        return doc is not None and doc["owner"] == owner
+
+    async def _renew_lock(self, owner: str) -> None:
+        while True:
+            await asyncio.sleep(_LOCK_TTL_S / 3)
+            await self.db.meta.update_one({"_id": "migration-lock", "owner": owner}, {
+                "$set": {"expires_at": utcnow() + timedelta(seconds=_LOCK_TTL_S)}})
 
     async def ensure_indexes(self) -> None:
         for collection, indexes in INDEXES.items():

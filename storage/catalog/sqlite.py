@@ -31,6 +31,7 @@ from tuplehub.storage.access import StoredRecord
 from tuplehub.storage.blocks import BlockRecord
 from tuplehub.storage.catalog.base import NAMESPACES, M, ReadScope, RecordKind, check_fields, sort_stamp
 from tuplehub.storage.catalog.jobstate import cancel, claim, finish, hand_back, update
+from tuplehub.storage.catalog.migrations import MIGRATIONS, Migration, pending
 from tuplehub.storage.errors import ConfigError, Conflict, NotFound, StoreUnavailable
 from tuplehub.storage.filters.prune import Constraint
 from tuplehub.storage.models import (
@@ -80,6 +81,8 @@ CREATE INDEX IF NOT EXISTS records_by_dataset ON records (kind, json_extract(doc
 
 _OPS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "="}
 _CLOSE_WAIT_S = 30  # how long aclose waits for a call in progress to give its connection back
+# How long a start waits for another process's migration (each try waits busy_timeout, 30 s, first).
+_MIGRATION_WAIT_S = 600
 _POOL_SIZE = 4
 
 
@@ -124,6 +127,11 @@ class SQLiteCatalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         catalog = cls(path)
         await asyncio.to_thread(catalog._open)
+        try:
+            await catalog.migrate()
+        except BaseException:
+            await catalog.aclose()
+            raise
         return catalog
 
     def _open(self) -> None:
@@ -136,7 +144,32 @@ class SQLiteCatalog:
             conn.execute("PRAGMA busy_timeout = 30000")
             self._all.append(conn)
             self._connections.put(conn)
-        self._all[0].executescript(_SCHEMA)
+
+    async def migrate(self, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+        """Bring the file to the code's schema version; the versions this call applied.
+
+        One write transaction (``BEGIN IMMEDIATE``) reads the version, creates what is missing,
+        runs the pending migrations and records the new version: a second process starting at
+        the same time waits for SQLite's write lock and then finds nothing left to do, and a
+        migration cut short by a crash leaves the file as it was.
+        """
+        def work(conn: sqlite3.Connection) -> list[int]:
+            steps = pending(conn.execute("PRAGMA user_version").fetchone()[0], str(self.path), migrations)
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            for step in steps:
+                step.sqlite(conn)
+            if steps:
+                conn.execute(f"PRAGMA user_version = {int(steps[-1].version)}")
+            return [step.version for step in steps]
+
+        deadline = asyncio.get_running_loop().time() + _MIGRATION_WAIT_S
+        while True:
+            try:
+                return await self._run(work, write=True)
+            except StoreUnavailable as exc:  # busy_timeout passed while another process migrates
+                if "locked" not in str(exc.__cause__) or asyncio.get_running_loop().time() > deadline:
+                    raise
 
     async def _run(self, work: Callable[[sqlite3.Connection], R], *, write: bool = False) -> R:
         def call() -> R:
