@@ -68,7 +68,10 @@ def _tcp_ports(server: EmbeddedRedis) -> list[int]:
     """TCP ports the process holds open (none expected)."""
     inodes = set()
     for fd in Path(f"/proc/{server.process.pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed while we looked
+            continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     ports = []

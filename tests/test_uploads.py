@@ -79,6 +79,7 @@ def _interrupt_after(hub: Client, parts: int) -> None:
     """Press Ctrl-C (SIGINT to the main thread) once ``parts`` parts have been received."""
     main = threading.main_thread().ident
     received = []
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever an earlier test in this process left
 
     def answer(response: httpx.Response) -> None:
         if response.request.method == "PUT" and "/parts/" in response.request.url.path:
