@@ -60,6 +60,10 @@ class Queue:
         keys = (JOB_KEY + job_id, IN_PROGRESS_KEY + job_id, RESULT_KEY + job_id)
         return bool(await self.pool.exists(*keys))
 
+    async def depth(self) -> int:
+        """Jobs waiting in the queue: Arq keeps it as a sorted set, deferred retries included."""
+        return int(await self.pool.zcard(self.queue_name))
+
     async def release(self, job_id: str) -> None:
         """Forget that a dead worker was running the job, so a live worker may start it again."""
         await self.pool.delete(IN_PROGRESS_KEY + job_id)

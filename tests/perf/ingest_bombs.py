@@ -66,6 +66,7 @@ async def ingest_once(upload: Path, folder: Path) -> dict[str, object]:
     from tuplehub.storage.settings import Settings
     from tuplehub.workers.context import WorkerContext
     from tuplehub.workers.jobs.ingest import ingest
+    from tuplehub.workers.monitoring import WorkerMonitor
 
     settings = Settings(_env_file=None, data_dir=folder, redis_url="redis://unused", auto_metrics=False)
     catalog = await open_catalog(settings.resolved_catalog_url())
@@ -80,7 +81,8 @@ async def ingest_once(upload: Path, folder: Path) -> dict[str, object]:
     job = await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="local", params={
         "upload_id": session.id, "dataset_id": dataset.id, "dataset": dataset.name, "mode": "append"}))
     started = time.perf_counter()
-    await ingest(WorkerContext(settings=settings, catalog=catalog, objects=objects, worker_id="perf"), job.id)
+    await ingest(WorkerContext(settings=settings, catalog=catalog, objects=objects, worker_id="perf",
+                         monitor=WorkerMonitor()), job.id)
     seconds = time.perf_counter() - started
     done = await catalog.get_job(job.id)
     await catalog.aclose()
