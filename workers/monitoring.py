@@ -18,7 +18,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -28,6 +28,7 @@ from tuplehub.storage.queue import Queue
 
 logger = logging.getLogger("tuplehub.workers")
 # Seconds: from a metrics job of a few ms to an hour-long ingest (the default job timeout).
+disable_created_metrics()  # as the API does: no ``_created`` gauge beside every counter
 JOB_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
 QUEUE_TIMEOUT_S = 2.0  # a scrape that cannot reach Redis in this time reports no queue depth
 # What each kind's result says it moved: (result key of rows, result key of bytes).
@@ -123,8 +124,8 @@ class _QueueDepth(Collector):
 
     @staticmethod
     def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily("tuplehub_queue_depth", "Jobs waiting in the queue (Redis), deferred retries "
-                                 "included; the same for every worker of one queue.")
+        return GaugeMetricFamily("tuplehub_queue_depth", "Jobs waiting in the queue that may start now (deferred "
+                                 "retries left out); the same for every worker of one queue.")
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
