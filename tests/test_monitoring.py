@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from tuplehub.storage.models import JobStatus
 
 from .conftest import admin_token, api, hub_server_with, new_user
 from .factories import episode_arrays
-from .processes import free_port
+from .processes import Processes, embedded_client, free_port, isolated_env, start_serve, stop, wait_for_server
 
 TOKEN = "metrics-token-for-the-tests-0123"
 hub_server = hub_server_with(metrics_token=TOKEN, worker_metrics_port=free_port(), auto_metrics=False)
@@ -195,3 +196,30 @@ def test_text_lines_carry_the_context_and_json_lines_the_traceback() -> None:
     assert text.getvalue().rstrip().endswith(f"job j1 slow job_id=j1 trace_id={TRACE_ID} kind=ingest")
     line = json.loads(as_json.getvalue())
     assert (line["message"], line["level"], line["job_id"], line["kind"]) == ("job j1 slow", "warning", "j1", "ingest")
+
+
+@pytest.mark.e2e
+def test_serve_logs_json_lines_and_its_worker_process_carries_the_trace(tmp_path: Path, running: Processes) -> None:
+    """Across processes: the API in ``tuplehub serve``, the job in the worker child it supervises."""
+    env = isolated_env(tmp_path / "config", TUPLEHUB_LOG_FORMAT="json", TUPLEHUB_LOG_LEVEL="INFO",
+                       TUPLEHUB_AUTO_METRICS="false")
+    data_dir, log = tmp_path / "data", tmp_path / "serve.log"
+    server = running.add(start_serve(data_dir, env=env, log=log, args=("--json",)))
+    url = wait_for_server(data_dir, server, log)
+    with embedded_client(data_dir, env) as hub:
+        hub.datasets.create("traced").upload(episode_arrays(episodes=2, length=5)).wait(timeout=60)
+        token = hub.tokens.create("trace").token
+    with httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+        job_id = http.post("/datasets/traced/exports", json={}, headers={"traceparent": TRACEPARENT}).json()["id"]
+        for _ in range(600):
+            if http.get(f"/jobs/{job_id}").json()["status"] == JobStatus.succeeded:
+                break
+            time.sleep(0.1)
+    time.sleep(0.5)
+    assert stop(server) == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # every line, prints included
+    job_lines = [line for line in lines if line.get("job_id") == job_id]
+    assert [line["message"] for line in job_lines] == ["job started", "job ended"]
+    assert {line["trace_id"] for line in job_lines} == {TRACE_ID}
+    assert any(line.get("route") == "/api/v1/datasets/{name}/exports" and line["trace_id"] == TRACE_ID
+               for line in lines)
