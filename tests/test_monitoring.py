@@ -11,14 +11,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+from arq import Retry
 from prometheus_client.parser import text_string_to_metric_families
 
 from tuplehub.client import Client
 from tuplehub.client.cli.server import EmbeddedServer
 from tuplehub.storage import logs
-from tuplehub.storage.models import JobStatus
+from tuplehub.storage.catalog import open_catalog
+from tuplehub.storage.errors import InvalidUpload, StoreUnavailable
+from tuplehub.storage.models import JobKind, JobRecord, JobStatus
+from tuplehub.storage.objects import open_object_store
+from tuplehub.workers.context import JobRun, WorkerContext, run_job
+from tuplehub.workers.monitoring import WorkerMonitor
 
-from .conftest import admin_token, api, hub_server_with, new_user
+from .conftest import admin_token, api, hub_server_with, make_settings, new_user
 from .factories import episode_arrays
 from .processes import Processes, embedded_client, free_port, isolated_env, start_serve, stop, wait_for_server
 
@@ -223,3 +229,43 @@ def test_serve_logs_json_lines_and_its_worker_process_carries_the_trace(tmp_path
     assert {line["trace_id"] for line in job_lines} == {TRACE_ID}
     assert any(line.get("route") == "/api/v1/datasets/{name}/exports" and line["trace_id"] == TRACE_ID
                for line in lines)
+
+
+async def test_each_attempt_is_counted_once_with_its_outcome(tmp_path: Path) -> None:
+    """A failure, a retry after an outage, a success: one count each, under the outcome that ended it."""
+    settings = make_settings(tmp_path, "redis://unused", job_max_tries=3)
+    catalog = await open_catalog(settings.resolved_catalog_url())
+    monitor = WorkerMonitor()
+    ctx = WorkerContext(settings=settings, catalog=catalog, worker_id="test", monitor=monitor,
+                        objects=open_object_store(settings.resolved_objects_url()))
+
+    async def bad_input(run: JobRun) -> dict[str, object]:
+        raise InvalidUpload("reward is NaN in row 3", column="reward", row=3)
+
+    async def outage(run: JobRun) -> dict[str, object]:
+        raise StoreUnavailable("catalog: connection refused")
+
+    async def fine(run: JobRun) -> dict[str, object]:
+        return {"rows": 7, "bytes": 1234}
+
+    try:
+        for kind, body in ((JobKind.ingest, bad_input), (JobKind.export, outage), (JobKind.export, fine)):
+            job = await catalog.create_job(JobRecord(kind=kind, owner="u1"))
+            if body is outage:
+                with pytest.raises(Retry):
+                    await run_job(ctx, job.id, body, timeout_s=30)
+            else:
+                await run_job(ctx, job.id, body, timeout_s=30)
+        assert (await catalog.get_job(job.id)).status == JobStatus.succeeded
+    finally:
+        await catalog.aclose()
+    samples = {(s.name, frozenset(s.labels.items())): s.value
+               for family in monitor.registry.collect() for s in family.samples}
+    assert value(samples, "tuplehub_jobs_total", kind="ingest", outcome="failed") == 1
+    assert value(samples, "tuplehub_jobs_total", kind="export", outcome="retrying") == 1
+    assert value(samples, "tuplehub_jobs_total", kind="export", outcome="succeeded") == 1
+    assert value(samples, "tuplehub_job_attempts_total", kind="export") == 2  # one each: two export jobs
+    assert value(samples, "tuplehub_job_rows_total", kind="export") == 7
+    assert value(samples, "tuplehub_job_bytes_total", kind="export") == 1234
+    assert value(samples, "tuplehub_job_rows_total", kind="ingest") == 0  # a failed job moved nothing
+    assert value(samples, "tuplehub_jobs_running", kind="export") == 0
