@@ -197,6 +197,7 @@ async def test_requeue_finds_lost_and_abandoned_jobs(ctx: WorkerContext) -> None
     assert await queue.knows(abandoned.id)  # back in the queue for a live worker
     assert await queue.pool.exists(f"arq:in-progress:{alive.id}")  # a live job is left alone
     assert await requeue_lost_jobs(ctx) == 1  # the abandoned one is still silent; the lost one is queued now
+    assert ctx["monitor"].registry.get_sample_value("tuplehub_jobs_lost_total", {"kind": "ingest"}) == 2
 
 
 async def test_expired_uploads_are_aborted(ctx: WorkerContext) -> None:

@@ -51,6 +51,8 @@ class WorkerMonitor:
                              registry=self.registry)
         self.stuck = Counter("tuplehub_jobs_stuck", "Jobs stopped because their progress did not move for "
                              "TUPLEHUB_STUCK_AFTER_S.", ["kind"], registry=self.registry)
+        self.lost = Counter("tuplehub_jobs_lost", "Running jobs whose worker went silent (its heartbeat stopped), "
+                            "found by this worker's recovery sweep and run again.", ["kind"], registry=self.registry)
         self.rows = Counter("tuplehub_job_rows", "Rows moved by succeeded jobs: ingested (ingest, derive) or "
                             "exported (export).", ["kind"], registry=self.registry)
         self.bytes = Counter("tuplehub_job_bytes", "Bytes moved by succeeded jobs: uploads ingested, export "
