@@ -269,3 +269,19 @@ async def test_each_attempt_is_counted_once_with_its_outcome(tmp_path: Path) -> 
     assert value(samples, "tuplehub_job_bytes_total", kind="export") == 1234
     assert value(samples, "tuplehub_job_rows_total", kind="ingest") == 0  # a failed job moved nothing
     assert value(samples, "tuplehub_jobs_running", kind="export") == 0
+
+
+def test_readiness_names_the_dependency_that_fails(tmp_path: Path, redis_url: str, s3_endpoint: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuplehub.client.cli.server import serve_in_thread
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    settings = make_settings(tmp_path, redis_url, objects_url="s3://no-such-bucket/data", s3_endpoint_url=s3_endpoint,
+                             s3_region="us-east-1")
+    with serve_in_thread(settings) as server:
+        response = httpx.get(f"{server.url}/api/v1/health/ready", timeout=30)
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert (checks["catalog"], checks["queue"]) == ("ok", "ok")
+    assert checks["objects"].startswith("failing: object store s3://no-such-bucket")
