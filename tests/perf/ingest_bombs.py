@@ -66,8 +66,13 @@ async def ingest_once(upload: Path, folder: Path) -> dict[str, object]:
     from tuplehub.storage.settings import Settings
     from tuplehub.workers.context import WorkerContext
     from tuplehub.workers.jobs.ingest import ingest
-    from tuplehub.workers.monitoring import WorkerMonitor
 
+    try:
+        from tuplehub.workers.monitoring import WorkerMonitor
+
+        monitor: dict[str, object] = {"monitor": WorkerMonitor()}
+    except ImportError:  # the reference revision predates worker metrics
+        monitor = {}
     settings = Settings(_env_file=None, data_dir=folder, redis_url="redis://unused", auto_metrics=False)
     catalog = await open_catalog(settings.resolved_catalog_url())
     objects = open_object_store(settings.resolved_objects_url())
@@ -82,7 +87,7 @@ async def ingest_once(upload: Path, folder: Path) -> dict[str, object]:
         "upload_id": session.id, "dataset_id": dataset.id, "dataset": dataset.name, "mode": "append"}))
     started = time.perf_counter()
     await ingest(WorkerContext(settings=settings, catalog=catalog, objects=objects, worker_id="perf",
-                         monitor=WorkerMonitor()), job.id)
+                               **monitor), job.id)  # type: ignore[typeddict-item]
     seconds = time.perf_counter() - started
     done = await catalog.get_job(job.id)
     await catalog.aclose()
