@@ -34,7 +34,9 @@ from tuplehub.storage.errors import Unauthenticated
 from tuplehub.storage.settings import Settings
 
 logger = logging.getLogger("tuplehub.api.access")
-UNMATCHED = "unmatched"  # the route label of a request no route matched (a 404): one series, whatever the path
+# The route label of a request no route took (an unknown path; a body refused for its size before routing):
+# one series, whatever the path.
+UNMATCHED = "unmatched"
 # Seconds; the tail is long because downloads stream through some routes.
 # A ``_created`` gauge beside every counter doubles the series and tells Prometheus nothing it uses.
 disable_created_metrics()
