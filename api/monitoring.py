@@ -37,6 +37,8 @@ logger = logging.getLogger("tuplehub.api.access")
 # The route label of a request no route took (an unknown path; a body refused for its size before routing):
 # one series, whatever the path.
 UNMATCHED = "unmatched"
+# Any other method (WebDAV's, or any token a more lenient HTTP parser lets through) is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Seconds; the tail is long because downloads stream through some routes.
 # A ``_created`` gauge beside every counter doubles the series and tells Prometheus nothing it uses.
 disable_created_metrics()
@@ -101,7 +103,7 @@ class Observe:
 
     def _record(self, scope: Scope, status: int, seconds: float, received: int, sent: int) -> None:
         route = route_template(scope)
-        method = scope["method"]
+        method = scope["method"] if scope["method"] in METHODS else "other"
         self.metrics.requests.labels(route, method, str(status)).inc()
         self.metrics.latency.labels(route, method).observe(seconds)
         endpoint = scope.get("endpoint")

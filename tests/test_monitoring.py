@@ -87,6 +87,7 @@ def test_requests_are_counted_by_route_template_and_name_nobody(hub_server: Embe
         for name in (unique_name, unique_name, f"{unique_name}-missing"):
             http.get(f"/datasets/{name}")
         assert http.get(f"/no/such/{unique_name}").status_code == 404
+        http.request("PROPFIND", "/health/live")  # WebDAV and the like: one "other" series for them all
     text, after = scrape(f"{hub_server.url}/metrics")
     route = "/api/v1/datasets/{name}"
     counted = "tuplehub_http_requests_total"
@@ -96,6 +97,8 @@ def test_requests_are_counted_by_route_template_and_name_nobody(hub_server: Embe
         value(before, counted, route=route, method="GET", status="404") == 1
     assert value(after, counted, route="unmatched", method="GET", status="404") >= 1
     assert value(after, "tuplehub_http_request_duration_seconds_count", route=route, method="GET") >= 3
+    assert value(after, counted, route="/api/v1/health/live", method="other", status="405") == 1
+    assert "PROPFIND" not in text
     assert unique_name not in text
     assert user not in text
     assert "admin" not in text
