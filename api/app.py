@@ -12,7 +12,7 @@ from typing import TypedDict
 
 from fastapi import APIRouter, FastAPI
 
-from tuplehub.api import docs, middleware, problems
+from tuplehub.api import docs, middleware, monitoring, problems
 from tuplehub.api.access.bootstrap import bootstrap
 from tuplehub.api.access.ratelimit import LoginLimiter
 from tuplehub.api.access.tokens import Signer
@@ -80,6 +80,7 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
     docs.install(app, API_PREFIX)
     problems.install(app)
     middleware.install(app, settings)
+    monitoring.install(app, settings)  # last: it wraps everything, refusals included
     api = APIRouter(prefix=API_PREFIX)
     for module in (auth, users, groups, roles, tokens, audit, benchmarks, artifacts, datasets, derive, uploads,
                    exports, metrics, jobs, health):

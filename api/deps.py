@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from tuplehub.api.access.principal import Principal, authenticate
 from tuplehub.api.access.ratelimit import LoginLimiter
 from tuplehub.api.access.tokens import Signer
+from tuplehub.storage import logs
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Unauthenticated
 from tuplehub.storage.objects import ObjectStore
@@ -56,6 +57,7 @@ Documented = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 async def get_reader(request: Request, _: Documented) -> Principal:
     """The caller of a read route: anonymous only where the deployment allows anonymous reads."""
     caller = await authenticate(request.state.catalog, request.state.signer, request.headers.get("authorization"))
+    logs.annotate(user=caller.id)
     if not caller.signed_in and not request.state.settings.anonymous_read:
         raise Unauthenticated("sign in first: send 'Authorization: Bearer <token>'")
     return caller
@@ -63,6 +65,7 @@ async def get_reader(request: Request, _: Documented) -> Principal:
 
 async def get_caller(request: Request, _: Documented) -> Principal:
     caller = await authenticate(request.state.catalog, request.state.signer, request.headers.get("authorization"))
+    logs.annotate(user=caller.id)
     if not caller.signed_in:
         raise Unauthenticated("sign in first: send 'Authorization: Bearer <token>'")
     return caller

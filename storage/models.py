@@ -15,6 +15,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, model_validator
 
+from tuplehub.storage import logs
 from tuplehub.storage.filters.language import Filter
 from tuplehub.storage.schema import TupleSchema
 
@@ -358,6 +359,8 @@ class JobRecord(BaseModel):
     # Attempts whose worker process died before recording an outcome, and when progress last moved.
     lost: int = 0
     progress_at: datetime | None = None
+    # The trace of the request (or job) that created this job, so the job's log lines carry it too.
+    trace_id: str | None = Field(default_factory=lambda: logs.current("trace_id"))
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None

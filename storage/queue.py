@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,13 @@ class Queue:
         """Whether Redis still carries the job (queued, running, or finished a moment ago)."""
         keys = (JOB_KEY + job_id, IN_PROGRESS_KEY + job_id, RESULT_KEY + job_id)
         return bool(await self.pool.exists(*keys))
+
+    async def depth(self) -> int:
+        """Jobs waiting in the queue whose time has come; retries deferred to later are left out.
+
+        Arq keeps the queue as a sorted set scored by when each job may start, in milliseconds.
+        """
+        return int(await self.pool.zcount(self.queue_name, "-inf", int(time.time() * 1000)))
 
     async def release(self, job_id: str) -> None:
         """Forget that a dead worker was running the job, so a live worker may start it again."""

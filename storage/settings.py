@@ -16,6 +16,8 @@ import platformdirs
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tuplehub.storage.logs import LogFormat
+
 DEFAULT_PORT = 8470
 DEFAULT_CONCURRENT_JOBS = 2
 
@@ -119,6 +121,19 @@ class Settings(BaseSettings):
     quota_concurrent_jobs: int | None = Field(None, ge=0, description="Most jobs one user may have queued or running.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; none by default.")
     hsts: bool = Field(False, description="Send Strict-Transport-Security (set when served over HTTPS).")
+
+    # Monitoring (issue 12): logs, and Prometheus metrics on the API and on each worker.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description=(
+        "Lowest level logged; INFO adds one line per request and per job event."))
+    log_format: LogFormat = Field("auto", description=(
+        "json: one JSON object a line; text: for people; auto: text on a terminal, JSON otherwise."))
+    metrics_token: SecretStr | None = Field(None, min_length=16, description=(
+        "Bearer token Prometheus sends to read /metrics (API) and the workers' metrics port; "
+        "unset: the API serves no /metrics."))
+    worker_metrics_port: int | None = Field(None, ge=0, le=65535, description=(
+        "Port on which each worker process serves its Prometheus metrics; unset: none."))
+    worker_metrics_host: str = Field("127.0.0.1", description=(
+        "Address of the workers' metrics port; 0.0.0.0 in a container, on the internal network only."))
 
     def resolved_catalog_url(self) -> str:
         return self.catalog_url or f"sqlite:///{self.data_dir / 'catalog.db'}"

@@ -30,6 +30,7 @@ from tuplehub.workers.context import JobRun, WorkerContext
 from tuplehub.workers.jobs import ingest as ingest_module
 from tuplehub.workers.jobs.export import export
 from tuplehub.workers.jobs.ingest import ingest
+from tuplehub.workers.monitoring import WorkerMonitor
 from tuplehub.workers.recovery import expire_uploads, requeue_lost_jobs, sweep_segments
 
 from .conftest import make_settings
@@ -43,7 +44,7 @@ async def ctx(tmp_path: Path, redis_url: str) -> AsyncIterator[WorkerContext]:
     queue = await Queue.connect(redis_url, settings.queue_name)
     try:
         yield WorkerContext(settings=settings, catalog=catalog, queue=queue, worker_id="test", job_try=1,
-                            objects=open_object_store(settings.resolved_objects_url()))
+                            objects=open_object_store(settings.resolved_objects_url()), monitor=WorkerMonitor())
     finally:
         await queue.aclose()
         await catalog.aclose()
@@ -196,6 +197,7 @@ async def test_requeue_finds_lost_and_abandoned_jobs(ctx: WorkerContext) -> None
     assert await queue.knows(abandoned.id)  # back in the queue for a live worker
     assert await queue.pool.exists(f"arq:in-progress:{alive.id}")  # a live job is left alone
     assert await requeue_lost_jobs(ctx) == 1  # the abandoned one is still silent; the lost one is queued now
+    assert ctx["monitor"].registry.get_sample_value("tuplehub_jobs_lost_total", {"kind": "ingest"}) == 2
 
 
 async def test_expired_uploads_are_aborted(ctx: WorkerContext) -> None:

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import signal
 
+from tuplehub.storage.logs import configure_logging
 from tuplehub.storage.settings import Settings
 from tuplehub.workers.settings import build_worker, drain_worker, stop_worker
 
@@ -50,19 +51,15 @@ async def run(settings: Settings, *, sole: bool = False) -> int:
     return 1 if failed else 0
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("arq").setLevel(logging.WARNING)  # a line per job start and end is noise on a laptop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tuplehub.workers", description=__doc__.splitlines()[0])
     parser.add_argument("--sole", action="store_true",
                         help="no other worker serves this queue (set by tuplehub serve)")
     sole = parser.parse_args().sole
-    configure_logging()
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
     with contextlib.suppress(KeyboardInterrupt):
-        raise SystemExit(asyncio.run(run(Settings(), sole=sole)))
+        raise SystemExit(asyncio.run(run(settings, sole=sole)))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypedDict
 
 from arq import Retry
 
+from tuplehub.storage import logs
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.catalog.jobstate import stalled
 from tuplehub.storage.errors import JobCancelled, NotFound, TuplehubError, is_unavailable
@@ -25,6 +28,7 @@ from tuplehub.storage.models import JobRecord, JobStatus, utcnow
 from tuplehub.storage.objects import ObjectStore
 from tuplehub.storage.queue import Queue
 from tuplehub.storage.settings import Settings
+from tuplehub.workers.monitoring import WorkerMonitor
 
 logger = logging.getLogger("tuplehub.workers")
 
@@ -45,6 +49,7 @@ class WorkerContext(TypedDict, total=False):
     catalog: Catalog
     objects: ObjectStore
     queue: Queue
+    monitor: WorkerMonitor
     worker_id: str
     job_id: str
     job_try: int
@@ -86,22 +91,53 @@ async def run_job(ctx: WorkerContext, job_id: str, body: Body, *, timeout_s: flo
 
     Attempts are counted in the catalog (each claim adds one), so a job whose worker keeps dying
     (killed for memory, say) fails after ``job_max_tries`` claims instead of looping for ever.
+    Every line logged meanwhile carries the job's id, its owner and the trace id of the request that
+    started it; each attempt is counted once in the worker's metrics, when it ends.
     """
-    catalog, settings = ctx["catalog"], ctx["settings"]
-    try:
-        job = await catalog.claim_job(job_id, worker=ctx["worker_id"])
-    except NotFound:
-        logger.warning("job %s is not in the catalog; dropping it", job_id)
-        return
-    if job is None:  # finished, or cancelled before this attempt could start
-        current = await catalog.get_job(job_id)
-        if current.status == JobStatus.cancelled or current.cancel_requested:
-            await _cleanup(cleanup, JobRun(ctx, current))
-            await catalog.finish_job(job_id, JobStatus.cancelled)
-        return
-    run = JobRun(ctx, job)
+    catalog = ctx["catalog"]
+    with logs.log_context(job_id=job_id):
+        try:
+            job = await catalog.claim_job(job_id, worker=ctx["worker_id"])
+        except NotFound:
+            logger.warning("job %s is not in the catalog; dropping it", job_id)
+            return
+        if job is None:  # finished, or cancelled before this attempt could start
+            current = await catalog.get_job(job_id)
+            if current.status == JobStatus.cancelled or current.cancel_requested:
+                await _cleanup(cleanup, JobRun(ctx, current))
+                await catalog.finish_job(job_id, JobStatus.cancelled)
+            return
+        logs.annotate(trace_id=job.trace_id or logs.new_trace_id(), user=job.owner)
+        monitor = ctx["monitor"]
+        monitor.started(job.kind)
+        logger.info("job started", extra={"kind": job.kind.value, "attempt": job.attempts})
+        started = time.monotonic()
+        ending = _Ending()
+        try:
+            await _attempt(JobRun(ctx, job), body, timeout_s, cleanup, ending)
+        finally:
+            seconds = time.monotonic() - started
+            monitor.ended(job.kind, ending.outcome, seconds, ending.result)
+            logger.info("job ended", extra={"kind": job.kind.value, "attempt": job.attempts,
+                                            "outcome": ending.outcome, "duration_s": round(seconds, 3),
+                                            **({"error": ending.error} if ending.error else {})})
+
+
+@dataclass
+class _Ending:
+    """How an attempt ended; "failed" until a branch says otherwise (the catalog went away, say)."""
+
+    outcome: str = "failed"
+    result: dict[str, Any] | None = None
+    error: str | None = None  # the failed job's error code
+
+
+async def _attempt(run: JobRun, body: Body, timeout_s: float, cleanup: Cleanup | None, ending: _Ending) -> None:
+    job, catalog, settings = run.job, run.catalog, run.settings
+    job_id = job.id
     if job.lost >= settings.job_max_tries:
         await _cleanup(cleanup, run)
+        ending.error = "max-attempts"
         await catalog.finish_job(job_id, JobStatus.failed, error={
             "code": "max-attempts", "attempts": job.attempts - 1,
             "detail": f"the worker process died while running this job {job.lost} times; it is not run again"})
@@ -116,28 +152,40 @@ async def run_job(ctx: WorkerContext, job_id: str, body: Body, *, timeout_s: flo
     except JobCancelled:
         await _cleanup(cleanup, run)
         await catalog.finish_job(job_id, JobStatus.cancelled)
+        ending.outcome = "cancelled"
     except AttemptSuperseded as exc:
         logger.warning("job %s attempt %d stops: %s", job_id, job.attempts, exc)  # the sweep drops its segment
+        ending.outcome = "superseded"
     except WorkerStopping as exc:
         # Left in Arq's queue (Retry), so another worker takes it at once; the sweep drops its segment.
         logger.info("job %s attempt %d handed back at a checkpoint: %s", job_id, job.attempts, exc)
+        ending.outcome = "handed_back"
         with contextlib.suppress(Exception):  # unrecorded, the next claim counts this attempt as lost
             await catalog.hand_back_job(job_id, attempt=job.attempts)
         raise Retry() from exc
     except asyncio.CancelledError:
         if not run.stuck:  # the worker is stopping: hand the attempt back, it runs again later
+            ending.outcome = "handed_back"
             with contextlib.suppress(Exception):
                 await catalog.hand_back_job(job_id, attempt=job.attempts)
             raise
+        run.ctx["monitor"].stuck.labels(job.kind).inc()
+        ending.error = "stuck"
         await _cleanup(cleanup, run)
         await catalog.finish_job(job_id, JobStatus.failed, error={
             "code": "stuck", "stage": run.job.progress.stage,
             "detail": f"the job made no progress for {settings.stuck_after_s:.0f} s (TUPLEHUB_STUCK_AFTER_S) "
                       "and was stopped"})
     except Exception as exc:
-        await _failed(run, exc, timed_out=deadline.expired(), timeout_s=timeout_s, cleanup=cleanup)
+        try:
+            ending.error = await _failed(run, exc, timed_out=deadline.expired(), timeout_s=timeout_s,
+                                         cleanup=cleanup)
+        except Retry:
+            ending.outcome = "retrying"
+            raise
     else:
         await catalog.finish_job(job_id, JobStatus.succeeded, result=result)
+        ending.outcome, ending.result = "succeeded", result
     finally:
         heartbeat.cancel()
         work.cancel()
@@ -145,8 +193,8 @@ async def run_job(ctx: WorkerContext, job_id: str, body: Body, *, timeout_s: flo
 
 
 async def _failed(run: JobRun, exc: Exception, *, timed_out: bool, timeout_s: float,
-                  cleanup: Cleanup | None) -> None:
-    """Retry what a backend outage caused; record everything else as the job's error."""
+                  cleanup: Cleanup | None) -> str:
+    """Retry what a backend outage caused; record everything else as the job's error, and return its code."""
     job, catalog = run.job, run.catalog
     if timed_out:
         error = {"code": "timeout", "detail": f"the {job.kind} job ran longer than its limit of {timeout_s:.0f} s"}
@@ -165,6 +213,7 @@ async def _failed(run: JobRun, exc: Exception, *, timed_out: bool, timeout_s: fl
         error = {"code": "internal", "detail": f"{type(exc).__name__}: {exc}"[:2000]}
     await _cleanup(cleanup, run)
     await catalog.finish_job(job.id, JobStatus.failed, error=error)
+    return str(error.get("code", "internal"))
 
 
 async def _cleanup(cleanup: Cleanup | None, run: JobRun) -> None:

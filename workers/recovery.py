@@ -39,6 +39,7 @@ async def requeue_lost_jobs(ctx: WorkerContext, *, sole: bool = False) -> int:
                 continue
             logger.warning("job %s lost its worker (silent since %s); running it again", job.id, job.heartbeat_at)
             await queue.release(job.id)
+            ctx["monitor"].lost.labels(job.kind).inc()
             recovered += 1
             if not await queue.knows(job.id):  # Redis lost it too
                 await queue.enqueue(job)

@@ -27,6 +27,7 @@ from tuplehub.workers.jobs.export import export
 from tuplehub.workers.jobs.ingest import ingest
 from tuplehub.workers.jobs.metric_schedule import recompute_metrics
 from tuplehub.workers.jobs.metrics import metrics
+from tuplehub.workers.monitoring import WorkerMonitor
 from tuplehub.workers.recovery import maintain
 
 logger = logging.getLogger("tuplehub.workers")
@@ -65,10 +66,17 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         ctx["catalog"] = await open_catalog(settings.resolved_catalog_url())
         ctx["objects"] = open_object_store(settings.resolved_objects_url(), **settings.object_store_options())
         ctx["queue"] = await Queue.connect(redis_url, settings.queue_name)
+        ctx["monitor"] = monitor = WorkerMonitor()
+        monitor.watch_queue(ctx["queue"], asyncio.get_running_loop())
+        if settings.worker_metrics_port is not None:
+            token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+            monitor.serve(settings.worker_metrics_host, settings.worker_metrics_port, token)
         await maintain(ctx, sole=sole)
 
     async def shutdown(ctx: WorkerContext) -> None:
         # A worker stopped during its start-up has opened only some of these.
+        if "monitor" in ctx:
+            ctx["monitor"].close()
         if "queue" in ctx:
             await ctx["queue"].aclose()
         if "catalog" in ctx:

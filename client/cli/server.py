@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from tuplehub.client.discovery import SERVER_FILE
 from tuplehub.client.errors import CommandLineError, MissingExtra
 from tuplehub.storage.errors import ConfigError
+from tuplehub.storage.logs import configure_logging
 from tuplehub.storage.paths import SERVE_LOCK
 
 if TYPE_CHECKING:
@@ -145,8 +146,10 @@ class EmbeddedServer:
             if redis is not None:
                 redis.wait_ready()
             app.state.supervision = supervisor
+            # log_config=None: uvicorn's lines go through the process's own handler (JSON or text), and the
+            # API logs each request itself (tuplehub.api.monitoring), so uvicorn's access log stays off.
             config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                                    lifespan="on",
+                                    log_config=None, access_log=False, lifespan="on",
                                     timeout_graceful_shutdown=settings.shutdown_grace_s)
             self._server = server = uvicorn.Server(config)
             server.should_exit = self.stop_requested
@@ -216,7 +219,7 @@ def serve(settings: Settings, *, with_worker: bool = True, as_json: bool = False
     """
     listener = bind(settings.host, settings.port)  # before anything is created in the data folder
     os.umask(0o077)  # the catalog, blocks, exports and secrets are this user's only
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     server = EmbeddedServer(settings, with_worker=with_worker, worker_process=True, listener=listener)
 
     def on_signal(signum: int, frame: object) -> None:
@@ -325,13 +328,13 @@ def _wait_announced(child: subprocess.Popen[bytes], data_dir: Path) -> str | Non
 def run_worker(settings: Settings, *, as_json: bool = False) -> None:
     """A standalone Arq worker (deployments); needs TUPLEHUB_REDIS_URL. Says that it started (with
     ``as_json``, as one JSON line); the queue's URL is not printed (it may hold a password)."""
-    from tuplehub.workers.__main__ import configure_logging, run
+    from tuplehub.workers.__main__ import run
 
     if settings.redis_url is None:
         raise ConfigError("tuplehub worker needs TUPLEHUB_REDIS_URL: it joins a server's queue",
                           hint="set TUPLEHUB_REDIS_URL to the server's Redis; `tuplehub serve` runs its own "
                                "worker in the embedded default")
-    configure_logging()
+    configure_logging(settings.log_level, settings.log_format)
     if as_json:
         print(json.dumps({"status": "working", "pid": os.getpid(), "data_dir": str(settings.data_dir),
                           "stop": "SIGINT (Ctrl-C) or SIGTERM"}), flush=True)

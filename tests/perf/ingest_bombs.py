@@ -67,6 +67,12 @@ async def ingest_once(upload: Path, folder: Path) -> dict[str, object]:
     from tuplehub.workers.context import WorkerContext
     from tuplehub.workers.jobs.ingest import ingest
 
+    try:
+        from tuplehub.workers.monitoring import WorkerMonitor
+
+        monitor: dict[str, object] = {"monitor": WorkerMonitor()}
+    except ImportError:  # the reference revision predates worker metrics
+        monitor = {}
     settings = Settings(_env_file=None, data_dir=folder, redis_url="redis://unused", auto_metrics=False)
     catalog = await open_catalog(settings.resolved_catalog_url())
     objects = open_object_store(settings.resolved_objects_url())
@@ -80,7 +86,8 @@ async def ingest_once(upload: Path, folder: Path) -> dict[str, object]:
     job = await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="local", params={
         "upload_id": session.id, "dataset_id": dataset.id, "dataset": dataset.name, "mode": "append"}))
     started = time.perf_counter()
-    await ingest(WorkerContext(settings=settings, catalog=catalog, objects=objects, worker_id="perf"), job.id)
+    await ingest(WorkerContext(settings=settings, catalog=catalog, objects=objects, worker_id="perf",
+                               **monitor), job.id)  # type: ignore[typeddict-item]
     seconds = time.perf_counter() - started
     done = await catalog.get_job(job.id)
     await catalog.aclose()

@@ -163,6 +163,7 @@ async def ingest_upload(run: JobRun, upload_id: str, *, lineage: Lineage | None 
                           max_tensor_bytes=run.settings.max_tensor_bytes if limited else None,
                           max_episodes=run.settings.max_upload_episodes if limited else None)
     steps = reader.steps()
+    size = await asyncio.to_thread(run.objects.size, upload.object_key)  # the bytes ingested, for the metrics
     await run.checkpoint(0.0, "ingest", "reading the upload")
     episodes = transitions = terminated = 0
     returns, lengths = Moments(), Moments()  # for the dataset card, computed while the data passes by
@@ -194,7 +195,7 @@ async def ingest_upload(run: JobRun, upload_id: str, *, lineage: Lineage | None 
     await asyncio.to_thread(run.objects.delete, upload.object_key)
     if run.settings.auto_metrics:
         await _queue_cheap_metrics(run, upload.dataset_id, version.number)
-    return _result(upload.dataset, version, version.segments[-1])
+    return _result(upload.dataset, version, version.segments[-1], size)
 
 
 def _moments(values: list[float]) -> Moments:
@@ -216,10 +217,11 @@ async def _queue_cheap_metrics(run: JobRun, dataset_id: str, version: int) -> No
         logger.exception("could not queue the cheap metrics of %s version %d", dataset_id, version)
 
 
-def _result(dataset: str, version: VersionRecord, segment: SegmentRef) -> dict[str, Any]:
+def _result(dataset: str, version: VersionRecord, segment: SegmentRef, size: int | None = None) -> dict[str, Any]:
+    """``bytes``: the upload's size (None when an earlier attempt ingested it and this one only reports it)."""
     return {"dataset": dataset, "version": version.number, "episodes": segment.episodes,
             "transitions": segment.transitions, "version_episodes": version.episodes,
-            "version_transitions": version.transitions}
+            "version_transitions": version.transitions, "bytes": size}
 
 
 async def _discard(run: JobRun) -> None:
