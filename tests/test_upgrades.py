@@ -79,7 +79,7 @@ async def test_a_draining_worker_s_job_finishes_its_step_then_hands_itself_back(
 @pytest.mark.e2e
 def test_a_worker_stopped_mid_ingest_hands_the_job_back_and_another_finishes_it(
         tmp_path: Path, redis_url: str, running: Processes) -> None:
-    env = deployment_env(tmp_path, redis_url, TUPLEHUB_SHUTDOWN_GRACE_S="60")
+    env = deployment_env(tmp_path, redis_url, TUPLEHUB_SHUTDOWN_GRACE_S="60", TUPLEHUB_LOG_LEVEL="INFO")
     url, _ = start_api(running, tmp_path, env)
     log = tmp_path / "workers.log"
     first = running.start("worker", env=env, log=log)
