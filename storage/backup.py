@@ -250,9 +250,13 @@ def create_backup(settings: Settings, dest: Path) -> dict[str, Any]:
     started = time.monotonic()
     parts = embedded_parts(settings)
     dest = dest.absolute()
-    if dest.resolve().is_relative_to(parts.data_dir.resolve()):
-        raise Conflict(f"{dest} is inside the data folder {parts.data_dir}; a backup there is lost with it",
-                       hint="write the backup to another folder, ideally another disk")
+    # The object folder and the blocks may live outside the data folder (TUPLEHUB_OBJECTS_URL,
+    # TUPLEHUB_CATALOG_URL); a backup inside either would copy itself while it is written.
+    for what, folder in (("the data folder", parts.data_dir), ("the object folder", parts.objects),
+                         ("the block folder", parts.blocks)):
+        if dest.resolve().is_relative_to(folder.resolve()):
+            raise Conflict(f"{dest} is inside {what} {folder}; a backup there copies itself and is lost with it",
+                           hint="write the backup to another folder, ideally another disk")
     require_empty(dest, "the backup folder")
     out = private_folder_beside(dest, "backup")
     try:

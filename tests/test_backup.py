@@ -3,6 +3,7 @@ restores into a fresh server with the same content hashes, users, access and art
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -27,7 +28,8 @@ from tuplehub.client.cli import app
 from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
 from tuplehub.client.uploads import table_from_arrays
 from tuplehub.storage import backup as backup_module
-from tuplehub.storage.errors import NotFound
+from tuplehub.storage.catalog import open_catalog
+from tuplehub.storage.errors import Conflict, NotFound
 
 from .conftest import PASSWORD, admin_client, api, make_settings
 from .factories import episode_arrays
@@ -267,6 +269,23 @@ def test_backup_refuses_what_it_cannot_do_safely(world: World, tmp_path: Path) -
     assert not (tmp_path / "b1").exists()
     assert not (tmp_path / "b2").exists()
     assert _siblings(tmp_path / "b1") == []
+
+
+def test_backup_refuses_a_folder_inside_an_object_folder_kept_outside_the_data_folder(tmp_path: Path) -> None:
+    """It used to copy itself into itself there (a 10-byte object made a 4.7 MB backup)."""
+    objects = tmp_path / "objects"
+    (objects / "uploads").mkdir(parents=True)
+    (objects / "uploads" / "a").write_bytes(b"x" * 10)
+    settings = make_settings(tmp_path / "data", "redis://127.0.0.1:9", objects_url=objects.as_uri())
+    asyncio.run(_create_catalog(settings.resolved_catalog_url()))
+    with pytest.raises(Conflict, match="inside the object folder"):
+        backup_module.create_backup(settings, objects / "bk")
+    assert sorted(path.name for path in objects.iterdir()) == ["uploads"]
+    assert backup_module.create_backup(settings, tmp_path / "bk")["files"] == 2  # the catalog and the object
+
+
+async def _create_catalog(url: str) -> None:
+    await (await open_catalog(url)).aclose()
 
 
 def test_a_deletion_committed_during_the_copy_retakes_the_snapshot(
