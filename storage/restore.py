@@ -107,6 +107,14 @@ def _check_files(source: Path, manifest: dict[str, Any], target: Path | None) ->
     return total
 
 
+def _admin(path: Path) -> dict[str, str]:
+    """The local admin's name and password from a backup (what :mod:`backup` writes, nothing else)."""
+    admin = read_json(path)
+    if not (isinstance(admin, dict) and all(isinstance(admin.get(key), str) for key in ("username", "password"))):
+        raise BackupDamaged(f"{path.name} in the backup does not hold the local admin's name and password")
+    return {"username": admin["username"], "password": admin["password"]}
+
+
 def _refuse_running(target: Path) -> None:
     """Refuse a data folder whose embedded server runs (it holds the lock file)."""
     with contextlib.suppress(FileNotFoundError, NotADirectoryError), (target / SERVE_LOCK).open("r") as lock:
@@ -137,7 +145,7 @@ def restore_backup(settings: Settings, source: Path, *, check_only: bool = False
     work = private_folder_beside(target, "restore")
     try:
         total = _check_files(source, manifest, work)
-        admin = read_json(work / ADMIN) if (work / ADMIN).exists() else None
+        admin = _admin(work / ADMIN) if (work / ADMIN).exists() else None
         shutil.rmtree(work / ADMIN.split("/")[0], ignore_errors=True)  # it belongs in the config folder
         try:
             os.replace(work, target)

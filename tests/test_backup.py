@@ -4,6 +4,7 @@ restores into a fresh server with the same content hashes, users, access and art
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -216,6 +217,12 @@ def test_restore_refuses_damaged_partial_and_unknown_backups_and_leaves_nothing(
         files = [*manifest["files"], {"path": "../outside", "size": 1, "sha256": "0" * 64}]
         (copy / "manifest.json").write_text(json.dumps({**manifest, "files": files}))
 
+    def listed_admin(copy: Path) -> None:  # a crafted backup: its admin file is no object (was a TypeError)
+        (copy / "config" / "embedded-admin.json").write_text("[]")
+        files = [{**f, "size": 2, "sha256": hashlib.sha256(b"[]").hexdigest()} if f["path"].startswith("config/")
+                 else f for f in manifest["files"]]
+        (copy / "manifest.json").write_text(json.dumps({**manifest, "files": files}))
+
     def linked(copy: Path) -> None:
         (copy / block).unlink()
         (copy / block).symlink_to(tmp_path / "elsewhere")
@@ -223,7 +230,8 @@ def test_restore_refuses_damaged_partial_and_unknown_backups_and_leaves_nothing(
     cases = [(flip, "does not match the manifest"), (linked, "is a link"),
              (lambda c: (c / "manifest.json").unlink(), "no manifest.json"),
              (lambda c: (c / block).unlink(), "is missing"), (newer, "backup format 99"),
-             (lambda c: (c / "manifest.json").write_text("{"), "not valid JSON"), (escaping, "lists a file")]
+             (lambda c: (c / "manifest.json").write_text("{"), "not valid JSON"), (escaping, "lists a file"),
+             (listed_admin, "local admin's name and password")]
     for change, words in cases:
         error = tuplehub("restore", str(damaged(change)), "--data-dir", str(target), code=1)["error"]
         assert error["code"] == "backup-damaged", error
