@@ -208,6 +208,22 @@ def test_text_lines_carry_the_context_and_json_lines_the_traceback() -> None:
     assert (line["message"], line["level"], line["job_id"], line["kind"]) == ("job j1 slow", "warning", "j1", "ingest")
 
 
+async def test_a_new_job_takes_the_trace_and_a_stored_one_keeps_its_own(tmp_path: Path) -> None:
+    """A job stored before trace ids, read (and written back) inside a request, got that request's trace."""
+    catalog = await open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    try:
+        old = await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="u1"))
+        await catalog._run(lambda c: c.execute("UPDATE jobs SET doc = json_remove(doc, '$.trace_id')"), write=True)
+        with logs.log_context(trace_id=TRACE_ID):
+            assert (await catalog.get_job(old.id)).trace_id is None
+            await catalog.request_cancel(old.id)
+            new = await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="u1"))
+        assert (await catalog.get_job(old.id)).trace_id is None
+        assert (await catalog.get_job(new.id)).trace_id == TRACE_ID
+    finally:
+        await catalog.aclose()
+
+
 def test_a_request_id_with_a_trailing_newline_is_replaced() -> None:
     assert logs.request_id_from("client-id-1") == "client-id-1"
     assert logs.request_id_from("client-id-1\n") != "client-id-1\n"

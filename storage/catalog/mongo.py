@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from tuplehub.storage.access import StoredRecord
 from tuplehub.storage.blocks import BlockRecord
 from tuplehub.storage.catalog.base import NAMESPACES, M, ReadScope, RecordKind, check_fields
-from tuplehub.storage.catalog.jobstate import cancel, claim, finish, hand_back, update
+from tuplehub.storage.catalog.jobstate import cancel, claim, created, finish, hand_back, update
 from tuplehub.storage.catalog.migrations import MIGRATIONS, Migration, pending
 from tuplehub.storage.errors import Conflict, NotFound, StoreUnavailable
 from tuplehub.storage.filters.prune import Constraint
@@ -349,6 +349,7 @@ class MongoCatalog:
 
     # --- jobs ---------------------------------------------------------------------------------
     async def create_job(self, record: JobRecord) -> JobRecord:
+        record = created(record)
         try:
             await self.db.jobs.insert_one(_job_doc(record, 0))
         except Exception as exc:
