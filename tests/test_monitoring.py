@@ -19,7 +19,7 @@ from tuplehub.client import Client
 from tuplehub.client.cli.server import EmbeddedServer
 from tuplehub.storage import logs
 from tuplehub.storage.catalog import open_catalog
-from tuplehub.storage.errors import InvalidUpload, StoreUnavailable
+from tuplehub.storage.errors import ConfigError, InvalidUpload, StoreUnavailable
 from tuplehub.storage.models import JobKind, JobRecord, JobStatus
 from tuplehub.storage.objects import open_object_store
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
@@ -222,6 +222,17 @@ async def test_a_new_job_takes_the_trace_and_a_stored_one_keeps_its_own(tmp_path
         assert (await catalog.get_job(new.id)).trace_id == TRACE_ID
     finally:
         await catalog.aclose()
+
+
+def test_a_worker_metrics_port_in_use_names_its_setting() -> None:
+    first, second = WorkerMonitor(), WorkerMonitor()
+    first.serve("127.0.0.1", 0, None)
+    try:
+        assert first.port is not None
+        with pytest.raises(ConfigError, match="TUPLEHUB_WORKER_METRICS_PORT"):
+            second.serve("127.0.0.1", first.port, None)
+    finally:
+        first.close()
 
 
 def test_a_request_id_with_a_trailing_newline_is_replaced() -> None:
