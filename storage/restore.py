@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -88,6 +89,10 @@ def _check_files(source: Path, manifest: dict[str, Any], target: Path | None) ->
         name = entry["path"]
         if (source / name).is_symlink() or not (source / name).resolve().is_relative_to(inside):
             raise BackupDamaged(f"{source / name} is a link: a backup holds plain files only")
+        with contextlib.suppress(FileNotFoundError):  # a missing file is named below
+            if not stat.S_ISREG((source / name).lstat().st_mode) and not (source / name).is_dir():
+                # a named pipe would block the read for ever
+                raise BackupDamaged(f"{source / name} is not a plain file: a backup holds plain files only")
         try:
             size, sha = copy_file(source / name, target / name) if target is not None else digest(source / name)
         except (FileNotFoundError, IsADirectoryError) as exc:

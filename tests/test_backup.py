@@ -227,7 +227,11 @@ def test_restore_refuses_damaged_partial_and_unknown_backups_and_leaves_nothing(
         (copy / block).unlink()
         (copy / block).symlink_to(tmp_path / "elsewhere")
 
-    cases = [(flip, "does not match the manifest"), (linked, "is a link"),
+    def piped(copy: Path) -> None:  # reading a named pipe waited for a writer for ever
+        (copy / block).unlink()
+        os.mkfifo(copy / block)
+
+    cases = [(flip, "does not match the manifest"), (linked, "is a link"), (piped, "not a plain file"),
              (lambda c: (c / "manifest.json").unlink(), "no manifest.json"),
              (lambda c: (c / block).unlink(), "is missing"), (newer, "backup format 99"),
              (lambda c: (c / "manifest.json").write_text("{"), "not valid JSON"), (escaping, "lists a file"),
