@@ -62,6 +62,10 @@ def read_manifest(source: Path) -> dict[str, Any]:
         raise BackupDamaged(f"{source} has backup format {version!r}, made by tuplehub "
                             f"{manifest.get('tuplehub_version')}; this tuplehub reads format {FORMAT_VERSION}",
                             hint="restore it with that tuplehub version or a newer one")
+    counts, notes = manifest.get("counts", {}), manifest.get("notes", [])
+    if not (isinstance(counts, dict) and all(isinstance(n, int) for n in counts.values())
+            and isinstance(notes, list) and all(isinstance(note, str) for note in notes)):
+        raise BackupDamaged(f"{path} has counts or notes of the wrong shape: the backup is damaged")
     files = manifest.get("files")
     if not isinstance(files, list) or not any(isinstance(f, dict) and f.get("path") == CATALOG for f in files):
         raise BackupDamaged(f"{path} lists no {CATALOG}: the backup is damaged")

@@ -231,7 +231,11 @@ def test_restore_refuses_damaged_partial_and_unknown_backups_and_leaves_nothing(
         (copy / block).unlink()
         os.mkfifo(copy / block)
 
-    cases = [(flip, "does not match the manifest"), (linked, "is a link"), (piped, "not a plain file"),
+    def miscounted(copy: Path) -> None:  # printing these counts and notes was a TypeError traceback
+        (copy / "manifest.json").write_text(json.dumps({**manifest, "counts": 5, "notes": 7}))
+
+    cases = [(miscounted, "wrong shape"), (flip, "does not match the manifest"), (linked, "is a link"),
+             (piped, "not a plain file"),
              (lambda c: (c / "manifest.json").unlink(), "no manifest.json"),
              (lambda c: (c / block).unlink(), "is missing"), (newer, "backup format 99"),
              (lambda c: (c / "manifest.json").write_text("{"), "not valid JSON"), (escaping, "lists a file"),
