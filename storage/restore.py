@@ -2,9 +2,9 @@
 
 Only into a data folder that does not exist or is empty, never over one in use: a restore that
 replaced live data could not be undone, so moving the old folder aside is left to the person.
-Every file is copied into a temporary folder beside the target and checked against the
-manifest's size and SHA-256 as it is copied; only when all match (and the catalog passes
-SQLite's ``quick_check``) is the folder renamed into place. A partial or corrupt backup leaves
+Every file is copied into a temporary folder beside the target (inside it, when it is an existing
+empty folder) and checked against the manifest's size and SHA-256 as it is copied; only when all
+match (and the catalog passes SQLite's ``quick_check``) is it put in place. A partial or corrupt backup leaves
 nothing behind.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import shutil
 import sqlite3
 import stat
@@ -32,8 +31,9 @@ from tuplehub.storage.backup import (
     BackupDamaged,
     copy_file,
     digest,
-    private_folder_beside,
+    put_in_place,
     require_empty,
+    staging_folder,
 )
 from tuplehub.storage.errors import ConfigError, Conflict
 from tuplehub.storage.paths import SERVE_LOCK, embedded_credentials_file, read_json, write_private
@@ -151,13 +151,13 @@ def restore_backup(settings: Settings, source: Path, *, check_only: bool = False
         return {**summary, "restored": False, "bytes": _check_files(source, manifest, None)}
     _refuse_running(target)
     require_empty(target, "the data folder")
-    work = private_folder_beside(target, "restore")
+    work = staging_folder(target, "restore")
     try:
         total = _check_files(source, manifest, work)
         admin = _admin(work / ADMIN) if (work / ADMIN).exists() else None
         shutil.rmtree(work / ADMIN.split("/")[0], ignore_errors=True)  # it belongs in the config folder
         try:
-            os.replace(work, target)
+            put_in_place(work, target)
         except OSError as exc:
             raise Conflict(f"cannot put the restored data at {target}: {exc.strerror}",
                            hint="restore into a new folder that nothing else writes to") from exc

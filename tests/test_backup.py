@@ -4,6 +4,7 @@ restores into a fresh server with the same content hashes, users, access and art
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import io
 import json
@@ -266,6 +267,31 @@ def test_restore_refuses_a_folder_in_use_or_not_empty(world: World, tmp_path: Pa
     assert tuplehub("restore", str(good), "--data-dir", str(tmp_path / "empty"))["restored"]
     assert (tmp_path / "empty" / "catalog.db").is_file()
     assert _siblings(tmp_path / "empty") == []
+
+
+def test_backup_and_restore_into_an_empty_mount_point(world: World, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tuplehub backup /media/usb``: the folder's parent is another file system, where a folder
+    built beside it cannot be renamed onto it (EXDEV). Both used to build there and then fail."""
+    rename = os.replace
+
+    def across_file_systems(source: Any, target: Any) -> None:
+        if Path(source).is_dir() and Path(target).exists():
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(source))
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", across_file_systems)
+    disk, fresh = tmp_path / "usb", tmp_path / "fresh"
+    disk.mkdir()
+    fresh.mkdir()
+    _backup(world, disk)
+    assert (disk / "manifest.json").is_file()
+    assert [path.name for path in disk.iterdir() if path.name.startswith(".")] == []
+    assert tuplehub("restore", str(disk), "--check", "--data-dir", str(tmp_path / "unused"))["restored"] is False
+    assert tuplehub("restore", str(disk), "--data-dir", str(fresh))["restored"]
+    assert (fresh / "catalog.db").is_file()
+    assert [path.name for path in fresh.iterdir() if path.name.startswith(".")] == []
+    assert _siblings(disk) == _siblings(fresh) == []
 
 
 def test_backup_refuses_what_it_cannot_do_safely(world: World, tmp_path: Path) -> None:
