@@ -4,7 +4,8 @@ A backup is a folder laid out like a data folder (``catalog.db``, ``catalog.db.b
 ``objects/``, ``jwt-secret.json``) plus ``config/embedded-admin.json`` (the local admin's password,
 kept outside the data folder) and ``manifest.json``, which lists every file with its size and
 SHA-256 and is written last. The folder is built under a temporary name beside ``DEST`` and
-renamed when complete, so a folder called ``DEST`` is never half a backup.
+renamed when complete, so a folder called ``DEST`` is never half a backup (an existing empty
+``DEST``, perhaps a mount point, is built inside and filled manifest last: see :func:`staging_folder`).
 
 Ordering, and why it is consistent:
 
@@ -28,6 +29,7 @@ what the snapshot refers to is checked by steps 3 and 5.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -230,12 +232,37 @@ def _copy_secrets(parts: Embedded, settings: Settings, out: Path, copied: Copied
     return notes
 
 
-def private_folder_beside(target: Path, purpose: str) -> Path:
-    """A new empty 0700 folder next to ``target`` (same file system, so it can be renamed onto it)."""
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    folder = target.with_name(f".{target.name}.{purpose}-{os.getpid()}-{time.time_ns()}")
+def staging_folder(target: Path, purpose: str) -> Path:
+    """A new empty 0700 folder on ``target``'s file system to build its content in (see :func:`put_in_place`).
+
+    Beside ``target`` when it does not exist. Inside it when it is an existing empty folder: that
+    may be a disk's mount point (``tuplehub backup /media/usb``), whose parent is another file
+    system, where a finished folder could not be renamed onto it (and would fill the wrong disk).
+    """
+    name = f".{target.name}.{purpose}-{os.getpid()}-{time.time_ns()}"
+    if target.is_dir():
+        folder = target / name
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = target.with_name(name)
     folder.mkdir(mode=0o700)
     return folder
+
+
+def put_in_place(folder: Path, target: Path, *, last: str | None = None) -> None:
+    """Make the :func:`staging_folder` ``folder``'s content ``target``'s: one rename when it was built
+    beside ``target``, else entry by entry, ``last`` last (the manifest: until it is there, the
+    folder reads as a backup that did not finish)."""
+    if folder.parent != target:
+        os.replace(folder, target)  # a non-empty target (raced in) fails
+        return
+    for name in sorted(os.listdir(folder), key=lambda entry: entry == last):
+        if (target / name).exists():
+            raise FileExistsError(errno.EEXIST, "something else wrote into the folder meanwhile", str(target / name))
+        os.rename(folder / name, target / name)
+    folder.rmdir()
+    with contextlib.suppress(OSError):  # a folder the user does not own keeps its mode; the files are 0600
+        target.chmod(0o700)
 
 
 def require_empty(target: Path, what: str) -> None:
@@ -250,11 +277,15 @@ def create_backup(settings: Settings, dest: Path) -> dict[str, Any]:
     started = time.monotonic()
     parts = embedded_parts(settings)
     dest = dest.absolute()
-    if dest.resolve().is_relative_to(parts.data_dir.resolve()):
-        raise Conflict(f"{dest} is inside the data folder {parts.data_dir}; a backup there is lost with it",
-                       hint="write the backup to another folder, ideally another disk")
+    # The object folder and the blocks may live outside the data folder (TUPLEHUB_OBJECTS_URL,
+    # TUPLEHUB_CATALOG_URL); a backup inside either would copy itself while it is written.
+    for what, folder in (("the data folder", parts.data_dir), ("the object folder", parts.objects),
+                         ("the block folder", parts.blocks)):
+        if dest.resolve().is_relative_to(folder.resolve()):
+            raise Conflict(f"{dest} is inside {what} {folder}; a backup there copies itself and is lost with it",
+                           hint="write the backup to another folder, ideally another disk")
     require_empty(dest, "the backup folder")
-    out = private_folder_beside(dest, "backup")
+    out = staging_folder(dest, "backup")
     try:
         copied = Copied()
         _copy_objects(parts, out, copied)
@@ -278,7 +309,7 @@ def create_backup(settings: Settings, dest: Path) -> dict[str, Any]:
             json.dump(manifest, handle, indent=1)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(out, dest)  # an empty dest folder is replaced; a non-empty one (raced in) fails
+        put_in_place(out, dest, last=MANIFEST)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise

@@ -28,9 +28,10 @@ LogFormat = Literal["auto", "json", "text"]
 _CONTEXT: ContextVar[dict[str, str] | None] = ContextVar("tuplehub_log_context", default=None)
 CONTEXT_KEYS = ("request_id", "trace_id", "job_id", "user")
 # W3C Trace Context: version-trace_id-parent_id-flags; version ff is invalid, later versions may append fields.
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 # What a client may choose as its request id: short, and nothing that could forge a log line or a header.
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# (``fullmatch``: ``$`` would let a trailing newline through.)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Every attribute a LogRecord has of its own; anything else on a record came in through ``extra=``.
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "context"}
 
@@ -41,7 +42,7 @@ def new_trace_id() -> str:
 
 def trace_id_from(traceparent: str | None) -> str | None:
     """The trace id of a well-formed W3C ``traceparent`` header, else None (a new trace starts)."""
-    match = _TRACEPARENT.match(traceparent.strip()) if traceparent else None
+    match = _TRACEPARENT.fullmatch(traceparent.strip()) if traceparent else None
     if match is None:
         return None
     version, trace_id, parent_id, _, rest = match.groups()
@@ -52,7 +53,7 @@ def trace_id_from(traceparent: str | None) -> str | None:
 
 def request_id_from(header: str | None) -> str:
     """The client's ``X-Request-ID`` if it is well-formed, else a fresh one."""
-    return header if header and _REQUEST_ID.match(header) else secrets.token_hex(8)
+    return header if header and _REQUEST_ID.fullmatch(header) else secrets.token_hex(8)
 
 
 @contextlib.contextmanager
@@ -104,19 +105,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
+def _printable(value: object) -> str:
+    """``value`` as text on one line: with a newline or a terminal escape in it (a request path's
+    ``%0a``, a name), quoted and escaped, so no input can forge a line or restyle the terminal."""
+    text = str(value)
+    return text if text.isprintable() else json.dumps(text)
+
+
 class TextFormatter(logging.Formatter):
     """``time level logger message key=value ...`` for a person at a terminal."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%H:%M:%S")
+        super().__init__(datefmt="%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        fields = " ".join(f"{key}={value}" for key, value in _fields(record).items())
-        if not fields:
-            return text
-        head, newline, tail = text.partition("\n")  # a traceback stays below the fields
-        return f"{head} {fields}{newline}{tail}"
+        words = [self.formatTime(record, self.datefmt), record.levelname, record.name,
+                 _printable(record.getMessage())]
+        words += (f"{key}={_printable(value)}" for key, value in _fields(record).items())
+        text = " ".join(words)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # a traceback, below the line, is the code's and keeps its lines
+            text += "\n" + record.exc_text
+        if record.stack_info:
+            text += "\n" + self.formatStack(record.stack_info)
+        return text
 
 
 def make_handler(stream: IO[str], fmt: LogFormat = "auto") -> logging.Handler:

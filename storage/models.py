@@ -15,7 +15,6 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from tuplehub.storage import logs
 from tuplehub.storage.filters.language import Filter
 from tuplehub.storage.schema import TupleSchema
 
@@ -359,8 +358,10 @@ class JobRecord(BaseModel):
     # Attempts whose worker process died before recording an outcome, and when progress last moved.
     lost: int = 0
     progress_at: datetime | None = None
-    # The trace of the request (or job) that created this job, so the job's log lines carry it too.
-    trace_id: str | None = Field(default_factory=lambda: logs.current("trace_id"))
+    # The trace of the request (or job) that created this job, so the job's log lines carry it too; set
+    # by the catalog's ``create_job`` (jobstate.created), not as a default: a record stored before trace
+    # ids must not take the trace of whichever request reads it (and writes it back, cancelling it, say).
+    trace_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None

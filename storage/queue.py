@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 JOB_KEY = "arq:job:"
 IN_PROGRESS_KEY = "arq:in-progress:"
 RESULT_KEY = "arq:result:"
+RETRY_KEY = "arq:retry:"  # Arq's count of a job's tries: one more at each pick
 LOCK_KEY = "tuplehub:lock:"
 # A held lock expires this long after its holder stops renewing it (a dead worker's lock frees itself).
 LOCK_TTL_S = 30.0
@@ -67,6 +68,15 @@ class Queue:
         Arq keeps the queue as a sorted set scored by when each job may start, in milliseconds.
         """
         return int(await self.pool.zcount(self.queue_name, "-inf", int(time.time() * 1000)))
+
+    async def uncount_try(self, job_id: str) -> None:
+        """Take back the try Arq counted when it picked a job that was then handed back on a clean
+        stop. Arq gives up on a job (without running it, leaving it ``queued`` in the catalog) after
+        ``max_tries`` picks; a job moved along by rolling restarts of several workers must not get
+        there. The catalog counts the attempts that matter (``lost``, see ``jobstate.claim``)."""
+        key = RETRY_KEY + job_id
+        if int(await self.pool.get(key) or 0) > 0:
+            await self.pool.decr(key)
 
     async def release(self, job_id: str) -> None:
         """Forget that a dead worker was running the job, so a live worker may start it again."""

@@ -2,9 +2,9 @@
 
 Only into a data folder that does not exist or is empty, never over one in use: a restore that
 replaced live data could not be undone, so moving the old folder aside is left to the person.
-Every file is copied into a temporary folder beside the target and checked against the
-manifest's size and SHA-256 as it is copied; only when all match (and the catalog passes
-SQLite's ``quick_check``) is the folder renamed into place. A partial or corrupt backup leaves
+Every file is copied into a temporary folder beside the target (inside it, when it is an existing
+empty folder) and checked against the manifest's size and SHA-256 as it is copied; only when all
+match (and the catalog passes SQLite's ``quick_check``) is it put in place. A partial or corrupt backup leaves
 nothing behind.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import shutil
 import sqlite3
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -31,8 +31,9 @@ from tuplehub.storage.backup import (
     BackupDamaged,
     copy_file,
     digest,
-    private_folder_beside,
+    put_in_place,
     require_empty,
+    staging_folder,
 )
 from tuplehub.storage.errors import ConfigError, Conflict
 from tuplehub.storage.paths import SERVE_LOCK, embedded_credentials_file, read_json, write_private
@@ -61,6 +62,10 @@ def read_manifest(source: Path) -> dict[str, Any]:
         raise BackupDamaged(f"{source} has backup format {version!r}, made by tuplehub "
                             f"{manifest.get('tuplehub_version')}; this tuplehub reads format {FORMAT_VERSION}",
                             hint="restore it with that tuplehub version or a newer one")
+    counts, notes = manifest.get("counts", {}), manifest.get("notes", [])
+    if not (isinstance(counts, dict) and all(isinstance(n, int) for n in counts.values())
+            and isinstance(notes, list) and all(isinstance(note, str) for note in notes)):
+        raise BackupDamaged(f"{path} has counts or notes of the wrong shape: the backup is damaged")
     files = manifest.get("files")
     if not isinstance(files, list) or not any(isinstance(f, dict) and f.get("path") == CATALOG for f in files):
         raise BackupDamaged(f"{path} lists no {CATALOG}: the backup is damaged")
@@ -88,6 +93,10 @@ def _check_files(source: Path, manifest: dict[str, Any], target: Path | None) ->
         name = entry["path"]
         if (source / name).is_symlink() or not (source / name).resolve().is_relative_to(inside):
             raise BackupDamaged(f"{source / name} is a link: a backup holds plain files only")
+        with contextlib.suppress(FileNotFoundError):  # a missing file is named below
+            if not stat.S_ISREG((source / name).lstat().st_mode) and not (source / name).is_dir():
+                # a named pipe would block the read for ever
+                raise BackupDamaged(f"{source / name} is not a plain file: a backup holds plain files only")
         try:
             size, sha = copy_file(source / name, target / name) if target is not None else digest(source / name)
         except (FileNotFoundError, IsADirectoryError) as exc:
@@ -105,6 +114,14 @@ def _check_files(source: Path, manifest: dict[str, Any], target: Path | None) ->
     if verdict != "ok":
         raise BackupDamaged(f"the catalog of {source} fails SQLite's check: {verdict}")
     return total
+
+
+def _admin(path: Path) -> dict[str, str]:
+    """The local admin's name and password from a backup (what :mod:`backup` writes, nothing else)."""
+    admin = read_json(path)
+    if not (isinstance(admin, dict) and all(isinstance(admin.get(key), str) for key in ("username", "password"))):
+        raise BackupDamaged(f"{path.name} in the backup does not hold the local admin's name and password")
+    return {"username": admin["username"], "password": admin["password"]}
 
 
 def _refuse_running(target: Path) -> None:
@@ -134,13 +151,13 @@ def restore_backup(settings: Settings, source: Path, *, check_only: bool = False
         return {**summary, "restored": False, "bytes": _check_files(source, manifest, None)}
     _refuse_running(target)
     require_empty(target, "the data folder")
-    work = private_folder_beside(target, "restore")
+    work = staging_folder(target, "restore")
     try:
         total = _check_files(source, manifest, work)
-        admin = read_json(work / ADMIN) if (work / ADMIN).exists() else None
+        admin = _admin(work / ADMIN) if (work / ADMIN).exists() else None
         shutil.rmtree(work / ADMIN.split("/")[0], ignore_errors=True)  # it belongs in the config folder
         try:
-            os.replace(work, target)
+            put_in_place(work, target)
         except OSError as exc:
             raise Conflict(f"cannot put the restored data at {target}: {exc.strerror}",
                            hint="restore into a new folder that nothing else writes to") from exc

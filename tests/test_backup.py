@@ -3,6 +3,9 @@ restores into a fresh server with the same content hashes, users, access and art
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import hashlib
 import io
 import json
 import os
@@ -27,7 +30,8 @@ from tuplehub.client.cli import app
 from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
 from tuplehub.client.uploads import table_from_arrays
 from tuplehub.storage import backup as backup_module
-from tuplehub.storage.errors import NotFound
+from tuplehub.storage.catalog import open_catalog
+from tuplehub.storage.errors import Conflict, NotFound
 
 from .conftest import PASSWORD, admin_client, api, make_settings
 from .factories import episode_arrays
@@ -214,14 +218,29 @@ def test_restore_refuses_damaged_partial_and_unknown_backups_and_leaves_nothing(
         files = [*manifest["files"], {"path": "../outside", "size": 1, "sha256": "0" * 64}]
         (copy / "manifest.json").write_text(json.dumps({**manifest, "files": files}))
 
+    def listed_admin(copy: Path) -> None:  # a crafted backup: its admin file is no object (was a TypeError)
+        (copy / "config" / "embedded-admin.json").write_text("[]")
+        files = [{**f, "size": 2, "sha256": hashlib.sha256(b"[]").hexdigest()} if f["path"].startswith("config/")
+                 else f for f in manifest["files"]]
+        (copy / "manifest.json").write_text(json.dumps({**manifest, "files": files}))
+
     def linked(copy: Path) -> None:
         (copy / block).unlink()
         (copy / block).symlink_to(tmp_path / "elsewhere")
 
-    cases = [(flip, "does not match the manifest"), (linked, "is a link"),
+    def piped(copy: Path) -> None:  # reading a named pipe waited for a writer for ever
+        (copy / block).unlink()
+        os.mkfifo(copy / block)
+
+    def miscounted(copy: Path) -> None:  # printing these counts and notes was a TypeError traceback
+        (copy / "manifest.json").write_text(json.dumps({**manifest, "counts": 5, "notes": 7}))
+
+    cases = [(miscounted, "wrong shape"), (flip, "does not match the manifest"), (linked, "is a link"),
+             (piped, "not a plain file"),
              (lambda c: (c / "manifest.json").unlink(), "no manifest.json"),
              (lambda c: (c / block).unlink(), "is missing"), (newer, "backup format 99"),
-             (lambda c: (c / "manifest.json").write_text("{"), "not valid JSON"), (escaping, "lists a file")]
+             (lambda c: (c / "manifest.json").write_text("{"), "not valid JSON"), (escaping, "lists a file"),
+             (listed_admin, "local admin's name and password")]
     for change, words in cases:
         error = tuplehub("restore", str(damaged(change)), "--data-dir", str(target), code=1)["error"]
         assert error["code"] == "backup-damaged", error
@@ -250,6 +269,31 @@ def test_restore_refuses_a_folder_in_use_or_not_empty(world: World, tmp_path: Pa
     assert _siblings(tmp_path / "empty") == []
 
 
+def test_backup_and_restore_into_an_empty_mount_point(world: World, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tuplehub backup /media/usb``: the folder's parent is another file system, where a folder
+    built beside it cannot be renamed onto it (EXDEV). Both used to build there and then fail."""
+    rename = os.replace
+
+    def across_file_systems(source: Any, target: Any) -> None:
+        if Path(source).is_dir() and Path(target).exists():
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(source))
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", across_file_systems)
+    disk, fresh = tmp_path / "usb", tmp_path / "fresh"
+    disk.mkdir()
+    fresh.mkdir()
+    _backup(world, disk)
+    assert (disk / "manifest.json").is_file()
+    assert [path.name for path in disk.iterdir() if path.name.startswith(".")] == []
+    assert tuplehub("restore", str(disk), "--check", "--data-dir", str(tmp_path / "unused"))["restored"] is False
+    assert tuplehub("restore", str(disk), "--data-dir", str(fresh))["restored"]
+    assert (fresh / "catalog.db").is_file()
+    assert [path.name for path in fresh.iterdir() if path.name.startswith(".")] == []
+    assert _siblings(disk) == _siblings(fresh) == []
+
+
 def test_backup_refuses_what_it_cannot_do_safely(world: World, tmp_path: Path) -> None:
     data_dir = str(world.server.settings.data_dir)
     (tmp_path / "taken").mkdir()
@@ -267,6 +311,23 @@ def test_backup_refuses_what_it_cannot_do_safely(world: World, tmp_path: Path) -
     assert not (tmp_path / "b1").exists()
     assert not (tmp_path / "b2").exists()
     assert _siblings(tmp_path / "b1") == []
+
+
+def test_backup_refuses_a_folder_inside_an_object_folder_kept_outside_the_data_folder(tmp_path: Path) -> None:
+    """It used to copy itself into itself there (a 10-byte object made a 4.7 MB backup)."""
+    objects = tmp_path / "objects"
+    (objects / "uploads").mkdir(parents=True)
+    (objects / "uploads" / "a").write_bytes(b"x" * 10)
+    settings = make_settings(tmp_path / "data", "redis://127.0.0.1:9", objects_url=objects.as_uri())
+    asyncio.run(_create_catalog(settings.resolved_catalog_url()))
+    with pytest.raises(Conflict, match="inside the object folder"):
+        backup_module.create_backup(settings, objects / "bk")
+    assert sorted(path.name for path in objects.iterdir()) == ["uploads"]
+    assert backup_module.create_backup(settings, tmp_path / "bk")["files"] == 2  # the catalog and the object
+
+
+async def _create_catalog(url: str) -> None:
+    await (await open_catalog(url)).aclose()
 
 
 def test_a_deletion_committed_during_the_copy_retakes_the_snapshot(

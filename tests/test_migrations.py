@@ -11,10 +11,12 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.catalog import mongo as mongo_module
 from tuplehub.storage.catalog.migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from tuplehub.storage.catalog.mongo import MongoCatalog
 from tuplehub.storage.catalog.sqlite import SQLiteCatalog
@@ -174,3 +176,45 @@ async def test_a_migration_that_fails_leaves_the_catalog_as_it_was(catalog: Cata
             assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
     else:  # the lock is free again for the next start
         assert (await catalog.db.meta.find_one({"_id": "migration-lock"}))["owner"] is None
+
+
+class _FirstRenewalFails:
+    """The database, except that the first renewal of the migration lock raises (a network blip)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db, self.name, self.failed = db, db.name, False
+
+    def __getattr__(self, name: str) -> Any:
+        collection = getattr(self.db, name)
+        if name != "meta":
+            return collection
+        outer = self
+
+        class Meta:
+            def __getattr__(self, method: str) -> Any:
+                return getattr(collection, method)
+
+            async def update_one(self, query: dict[str, Any], change: dict[str, Any], **kwargs: Any) -> Any:
+                if not outer.failed and "owner" in query and set(change["$set"]) == {"expires_at"}:
+                    outer.failed = True
+                    raise ConnectionError("network blip")
+                return await collection.update_one(query, change, **kwargs)
+
+        return Meta()
+
+
+async def test_a_failed_lock_renewal_keeps_the_lock(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renewer that died at its first error let the lock expire while the migration still ran."""
+    if not isinstance(catalog, MongoCatalog):
+        pytest.skip("SQLite's lock is its write transaction")
+    monkeypatch.setattr(mongo_module, "_LOCK_TTL_S", 0.3)
+    migrating = MongoCatalog(_FirstRenewalFails(catalog.db))  # type: ignore[arg-type]
+    taken_by_other: list[bool] = []
+
+    async def slow(db: object) -> None:
+        await asyncio.sleep(1.0)  # three lock lives: renewals at 0.1 (fails), 0.2, 0.3 ...
+        taken_by_other.append(await catalog._take_lock("other:2"))  # type: ignore[attr-defined]
+
+    await migrating.migrate((*MIGRATIONS, Migration(SCHEMA_VERSION + 1, "slow", mongo=slow)))
+    assert migrating.db.failed  # type: ignore[attr-defined]
+    assert taken_by_other == [False]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from tuplehub.client import Client
 from tuplehub.client.cli.server import EmbeddedServer
 from tuplehub.storage import logs
 from tuplehub.storage.catalog import open_catalog
-from tuplehub.storage.errors import InvalidUpload, StoreUnavailable
+from tuplehub.storage.errors import ConfigError, InvalidUpload, StoreUnavailable
 from tuplehub.storage.models import JobKind, JobRecord, JobStatus
 from tuplehub.storage.objects import open_object_store
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
@@ -205,6 +206,65 @@ def test_text_lines_carry_the_context_and_json_lines_the_traceback() -> None:
     assert text.getvalue().rstrip().endswith(f"job j1 slow job_id=j1 trace_id={TRACE_ID} kind=ingest")
     line = json.loads(as_json.getvalue())
     assert (line["message"], line["level"], line["job_id"], line["kind"]) == ("job j1 slow", "warning", "j1", "ingest")
+
+
+async def test_a_new_job_takes_the_trace_and_a_stored_one_keeps_its_own(tmp_path: Path) -> None:
+    """A job stored before trace ids, read (and written back) inside a request, got that request's trace."""
+    catalog = await open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    try:
+        old = await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="u1"))
+        await catalog._run(lambda c: c.execute("UPDATE jobs SET doc = json_remove(doc, '$.trace_id')"), write=True)
+        with logs.log_context(trace_id=TRACE_ID):
+            assert (await catalog.get_job(old.id)).trace_id is None
+            await catalog.request_cancel(old.id)
+            new = await catalog.create_job(JobRecord(kind=JobKind.ingest, owner="u1"))
+        assert (await catalog.get_job(old.id)).trace_id is None
+        assert (await catalog.get_job(new.id)).trace_id == TRACE_ID
+    finally:
+        await catalog.aclose()
+
+
+def test_a_worker_metrics_port_in_use_names_its_setting() -> None:
+    first, second = WorkerMonitor(), WorkerMonitor()
+    first.serve("127.0.0.1", 0, None)
+    try:
+        assert first.port is not None
+        with pytest.raises(ConfigError, match="TUPLEHUB_WORKER_METRICS_PORT"):
+            second.serve("127.0.0.1", first.port, None)
+    finally:
+        first.close()
+
+
+def test_a_request_id_with_a_trailing_newline_is_replaced() -> None:
+    assert logs.request_id_from("client-id-1") == "client-id-1"
+    assert logs.request_id_from("client-id-1\n") != "client-id-1\n"
+
+
+def test_text_lines_escape_what_could_forge_a_line_or_restyle_the_terminal() -> None:
+    """A path's ``%0a`` or ``%1b`` arrives decoded; on a terminal it stays on its own line, quoted."""
+    record = logging.makeLogRecord({"name": "tuplehub.api.access", "levelname": "INFO", "levelno": 20,
+                                    "msg": "dataset %s", "args": ("a\nFAKE",),
+                                    "path": "/x\n12:00:00 WARNING tuplehub forged\x1b[2J"})
+    text = io.StringIO()
+    logs.make_handler(text, "text").handle(record)  # type: ignore[arg-type]
+    assert text.getvalue().count("\n") == 1
+    assert "\x1b" not in text.getvalue()
+    assert '"dataset a\\nFAKE" path="/x\\n12:00:00 WARNING tuplehub forged\\u001b[2J"' in text.getvalue()
+
+
+def test_text_lines_keep_the_traceback_below_the_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.makeLogRecord({"name": "t", "levelname": "ERROR", "levelno": 40, "msg": "failed",
+                                        "exc_info": sys.exc_info()})
+    text = io.StringIO()
+    with logs.log_context(job_id="j1"):
+        logs.make_handler(text, "text").handle(record)  # type: ignore[arg-type]
+    head, _, tail = text.getvalue().partition("\n")
+    assert head.endswith("ERROR t failed job_id=j1")
+    assert tail.startswith("Traceback")
+    assert "ValueError: boom" in tail
 
 
 @pytest.mark.e2e

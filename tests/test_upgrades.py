@@ -26,6 +26,7 @@ from arq import Retry
 from tuplehub.client import Client
 from tuplehub.storage.catalog.migrations import SCHEMA_VERSION
 from tuplehub.storage.models import JobKind, JobRecord, JobStatus
+from tuplehub.storage.queue import RETRY_KEY
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
 
 from .factories import episode_arrays
@@ -68,9 +69,14 @@ async def test_a_draining_worker_s_job_finishes_its_step_then_hands_itself_back(
         done.append("block 3")
         return {}
 
+    tries = RETRY_KEY + job.id
+    await ctx["queue"].pool.set(tries, 3)  # Arq counted this pick (the third) before running the job
     with pytest.raises(Retry):  # left in Arq's queue, so another worker takes it at once
         await run_job({**ctx, "stopping": stopping}, job.id, steps, timeout_s=60)
     assert done == ["block 2"]
+    # Not one of Arq's tries: rolling restarts of several workers used to exhaust its max_tries,
+    # after which Arq dropped the job unrun and the catalog kept it queued.
+    assert int(await ctx["queue"].pool.get(tries)) == 2
     handed_back = await ctx["catalog"].get_job(job.id)
     assert (handed_back.status, handed_back.worker, handed_back.attempts, handed_back.lost) == (
         JobStatus.queued, None, 1, 0)

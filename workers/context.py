@@ -159,15 +159,11 @@ async def _attempt(run: JobRun, body: Body, timeout_s: float, cleanup: Cleanup |
     except WorkerStopping as exc:
         # Left in Arq's queue (Retry), so another worker takes it at once; the sweep drops its segment.
         logger.info("job %s attempt %d handed back at a checkpoint: %s", job_id, job.attempts, exc)
-        ending.outcome = "handed_back"
-        with contextlib.suppress(Exception):  # unrecorded, the next claim counts this attempt as lost
-            await catalog.hand_back_job(job_id, attempt=job.attempts)
+        await _hand_back(run, ending)
         raise Retry() from exc
     except asyncio.CancelledError:
         if not run.stuck:  # the worker is stopping: hand the attempt back, it runs again later
-            ending.outcome = "handed_back"
-            with contextlib.suppress(Exception):
-                await catalog.hand_back_job(job_id, attempt=job.attempts)
+            await _hand_back(run, ending)
             raise
         run.ctx["monitor"].stuck.labels(job.kind).inc()
         ending.error = "stuck"
@@ -190,6 +186,15 @@ async def _attempt(run: JobRun, body: Body, timeout_s: float, cleanup: Cleanup |
         heartbeat.cancel()
         work.cancel()
         await asyncio.gather(heartbeat, work, return_exceptions=True)
+
+
+async def _hand_back(run: JobRun, ending: _Ending) -> None:
+    """Return a stopping worker's attempt: queued in the catalog, and not one of Arq's tries."""
+    ending.outcome = "handed_back"
+    with contextlib.suppress(Exception):  # unrecorded, the next claim counts this attempt as lost
+        await run.catalog.hand_back_job(run.job.id, attempt=run.job.attempts)
+    with contextlib.suppress(Exception):  # Redis away: the try stays counted, as before
+        await run.ctx["queue"].uncount_try(run.job.id)
 
 
 async def _failed(run: JobRun, exc: Exception, *, timed_out: bool, timeout_s: float,

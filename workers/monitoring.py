@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from tuplehub.storage.errors import ConfigError
 from tuplehub.storage.models import JobKind
 from tuplehub.storage.queue import Queue
 
@@ -90,7 +91,11 @@ class WorkerMonitor:
                 return [b"send 'Authorization: Bearer <TUPLEHUB_METRICS_TOKEN>'\n"]
             return app(environ, start_response)
 
-        self._server = make_server(host, port, guarded, _ThreadingServer, handler_class=_QuietHandler)
+        try:
+            self._server = make_server(host, port, guarded, _ThreadingServer, handler_class=_QuietHandler)
+        except OSError as exc:  # two workers on one host with one port: say which setting
+            raise ConfigError(f"the worker metrics port {host}:{port} (TUPLEHUB_WORKER_METRICS_PORT) cannot be "
+                              f"opened: {exc.strerror}", hint="give each worker on one host its own port") from exc
         threading.Thread(target=self._server.serve_forever, name="tuplehub-worker-metrics", daemon=True).start()
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -23,7 +24,7 @@ from pydantic import BaseModel
 from tuplehub.storage.access import StoredRecord
 from tuplehub.storage.blocks import BlockRecord
 from tuplehub.storage.catalog.base import NAMESPACES, M, ReadScope, RecordKind, check_fields
-from tuplehub.storage.catalog.jobstate import cancel, claim, finish, hand_back, update
+from tuplehub.storage.catalog.jobstate import cancel, claim, created, finish, hand_back, update
 from tuplehub.storage.catalog.migrations import MIGRATIONS, Migration, pending
 from tuplehub.storage.errors import Conflict, NotFound, StoreUnavailable
 from tuplehub.storage.filters.prune import Constraint
@@ -41,6 +42,7 @@ from tuplehub.storage.models import (
 )
 
 _OPS = {"lt": "$lt", "le": "$lte", "gt": "$gt", "ge": "$gte", "eq": "$eq"}
+logger = logging.getLogger("tuplehub.storage")
 _CAS_ATTEMPTS = 50
 _ID_CHUNK = 1000
 _AFTER = True  # pymongo.ReturnDocument.AFTER, without importing the driver at module load
@@ -156,10 +158,16 @@ class MongoCatalog:
         return doc is not None and doc["owner"] == owner
 
     async def _renew_lock(self, owner: str) -> None:
+        """Keep the lock while migrating; a renewal that fails (a network blip) is tried again at the
+        next third of the lock's life, before it expires: a renewer that gave up at the first error
+        would let a second replica take the lock and migrate beside this one."""
         while True:
             await asyncio.sleep(_LOCK_TTL_S / 3)
-            await self.db.meta.update_one({"_id": "migration-lock", "owner": owner}, {
-                "$set": {"expires_at": utcnow() + timedelta(seconds=_LOCK_TTL_S)}})
+            try:
+                await self.db.meta.update_one({"_id": "migration-lock", "owner": owner}, {
+                    "$set": {"expires_at": utcnow() + timedelta(seconds=_LOCK_TTL_S)}})
+            except Exception as exc:
+                logger.warning("could not renew the migration lock (trying again): %s", exc)
 
     async def ensure_indexes(self) -> None:
         for collection, indexes in INDEXES.items():
@@ -349,6 +357,7 @@ class MongoCatalog:
 
     # --- jobs ---------------------------------------------------------------------------------
     async def create_job(self, record: JobRecord) -> JobRecord:
+        record = created(record)
         try:
             await self.db.jobs.insert_one(_job_doc(record, 0))
         except Exception as exc:

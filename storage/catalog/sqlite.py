@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from tuplehub.storage.access import StoredRecord
 from tuplehub.storage.blocks import BlockRecord
 from tuplehub.storage.catalog.base import NAMESPACES, M, ReadScope, RecordKind, check_fields, sort_stamp
-from tuplehub.storage.catalog.jobstate import cancel, claim, finish, hand_back, update
+from tuplehub.storage.catalog.jobstate import cancel, claim, created, finish, hand_back, update
 from tuplehub.storage.catalog.migrations import MIGRATIONS, Migration, pending
 from tuplehub.storage.errors import ConfigError, Conflict, NotFound, StoreUnavailable
 from tuplehub.storage.filters.prune import Constraint
@@ -423,6 +423,8 @@ class SQLiteCatalog:
 
     # --- jobs ---------------------------------------------------------------------------------
     async def create_job(self, record: JobRecord) -> JobRecord:
+        record = created(record)
+
         def work(conn: sqlite3.Connection) -> JobRecord:
             row = conn.execute("SELECT doc FROM jobs WHERE id = ? OR dedup_key = ?",
                                (record.id, record.dedup_key)).fetchone()
