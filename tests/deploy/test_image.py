@@ -1,0 +1,63 @@
+"""The image: one for API and workers, non-root, no compilers or caches, healthy, usable from the host."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import Api
+from .podman import image_config, podman
+
+pytestmark = pytest.mark.timeout(1800)  # the first test builds the base and the image
+
+COMPILERS = ("gcc", "cc", "c++", "g++", "clang", "make", "ld")
+
+
+def test_runs_as_a_non_root_user(api: Api) -> None:
+    """The server (PID 1 and its worker and Redis children) runs as the image's user, not root."""
+    uids = podman("exec", api.container, "sh", "-c", "grep -h '^Uid:' /proc/[0-9]*/status").stdout.split("\n")
+    assert uids[0], "no process found"
+    assert {line.split()[1] for line in uids if line} == {"10001"}
+
+
+def test_final_stage_has_no_compiler_sources_or_pip_cache(image: str) -> None:
+    script = ("for c in " + " ".join(COMPILERS) + "; do command -v $c; done; "
+              "ls -d /src /root/.cache /home/tuplehub/.cache 2>/dev/null; "
+              "find / -xdev -name '*.whl' -path '*cache*' 2>/dev/null | head -3; true")
+    found = podman("run", "--rm", "--user", "0", "--entrypoint", "/bin/sh", image, "-c", script).stdout
+    assert found.strip() == ""
+
+
+def test_image_metadata(image: str) -> None:
+    config = image_config(image)["Config"]
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.title"] == "tuplehub"
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    assert labels["org.opencontainers.image.version"] not in ("", "dev")
+    assert labels["org.opencontainers.image.base.name"].startswith("localhost/tuplehub-deploy-base")
+    assert config["User"] == "10001:10001"
+    assert config["Cmd"] == ["tuplehub", "serve"]
+    assert "8000/tcp" in config["ExposedPorts"]
+    assert "/api/v1/health/ready" in " ".join(image_config(image)["Healthcheck"]["Test"])  # podman keeps it here
+
+
+def test_worker_command_is_in_the_same_image(image: str) -> None:
+    done = podman("run", "--rm", image, "tuplehub", "worker", "--help")
+    assert "TUPLEHUB_REDIS_URL" in done.stdout
+
+
+def test_healthcheck_passes(api: Api) -> None:
+    podman("healthcheck", "run", api.container)
+    assert podman("inspect", "--format", "{{.State.Health.Status}}", api.container).stdout.strip() == "healthy"
+
+
+def test_sign_in_from_the_host(api: Api) -> None:
+    cli = [sys.executable, "-m", "tuplehub.client.cli"]
+    login = subprocess.run([*cli, "login", "--username", "admin", "--password-stdin", "--url", api.url],
+                           input=api.admin_password, capture_output=True, text=True, timeout=60)
+    assert login.returncode == 0, login.stderr
+    whoami = subprocess.run([*cli, "whoami", "--json", "--url", api.url], capture_output=True, text=True, timeout=60)
+    assert whoami.returncode == 0, whoami.stderr
+    assert '"admin"' in whoami.stdout
