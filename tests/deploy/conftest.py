@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("TUPLEHUB_DEPLOY_CACHE", "/var/tmp/tuplehub-deploy"))
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+BASE_RECIPE = 2  # part of the cache key: bump it when _make_rootfs_tar changes
 # The machine's own extra CA certificates (a TLS-inspecting egress proxy, a company CA): without them
 # pip inside the build cannot reach the package index.
 EXTRA_CAS = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
@@ -59,7 +60,7 @@ def _apt_mirror() -> str:
 
 
 def _base_key() -> str:
-    digest = hashlib.sha256(f"{SUITE} {' '.join(BASE_PACKAGES)}".encode())
+    digest = hashlib.sha256(f"{BASE_RECIPE} {SUITE} {' '.join(BASE_PACKAGES)}".encode())
     for ca in EXTRA_CAS:
         digest.update(ca.read_bytes())
     return digest.hexdigest()[:12]
@@ -75,8 +76,8 @@ def _make_rootfs_tar(tar_path: Path) -> None:
     for ca in EXTRA_CAS:
         shutil.copy(ca, rootfs / "usr/local/share/ca-certificates" / ca.name)
     subprocess.run(["chroot", str(rootfs), "update-ca-certificates"], capture_output=True, check=True)
-    for leftover in (rootfs / "var/cache/apt/archives").glob("*.deb"):
-        leftover.unlink()
+    for leftover in (*(rootfs / "var/cache/apt/archives").glob("*.deb"), *(rootfs / "var/lib/apt/lists").glob("*_*")):
+        leftover.unlink()  # as in the slim images: no package lists or downloaded packages
     partial = tar_path.with_suffix(".partial")
     with tarfile.open(partial, "w") as tar:
         tar.add(rootfs, arcname=".")
@@ -112,14 +113,16 @@ def _pyproject_version() -> str:
 def image(base_image: str) -> str:
     """The repository's image, built from its Containerfile on the local base (layers cached by podman)."""
     revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    previous = podman("image", "inspect", "--format", "{{.Id}}", IMAGE, check=False).stdout.strip()
     started = time.monotonic()
     # docker format: the OCI image config has no field for HEALTHCHECK, so podman would drop it
     podman("build", "--format", "docker", "--build-arg", f"BASE_IMAGE={base_image}",
            "--build-arg", f"VERSION={_pyproject_version()}", "--build-arg", f"REVISION={revision or 'unknown'}",
            "-f", str(ROOT / "Containerfile"), "-t", IMAGE, str(ROOT), timeout=1200)
-    size = int(podman("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout.strip())
+    if previous and previous != podman("image", "inspect", "--format", "{{.Id}}", IMAGE).stdout.strip():
+        podman("rmi", previous, check=False)  # the last run's image, untagged now: reruns do not fill the disk
     FIGURES.append(f"image build (podman, layers cached between runs): {time.monotonic() - started:.0f} s")
-    FIGURES.append(f"image size {IMAGE}: {size / 1e6:.0f} MB (base {_size(base_image) / 1e6:.0f} MB)")
+    FIGURES.append(f"image size {IMAGE}: {_size(IMAGE) / 1e6:.0f} MB (base {_size(base_image) / 1e6:.0f} MB)")
     return IMAGE
 
 
