@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from .conftest import Api
-from .podman import image_config, podman
+from .conftest import FIGURES, ROOT, Api
+from .podman import IMAGE, image_config, podman
 
 pytestmark = pytest.mark.timeout(1800)  # the first test builds the base and the image
 
@@ -61,3 +64,22 @@ def test_sign_in_from_the_host(api: Api) -> None:
     whoami = subprocess.run([*cli, "whoami", "--json", "--url", api.url], capture_output=True, text=True, timeout=60)
     assert whoami.returncode == 0, whoami.stderr
     assert '"admin"' in whoami.stdout
+
+
+WHEELS = Path(os.environ.get("TUPLEHUB_DEPLOY_WHEELS", "/opt/wheels"))
+
+
+@pytest.mark.skipif(not any(WHEELS.glob("torch-2.13.0*.whl")), reason=(
+    f"no torch 2.13.0 wheel in {WHEELS} (TUPLEHUB_DEPLOY_WHEELS): PyPI's torch is the CUDA build, gigabytes"))
+def test_torch_extra_builds_a_worker_that_runs_fitted_q(base_image: str, image: str) -> None:
+    """EXTRAS=torch: the same Containerfile, with torch from a folder of wheels (the CPU build)."""
+    tag = f"{IMAGE}-torch"  # kept, like the main image, so a rerun builds from cached layers
+    started = time.monotonic()
+    podman("build", "--format", "docker", "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", "EXTRAS=torch",
+           "--build-arg", "TORCH_INDEX_URL=", "--build-arg", "PIP_FIND_LINKS=/wheels", "-v", f"{WHEELS}:/wheels:ro",
+           "-t", tag, "-f", str(ROOT / "Containerfile"), str(ROOT), timeout=1500)
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
+    FIGURES.append(f"torch image build: {time.monotonic() - started:.0f} s, size {size / 1e6:.0f} MB")
+    probe = "import torch, tuplehub.workers.metrics.fqe; print(torch.__version__)"
+    assert podman("run", "--rm", tag, "python3", "-c", probe).stdout.startswith("2.13.0")
+    assert "PIP_FIND_LINKS" not in " ".join(image_config(tag)["Config"]["Env"])
