@@ -25,9 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from .podman import IMAGE, podman
+from .podman import IMAGE, ROOT, build, podman, size_mb
 
-ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("TUPLEHUB_DEPLOY_CACHE", "/var/tmp/tuplehub-deploy"))
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
@@ -113,21 +112,11 @@ def _pyproject_version() -> str:
 def image(base_image: str) -> str:
     """The repository's image, built from its Containerfile on the local base (layers cached by podman)."""
     revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    previous = podman("image", "inspect", "--format", "{{.Id}}", IMAGE, check=False).stdout.strip()
-    started = time.monotonic()
-    # docker format: the OCI image config has no field for HEALTHCHECK, so podman would drop it
-    podman("build", "--format", "docker", "--build-arg", f"BASE_IMAGE={base_image}",
-           "--build-arg", f"VERSION={_pyproject_version()}", "--build-arg", f"REVISION={revision or 'unknown'}",
-           "-f", str(ROOT / "Containerfile"), "-t", IMAGE, str(ROOT), timeout=1200)
-    if previous and previous != podman("image", "inspect", "--format", "{{.Id}}", IMAGE).stdout.strip():
-        podman("rmi", previous, check=False)  # the last run's image, untagged now: reruns do not fill the disk
-    FIGURES.append(f"image build (podman, layers cached between runs): {time.monotonic() - started:.0f} s")
-    FIGURES.append(f"image size {IMAGE}: {_size(IMAGE) / 1e6:.0f} MB (base {_size(base_image) / 1e6:.0f} MB)")
+    seconds = build(IMAGE, base_image, "--build-arg", f"VERSION={_pyproject_version()}",
+                    "--build-arg", f"REVISION={revision or 'unknown'}")
+    FIGURES.append(f"image build (podman, layers cached between runs): {seconds:.0f} s")
+    FIGURES.append(f"image size {IMAGE}: {size_mb(IMAGE)} MB (base {size_mb(base_image)} MB)")
     return IMAGE
-
-
-def _size(name: str) -> int:
-    return int(podman("image", "inspect", "--format", "{{.Size}}", name).stdout.strip())
 
 
 @dataclass

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import FIGURES, ROOT, Api
-from .podman import IMAGE, image_config, podman
+from .conftest import FIGURES, Api
+from .podman import IMAGE, build, image_config, podman, size_mb
 
 pytestmark = pytest.mark.timeout(1800)  # the first test builds the base and the image
 
@@ -36,8 +35,7 @@ def test_final_stage_has_no_compiler_sources_or_pip_cache(image: str) -> None:
 def test_build_context_holds_only_the_package(base_image: str, image: str) -> None:
     """.dockerignore: no .git, .venv, tests or bytecode reach the build (the build stage is cached)."""
     tag = f"{IMAGE}-build-stage"  # kept: removing it would remove the cached layers the next build reuses
-    podman("build", "--format", "docker", "--target", "build", "--build-arg", f"BASE_IMAGE={base_image}",
-           "-t", tag, "-f", str(ROOT / "Containerfile"), str(ROOT), timeout=600)
+    build(tag, base_image, "--target", "build")
     listing = podman("run", "--rm", tag, "sh", "-c",
                      "ls -A /src; find /src -name __pycache__ -o -name '*.pyc' | head -3").stdout.split()
     made_by_the_wheel_build = {"build", "tuplehub.egg-info"}
@@ -86,12 +84,9 @@ WHEELS = Path(os.environ.get("TUPLEHUB_DEPLOY_WHEELS", "/opt/wheels"))
 def test_torch_extra_builds_a_worker_that_runs_fitted_q(base_image: str, image: str) -> None:
     """EXTRAS=torch: the same Containerfile, with torch from a folder of wheels (the CPU build)."""
     tag = f"{IMAGE}-torch"  # kept, like the main image, so a rerun builds from cached layers
-    started = time.monotonic()
-    podman("build", "--format", "docker", "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", "EXTRAS=torch",
-           "--build-arg", "TORCH_INDEX_URL=", "--build-arg", "PIP_FIND_LINKS=/wheels", "-v", f"{WHEELS}:/wheels:ro",
-           "-t", tag, "-f", str(ROOT / "Containerfile"), str(ROOT), timeout=1500)
-    size = int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
-    FIGURES.append(f"torch image build: {time.monotonic() - started:.0f} s, size {size / 1e6:.0f} MB")
+    seconds = build(tag, base_image, "--build-arg", "EXTRAS=torch", "--build-arg", "TORCH_INDEX_URL=",
+                    "--build-arg", "PIP_FIND_LINKS=/wheels", "-v", f"{WHEELS}:/wheels:ro")
+    FIGURES.append(f"torch image build: {seconds:.0f} s, size {size_mb(tag)} MB")
     probe = "import torch, tuplehub.workers.metrics.fqe; print(torch.__version__)"
     assert podman("run", "--rm", tag, "python3", "-c", probe).stdout.startswith("2.13.0")
     assert "PIP_FIND_LINKS" not in " ".join(image_config(tag)["Config"]["Env"])
