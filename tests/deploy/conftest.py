@@ -1,0 +1,160 @@
+"""The deployment tier: real containers built from the repository's ``Containerfile`` with podman.
+
+It needs root, podman, buildah and debootstrap, and minutes, so the README's plain ``pytest`` never
+collects it: ``tests/deploy/run.sh`` installs what it needs and runs it with ``TUPLEHUB_DEPLOY_TIER=1``.
+No registry is needed: the base image is a Debian made by debootstrap from the apt mirror this
+machine uses, cached in ``TUPLEHUB_DEPLOY_CACHE`` (default ``/var/tmp/tuplehub-deploy``) so a rerun
+skips it. Containers publish ports on 127.0.0.1 only, and every container and volume a test starts
+is removed at its end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .podman import IMAGE, ROOT, build, podman, size_mb
+
+CACHE = Path(os.environ.get("TUPLEHUB_DEPLOY_CACHE", "/var/tmp/tuplehub-deploy"))
+SUITE = "bookworm"
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+BASE_RECIPE = 2  # part of the cache key: bump it when _make_rootfs_tar changes
+# The machine's own extra CA certificates (a TLS-inspecting egress proxy, a company CA): without them
+# pip inside the build cannot reach the package index.
+EXTRA_CAS = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+READY_TIMEOUT_S = 90
+FIGURES: list[str] = []  # printed at the end of the run (build time, image size)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool:
+    """Never part of the plain run, even when ``tests/`` is collected as a whole."""
+    return os.environ.get("TUPLEHUB_DEPLOY_TIER") != "1"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if FIGURES:
+        terminalreporter.section("deployment tier figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
+def _apt_mirror() -> str:
+    for source in Path("/etc/apt/sources.list.d").glob("*.sources"):
+        for line in source.read_text().splitlines():
+            if line.startswith("URIs:"):
+                return line.split()[1]
+    return "http://deb.debian.org/debian"
+
+
+def _base_key() -> str:
+    digest = hashlib.sha256(f"{BASE_RECIPE} {SUITE} {' '.join(BASE_PACKAGES)}".encode())
+    for ca in EXTRA_CAS:
+        digest.update(ca.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _make_rootfs_tar(tar_path: Path) -> None:
+    """debootstrap a minimal Debian with Python, add the machine's CAs, pack it as a tar for podman import."""
+    rootfs = CACHE / "rootfs.partial"
+    shutil.rmtree(rootfs, ignore_errors=True)
+    with (CACHE / "debootstrap.log").open("w") as log:
+        subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE,
+                        str(rootfs), _apt_mirror()], stdout=log, stderr=subprocess.STDOUT, check=True, timeout=900)
+    for ca in EXTRA_CAS:
+        shutil.copy(ca, rootfs / "usr/local/share/ca-certificates" / ca.name)
+    subprocess.run(["chroot", str(rootfs), "update-ca-certificates"], capture_output=True, check=True)
+    for leftover in (*(rootfs / "var/cache/apt/archives").glob("*.deb"), *(rootfs / "var/lib/apt/lists").glob("*_*")):
+        leftover.unlink()  # as in the slim images: no package lists or downloaded packages
+    partial = tar_path.with_suffix(".partial")
+    with tarfile.open(partial, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    partial.replace(tar_path)
+    shutil.rmtree(rootfs)
+
+
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    """A local Debian image with python3 and venv, standing in for the public Python slim image."""
+    key = _base_key()
+    name = f"localhost/tuplehub-deploy-base:{SUITE}-{key}"
+    if podman("image", "exists", name, check=False).returncode == 0:
+        return name
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tar_path = CACHE / f"base-{SUITE}-{key}.tar"
+    started = time.monotonic()
+    if not tar_path.exists():
+        _make_rootfs_tar(tar_path)
+    podman("import", "--change", "CMD=/bin/bash", "--change", "ENV=LANG=C.UTF-8", str(tar_path), name, timeout=300)
+    FIGURES.append(f"base image ({SUITE} by debootstrap, cached in {CACHE}): {time.monotonic() - started:.0f} s")
+    return name
+
+
+def _pyproject_version() -> str:
+    for line in (ROOT / "pyproject.toml").read_text().splitlines():
+        if line.startswith("version = "):
+            return line.split('"')[1]
+    raise AssertionError("no version in pyproject.toml")
+
+
+@pytest.fixture(scope="session")
+def image(base_image: str) -> str:
+    """The repository's image, built from its Containerfile on the local base (layers cached by podman)."""
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    seconds = build(IMAGE, base_image, "--build-arg", f"VERSION={_pyproject_version()}",
+                    "--build-arg", f"REVISION={revision or 'unknown'}")
+    FIGURES.append(f"image build (podman, layers cached between runs): {seconds:.0f} s")
+    FIGURES.append(f"image size {IMAGE}: {size_mb(IMAGE)} MB (base {size_mb(base_image)} MB)")
+    return IMAGE
+
+
+@dataclass
+class Api:
+    container: str
+    url: str
+    admin_password: str
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/health/ready", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def api(image: str) -> Iterator[Api]:
+    """The image's default command (the embedded default, ``tuplehub serve``) with a data volume,
+    published on a free port of 127.0.0.1."""
+    suffix = secrets.token_hex(4)
+    container, volume = f"tuplehub-deploy-api-{suffix}", f"tuplehub-deploy-data-{suffix}"
+    password = secrets.token_urlsafe(18)
+    podman("run", "-d", "--name", container, "-p", "127.0.0.1::8000", "-v", f"{volume}:/data",
+           "-e", f"TUPLEHUB_ADMIN_PASSWORD={password}", image)
+    try:
+        port = podman("port", container, "8000/tcp").stdout.strip().rsplit(":", 1)[1]
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not _ready(url):
+            running = podman("inspect", "--format", "{{.State.Running}}", container).stdout.strip()
+            if running != "true" or time.monotonic() > deadline:
+                logs = podman("logs", container, check=False)
+                raise AssertionError(f"the API container did not get ready (running: {running}):\n"
+                                     f"{logs.stdout}\n{logs.stderr}")
+            time.sleep(1)
+        yield Api(container, url, password)
+    finally:
+        podman("rm", "-f", "-t", "10", container, check=False)
+        podman("volume", "rm", "-f", volume, check=False)
