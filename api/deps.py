@@ -12,13 +12,14 @@ from typing import Annotated
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from tuplehub.api.access.principal import Principal, authenticate
+from tuplehub.api.access.principal import authenticate
 from tuplehub.api.access.ratelimit import LoginLimiter
 from tuplehub.api.access.tokens import Signer
 from tuplehub.storage import logs
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Unauthenticated
 from tuplehub.storage.objects import ObjectStore
+from tuplehub.storage.permissions import Principal
 from tuplehub.storage.queue import Queue
 from tuplehub.storage.settings import Settings
 

@@ -3,7 +3,7 @@
 Rights are bundled into roles; a user holds roles *site-wide* (they apply everywhere) and *per
 group* (they apply to what is published to that group and to the group itself). Every dataset,
 benchmark and artifact has an owner and is private until it is published to named groups or made
-public. The rules that combine these live in ``tuplehub.api.access.policy``; this module only
+public. The rules that combine these live in ``storage.permissions`` and ``api.access.policy``; this module only
 says what the records are, so the client can use the same names.
 """
 

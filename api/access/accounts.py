@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tuplehub.api.access.passwords import check_password_policy, hash_password
-from tuplehub.api.access.principal import Principal, principal_of, rights_of, role_rights
 from tuplehub.storage.access import RESERVED_NAMES, ApiTokenRecord, RefreshTokenRecord, Right, UserRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest
 from tuplehub.storage.models import utcnow
+from tuplehub.storage.permissions import Principal, principal_of, rights_of, role_rights
 from tuplehub.storage.settings import Settings
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuplehub.api.access.principal import Principal
 from tuplehub.storage.access import AuditRecord
 from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.permissions import Principal
 
 
 async def audit(catalog: Catalog, caller: Principal, action: str, kind: str, target_id: str, target: str,

@@ -11,58 +11,32 @@ Whatever a caller may not read is reported exactly like what does not exist (:cl
 
 from __future__ import annotations
 
-from typing import Protocol
-
-from tuplehub.api.access.principal import Principal
 from tuplehub.storage.access import Right
 from tuplehub.storage.benchmarks import BenchmarkRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.catalog.base import ReadScope
 from tuplehub.storage.errors import Forbidden, NotFound
 from tuplehub.storage.models import DatasetRecord
-
-
-class Shared(Protocol):
-    owner: str
-    public: bool
-    groups: list[str]
-
-
-def _right(kind: str, action: str) -> Right:
-    return Right(f"{kind}:{action}")
-
-
-def manages_all(caller: Principal, kind: str) -> bool:
-    return caller.holds(_right(kind, "delete"))
-
-
-def can_read(caller: Principal, item: Shared, kind: str) -> bool:
-    if not caller.allows(_right(kind, "read")):
-        return False
-    if item.public or manages_all(caller, kind):
-        return True
-    if caller.id is not None and item.owner == caller.id:
-        return True
-    return bool(caller.groups_holding(_right(kind, "read")).intersection(item.groups))
+from tuplehub.storage.permissions import Principal, Shared, can_read, content_right, manages_all
 
 
 def read_scope(caller: Principal, kind: str) -> ReadScope | None:
     """What listings may show the caller; None means everything."""
     if manages_all(caller, kind):
         return None
-    if not caller.allows(_right(kind, "read")):
+    if not caller.allows(content_right(kind, "read")):
         return ReadScope(owner=None, groups=frozenset(), public=False)
-    return ReadScope(owner=caller.id, groups=caller.groups_holding(_right(kind, "read")), public=True)
+    return ReadScope(owner=caller.id, groups=caller.groups_holding(content_right(kind, "read")), public=True)
 
 
 def require_create(caller: Principal, kind: str) -> None:
-    if not caller.holds(_right(kind, "create")):
+    if not caller.holds(content_right(kind, "create")):
         raise Forbidden(f"creating a {kind} needs the right {kind}:create")
 
 
 def require_owner(caller: Principal, item: Shared, kind: str, action: str) -> None:
     """Write or delete: the owner (if the token allows the action), or a site-wide content admin."""
-    right = _right(kind, "create" if action == "write" else action)
+    right = content_right(kind, "create" if action == "write" else action)
     if manages_all(caller, kind) or (item.owner == caller.id and caller.allows(right)):
         return
     raise Forbidden(f"only the owner or a {kind} administrator may {action} this {kind}")
@@ -70,7 +44,7 @@ def require_owner(caller: Principal, item: Shared, kind: str, action: str) -> No
 
 def require_publish(caller: Principal, item: Shared, kind: str, group_ids: list[str], public: bool) -> None:
     require_owner(caller, item, kind, "publish")
-    right = _right(kind, "publish")
+    right = content_right(kind, "publish")
     if public and not caller.holds(right):
         raise Forbidden(f"publishing a {kind} to everyone needs the right {right} site-wide")
     for group_id in group_ids:
@@ -81,7 +55,7 @@ def require_publish(caller: Principal, item: Shared, kind: str, group_ids: list[
 def require_unpublish(caller: Principal, item: Shared, kind: str, group_ids: list[str]) -> None:
     """Taking an item out of view: its owner (whose token allows publishing), a content admin, or
     the admin of the groups it leaves."""
-    if manages_all(caller, kind) or (item.owner == caller.id and caller.allows(_right(kind, "publish"))):
+    if manages_all(caller, kind) or (item.owner == caller.id and caller.allows(content_right(kind, "publish"))):
         return
     if group_ids and all(caller.holds_in(Right.group_update, group) for group in group_ids):
         return

@@ -22,7 +22,6 @@ from tuplehub.api.access.policy import (
     require_create,
     require_owner,
 )
-from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, Limit, ObjectsDep, Offset, Reader, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.sharing import change_sharing
@@ -34,6 +33,7 @@ from tuplehub.storage.artifacts import MEDIA_TYPE, ArtifactLinks, ArtifactRead, 
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from tuplehub.storage.models import DownloadURL, Page, UploadMode, UploadRead, UploadRecord, new_id, utcnow
+from tuplehub.storage.permissions import Principal
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 KIND = "artifact"

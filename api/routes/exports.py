@@ -14,7 +14,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from tuplehub.api.access.policy import readable_dataset
-from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, ObjectsDep, QueueDep, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.jobs import own_job
@@ -23,6 +22,7 @@ from tuplehub.storage import quotas, versions
 from tuplehub.storage.errors import Conflict, InvalidFilter, InvalidRequest, NotFound
 from tuplehub.storage.exports import check_export, dedup_key
 from tuplehub.storage.models import DownloadURL, ExportCreate, JobKind, JobRead, JobRecord, JobStatus, utcnow
+from tuplehub.storage.permissions import Principal
 
 router = APIRouter(tags=["exports"])
 MEDIA_TYPES = {"parquet": "application/vnd.apache.parquet", "arrow": "application/vnd.apache.arrow.stream"}

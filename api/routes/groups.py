@@ -7,7 +7,6 @@ from pydantic import BaseModel, ConfigDict
 
 from tuplehub.api.access.accounts import check_grant, check_name
 from tuplehub.api.access.audit import audit
-from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset
 from tuplehub.api.problems import problems
 from tuplehub.storage.access import (
@@ -23,6 +22,7 @@ from tuplehub.storage.access import (
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from tuplehub.storage.models import Page
+from tuplehub.storage.permissions import Principal
 
 router = APIRouter(prefix="/groups", tags=["groups"])
 CREATOR_ROLES = ["group_admin", "contributor"]

@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from tuplehub.api.access.accounts import user_names
-from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset
 from tuplehub.api.problems import problems
 from tuplehub.storage.access import Right
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Forbidden, NotFound
 from tuplehub.storage.models import JobKind, JobRead, JobRecord, JobStatus, Page
+from tuplehub.storage.permissions import Principal
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

@@ -21,7 +21,6 @@ from tuplehub.api.access.policy import (
     readable_dataset,
     require_owner,
 )
-from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, QueueDep, Reader, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.api.routes.artifacts import readable_artifact
@@ -45,6 +44,7 @@ from tuplehub.storage.metrics import (
     metrics_job,
 )
 from tuplehub.storage.models import DatasetRecord, JobRead
+from tuplehub.storage.permissions import Principal
 
 router = APIRouter(tags=["metrics"])
 

@@ -6,11 +6,11 @@ from fastapi import APIRouter, Response
 
 from tuplehub.api.access.accounts import check_name
 from tuplehub.api.access.audit import audit
-from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep
 from tuplehub.api.problems import problems
 from tuplehub.storage.access import MembershipRecord, Right, RoleCreate, RoleRecord, UserRecord
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from tuplehub.storage.permissions import Principal
 
 router = APIRouter(prefix="/roles", tags=["roles"])
 

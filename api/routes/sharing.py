@@ -6,12 +6,12 @@ from typing import Literal, TypeVar
 
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.policy import require_publish, require_unpublish
-from tuplehub.api.access.principal import Principal
 from tuplehub.api.routes.groups import visible_group_ids
 from tuplehub.storage.access import Publish
 from tuplehub.storage.artifacts import ArtifactRecord
 from tuplehub.storage.benchmarks import BenchmarkRecord
 from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.permissions import Principal
 
 R = TypeVar("R", BenchmarkRecord, ArtifactRecord)
 

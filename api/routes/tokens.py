@@ -7,7 +7,6 @@ from datetime import timedelta
 from fastapi import APIRouter
 
 from tuplehub.api.access.audit import audit
-from tuplehub.api.access.principal import Principal
 from tuplehub.api.access.tokens import API_TOKEN_PREFIX, new_opaque
 from tuplehub.api.deps import Caller, CatalogDep, SettingsDep
 from tuplehub.api.problems import problems
@@ -15,6 +14,7 @@ from tuplehub.storage.access import ApiTokenCreate, ApiTokenCreated, ApiTokenRea
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Forbidden, InvalidRequest, NotFound
 from tuplehub.storage.models import utcnow
+from tuplehub.storage.permissions import Principal
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 

@@ -12,7 +12,6 @@ from datetime import timedelta
 from fastapi import APIRouter, Request, Response
 
 from tuplehub.api.access.policy import readable_dataset, require_owner
-from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, ObjectsDep, QueueDep, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.storage import quotas
@@ -39,6 +38,7 @@ from tuplehub.storage.models import (
     utcnow,
 )
 from tuplehub.storage.objects import S3_MIN_PART, ObjectStore
+from tuplehub.storage.permissions import Principal
 from tuplehub.storage.queue import Queue
 from tuplehub.storage.settings import Settings
 from tuplehub.storage.versions import check_appendable

@@ -15,7 +15,6 @@ from tuplehub.api.access.accounts import (
 )
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.policy import require_password_sign_in
-from tuplehub.api.access.principal import Principal
 from tuplehub.api.deps import Caller, CatalogDep, Limit, Offset, SettingsDep
 from tuplehub.api.problems import problems
 from tuplehub.storage.access import (
@@ -31,6 +30,7 @@ from tuplehub.storage.access import (
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from tuplehub.storage.models import Page
+from tuplehub.storage.permissions import Principal
 
 router = APIRouter(prefix="/users", tags=["users"])
 

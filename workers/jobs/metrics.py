@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tuplehub.storage.access import MembershipRecord
+from tuplehub.storage.access import UserRecord
 from tuplehub.storage.artifacts import ArtifactRecord
 from tuplehub.storage.benchmarks import BenchmarkRecord, continuous_widths, metrics_record, space_from_json
 from tuplehub.storage.catalog import Catalog
@@ -44,6 +44,7 @@ from tuplehub.storage.metrics import (
     result_key,
 )
 from tuplehub.storage.models import DatasetRecord, VersionRecord, utcnow
+from tuplehub.storage.permissions import can_read, principal_of
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
 from tuplehub.workers.jobs.metric_data import Cells, VersionData, note_subsample, scan_version
 from tuplehub.workers.jobs.metric_fitted_q import fitted_q
@@ -372,15 +373,18 @@ class MetricsJob:
         return reference, chosen[-1]
 
     async def _owner_reads(self, item: DatasetRecord | ArtifactRecord) -> bool:
-        """Whether the job's owner may read ``item``. The API checked a person's request; the sweep
-        re-runs stored requests as the dataset's owner, who may not read what someone else named
-        (a reader's own policy), or may no longer."""
-        owner = self.run.job.owner
-        if item.public or item.owner == owner:
-            return True
-        memberships, _ = await self.run.catalog.find_records("memberships", MembershipRecord,
-                                                             where={"user_id": owner})
-        return any(m.group_id in item.groups for m in memberships)
+        """Whether the job's owner may read ``item``, by the API's own rule. The API checked a
+        person's request; the sweep re-runs stored requests as the dataset's owner, who may not read
+        what someone else named (a reader's own policy), or may no longer."""
+        catalog = self.run.catalog
+        try:
+            owner = await catalog.get_record("users", UserRecord, id=self.run.job.owner)
+        except NotFound:
+            return False
+        if not owner.active:
+            return False
+        kind = "dataset" if isinstance(item, DatasetRecord) else "artifact"
+        return can_read(await principal_of(catalog, owner), item, kind)
 
     async def _entropy(self, params: ShannonEntropyParams | BehavioralEntropyParams, data: VersionData) -> Computed:
         assert self.frame is not None
