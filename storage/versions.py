@@ -60,6 +60,15 @@ async def get_version(catalog: Catalog, dataset: DatasetRecord, number: int | No
                    name=dataset.name, version=number)
 
 
+async def get_version_by_id(catalog: Catalog, dataset_id: str, number: int | None) -> VersionRecord:
+    """:func:`get_version` for jobs, which hold a dataset's id: the dataset or the version may have
+    been deleted since the job was queued, and either is :class:`NotFound` naming what is gone."""
+    dataset = await catalog.get_dataset_by_id(dataset_id)
+    if dataset is None:
+        raise NotFound(f"the dataset (id {dataset_id}) was deleted", dataset_id=dataset_id)
+    return await get_version(catalog, dataset, number)
+
+
 async def commit_segment(catalog: Catalog, dataset_id: str, *, mode: UploadMode, segment: SegmentRef,
                          schema: TupleSchema, job_id: str, lineage: Lineage | None = None) -> VersionRecord:
     """Make an ingested segment visible as the dataset's next version, exactly once per job."""

@@ -31,10 +31,9 @@ from tuplehub.storage.models import (
     UploadMode,
     UploadRecord,
     UploadStatus,
-    VersionRecord,
     utcnow,
 )
-from tuplehub.storage.versions import SegmentEpisodes
+from tuplehub.storage.versions import SegmentEpisodes, get_version_by_id
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
 from tuplehub.workers.jobs.export import ExportPlan, ResultWriter, episode_lookup, plan_blocks, row_sample_threshold
 from tuplehub.workers.jobs.ingest import discard_attempt, ingest_upload
@@ -64,7 +63,7 @@ async def _derive(run: JobRun) -> dict[str, Any]:
     next_id = await _next_free_id(run, params["dataset_id"]) if appending else 0
     try:
         for number, source in enumerate(params["sources"]):
-            version = await _version(run, source["dataset_id"], source["version"])
+            version = await get_version_by_id(run.catalog, source["dataset_id"], source["version"])
             request = ExportCreate(episodes=source.get("episodes"), where=source.get("where"),
                                    sample=source.get("sample"),
                                    rebalance=source.get("rebalance"), next_observation=True,
@@ -127,10 +126,6 @@ async def _next_free_id(run: JobRun, dataset_id: str) -> int:
                                      "replace its content", field="mode")
             highest = max(highest, record.episode_id)
     return highest + 1
-
-
-async def _version(run: JobRun, dataset_id: str, number: int) -> VersionRecord:
-    return next(v for v in await run.catalog.list_versions(dataset_id) if v.number == number)
 
 
 def _renames(work: list[tuple[SegmentEpisodes, list[int]]], metadata: dict[str, dict[str, Any]], start: int,

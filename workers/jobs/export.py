@@ -28,7 +28,7 @@ from tuplehub.storage.filters.prune import may_match
 from tuplehub.storage.models import ExportCreate, ExportFormat, Rebalance, Sampling, VersionRecord
 from tuplehub.storage.objects import ObjectStore
 from tuplehub.storage.schema import TupleSchema
-from tuplehub.storage.versions import SegmentEpisodes, select_episodes
+from tuplehub.storage.versions import SegmentEpisodes, get_version_by_id, select_episodes
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
 
 
@@ -144,7 +144,7 @@ async def export(ctx: WorkerContext, job_id: str) -> None:
 
 async def _export(run: JobRun) -> dict[str, Any]:
     catalog, params = run.catalog, run.job.params
-    version = next(v for v in await catalog.list_versions(params["dataset_id"]) if v.number == params["version"])
+    version = await get_version_by_id(catalog, params["dataset_id"], params["version"])
     request = ExportCreate.model_validate(params["request"])
     plan = ExportPlan.build(version.tuple_schema, request)
     await run.checkpoint(0.0, "plan", "selecting episodes and blocks")

@@ -45,6 +45,7 @@ from tuplehub.storage.metrics import (
 )
 from tuplehub.storage.models import DatasetRecord, VersionRecord, utcnow
 from tuplehub.storage.permissions import can_read, principal_of
+from tuplehub.storage.versions import get_version
 from tuplehub.workers.context import JobRun, WorkerContext, run_job
 from tuplehub.workers.jobs.metric_data import Cells, VersionData, note_subsample, scan_version
 from tuplehub.workers.jobs.metric_fitted_q import fitted_q
@@ -72,7 +73,7 @@ async def _metrics(run: JobRun) -> dict[str, Any]:
     dataset = await run.catalog.get_dataset_by_id(params["dataset_id"])
     if dataset is None:
         raise NotFound(f"dataset {params['dataset']!r} was deleted", name=params["dataset"])
-    version = await _version(run, dataset.id, params["version"])
+    version = await get_version(run.catalog, dataset, params["version"])
 
     async def waiting() -> None:
         await run.checkpoint(0.0, "waiting", "another metrics job is computing this version")
@@ -85,13 +86,6 @@ async def _metrics(run: JobRun) -> dict[str, Any]:
             return await job.compute_all()
         finally:
             await job.forget_if_deleted()
-
-
-async def _version(run: JobRun, dataset_id: str, number: int) -> VersionRecord:
-    for version in await run.catalog.list_versions(dataset_id):
-        if version.number == number:
-            return version
-    raise NotFound(f"version {number} is gone", version=number)
 
 
 async def benchmark_of(catalog: Catalog, dataset: DatasetRecord) -> BenchmarkRecord | None:
@@ -365,12 +359,10 @@ class MetricsJob:
         if reference.benchmark != self.dataset.benchmark:
             raise InvalidRequest(f"the reference {params.reference!r} is not of this dataset's benchmark: coverage "
                                  "compares data binned alike", field="reference")
-        versions = await self.run.catalog.list_versions(reference.id)
-        chosen = [v for v in versions if params.reference_version in (None, v.number)]
-        if not chosen:
-            raise InvalidRequest(f"{params.reference!r} has no version {params.reference_version or ''}".strip(),
-                                 field="reference_version")
-        return reference, chosen[-1]
+        try:
+            return reference, await get_version(self.run.catalog, reference, params.reference_version)
+        except NotFound as exc:
+            raise InvalidRequest(str(exc), field="reference_version") from exc
 
     async def _owner_reads(self, item: DatasetRecord | ArtifactRecord) -> bool:
         """Whether the job's owner may read ``item``, by the API's own rule. The API checked a
