@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from tuplehub.storage.catalog.sqlite import block_dir_of, block_file
@@ -105,16 +105,23 @@ class Copied:
 def copy_file(source: Path, target: Path) -> tuple[int, str]:
     """Copy ``source`` to a new private file ``target``; its size and the SHA-256 of the bytes written."""
     _private_folders(target.parent)
-    hasher, size = hashlib.sha256(), 0
     with source.open("rb") as reader:
         descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "wb") as writer:
-            while chunk := reader.read(CHUNK):
-                hasher.update(chunk)
-                writer.write(chunk)
-                size += len(chunk)
+            measured = _hashed(reader, writer)
             writer.flush()
             os.fsync(writer.fileno())
+    return measured
+
+
+def _hashed(reader: BinaryIO, writer: BinaryIO | None = None) -> tuple[int, str]:
+    """Read ``reader`` to its end (writing each chunk to ``writer``, if given); the size and SHA-256 read."""
+    hasher, size = hashlib.sha256(), 0
+    while chunk := reader.read(CHUNK):
+        hasher.update(chunk)
+        if writer is not None:
+            writer.write(chunk)
+        size += len(chunk)
     return size, hasher.hexdigest()
 
 
@@ -208,12 +215,8 @@ def _copy_snapshot(parts: Embedded, out: Path, copied: Copied) -> dict[str, int]
 
 def digest(path: Path) -> tuple[int, str]:
     """The size and SHA-256 of the file at ``path``."""
-    hasher, size = hashlib.sha256(), 0
     with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
-    return size, hasher.hexdigest()
+        return _hashed(handle)
 
 
 def _copy_secrets(parts: Embedded, settings: Settings, out: Path, copied: Copied) -> list[str]:
