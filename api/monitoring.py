@@ -11,7 +11,6 @@ the proxy in front of the API never has to know about it.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 
@@ -31,6 +30,7 @@ from tuplehub.api.routes.exports import download_export
 from tuplehub.api.routes.uploads import put_part
 from tuplehub.storage import logs
 from tuplehub.storage.errors import Unauthenticated
+from tuplehub.storage.monitoring import METRICS_TOKEN_HINT, metrics_token_matches
 from tuplehub.storage.settings import Settings
 
 logger = logging.getLogger("tuplehub.api.access")
@@ -140,11 +140,10 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(Observe, metrics=metrics)
     if settings.metrics_token is None:
         return
-    expected = f"Bearer {settings.metrics_token.get_secret_value()}".encode()
+    token = settings.metrics_token.get_secret_value()
 
     @app.get("/metrics", include_in_schema=False)
     async def read_metrics(request: Request) -> Response:
-        given = request.headers.get("authorization", "").encode("latin-1", "replace")
-        if not hmac.compare_digest(given, expected):
-            raise Unauthenticated("/metrics needs 'Authorization: Bearer <TUPLEHUB_METRICS_TOKEN>'")
+        if not metrics_token_matches(request.headers.get("authorization"), token):
+            raise Unauthenticated(f"/metrics: {METRICS_TOKEN_HINT}")
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -69,6 +69,19 @@ def test_metrics_answer_only_to_the_token(hub_server: EmbeddedServer) -> None:
     assert "/metrics" not in httpx.get(f"{hub_server.url}/api/v1/openapi.json", timeout=30).json()["paths"]
 
 
+@pytest.mark.parametrize(("authorization", "allowed"), [
+    (f"Bearer {TOKEN}", True), (f"bearer {TOKEN}", True), (f"BEARER  {TOKEN}", True),  # RFC 9110: any case
+    (None, False), ("", False), (f"Bearer {TOKEN}x", False), (f"Bearer {TOKEN[:-1]}", False), (f"Basic {TOKEN}", False),
+    (TOKEN, False), ("Bearer", False), ("Bearer \u00e9", False)])
+def test_api_and_workers_read_the_metrics_token_alike(hub_server: EmbeddedServer, authorization: str | None,
+                                                      allowed: bool) -> None:
+    """One check for both (issue 12): the same headers open the API's /metrics and a worker's port, or neither."""
+    headers = {"Authorization": authorization.encode()} if authorization is not None else {}
+    urls = (f"{hub_server.url}/metrics", f"http://127.0.0.1:{hub_server.settings.worker_metrics_port}/metrics")
+    statuses = [httpx.get(url, headers=headers, timeout=30).status_code for url in urls]
+    assert statuses == [200, 200] if allowed else statuses == [401, 401]
+
+
 def test_without_a_token_there_is_no_metrics_route(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> None:
     from tuplehub.client.cli.server import serve_in_thread
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -25,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from tuplehub.storage.errors import ConfigError
 from tuplehub.storage.models import JobKind
+from tuplehub.storage.monitoring import METRICS_TOKEN_HINT, metrics_token_matches
 from tuplehub.storage.queue import Queue
 
 logger = logging.getLogger("tuplehub.workers")
@@ -82,13 +82,11 @@ class WorkerMonitor:
     def serve(self, host: str, port: int, token: str | None) -> None:
         """Serve the metrics on ``host:port`` from a daemon thread; with ``token``, only to its bearer."""
         app = make_wsgi_app(self.registry)
-        expected = f"Bearer {token}".encode() if token else None
 
         def guarded(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-            given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
-            if expected is not None and not hmac.compare_digest(given, expected):
+            if token is not None and not metrics_token_matches(environ.get("HTTP_AUTHORIZATION"), token):
                 start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
-                return [b"send 'Authorization: Bearer <TUPLEHUB_METRICS_TOKEN>'\n"]
+                return [f"{METRICS_TOKEN_HINT}\n".encode()]
             return app(environ, start_response)
 
         try:
