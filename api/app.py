@@ -1,7 +1,8 @@
 """The FastAPI application: ``create_app(settings, redis_url)`` wires routers, errors and backends.
 
 Backends are opened in the lifespan and closed when it ends; nothing is built at import time, so
-tests and the embedded server each make their own app from their own settings.
+tests and the embedded server each make their own app from their own settings. With traces on
+(``OTEL_*``, see :mod:`tuplehub.storage.tracing`) each app has its tracer, flushed when it stops.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tuplehub.api.routes import (
     uploads,
     users,
 )
+from tuplehub.storage import tracing
 from tuplehub.storage.catalog import Catalog, open_catalog
 from tuplehub.storage.objects import ObjectStore, open_object_store
 from tuplehub.storage.queue import Queue
@@ -52,6 +54,8 @@ class AppState(TypedDict):
 
 
 def create_app(settings: Settings, redis_url: str) -> FastAPI:
+    tracer = tracing.open_tracer(tracing.API_SERVICE)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         signer = Signer.from_settings(settings)  # a bad key fails the start, not the first request
@@ -72,11 +76,14 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
         finally:
             await queue.aclose()
             await catalog.aclose()
+            tracer.close()
 
+    telemetry = tracer.fastapi_telemetry()  # None with traces off: FastAPI's default, which makes no span
     app = FastAPI(title="tuplehub", version=VERSION, lifespan=lifespan,
                   description="Store, version, filter and share offline-RL datasets. Heavy work runs as jobs: "
                               "start one, then poll `GET /api/v1/jobs/{id}`.",
-                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=None, redoc_url=None, openapi_tags=docs.TAGS)
+                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=None, redoc_url=None, openapi_tags=docs.TAGS,
+                  **({"telemetry": telemetry} if telemetry else {}))
     docs.install(app, API_PREFIX)
     problems.install(app)
     middleware.install(app, settings)

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuplehub.api.routes.exports import download_export
 from tuplehub.api.routes.uploads import put_part
-from tuplehub.storage import logs
+from tuplehub.storage import logs, tracing
 from tuplehub.storage.errors import Unauthenticated
 from tuplehub.storage.monitoring import METRICS_TOKEN_HINT, metrics_token_matches
 from tuplehub.storage.settings import Settings
@@ -76,7 +76,10 @@ class Observe:
             return
         headers = dict(scope["headers"])
         request_id = logs.request_id_from(headers.get(b"x-request-id", b"").decode("latin-1"))
-        trace_id = logs.trace_id_from(headers.get(b"traceparent", b"").decode("latin-1")) or logs.new_trace_id()
+        # With traces on, FastAPI's span for this request (started outside every middleware, from the request's
+        # traceparent) names the trace; without one, the traceparent does, or a fresh id.
+        trace_id = (tracing.current_trace_id() or logs.trace_id_from(headers.get(b"traceparent", b"").decode("latin-1"))
+                    or logs.new_trace_id())
         started = time.perf_counter()
         status, received, sent = 500, 0, 0  # 500: the app raised before it answered
 

@@ -362,6 +362,9 @@ class JobRecord(BaseModel):
     # by the catalog's ``create_job`` (jobstate.created), not as a default: a record stored before trace
     # ids must not take the trace of whichever request reads it (and writes it back, cancelling it, say).
     trace_id: str | None = None
+    # With traces on (storage/tracing.py), the span that created this job, as a W3C traceparent (its trace id
+    # is trace_id): the worker's span for the job is its child. Set with trace_id, by the same rule.
+    traceparent: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import tempfile
 import uuid
@@ -16,6 +18,7 @@ from typer.testing import CliRunner
 from tuplehub.client import Client
 from tuplehub.client.cli import app
 from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
+from tuplehub.storage import logs
 from tuplehub.storage.catalog import Catalog, open_catalog
 from tuplehub.storage.catalog.mongo import MongoCatalog
 from tuplehub.storage.embedded_redis import EmbeddedRedis
@@ -160,6 +163,23 @@ def running() -> Iterator[Processes]:
 @pytest.fixture
 def unique_name() -> str:
     return f"ds-{uuid.uuid4().hex[:10]}"
+
+
+# Monitoring (issue 12): log lines, for tests/test_monitoring.py and tests/test_tracing.py.
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """What tuplehub logs at INFO while the test runs, as the JSON lines a deployment gets."""
+    stream = io.StringIO()
+    handler = logs.make_handler(stream, "json")
+    logger = logging.getLogger("tuplehub")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @pytest.fixture

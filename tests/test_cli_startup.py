@@ -15,7 +15,7 @@ from tuplehub.client.cli.server import EmbeddedServer
 
 from .conftest import admin_token
 
-HEAVY = ("numpy", "pyarrow", "gymnasium", "torch", "pandas", "tqdm")
+HEAVY = ("numpy", "pyarrow", "gymnasium", "torch", "pandas", "tqdm", "opentelemetry")
 PROBE = """
 import json, sys
 from tuplehub.client.cli import app
@@ -33,8 +33,10 @@ def _loaded(*args: str, env: dict[str, str] | None = None) -> dict[str, object]:
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def test_help_imports_no_numpy_pyarrow_gymnasium_torch_or_pydantic() -> None:
+def test_help_imports_no_numpy_pyarrow_gymnasium_torch_opentelemetry_or_pydantic() -> None:
     assert _loaded("--help") == {"code": 0, "loaded": []}
+    # traces configured (tuplehub[otel]) are the server's business: the client's commands still import none of it
+    assert _loaded("--help", env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}) == {"code": 0, "loaded": []}
     # typer itself coerces option values with pydantic, so a subcommand's help loads it; nothing heavier
     assert _loaded("datasets", "create", "--help") == {"code": 0, "loaded": ["pydantic"]}
 

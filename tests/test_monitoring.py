@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -152,22 +151,6 @@ def test_a_client_request_id_comes_back_and_a_bad_one_is_replaced(hub_server: Em
         assert len(given) == 16
     first, second = (httpx.get(url, timeout=30).headers["x-request-id"] for _ in range(2))
     assert first != second
-
-
-@pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    """What tuplehub logs at INFO while the test runs, as the JSON lines a deployment gets."""
-    stream = io.StringIO()
-    handler = logs.make_handler(stream, "json")
-    logger = logging.getLogger("tuplehub")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield stream
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def test_the_request_trace_id_reaches_the_job_log_lines(hub_server: EmbeddedServer, admin: Client,

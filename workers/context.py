@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 
 from arq import Retry
 
-from tuplehub.storage import logs
+from tuplehub.storage import logs, tracing
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.catalog.jobstate import stalled
 from tuplehub.storage.errors import JobCancelled, NotFound, TuplehubError, is_unavailable
@@ -50,6 +50,7 @@ class WorkerContext(TypedDict, total=False):
     objects: ObjectStore
     queue: Queue
     monitor: WorkerMonitor
+    tracer: tracing.Tracer  # traces off unless OTEL_* ask for them (storage/tracing.py)
     worker_id: str
     job_id: str
     job_try: int
@@ -58,9 +59,10 @@ class WorkerContext(TypedDict, total=False):
 class JobRun:
     """A running job's handle: progress reports double as cancellation checkpoints."""
 
-    def __init__(self, ctx: WorkerContext, job: JobRecord) -> None:
+    def __init__(self, ctx: WorkerContext, job: JobRecord, span: tracing.JobSpan | None = None) -> None:
         self.ctx = ctx
         self.job = job
+        self.span = span or tracing.JobSpan()
         self.catalog = ctx["catalog"]
         self.objects = ctx["objects"]
         self.settings = ctx["settings"]
@@ -76,6 +78,7 @@ class JobRun:
             raise AttemptSuperseded(f"attempt {current.attempts} took over")
         if current.cancel_requested or current.status == JobStatus.cancelled:
             raise JobCancelled("cancelled on request")
+        self.span.step(stage)
         await self.catalog.update_job(self.job.id, progress={
             "fraction": round(min(max(fraction, 0.0), 1.0), 4), "stage": stage, "message": message},
             heartbeat_at=utcnow())
@@ -92,7 +95,8 @@ async def run_job(ctx: WorkerContext, job_id: str, body: Body, *, timeout_s: flo
     Attempts are counted in the catalog (each claim adds one), so a job whose worker keeps dying
     (killed for memory, say) fails after ``job_max_tries`` claims instead of looping for ever.
     Every line logged meanwhile carries the job's id, its owner and the trace id of the request that
-    started it; each attempt is counted once in the worker's metrics, when it ends.
+    started it; with traces on, the attempt is a span, child of that request's; each attempt is
+    counted once in the worker's metrics, when it ends.
     """
     catalog = ctx["catalog"]
     with logs.log_context(job_id=job_id):
@@ -107,20 +111,22 @@ async def run_job(ctx: WorkerContext, job_id: str, body: Body, *, timeout_s: flo
                 await _cleanup(cleanup, JobRun(ctx, current))
                 await catalog.finish_job(job_id, JobStatus.cancelled)
             return
-        logs.annotate(trace_id=job.trace_id or logs.new_trace_id(), user=job.owner)
-        monitor = ctx["monitor"]
-        monitor.started(job.kind)
-        logger.info("job started", extra={"kind": job.kind.value, "attempt": job.attempts})
-        started = time.monotonic()
-        ending = _Ending()
-        try:
-            await _attempt(JobRun(ctx, job), body, timeout_s, cleanup, ending)
-        finally:
-            seconds = time.monotonic() - started
-            monitor.ended(job.kind, ending.outcome, seconds, ending.result)
-            logger.info("job ended", extra={"kind": job.kind.value, "attempt": job.attempts,
-                                            "outcome": ending.outcome, "duration_s": round(seconds, 3),
-                                            **({"error": ending.error} if ending.error else {})})
+        with ctx.get("tracer", tracing.OFF).job(job) as span:
+            logs.annotate(trace_id=span.trace_id or job.trace_id or logs.new_trace_id(), user=job.owner)
+            monitor = ctx["monitor"]
+            monitor.started(job.kind)
+            logger.info("job started", extra={"kind": job.kind.value, "attempt": job.attempts})
+            started = time.monotonic()
+            ending = _Ending()
+            try:
+                await _attempt(JobRun(ctx, job, span), body, timeout_s, cleanup, ending)
+            finally:
+                seconds = time.monotonic() - started
+                monitor.ended(job.kind, ending.outcome, seconds, ending.result)
+                span.ended(ending.outcome, ending.error)
+                logger.info("job ended", extra={"kind": job.kind.value, "attempt": job.attempts,
+                                                "outcome": ending.outcome, "duration_s": round(seconds, 3),
+                                                **({"error": ending.error} if ending.error else {})})
 
 
 @dataclass

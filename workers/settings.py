@@ -16,6 +16,7 @@ from typing import Any
 from arq import cron, func
 from arq.worker import Worker
 
+from tuplehub.storage import tracing
 from tuplehub.storage.catalog import open_catalog
 from tuplehub.storage.objects import open_object_store
 from tuplehub.storage.queue import Queue, redis_settings
@@ -66,6 +67,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         ctx["catalog"] = await open_catalog(settings.resolved_catalog_url())
         ctx["objects"] = open_object_store(settings.resolved_objects_url(), **settings.object_store_options())
         ctx["queue"] = await Queue.connect(redis_url, settings.queue_name)
+        ctx["tracer"] = tracing.open_tracer(tracing.WORKER_SERVICE)
         ctx["monitor"] = monitor = WorkerMonitor()
         monitor.watch_queue(ctx["queue"], asyncio.get_running_loop())
         if settings.worker_metrics_port is not None:
@@ -81,6 +83,8 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
             await ctx["queue"].aclose()
         if "catalog" in ctx:
             await ctx["catalog"].aclose()
+        if "tracer" in ctx:
+            ctx["tracer"].close()
 
     return Worker(
         functions=[

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuplehub.storage import logs
+from tuplehub.storage import logs, tracing
 from tuplehub.storage.models import JobKind, JobRecord, JobStatus, utcnow
 
 
 def created(job: JobRecord) -> JobRecord:
-    """A new job as stored: with the trace of the request (or job) creating it, unless it has one."""
-    return job if job.trace_id is not None else job.model_copy(update={"trace_id": logs.current("trace_id")})
+    """A new job as stored: with the trace of the request (or job) creating it, unless it has one
+    (and, with traces on, the span creating it)."""
+    if job.trace_id is not None:
+        return job
+    return job.model_copy(update={"trace_id": logs.current("trace_id"), "traceparent": tracing.current_traceparent()})
 
 
 def update(job: JobRecord, fields: dict[str, Any]) -> JobRecord | None:
