@@ -1,7 +1,9 @@
-"""HTTP hardening that wraps every route: body size limits, security headers and (opt-in) CORS."""
+"""HTTP hardening that wraps every route: body size limits, security headers, (opt-in) CORS, and a
+503 for the requests a stopping server could not finish."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -29,6 +31,9 @@ API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'no
 DOCS_CSP = (b"content-security-policy", b"default-src 'self'; script-src 'self' 'unsafe-inline'; "
             b"style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'")
 HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+# Seconds a client waits before sending again a request the server stopped: a rolling restart's next
+# replica (or this one, restarted) answers by then.
+STOPPING_RETRY_AFTER_S = 2
 
 
 class BodyLimit:
@@ -49,7 +54,8 @@ class BodyLimit:
         limit = self.max_part_bytes if _PART_ROUTE.match(scope["path"]) else self.max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _refuse(scope, send, limit)
+            await _refuse(scope, send, 413, "payload-too-large", "Payload Too Large",
+                          f"the request body exceeds {limit} bytes", limit=limit)
             return
         seen = 0
 
@@ -65,13 +71,51 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-async def _refuse(scope: Scope, send: Send, limit: int) -> None:
-    body = json.dumps({"type": "/problems/payload-too-large", "title": "Payload Too Large", "status": 413,
-                       "detail": f"the request body exceeds {limit} bytes", "limit": limit,
-                       "instance": scope["path"]}).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [
+class AnswerWhenStopped:
+    """A request the server stops before answering gets 503 with ``Retry-After``, not a bare 500.
+
+    On SIGTERM uvicorn stops taking connections and waits ``TUPLEHUB_SHUTDOWN_GRACE_S`` for the
+    requests in flight; then it cancels the tasks of those still running (a slow upload part, say)
+    and answers 500 for any that had not started its response. Nothing else cancels a request's own
+    task, so a cancellation that reaches this middleware means the server is going away: the request
+    was not done, and the client may send it again. A response already started cannot change; its
+    connection closes, as before.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if started or task is None or not task.cancelling():
+                raise
+            task.uncancel()  # this request's task ends here, answered
+            await _refuse(scope, send, 503, "server-stopping", "Service Unavailable",
+                          "the server stopped before it could answer this request; send it again",
+                          headers=[(b"retry-after", str(STOPPING_RETRY_AFTER_S).encode())])
+
+
+async def _refuse(scope: Scope, send: Send, status: int, code: str, title: str, detail: str, *,
+                  headers: list[tuple[bytes, bytes]] | None = None, **extra: object) -> None:
+    """Answer with a problem document, from a middleware (where no route's error handlers run)."""
+    body = json.dumps({"type": f"/problems/{code}", "title": title, "status": status,
+                       "detail": detail, **extra, "instance": scope["path"]}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close")]})  # SecurityHeaders, outside this middleware, adds the rest
+        (b"connection", b"close"), *(headers or [])]})  # SecurityHeaders, outside these middlewares, adds the rest
     await send({"type": "http.response.body", "body": body})
 
 
@@ -98,7 +142,9 @@ class SecurityHeaders:
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Outermost first: CORS answers preflights, headers go on everything, then the size limit."""
+    """Outermost first: CORS answers preflights, headers go on everything, then the size limit, and last
+    the answer to requests the server stopped (inside the others, so its 503 gets their headers)."""
+    app.add_middleware(AnswerWhenStopped)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes, max_part_bytes=settings.max_part_bytes)
     app.add_middleware(SecurityHeaders, hsts=settings.hsts)
     if settings.cors_origins:

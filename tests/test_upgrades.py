@@ -3,7 +3,8 @@
 A worker that gets SIGTERM takes no new job, lets its running job finish the step it is in and
 hands the job back at the next checkpoint; another worker then runs it to one version with every
 tuple once. The API, on SIGTERM, stops accepting connections and finishes the requests in flight
-for up to ``TUPLEHUB_SHUTDOWN_GRACE_S``. A start on a catalog that a newer release upgraded stops
+for up to ``TUPLEHUB_SHUTDOWN_GRACE_S``; one still running then is answered 503 with ``Retry-After``
+if its response had not started. A start on a catalog that a newer release upgraded stops
 with one line saying so.
 """
 
@@ -153,10 +154,15 @@ def test_an_api_stopped_during_a_slow_request_finishes_it_within_its_grace(
             response = http.put(f"/uploads/{upload['id']}/parts/1", content=body)
             assert response.status_code == 200, response.text
             assert response.json()["number"] == 1
-        else:  # the grace ends before the body does: uvicorn cancels the request and answers 500
+        else:  # the grace ends before the body does: uvicorn cancels the request, which says "send it again"
             response = http.put(f"/uploads/{upload['id']}/parts/1", content=body)
-            assert response.status_code == 500
-            assert "timeout graceful shutdown exceeded" in (tmp_path / "api.log").read_text()
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "2"
+            assert response.headers["x-content-type-options"] == "nosniff"  # answered inside the usual headers
+            assert response.json()["type"] == "/problems/server-stopping"
+            log_text = (tmp_path / "api.log").read_text()
+            assert "timeout graceful shutdown exceeded" in log_text
+            assert "Traceback" not in log_text
     assert running.stop(api) == 0  # type: ignore[arg-type]
     with pytest.raises(httpx.TransportError):  # and it is gone
         httpx.get(f"{url}/api/v1/health/live", timeout=2)
