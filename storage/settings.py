@@ -134,6 +134,9 @@ class Settings(BaseSettings):
         "Port on which each worker process serves its Prometheus metrics; unset: none."))
     worker_metrics_host: str = Field("127.0.0.1", description=(
         "Address of the workers' metrics port; 0.0.0.0 in a container, on the internal network only."))
+    # Traces (issue 12) have no TUPLEHUB_* setting: OpenTelemetry's own variables turn them on
+    # (OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_TRACES_EXPORTER=otlp) and tune them, as every collector's
+    # documentation says; storage/tracing.py reads them, with the `otel` extra installed.
 
     def resolved_catalog_url(self) -> str:
         return self.catalog_url or f"sqlite:///{self.data_dir / 'catalog.db'}"
