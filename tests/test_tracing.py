@@ -37,6 +37,7 @@ from tuplehub.storage.models import JobStatus
 
 from .conftest import admin_client, admin_token, api, make_settings
 from .factories import episode_arrays
+from .processes import Processes, embedded_client, isolated_env, start_serve, stop, wait_for_server
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -145,25 +146,39 @@ def collector() -> Iterator[ThreadingHTTPServer]:
         thread.join(10)
 
 
-def test_spans_reach_an_otlp_endpoint_named_by_the_standard_variable(
-        tmp_path: Path, redis_url: str, collector: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.server_address[1]}")
-    with serve_in_thread(make_settings(tmp_path, redis_url, auto_metrics=False)) as server, \
-            admin_client(server) as admin:
-        job = admin.datasets.create("sent").upload(episode_arrays(episodes=2, length=5)).wait(timeout=120)
-    spans = {}  # span id -> (service, name, trace id, parent span id, attributes)
+def received_spans(collector: ThreadingHTTPServer) -> dict[bytes, tuple[str, str, bytes, bytes, dict[str, str]]]:
+    """Span id -> (service, name, trace id, parent span id, string attributes) of every span received."""
+    spans = {}
     for export in collector.received:  # type: ignore[attr-defined]
         for resource_spans in export.resource_spans:
             service = {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes}["service.name"]
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    attributes = {kv.key: kv.value for kv in span.attributes}
+                    attributes = {kv.key: kv.value.string_value for kv in span.attributes}
                     spans[span.span_id] = (service, span.name, span.trace_id, span.parent_span_id, attributes)
+    return spans
+
+
+@pytest.mark.e2e
+def test_tuplehub_serve_and_its_worker_process_send_one_trace_to_the_otlp_endpoint(
+        tmp_path: Path, collector: ThreadingHTTPServer, running: Processes) -> None:
+    """As deployed: the API and the worker in processes of their own, OTEL_EXPORTER_OTLP_ENDPOINT set for both."""
+    env = isolated_env(tmp_path / "config", TUPLEHUB_LOG_FORMAT="json", TUPLEHUB_LOG_LEVEL="INFO",
+                       TUPLEHUB_AUTO_METRICS="false",
+                       OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.server_address[1]}")
+    data_dir, log = tmp_path / "data", tmp_path / "serve.log"
+    server = running.add(start_serve(data_dir, env=env, log=log, args=("--json",)))
+    wait_for_server(data_dir, server, log)
+    with embedded_client(data_dir, env) as hub:
+        job = hub.datasets.create("sent").upload(episode_arrays(episodes=2, length=5)).wait(timeout=120)
+    assert stop(server) == 0  # both processes send what they still hold as they stop
+    spans = received_spans(collector)
     [(_, name, trace_id, parent, _)] = [span for span in spans.values() if span[0] == tracing.WORKER_SERVICE
-                                        and "tuplehub.job.id" in span[4]
-                                        and span[4]["tuplehub.job.id"].string_value == job.id]
+                                        and span[4].get("tuplehub.job.id") == job.id]
     assert name == "job ingest"
     assert spans[parent][:3] == (tracing.API_SERVICE, "POST /api/v1/uploads/{upload_id}/complete", trace_id)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # every line is JSON
+    assert {line["trace_id"] for line in lines if line.get("job_id") == job.id} == {trace_id.hex()}
 
 
 @pytest.mark.parametrize(("environ", "on"), [
