@@ -7,6 +7,7 @@ tests and the embedded server each make their own app from their own settings. W
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -76,7 +77,7 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
         finally:
             await queue.aclose()
             await catalog.aclose()
-            tracer.close()
+            await asyncio.to_thread(tracer.close)
 
     telemetry = tracer.fastapi_telemetry()  # None with traces off: FastAPI's default, which makes no span
     app = FastAPI(title="tuplehub", version=VERSION, lifespan=lifespan,

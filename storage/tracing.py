@@ -61,7 +61,7 @@ class Tracer:
         yield JobSpan()
 
     def close(self) -> None:
-        """Send what is still buffered and stop (the end of the app or the worker)."""
+        """Send what is still buffered and stop (the end of the app or the worker), waiting 2 s at most."""
 
 
 OFF = Tracer()

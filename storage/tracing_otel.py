@@ -14,6 +14,7 @@ import importlib.metadata
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 PROPAGATOR = TraceContextTextMapPropagator()
 # Requests whose spans would only be noise: Prometheus's scrapes and the health checks, every few seconds.
 UNTRACED = re.compile(r"/metrics$|/api/v1/health/")
+# How long a stopping process waits to send its last spans: a collector answers a batch in milliseconds, and
+# one that is away (the exporter retries for OTEL_EXPORTER_OTLP_TIMEOUT, 10 s) must not hold up a rolling restart.
+CLOSE_TIMEOUT_S = 2.0
 
 
 def span_exporter() -> SpanExporter:
@@ -85,7 +89,9 @@ class OtelTracer(Tracer):
                 handle.step(None)
 
     def close(self) -> None:
-        self.provider.shutdown()
+        closing = threading.Thread(target=self.provider.shutdown, name="tuplehub-traces-close", daemon=True)
+        closing.start()
+        closing.join(CLOSE_TIMEOUT_S)
 
 
 class _JobSpan(JobSpan):

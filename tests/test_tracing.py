@@ -33,7 +33,7 @@ from opentelemetry.trace import SpanKind
 import tuplehub.storage
 from tuplehub.client.cli.server import serve_in_thread
 from tuplehub.storage import tracing, tracing_otel
-from tuplehub.storage.models import JobStatus
+from tuplehub.storage.models import JobKind, JobRecord, JobStatus
 
 from .conftest import admin_client, admin_token, api, make_settings
 from .factories import episode_arrays
@@ -179,6 +179,27 @@ def test_tuplehub_serve_and_its_worker_process_send_one_trace_to_the_otlp_endpoi
     assert spans[parent][:3] == (tracing.API_SERVICE, "POST /api/v1/uploads/{upload_id}/complete", trace_id)
     lines = [json.loads(line) for line in log.read_text().splitlines()]  # every line is JSON
     assert {line["trace_id"] for line in lines if line.get("job_id") == job.id} == {trace_id.hex()}
+
+
+def test_a_collector_that_never_answers_does_not_hold_up_a_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopping API or worker waits CLOSE_TIMEOUT_S for its last spans, not the exporter's retries."""
+    answer = threading.Event()
+
+    class Unanswered(InMemorySpanExporter):
+        def export(self, spans: Any) -> Any:
+            answer.wait()  # until the test ends: a close that waited for it would never return
+            return super().export(spans)
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setattr(tracing_otel, "span_exporter", Unanswered)
+    monkeypatch.setattr(tracing_otel, "CLOSE_TIMEOUT_S", 0.1)
+    tracer = tracing.open_tracer(tracing.WORKER_SERVICE)
+    with tracer.job(JobRecord(kind=JobKind.export, owner="someone")) as span:
+        span.ended("succeeded", None)
+    try:
+        tracer.close()
+    finally:
+        answer.set()
 
 
 @pytest.mark.parametrize(("environ", "on"), [

@@ -84,7 +84,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         if "catalog" in ctx:
             await ctx["catalog"].aclose()
         if "tracer" in ctx:
-            ctx["tracer"].close()
+            await asyncio.to_thread(ctx["tracer"].close)
 
     return Worker(
         functions=[
