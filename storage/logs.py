@@ -2,7 +2,8 @@
 
 Every line carries the context of the work it belongs to: ``request_id`` and ``trace_id`` inside an
 HTTP request, ``job_id`` and the same ``trace_id`` inside the job that request started (the trace id
-travels in the job's catalog record), and ``user`` (the user's id) in both. The context lives in a
+travels in the job's catalog record; with traces on it is the OpenTelemetry trace id, see
+:mod:`tuplehub.storage.tracing`), and ``user`` (the user's id) in both. The context lives in a
 context variable holding one mutable dict per request or job, so what a route learns late (who the
 caller is) still reaches the request's own closing line, and threads started with
 ``asyncio.to_thread`` carry it too.
