@@ -74,6 +74,7 @@ def test_an_ingest_job_is_traced_as_the_child_of_the_request_that_started_it(
             dataset = admin.datasets.create("traced")
             ingest = dataset.upload(episode_arrays(episodes=2, length=5)).wait(timeout=120)
         with api(server, admin_token(server)) as http:  # a caller that sends its own trace context
+            assert http.get("/health/ready").status_code == 200  # probes (and scrapes) make no span
             response = http.post("/datasets/traced/exports", json={}, headers={"traceparent": TRACEPARENT})
             assert response.status_code == 202, response.text
             export_id = response.json()["id"]
@@ -83,6 +84,7 @@ def test_an_ingest_job_is_traced_as_the_child_of_the_request_that_started_it(
                 time.sleep(0.1)
     spans = finished(memory_spans)  # the server stopped: both tracers sent everything
     by_id = {span.context.span_id: span for span in spans}
+    assert not [span for span in spans if "/health/" in span.name]
 
     [job] = [span for span in spans if span.attributes.get("tuplehub.job.id") == ingest.id]
     request = by_id[job.parent.span_id]  # the worker's span is the child of the API's span for the request
