@@ -69,7 +69,7 @@ def test_the_env_file_is_private_and_holds_fresh_secrets(tmp_path: Path, loose_u
         result = _init("--domain", "hub.example.org", "--email", "ops@example.org", "--dir", str(folder))
         assert result.exit_code == 0, result.output
     assert _mode(first / ".env") == 0o600
-    assert _mode(first / "secrets") == 0o700  # the token file must be 0444 for Prometheus (nobody): the folder guards it
+    assert _mode(first / "secrets") == 0o700  # the token is 0444 for Prometheus (nobody): the folder guards it
     assert _mode(first / "secrets" / "metrics-token") == 0o444
     one, two = _env(first / ".env"), _env(second / ".env")
     for name in SECRETS:
@@ -95,7 +95,7 @@ def test_every_variable_compose_uses_is_written_or_has_a_harmless_default(tmp_pa
     assert len(references) > 20
     for name, operator, default in references:
         if operator.endswith("-"):
-            assert "SECRET" not in name and "PASSWORD" not in name and "TOKEN" not in name, name
+            assert not any(word in name for word in ("SECRET", "PASSWORD", "TOKEN")), name
             assert default, f"{name} has an empty default"
         else:  # required (:?) or bare: deploy init must write it, and not empty
             assert written.get(name), f"compose.yaml needs {name}, which deploy init does not write"
