@@ -11,33 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner, Result
 
 from tuplehub.client.cli import app
 
-COMPOSE = Path(__file__).parent.parent / "compose" / "compose.yaml"
+from .test_compose import compose_references
+
 SECRETS = ("TUPLEHUB_JWT_SECRET", "TUPLEHUB_ADMIN_PASSWORD", "TUPLEHUB_MONGO_PASSWORD", "TUPLEHUB_S3_ACCESS_KEY_ID",
            "TUPLEHUB_S3_SECRET_ACCESS_KEY", "TUPLEHUB_REDIS_PASSWORD", "TUPLEHUB_METRICS_TOKEN")
-# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}
-REFERENCE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
-
-
-def _strings(node: object) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _strings(key)
-            yield from _strings(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _strings(item)
-    elif isinstance(node, str):
-        yield node
-
-
-def compose_references() -> list[tuple[str, str, str]]:
-    """Every ``${...}`` in compose.yaml's values (not its comments): (name, operator, default or message)."""
-    return [found for text in _strings(yaml.safe_load(COMPOSE.read_text())) for found in REFERENCE.findall(text)]
 
 
 def _init(*args: str) -> Result:
