@@ -12,6 +12,7 @@ Usage: python3.13 mongoeco_server.py [--host 0.0.0.0] [--port 27017] [--ping]   
 import argparse
 import asyncio
 import os
+import signal
 
 from mongoeco.engines.memory import MemoryEngine
 from mongoeco.wire import AsyncMongoEcoProxyServer
@@ -41,7 +42,11 @@ async def main(host: str, port: int) -> None:
     # In memory: mongoeco's SQLite engine slows down badly as the data grows.
     async with AsyncMongoEcoProxyServer(engine=MemoryEngine(), host=host, port=port, auth_users=users()) as server:
         print("mongoeco listening on", server.address.uri, "auth:", "on" if users() else "off", flush=True)
-        await asyncio.Event().wait()
+        stop = asyncio.Event()
+        # As PID 1 of its container, the process would ignore SIGTERM without a handler of its own.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        await stop.wait()
 
 
 if __name__ == "__main__":
