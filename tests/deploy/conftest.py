@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.error
@@ -25,7 +26,12 @@ from pathlib import Path
 
 import pytest
 
+from tuplehub.client import Client
+from tuplehub.client.sessions import SessionStore
+
+from .part_images import PARTS, part_image
 from .podman import IMAGE, ROOT, build, podman, size_mb
+from .stack import ACME_EMAIL, DOMAIN, Stack, resolve_to_loopback, wait_for_certificate, write_pebble_config
 
 CACHE = Path(os.environ.get("TUPLEHUB_DEPLOY_CACHE", "/var/tmp/tuplehub-deploy"))
 SUITE = "bookworm"
@@ -158,3 +164,53 @@ def api(image: str) -> Iterator[Api]:
     finally:
         podman("rm", "-f", "-t", "10", container, check=False)
         podman("volume", "rm", "-f", volume, check=False)
+
+
+# --- the compose stack (tests/deploy/stack.py says what runs and how to use it) --------------------
+@pytest.fixture(scope="session")
+def part_images(base_image: str) -> dict[str, str]:
+    """The stack's other parts' images, by part name (tests/deploy/part_images.py)."""
+    return {name: part_image(name, base_image, FIGURES) for name in PARTS}
+
+
+@pytest.fixture(scope="session")
+def stack(image: str, part_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """compose/compose.yaml up with two API replicas and two workers, its certificates issued by pebble;
+    taken down (``down -v``) at the end of the run, and the podman service stopped, even on failure."""
+    workdir = tmp_path_factory.mktemp("stack")
+    init = subprocess.run([sys.executable, "-m", "tuplehub.client.cli", "deploy", "init", "--domain", DOMAIN,
+                           "--email", ACME_EMAIL, "--dir", str(workdir / "deploy")],
+                          capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+    stack = Stack(workdir, image, part_images)
+    try:
+        # What a test must change, and nothing else: loopback and free ports, pebble as the ACME CA
+        # (its TLS root mounted by compose.tier.yaml), the published HTTPS port in presigned URLs.
+        stack.set_env(TUPLEHUB_BIND="127.0.0.1", TUPLEHUB_HTTP_PORT=str(stack.http_port),
+                      TUPLEHUB_HTTPS_PORT=str(stack.https_port), TUPLEHUB_ACME_CA="https://pebble:14000/dir",
+                      TUPLEHUB_ACME_CA_ROOT="/etc/tier/pebble-ca.pem", TUPLEHUB_S3_PUBLIC_ENDPOINT_URL=stack.s3_url)
+        write_pebble_config(workdir / "pebble")
+        seconds = stack.up("--scale", "api=2", "--scale", "worker=2")
+        FIGURES.append(f"stack up (compose up -d --scale api=2 --scale worker=2, healthy): {seconds:.0f} s")
+        with resolve_to_loopback(DOMAIN, f"s3.{DOMAIN}"):
+            root = stack.pebble_root()
+            FIGURES.append(f"certificate by ACME (pebble), first verified HTTPS answer: "
+                           f"{wait_for_certificate(stack.url, root):.1f} s after up")
+            yield stack
+    except BaseException:
+        (workdir / "compose.log").write_text(stack.logs())
+        print(f"compose logs: {workdir / 'compose.log'}")
+        raise
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack) -> Iterator[Client]:
+    """The tuplehub client, signed in as the admin through the proxy; it verifies the certificate against
+    pebble's root (SSL_CERT_FILE, which httpx reads: API calls and presigned transfers alike)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_CERT_FILE", str(stack.workdir / "pebble-root.pem"))
+        with Client(stack.url, timeout=120, sessions=SessionStore(stack.workdir / "client", use_keyring=False)) as hub:
+            hub.login("admin", stack.env["TUPLEHUB_ADMIN_PASSWORD"], remember=False)
+            yield hub
