@@ -221,7 +221,7 @@ def test_an_upload_survives_resets_a_draining_replica_and_a_lost_completion(
         proxy: FaultProxy, token: str, hub: Client, unique_name: str, tmp_path: Path) -> None:
     path = tmp_path / "tuples.parquet"
     arrays = _parquet(path)
-    assert -(-path.stat().st_size // PART) >= 6
+    assert -(-path.stat().st_size // PART) >= 5
     proxy.fault("PUT", r"/parts/3$", "reset")  # never reached the server
     proxy.fault("PUT", r"/parts/5$", "reset-after")  # stored, but the answer was lost
     proxy.fault("POST", r"/complete$", "reset-after")  # completed, but the client did not hear
@@ -311,9 +311,9 @@ def test_waiting_outlives_a_draining_api_and_a_job_handed_back(
         return rewrite
     job_path = rf"/jobs/{done.id}$"
     proxy.fault("GET", job_path, status("running"))
-    proxy.fault("GET", job_path, "draining", times=2)
-    proxy.fault("GET", job_path, status("queued"), skip=2)  # handed back by a draining worker
-    proxy.fault("GET", job_path, "reset", skip=3)
+    proxy.fault("GET", job_path, "draining", times=2, skip=1)
+    proxy.fault("GET", job_path, status("queued"), skip=3)  # handed back by a draining worker
+    proxy.fault("GET", job_path, "reset", skip=4)
     with Client(proxy.url, token=token, retries=3, retry_max_s=30, on_retry=lambda _: None) as client:
         job = Job(client._http, {**done.record.model_dump(mode="json"), "status": "running"})
         assert job.wait(progress=False).result == done.result
