@@ -22,9 +22,10 @@ a dataset, derive, sign in, refresh a session) are sent again only when nothing 
 server said so.
 
 Each wait is the server's ``Retry-After`` (seconds or an HTTP date), else an exponential backoff
-from ``BACKOFF_FIRST_S`` with jitter, at most ``MAX_WAIT_S``. The bounds: ``retries`` retries
-after the first attempt, and no wait that would end more than ``max_s`` seconds after the first
-attempt began (``TUPLEHUB_CLIENT_RETRIES``, ``TUPLEHUB_CLIENT_RETRY_MAX_S``, or the
+from ``BACKOFF_FIRST_S`` with jitter, at most ``MAX_WAIT_S``; an answer asking for a longer wait
+(a login rate limit's window) stands at once, since it says when to come back. The bounds:
+``retries`` retries after the first attempt, and no wait that would end more than ``max_s``
+seconds after the first attempt began (``TUPLEHUB_CLIENT_RETRIES``, ``TUPLEHUB_CLIENT_RETRY_MAX_S``, or the
 :class:`~tuplehub.client.Client` arguments; ``retries=0`` turns retrying off). Past them, the last
 answer stands, or :class:`ServerUnreachable` says how long the client tried.
 
@@ -108,7 +109,9 @@ class RetryPolicy:
             if not _may_resend_answer(response, idempotent=idempotent):
                 return response
             after = retry_after(response)
-            wait = _backoff(tried) if after is None else min(after, MAX_WAIT_S)
+            if after is not None and after > MAX_WAIT_S:
+                return response  # longer than a client waits unasked: the answer says when to come back
+            wait = _backoff(tried) if after is None else after
             reason = f"the server answered {response.status_code} {response.reason_phrase}".rstrip()
             if not self._waits(tried, wait, start, request, reason, pause):
                 return response

@@ -38,7 +38,7 @@ from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
 from tuplehub.client.jobs import Job
 from tuplehub.client.retries import retry_after
 from tuplehub.client.uploads import table_from_arrays
-from tuplehub.storage.errors import InvalidRequest, TuplehubError
+from tuplehub.storage.errors import InvalidRequest, RateLimited, TuplehubError
 
 from .conftest import admin_client, admin_token, make_settings
 from .factories import episode_arrays
@@ -47,6 +47,9 @@ PART = 2**16  # the smallest part the API takes: a small file makes many parts
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
 DRAINING = json.dumps({"type": "https://tuplehub.dev/problems/store-unavailable", "title": "Unavailable",
                        "status": 503, "detail": "this replica is draining"}).encode()
+
+LIMITED = json.dumps({"type": "https://tuplehub.dev/problems/rate-limited", "title": "Too Many Requests",
+                      "status": 429, "detail": "too many attempts", "retry_after": 3600}).encode()
 
 Rewrite = Callable[[bytes], bytes]
 
@@ -58,7 +61,7 @@ class Fault:
 
     method: str
     path: str
-    action: str | Rewrite  # reset | reset-after | draining | a function rewriting the answer's body
+    action: str | Rewrite  # reset | reset-after | draining | limited | a function rewriting the answer's body
     times: int = 1
     skip: int = 0
     matched: int = 0
@@ -158,6 +161,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if action == "draining":
                 return self._answer(503, [("Content-Type", "application/problem+json"), ("Retry-After", "1")],
                                     DRAINING)
+            if action == "limited":
+                return self._answer(429, [("Content-Type", "application/problem+json"), ("Retry-After", "3600")],
+                                    LIMITED)
             status, headers, payload = proxy.forward(self.command, self.path, self.headers.items(), body)
             if action == "reset-after":
                 return self._reset()
@@ -361,6 +367,18 @@ def test_a_server_that_stays_down_fails_within_the_seconds(proxy: FaultProxy, to
     assert refused.value.status == 503  # type: ignore[attr-defined]
     assert proxy.count("GET", r"/datasets") == 3  # Retry-After: 1, twice, then a third wait would pass 2.5 s
     assert 2 <= took <= 2.5 + 1
+
+
+def test_a_wait_longer_than_the_client_would_wait_is_not_waited_for(proxy: FaultProxy, token: str) -> None:
+    """A login rate limit's hour is told at once, not sat through (or retried until the bound)."""
+    proxy.fault("GET", r"/datasets", "limited")
+    with Client(proxy.url, token=token, on_retry=lambda _: None) as client:
+        started = time.monotonic()
+        with pytest.raises(RateLimited, match="too many attempts"):
+            client.datasets.list()
+        assert time.monotonic() - started < 1
+        assert client.datasets.list().total >= 0  # a short Retry-After is waited for, as the other tests show
+    assert proxy.count("GET", r"/datasets") == 2
 
 
 def test_a_server_never_reached_fails_at_once(token: str) -> None:
