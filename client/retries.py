@@ -25,9 +25,10 @@ Each wait is the server's ``Retry-After`` (seconds or an HTTP date), else an exp
 from ``BACKOFF_FIRST_S`` with jitter, at most ``MAX_WAIT_S``; an answer asking for a longer wait
 (a login rate limit's window) stands at once, since it says when to come back. The bounds:
 ``retries`` retries after the first attempt, and no wait that would end more than ``max_s``
-seconds after the first attempt began (``TUPLEHUB_CLIENT_RETRIES``, ``TUPLEHUB_CLIENT_RETRY_MAX_S``, or the
-:class:`~tuplehub.client.Client` arguments; ``retries=0`` turns retrying off). Past them, the last
-answer stands, or :class:`ServerUnreachable` says how long the client tried.
+seconds after the first attempt began (``TUPLEHUB_CLIENT_RETRIES``,
+``TUPLEHUB_CLIENT_RETRY_MAX_S``, or the :class:`~tuplehub.client.Client` arguments; ``retries=0``
+turns retrying off). Past them, the last answer stands, or :class:`ServerUnreachable` says how
+long the client tried.
 
 httpx cannot send a streamed body twice, so a request whose body is a stream (a part read from
 disk) is sent once by the client's connection; the code that makes it calls
@@ -37,7 +38,6 @@ disk) is sent once by the client's connection; the code that makes it calls
 from __future__ import annotations
 
 import email.utils
-import itertools
 import logging
 import os
 import random
@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import httpx
 
@@ -62,6 +63,7 @@ CUT_OFF = (httpx.ReadError, httpx.WriteError, httpx.ReadTimeout, httpx.WriteTime
 PROXY_STATUSES = frozenset({502, 503, 504})
 
 log = logging.getLogger(__name__)
+Number = TypeVar("Number", int, float)
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,9 @@ class RetryPolicy:
         ``reached``: whether the server answered this client before (else a refused connection
         fails at once). ``pause`` waits between attempts (a part upload's stop event wakes it).
         """
-        start = time.monotonic()
-        for tried in itertools.count(1):
+        start, tried = time.monotonic(), 0
+        while True:
+            tried += 1
             try:
                 response = attempt()
             except httpx.TransportError as exc:
@@ -116,7 +119,6 @@ class RetryPolicy:
             if not self._waits(tried, wait, start, request, reason, pause):
                 return response
             response.close()
-        raise AssertionError("unreachable")  # itertools.count never ends
 
     def _may_resend(self, error: httpx.TransportError, *, idempotent: bool, reached: bool) -> bool:
         if isinstance(error, UNSENT):
@@ -209,12 +211,12 @@ def _origin(error: httpx.TransportError) -> str:
     return f"{request.url.scheme}://{request.url.netloc.decode('ascii')}"
 
 
-def _setting(name: str, kind: type[int] | type[float], default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
+def _setting(name: str, parse: Callable[[str], Number], default: Number) -> Number:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
         return default
     try:
-        return kind(raw)
+        return parse(raw)
     except ValueError:
-        raise InvalidRequest(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number",
+        raise InvalidRequest(f"{name}={raw!r} is not a {'whole ' if parse is int else ''}number",
                              field=name) from None
