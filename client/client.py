@@ -64,7 +64,7 @@ class _Http(httpx.Client):
         self._answered = False  # until the server first answers, a refused connection is not a restart
 
     def send(self, request: httpx.Request, **options: Any) -> httpx.Response:
-        if not replayable(request):  # a streamed body: its sender re-creates it (RetryPolicy.call)
+        if not replayable(request):  # a streamed body (its sender re-creates it: RetryPolicy.call), or ONCE
             return self._send_once(request, options)
         return self.retries.call(lambda: self._send_once(request, options), request=f"{request.method} "
                                  f"{request.url.path}", idempotent=is_idempotent(request), reached=self._answered)

@@ -32,7 +32,9 @@ long the client tried.
 
 httpx cannot send a streamed body twice, so a request whose body is a stream (a part read from
 disk) is sent once by the client's connection; the code that makes it calls
-:meth:`RetryPolicy.call` with a function that opens the part again.
+:meth:`RetryPolicy.call` with a function that opens the part again. A request marked ``ONCE``
+(cancelling an upload that just failed) is sent once: a server that is away will expire the
+session by itself, and waiting for it again would only delay the error.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from tuplehub.storage.errors import InvalidRequest
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 IDEMPOTENT: dict[str, object] = {"tuplehub.idempotent": True}  # httpx request extensions of a repeatable POST
+ONCE: dict[str, object] = {"tuplehub.once": True}  # of a clean-up after a failure: not worth waiting for
 DEFAULT_RETRIES = 8
 DEFAULT_MAX_S = 120.0
 BACKOFF_FIRST_S = 0.5
@@ -157,8 +160,9 @@ def is_idempotent(request: httpx.Request | None) -> bool:
 
 
 def replayable(request: httpx.Request) -> bool:
-    """Whether httpx can send the request's body again: bytes, JSON or a form, not a stream."""
-    return isinstance(request.stream, httpx.ByteStream)
+    """Whether the connection may send ``request`` again: its body is bytes, JSON or a form, not a
+    stream httpx cannot send twice, and it is not marked ``ONCE``."""
+    return isinstance(request.stream, httpx.ByteStream) and not request.extensions.get("tuplehub.once")
 
 
 def retry_after(response: httpx.Response) -> float | None:

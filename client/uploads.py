@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from tuplehub.client.errors import ServerUnreachable, UploadInterrupted, raise_for_problem
 from tuplehub.client.parts import FileParts, PresignedURLs, fingerprint, held_parts, send_parts
 from tuplehub.client.progress import ByteBar
-from tuplehub.client.retries import IDEMPOTENT, retry_policy
+from tuplehub.client.retries import IDEMPOTENT, ONCE, retry_policy
 from tuplehub.storage.contract import inspect_upload
 from tuplehub.storage.errors import InvalidUpload
 from tuplehub.storage.models import UploadMode
@@ -236,7 +236,7 @@ def upload_dataset(http: httpx.Client, dataset: str, source: Any, *, mode: Uploa
         except BaseException as exc:
             sink.abort()
             with contextlib.suppress(Exception):
-                http.delete(f"/uploads/{session['id']}")
+                http.delete(f"/uploads/{session['id']}", extensions=ONCE)
             if isinstance(exc, KeyboardInterrupt):
                 raise UploadInterrupted(session["id"], 0, 0) from None
             raise
@@ -333,7 +333,7 @@ def _upload_file(http: httpx.Client, dataset: str, path: Path, *, mode: UploadMo
             f"{resume_with}")) from exc
     except BaseException:
         with contextlib.suppress(Exception):
-            http.delete(f"/uploads/{session['id']}")
+            http.delete(f"/uploads/{session['id']}", extensions=ONCE)
         raise
     return _complete(http, session["id"], sent, metadata if resumed else {})
 

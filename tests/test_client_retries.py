@@ -61,7 +61,7 @@ class Fault:
 
     method: str
     path: str
-    action: str | Rewrite  # reset | reset-after | draining | limited | a function rewriting the answer's body
+    action: str | Rewrite  # reset | reset-after | draining | limited | stop | a function rewriting the answer
     times: int = 1
     skip: int = 0
     matched: int = 0
@@ -157,6 +157,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             action = proxy.pick(self.command, self.path)
             if action == "reset":
+                return self._reset()
+            if action == "stop":  # the server goes away for good, this request with it
+                threading.Thread(target=proxy.stop, daemon=True).start()
                 return self._reset()
             if action == "draining":
                 return self._answer(503, [("Content-Type", "application/problem+json"), ("Retry-After", "1")],
@@ -352,6 +355,20 @@ def test_a_server_that_goes_away_fails_within_the_attempts(proxy: FaultProxy, to
     assert "gave up after 4 attempts" in gone.value.detail
     assert "it may be restarting" in gone.value.extra["hint"]
     assert 0.25 + 0.5 + 1 <= took <= 0.5 + 1 + 2 + 2  # three backoff waits (half random), never more
+
+
+def test_an_upload_the_server_walks_away_from_fails_without_waiting_to_clean_up(
+        proxy: FaultProxy, token: str, unique_name: str) -> None:
+    """The session of a failed in-memory upload is cancelled with one try: a server that is gone
+    expires it by itself, and waiting for it once more would only delay the error."""
+    proxy.fault("PUT", r"/parts/2$", "stop")
+    lines: list[str] = []
+    with Client(proxy.url, token=token, retries=2, retry_max_s=30, on_retry=lines.append) as client:
+        dataset = client.datasets.create(unique_name)
+        with pytest.raises(ServerUnreachable, match="gave up after 3 attempts"):
+            dataset.upload(episode_arrays(episodes=30, length=50, obs_dim=16, seed=5), part_size=PART, parallel=1)
+    assert any(line.startswith("retrying PUT /api/v1/uploads/") for line in lines), lines
+    assert not [line for line in lines if "DELETE" in line]
 
 
 def test_a_server_that_stays_down_fails_within_the_seconds(proxy: FaultProxy, token: str,
