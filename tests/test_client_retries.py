@@ -212,8 +212,8 @@ def _parquet(path: Path, *, episodes: int = 30, seed: int = 3) -> dict[str, np.n
     return arrays
 
 
-def _ingest_jobs(hub: Client, dataset: str) -> list[str]:
-    jobs = hub.jobs.list(kind="ingest", limit=500).items
+def _jobs(hub: Client, kind: str, dataset: str) -> list[str]:
+    jobs = hub.jobs.list(kind=kind, limit=500).items
     return [job.id for job in jobs if job.params.get("dataset") == dataset]
 
 
@@ -234,8 +234,8 @@ def test_an_upload_survives_resets_a_draining_replica_and_a_lost_completion(
     proxy.fault("PUT", r"/parts/3$", "reset")  # never reached the server
     proxy.fault("PUT", r"/parts/5$", "reset-after")  # stored, but the answer was lost
     proxy.fault("POST", r"/complete$", "reset-after")  # completed, but the client did not hear
-    proxy.fault("GET", r"/jobs/", "draining", times=2)
-    proxy.fault("POST", r"/exports$", "draining")
+    proxy.fault("GET", r"/exports/[^/]+/url$", "draining", times=2)
+    proxy.fault("POST", r"/exports$", "reset-after")  # started, but the client did not hear
     proxy.fault("GET", r"/exports/[^/]+/file$", "reset")
     lines: list[str] = []
     with Client(proxy.url, token=token, retries=4, retry_max_s=60, on_retry=lines.append) as client:
@@ -247,13 +247,14 @@ def test_an_upload_survives_resets_a_draining_replica_and_a_lost_completion(
     np.testing.assert_array_equal(exported["reward"], arrays["reward"])
     versions = hub.datasets.get(unique_name).record.versions
     assert [v.number for v in versions] == [1]  # one version, not two
-    assert _ingest_jobs(hub, unique_name) == [job.id]  # and one ingest job
+    assert _jobs(hub, "ingest", unique_name) == [job.id]  # and one ingest job
+    assert len(_jobs(hub, "export", unique_name)) == 1  # the export asked for again is the same job
     assert versions[0].content_hash == _reference_hash(hub, f"{unique_name}-ref", path)
     assert proxy.count("POST", r"/complete$") == 2  # the completion was asked for again
     assert proxy.count("PUT", r"/parts/3$") == proxy.count("PUT", r"/parts/5$") == 2
     assert len(lines) == 7, lines
     assert all(line.startswith("retrying ") for line in lines), lines
-    assert any("503" in line and "/jobs/" in line for line in lines)
+    assert sum("answered 503" in line and "/url" in line for line in lines) == 2
 
 
 def test_an_in_memory_upload_resends_parts_and_a_lost_session(
@@ -270,7 +271,7 @@ def test_an_in_memory_upload_resends_parts_and_a_lost_session(
         assert client.datasets.get(unique_name).record.versions[-1].transitions == len(arrays["reward"])
 
     assert len(hub.datasets.get(unique_name).record.versions) == 1
-    assert len(_ingest_jobs(hub, unique_name)) == 1
+    assert len(_jobs(hub, "ingest", unique_name)) == 1
     orphans = hub._http.get(f"/datasets/{unique_name}/uploads").json()
     assert len(orphans) == 1  # the session whose answer was lost: never used, it expires
     left = datetime.fromisoformat(orphans[0]["expires_at"]) - datetime.now(UTC)
