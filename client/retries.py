@@ -108,6 +108,8 @@ class RetryPolicy:
                     raise
                 wait, reason = _backoff(tried), f"{type(cause).__name__}: {cause}".rstrip(": ")
                 if not self._waits(tried, wait, start, request, reason, pause):
+                    if tried == 1:  # retrying is off: the error as it came
+                        raise
                     server = exc.extra["url"] if isinstance(exc, ServerUnreachable) else _origin(cause)
                     raise ServerUnreachable(server, cause, after=f"{tried} attempts in "
                                             f"{time.monotonic() - start:.0f} s") from cause

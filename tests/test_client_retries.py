@@ -445,3 +445,13 @@ def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
     assert retry_after(answer(format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True))) == 0
     assert retry_after(answer("soon")) is None
     assert retry_after(httpx.Response(503)) is None
+
+
+def test_retries_off_means_one_attempt_and_the_error_as_it_came(proxy: FaultProxy, token: str) -> None:
+    proxy.fault("GET", r"/datasets", "reset-after")
+    with Client(proxy.url, token=token, retries=0) as client:
+        with pytest.raises(ServerUnreachable) as lost:
+            client.datasets.list()
+        assert "gave up" not in lost.value.detail
+        assert client.datasets.list().total >= 0
+    assert proxy.count("GET", r"/datasets") == 2
