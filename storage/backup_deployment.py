@@ -283,7 +283,7 @@ async def _refuse_not_empty(db: Any, store: ObjectStore, settings: Settings, man
                             "before restoring this one")
     held = await _contents(db)
     if held:
-        listed = ", ".join(f"{count} {name}" for name, count in list(held.items())[:6])
+        listed = ", ".join(f"{count} {name}" for name, count in held.items())
         raise Conflict(f"the MongoDB database {db.name!r} is not empty ({listed}): a restore never writes over data",
                        hint="restore into a new, empty database and store, before any server has started on them "
                             f"(a first start creates the admin), see {DOCS}")

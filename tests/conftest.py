@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -162,9 +163,9 @@ def unique_name() -> str:
     return f"ds-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-def s3_endpoint() -> Iterator[str]:
-    """A real S3 API over loopback (moto's server mode) with an empty ``tuplehub`` bucket."""
+@contextlib.contextmanager
+def s3_server() -> Iterator[str]:
+    """A real S3 API over loopback (moto's server mode) with an empty ``tuplehub`` bucket; its endpoint."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -178,3 +179,9 @@ def s3_endpoint() -> Iterator[str]:
         yield endpoint
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3_endpoint() -> Iterator[str]:
+    with s3_server() as endpoint:
+        yield endpoint
