@@ -328,12 +328,16 @@ def _embedded_backup(settings: Settings, out: Path, copied: Copied) -> dict[str,
     return {"source": str(parts.data_dir.resolve()), "counts": counts, "notes": notes}
 
 
-def _refuse_inside(settings: Settings, dest: Path) -> None:
+def _refuse_inside(settings: Settings, kind: str, dest: Path) -> None:
     """The object folder and the blocks may live outside the data folder (TUPLEHUB_OBJECTS_URL,
-    TUPLEHUB_CATALOG_URL); a backup inside any of them would copy itself while it is written."""
-    parts = embedded_parts(settings)
-    for what, folder in (("the data folder", parts.data_dir), ("the object folder", parts.objects),
-                         ("the block folder", parts.blocks)):
+    TUPLEHUB_CATALOG_URL), and a deployment may keep its objects in a folder; a backup inside any of
+    them would copy itself while it is written."""
+    objects = urlparse(settings.resolved_objects_url())
+    folders = [("the object folder", Path(unquote(objects.netloc + objects.path)))] if objects.scheme == "file" else []
+    if kind == EMBEDDED:
+        parts = embedded_parts(settings)
+        folders += [("the data folder", parts.data_dir), ("the block folder", parts.blocks)]
+    for what, folder in folders:
         if dest.resolve().is_relative_to(folder.resolve()):
             raise Conflict(f"{dest} is inside {what} {folder}; a backup there copies itself and is lost with it",
                            hint="write the backup to another folder, ideally another disk")
@@ -344,8 +348,7 @@ def create_backup(settings: Settings, dest: Path) -> dict[str, Any]:
     started = time.monotonic()
     kind = backup_kind(settings)
     dest = dest.absolute()
-    if kind == EMBEDDED:
-        _refuse_inside(settings, dest)
+    _refuse_inside(settings, kind, dest)
     require_empty(dest, "the backup folder")
     out = staging_folder(dest, "backup")
     try:

@@ -46,7 +46,6 @@ import asyncio
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,7 +102,11 @@ def _describe(settings: Settings) -> str:
 async def _open(settings: Settings) -> tuple[MongoCatalog, ObjectStore]:
     """The catalog as it is (no migration: a backup reads, a restore writes into it) and the store, both answering."""
     store = open_object_store(settings.resolved_objects_url(), **settings.object_store_options())
-    await asyncio.to_thread(store.ping)
+    try:
+        await asyncio.to_thread(store.ping)
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(exc.detail, hint="check TUPLEHUB_OBJECTS_URL and TUPLEHUB_S3_*; a bucket must exist "
+                                                "before a restore writes into it") from exc
     catalog = await MongoCatalog.open(settings.resolved_catalog_url())
     try:
         await catalog.ping()
@@ -272,22 +275,27 @@ async def _contents(db: Any) -> dict[str, int]:
     return held
 
 
-async def _refuse_not_empty(db: Any, store: ObjectStore, settings: Settings, manifest_sha: str) -> bool:
+async def _refuse_not_empty(db: Any, store: ObjectStore, settings: Settings, manifest: dict[str, Any],
+                            manifest_sha: str) -> bool:
     """Refuse a target that holds anything; True if what it holds is an unfinished restore of this backup."""
     marker = await db.meta.find_one({"_id": RESTORE_MARKER})
+    objects = await asyncio.to_thread(store.listing)
     if marker is not None:
-        if marker.get("manifest_sha256") == manifest_sha:
-            return True
-        raise Conflict(f"{_describe(settings)} holds an unfinished restore of another backup ({marker.get('source')})",
-                       hint="finish that one by running its restore again, or empty the database and the store "
-                            "before restoring this one")
+        if marker.get("manifest_sha256") != manifest_sha:
+            raise Conflict(f"{_describe(settings)} holds an unfinished restore of another backup "
+                           f"({marker.get('source')})", hint="finish that one by running its restore again, or empty "
+                                                             "the database and the store before restoring this one")
+        if others := sorted(set(objects) - set(_objects_of(manifest))):
+            raise Conflict(f"the object store {_shown(settings.resolved_objects_url())} holds {len(others)} objects "
+                           f"this backup does not (e.g. {others[0]}): not the store the unfinished restore wrote to",
+                           hint="give the settings of that restore (TUPLEHUB_OBJECTS_URL) and run it again")
+        return True
     held = await _contents(db)
     if held:
         listed = ", ".join(f"{count} {name}" for name, count in held.items())
         raise Conflict(f"the MongoDB database {db.name!r} is not empty ({listed}): a restore never writes over data",
                        hint="restore into a new, empty database and store, before any server has started on them "
                             f"(a first start creates the admin), see {DOCS}")
-    objects = await asyncio.to_thread(store.listing)
     if objects:
         raise Conflict(f"the object store {_shown(settings.resolved_objects_url())} is not empty ({len(objects)} "
                        f"objects, e.g. {min(objects)}): a restore never writes over data",
@@ -295,13 +303,17 @@ async def _refuse_not_empty(db: Any, store: ObjectStore, settings: Settings, man
     return False
 
 
-def _put_objects(store: ObjectStore, source: Path, files: Iterable[dict[str, Any]]) -> None:
+def _objects_of(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The objects of a backup: key -> its manifest entry."""
+    return {entry["path"][len(OBJECTS) + 1:]: entry for entry in manifest["files"]
+            if entry["path"].startswith(f"{OBJECTS}/")}
+
+
+def _put_objects(store: ObjectStore, source: Path, manifest: dict[str, Any]) -> None:
     """Every object of the backup into the store, streamed, checked against the manifest again as it is read."""
-    for entry in files:
-        if not entry["path"].startswith(f"{OBJECTS}/"):
-            continue
-        with (source / entry["path"]).open("rb") as reader, store.open_write(entry["path"][len(OBJECTS) + 1:]) as w:
-            measured = hashed(reader, w)
+    for key, entry in _objects_of(manifest).items():
+        with (source / entry["path"]).open("rb") as reader, store.open_write(key) as writer:
+            measured = hashed(reader, writer)
         if measured != (entry["size"], entry["sha256"]):
             raise BackupDamaged(f"{source / entry['path']} changed while it was restored")
 
@@ -340,14 +352,14 @@ async def _restore(settings: Settings, source: Path, manifest: dict[str, Any]) -
     manifest_sha = hashlib.sha256((source / "manifest.json").read_bytes()).hexdigest()
     catalog, store = await _open(settings)
     try:
-        again = await _refuse_not_empty(catalog.db, store, settings, manifest_sha)
+        again = await _refuse_not_empty(catalog.db, store, settings, manifest, manifest_sha)
         total = await asyncio.to_thread(check_files, source, manifest)  # nothing is written from a damaged backup
         if not again:
             await catalog.db.meta.insert_one({"_id": RESTORE_MARKER, "source": str(source),
                                               "manifest_sha256": manifest_sha,
                                               "started_at": datetime.now(UTC).isoformat()})
         try:
-            await asyncio.to_thread(_put_objects, store, source, manifest["files"])
+            await asyncio.to_thread(_put_objects, store, source, manifest)
             expired = 0
             for name in manifest["collections"]:
                 expired += await _load(catalog.db, name, source / DUMPS / f"{name}.jsonl")

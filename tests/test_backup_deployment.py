@@ -306,3 +306,38 @@ def test_a_restore_that_stops_midway_is_finished_by_running_it_again(
     monkeypatch.setattr(backup_deployment, "_load", load)
     assert tuplehub(target, "restore", str(tmp_path / "backup"))["again"] is True
     assert asyncio.run(_version_numbers(target.resolved_catalog_url(), world.dataset)) >= set(world.hashes)
+
+
+@pytest.mark.skipif(bool(REAL_MONGODB), reason="deletes through the double's synchronous mongomock database")
+def test_a_deletion_during_the_dump_makes_it_dump_again(
+        world: World, deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset deleted after its version was dumped and before its blocks were (the dataset and versions
+    first, then the sweeper's blocks and episodes, as the servers do) is not a damaged catalog: the dump is
+    taken again, and no longer holds it."""
+    doomed = world.alice.datasets.create(f"doomed-{uuid.uuid4().hex[:6]}")
+    doomed.upload(episode_arrays(episodes=2, length=10, seed=9)).wait()
+    db = deployment.databases[world.settings.resolved_catalog_url().rsplit("/", 1)[1]]._database
+    dataset_id = db.datasets.find_one({"name": doomed.name})["_id"]
+    segments = [segment["id"] for version in db.versions.find({"dataset_id": dataset_id})
+                for segment in version["segments"]]
+    add, dump, dumps = backup_deployment.References.add, backup_deployment._dump, []
+
+    def deleting(self: backup_deployment.References, collection: str, doc: dict[str, Any]) -> None:
+        if collection == "episodes" and len(dumps) == 1 and db.datasets.find_one({"_id": dataset_id}):
+            db.datasets.delete_one({"_id": dataset_id})
+            db.versions.delete_many({"dataset_id": dataset_id})
+            for name in ("blocks", "episodes"):
+                db[name].delete_many({"segment": {"$in": segments}})
+        add(self, collection, doc)
+
+    async def counted(*args: Any) -> Any:
+        dumps.append(1)
+        return await dump(*args)
+
+    monkeypatch.setattr(backup_deployment.References, "add", deleting)
+    monkeypatch.setattr(backup_deployment, "_dump", counted)
+    tuplehub(world.settings, "backup", str(tmp_path / "backup"))
+    assert len(dumps) == 2
+    assert doomed.name not in (tmp_path / "backup" / "catalog" / "datasets.jsonl").read_text()
+    assert not any(segment in (tmp_path / "backup" / "catalog" / "versions.jsonl").read_text() for segment in segments)
+    assert tuplehub(world.settings, "restore", str(tmp_path / "backup"), "--check")["restored"] is False
