@@ -51,6 +51,7 @@ class Deployment:
     redis_url: str
     root: Path
     databases: dict[str, AsyncDatabase] = field(default_factory=dict)
+    client: Any = None  # PyMongo's synchronous client of the real server, if there is one
 
     def settings(self, name: str, **overrides: Any) -> Settings:
         """A deployment's settings: its own database and bucket prefix, the signing key and admin of its .env."""
@@ -64,12 +65,12 @@ class Deployment:
         return self.settings(f"tuplehub_restored_{uuid.uuid4().hex[:8]}", stale_after_s=2, requeue_every_s=1)
 
     def database(self, settings: Settings) -> Any:
-        """The database ``settings`` name, for looking inside it."""
+        """The database ``settings`` name, through PyMongo's synchronous API, for looking inside it."""
         name = settings.resolved_catalog_url().rsplit("/", 1)[1]
-        if REAL_MONGODB:
-            from pymongo import AsyncMongoClient
+        return self.client[name] if self.client is not None else self.memory(name)._database
 
-            return AsyncMongoClient(REAL_MONGODB, tz_aware=True)[name]
+    def memory(self, name: str) -> AsyncDatabase:
+        """The double's database called ``name``, made empty on first use."""
         return self.databases.setdefault(name, memory_database(name))
 
 
@@ -94,12 +95,23 @@ def tuplehub(settings: Settings, *args: str, code: int = 0) -> dict[str, Any]:
 def deployment(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Deployment]:
     with s3_server() as s3, pytest.MonkeyPatch.context() as patch:
         where = Deployment(s3, redis_url, tmp_path_factory.mktemp("deployment"))
-        if not REAL_MONGODB:
+        if REAL_MONGODB:
+            from pymongo import MongoClient
+
+            where.client = MongoClient(REAL_MONGODB, tz_aware=True)
+        else:
             async def in_memory(cls: type[MongoCatalog], url: str) -> MongoCatalog:
-                return cls(where.databases.setdefault(url.rsplit("/", 1)[1], memory_database(url.rsplit("/", 1)[1])))
+                return cls(where.memory(url.rsplit("/", 1)[1]))
 
             patch.setattr(MongoCatalog, "open", classmethod(in_memory))
-        yield where
+        try:
+            yield where
+        finally:
+            if where.client is not None:
+                for name in where.client.list_database_names():
+                    if name.startswith(("tuplehub_source_", "tuplehub_restored_")):
+                        where.client.drop_database(name)
+                where.client.close()
 
 
 @dataclass
@@ -149,12 +161,8 @@ def _modes(folder: Path) -> set[tuple[str, int]]:
             for path in [folder, *folder.rglob("*")]}
 
 
-async def _documents(database: Any, collection: str) -> list[dict[str, Any]]:
-    return await database[collection].find({}).sort("_id", 1).to_list(None)
-
-
-async def _collections(database: Any) -> list[str]:
-    return await database.list_collection_names()
+def _documents(database: Any, collection: str) -> list[dict[str, Any]]:
+    return list(database[collection].find({}).sort("_id", 1))
 
 
 async def _version_numbers(url: str, dataset: str) -> set[int]:
@@ -189,7 +197,7 @@ def test_a_deployment_restores_into_a_fresh_catalog_and_bucket_with_hashes_acces
     assert restored["kind"] == "deployment"
     source_db, target_db = deployment.database(world.settings), deployment.database(target)
     for collection in ("datasets", "versions", "blocks", "episodes"):  # ObjectIds, dates and bytes as they were
-        assert asyncio.run(_documents(target_db, collection)) == asyncio.run(_documents(source_db, collection))
+        assert _documents(target_db, collection) == _documents(source_db, collection), collection
     with serve_in_thread(target) as copy:
         with Client(copy.url, token=world.alice_token) as alice:  # an API token of before the backup still works
             assert alice.whoami().name == "alice"
@@ -257,7 +265,7 @@ def test_restore_refuses_a_target_that_holds_anything_and_the_other_kind(
     target = deployment.fresh().model_copy(update={"objects_url": world.settings.objects_url})
     error = tuplehub(target, "restore", str(tmp_path / "backup"), code=1)["error"]
     assert "the object store s3://tuplehub/tuplehub_source_" in error["detail"], error
-    assert asyncio.run(_collections(deployment.database(target))) == []  # nothing was written
+    assert deployment.database(target).list_collection_names() == []  # nothing was written
     embedded = make_settings(tmp_path / "embedded", deployment.redis_url)
     result = CliRunner(env={"TUPLEHUB_DATA_DIR": str(embedded.data_dir)}).invoke(
         app, ["restore", str(tmp_path / "backup"), "--json"])
@@ -282,7 +290,7 @@ def test_a_damaged_backup_is_refused_by_check_and_writes_nothing(
             assert error["code"] == "backup-damaged", error
             assert changed in error["detail"]
             assert "does not match the manifest" in error["detail"]
-        assert asyncio.run(_collections(deployment.database(target))) == []
+        assert deployment.database(target).list_collection_names() == []
 
 
 def test_a_restore_that_stops_midway_is_finished_by_running_it_again(
@@ -308,7 +316,6 @@ def test_a_restore_that_stops_midway_is_finished_by_running_it_again(
     assert asyncio.run(_version_numbers(target.resolved_catalog_url(), world.dataset)) >= set(world.hashes)
 
 
-@pytest.mark.skipif(bool(REAL_MONGODB), reason="deletes through the double's synchronous mongomock database")
 def test_a_deletion_during_the_dump_makes_it_dump_again(
         world: World, deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A dataset deleted after its version was dumped and before its blocks were (the dataset and versions
@@ -316,7 +323,7 @@ def test_a_deletion_during_the_dump_makes_it_dump_again(
     taken again, and no longer holds it."""
     doomed = world.alice.datasets.create(f"doomed-{uuid.uuid4().hex[:6]}")
     doomed.upload(episode_arrays(episodes=2, length=10, seed=9)).wait()
-    db = deployment.databases[world.settings.resolved_catalog_url().rsplit("/", 1)[1]]._database
+    db = deployment.database(world.settings)
     dataset_id = db.datasets.find_one({"name": doomed.name})["_id"]
     segments = [segment["id"] for version in db.versions.find({"dataset_id": dataset_id})
                 for segment in version["segments"]]
