@@ -28,10 +28,13 @@ those it refers to finds every referent still there, unless the referrer was del
    later leaves only an unreferenced segment, which the restored sweeper deletes.
 3. Objects, second pass: objects new or changed (size, ETag or mtime) since the first pass.
 4. The check: every segment of every dumped version has all its episodes and blocks in the dump
-   (counts and rows as the version records them), every version's dataset is in the dump, every
-   artifact record, finished export and upload a job still needs has its bytes in the backup, and
-   the schema version did not change meanwhile. A miss means that a deletion (or an upgrade) raced
-   the dump; steps 2 to 4 run again, :data:`~tuplehub.storage.backup.SNAPSHOT_TRIES` times at most.
+   (counts and rows as the version records them), every artifact record, finished export and
+   upload a job still needs has its bytes in the backup, and the schema version did not change
+   meanwhile. A miss means that a deletion (or an upgrade) raced the dump; steps 2 to 4 run again,
+   :data:`~tuplehub.storage.backup.SNAPSHOT_TRIES` times at most. A version whose dataset is not in
+   the dump is not a miss: the source has such versions too (a dataset is deleted before its
+   versions, and a crash between the two leaves them), unreachable and harmless, and so is one
+   committed for a dataset created after ``datasets`` was dumped.
 
 Restore writes only into an empty database and store (a ``meta`` document with the schema version
 alone counts as empty), and only after every file has matched the manifest. It marks the catalog
@@ -124,8 +127,7 @@ class References:
 
     schema: int = 0
     counts: Counter[str] = field(default_factory=Counter)
-    wanted_segments: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # -> episodes, rows, dataset
-    datasets: set[str] = field(default_factory=set)
+    wanted_segments: dict[str, tuple[int, int]] = field(default_factory=dict)  # -> episodes, rows
     committed_jobs: set[str] = field(default_factory=set)
     unfinished_jobs: set[str] = field(default_factory=set)
     episodes: Counter[str] = field(default_factory=Counter)
@@ -148,12 +150,10 @@ class References:
                 self.waiting_uploads.append((doc["_id"], doc["job_id"], doc["object_key"]))
             elif doc.get("status") == "open" and doc.get("multipart_id"):
                 self.open_multipart += 1
-        elif collection == "datasets":
-            self.datasets.add(doc["_id"])
         elif collection == "versions":
             self.committed_jobs.add(doc["job_id"])
             for segment in doc["segments"]:
-                self.wanted_segments[segment["id"]] = (segment["episodes"], segment["transitions"], doc["dataset_id"])
+                self.wanted_segments[segment["id"]] = (segment["episodes"], segment["transitions"])
         elif collection == "episodes":
             self.episodes[doc["segment"]] += 1
         elif collection == "blocks":
@@ -167,13 +167,11 @@ class References:
     def missing(self, copied: Copied) -> list[str]:
         """What the dump refers to but does not hold (step 4); empty when the backup is consistent."""
         misses = []
-        for segment, (episodes, rows, dataset) in self.wanted_segments.items():
+        for segment, (episodes, rows) in self.wanted_segments.items():
             blocks, block_rows, highest = self.blocks.get(segment, [0, 0, -1])
             if self.episodes[segment] != episodes or block_rows != rows or blocks != highest + 1:
                 misses.append(f"segment {segment} ({self.episodes[segment]} of {episodes} episodes, "
                               f"{block_rows} of {rows} rows)")
-            if dataset not in self.datasets:
-                misses.append(f"dataset {dataset} (a version of it was dumped)")
         wanted = dict(self.objects)
         for upload, job, key in self.waiting_uploads:
             if job in self.unfinished_jobs and job not in self.committed_jobs:

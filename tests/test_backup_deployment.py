@@ -34,7 +34,7 @@ from tuplehub.storage.errors import ConfigError, NotFound
 from tuplehub.storage.models import JobStatus
 from tuplehub.storage.settings import Settings
 
-from .conftest import PASSWORD, make_settings, s3_server
+from .conftest import PASSWORD, api, make_settings, s3_server
 from .factories import episode_arrays
 from .mongo_double import AsyncDatabase, memory_database
 
@@ -176,6 +176,9 @@ async def _version_numbers(url: str, dataset: str) -> set[int]:
 
 def test_a_deployment_restores_into_a_fresh_catalog_and_bucket_with_hashes_access_and_bytes(
         world: World, deployment: Deployment, tmp_path: Path) -> None:
+    with api(world.server, world.alice_token) as http:  # an upload session whose parts S3 holds, in flight
+        session = http.post(f"/datasets/{world.dataset}/uploads", json={"part_size": 5 * 2**20, "size": 6 * 2**20})
+        assert session.status_code == 201, session.text
     summary = tuplehub(world.settings, "backup", str(tmp_path / "backup"))
     assert summary["kind"] == "deployment"
     assert summary["counts"]["versions"] == 2
@@ -188,6 +191,7 @@ def test_a_deployment_restores_into_a_fresh_catalog_and_bucket_with_hashes_acces
             f"objects/artifacts/{world.artifact_id}"} <= files
     assert manifest["collections"][:2] == ["meta", "jobs"]
     assert any(".env" in note for note in manifest["notes"])
+    assert any("1 upload session(s) were receiving parts" in note for note in manifest["notes"])
     checked = tuplehub(world.settings, "restore", str(tmp_path / "backup"), "--check")
     assert checked["restored"] is False
 
@@ -195,6 +199,7 @@ def test_a_deployment_restores_into_a_fresh_catalog_and_bucket_with_hashes_acces
     restored = tuplehub(target, "restore", str(tmp_path / "backup"))
     assert restored["restored"]
     assert restored["kind"] == "deployment"
+    assert restored["expired_uploads"] == 1
     source_db, target_db = deployment.database(world.settings), deployment.database(target)
     for collection in ("datasets", "versions", "blocks", "episodes"):  # ObjectIds, dates and bytes as they were
         assert _documents(target_db, collection) == _documents(source_db, collection), collection
@@ -207,6 +212,8 @@ def test_a_deployment_restores_into_a_fresh_catalog_and_bucket_with_hashes_acces
             for column, values in world.exported.items():
                 np.testing.assert_array_equal(out[column], values)
             assert alice.artifacts.get(world.artifact_id).read() == world.artifact_bytes
+        with api(copy, world.alice_token) as http:  # its parts were in the old store: the client starts again
+            assert http.get(f"/uploads/{session.json()['id']}").json()["status"] == "expired"
         with Client(copy.url) as bob:  # the other user: password and group access
             bob.login("bob", PASSWORD, remember=False)
             assert bob.datasets.get(world.dataset).latest_version == 2
