@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import re
 import shutil
 import sqlite3
 import stat
@@ -48,6 +49,7 @@ from tuplehub.storage.errors import ConfigError, Conflict
 from tuplehub.storage.paths import SERVE_LOCK, embedded_credentials_file, read_json, write_private
 from tuplehub.storage.settings import Settings
 
+_COLLECTION = re.compile(r"(?!system\.)[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}")  # what a deployment backup may restore
 # kind -> (files it may hold at its top, folders it may hold files under)
 _LAYOUT: dict[str, tuple[set[str], tuple[str, ...]]] = {
     EMBEDDED: ({CATALOG, ADMIN, *SECRETS}, (BLOCKS, OBJECTS)),
@@ -84,8 +86,9 @@ def read_manifest(source: Path) -> dict[str, Any]:
     files = manifest.get("files")
     required = [CATALOG] if kind == EMBEDDED else [f"{DUMPS}/{name}.jsonl" for name in manifest.get("collections", [])]
     if kind == DEPLOYMENT and not (isinstance(manifest.get("collections"), list) and required
-                                   and all(isinstance(name, str) for name in manifest["collections"])):
-        raise BackupDamaged(f"{path} lists no catalog collections: the backup is damaged")
+                                   and all(isinstance(name, str) and _COLLECTION.fullmatch(name)
+                                           for name in manifest["collections"])):
+        raise BackupDamaged(f"{path} lists no catalog collections, or names one no catalog has: the backup is damaged")
     listed = {f.get("path") for f in files if isinstance(f, dict)} if isinstance(files, list) else set()
     if missing := [name for name in required if name not in listed]:
         raise BackupDamaged(f"{path} lists no {missing[0]}: the backup is damaged")

@@ -9,6 +9,7 @@ settings from ``TUPLEHUB_*`` variables, as ``docker compose run --rm api tuplehu
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -298,6 +299,15 @@ def test_a_damaged_backup_is_refused_by_check_and_writes_nothing(
             assert changed in error["detail"]
             assert "does not match the manifest" in error["detail"]
         assert deployment.database(target).list_collection_names() == []
+    crafted = tmp_path / "crafted"  # a manifest that would have restore write into a system collection
+    shutil.copytree(good, crafted)
+    manifest = json.loads((crafted / "manifest.json").read_text())
+    (crafted / "catalog" / "system.users.jsonl").write_bytes(b"")
+    manifest["collections"].append("system.users")
+    manifest["files"].append({"path": "catalog/system.users.jsonl", "size": 0, "sha256": hashlib.sha256().hexdigest()})
+    (crafted / "manifest.json").write_text(json.dumps(manifest))
+    error = tuplehub(deployment.fresh(), "restore", str(crafted), code=1)["error"]
+    assert "names one no catalog has" in error["detail"], error
 
 
 def test_a_restore_that_stops_midway_is_finished_by_running_it_again(
