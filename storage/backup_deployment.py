@@ -71,6 +71,7 @@ from tuplehub.storage.backup import (
 from tuplehub.storage.catalog.migrations import pending
 from tuplehub.storage.catalog.mongo import RESTORE_MARKER, MongoCatalog
 from tuplehub.storage.errors import ConfigError, Conflict, NotFound, StoreUnavailable, TuplehubError
+from tuplehub.storage.models import JobStatus
 from tuplehub.storage.objects import ObjectStore, open_object_store
 from tuplehub.storage.restore import check_files
 from tuplehub.storage.settings import Settings
@@ -80,8 +81,9 @@ DUMP_ORDER = ("meta", "jobs", "uploads", "datasets", "versions", "episodes", "bl
 NOT_DUMPED = {"meta": ["migration-lock", RESTORE_MARKER]}  # documents of one process's life, by _id
 JSON = CANONICAL_JSON_OPTIONS.with_options(tz_aware=True, tzinfo=UTC)
 INSERT_DOCS, INSERT_BYTES = 1000, 8 * 2**20  # one insert_many at most (a block document is up to a few MB)
-COUNTED_RECORDS = ("users", "groups", "artifacts", "api_tokens")
-_FINISHED = {"succeeded", "failed", "cancelled"}  # JobStatus.finished
+# The manifest's counts: documents of these collections, and records of these kinds.
+COUNTED = ("jobs", "uploads", "datasets", "versions", "episodes", "blocks", "users", "groups", "artifacts",
+           "api_tokens")
 
 
 class RestoreUnfinished(StoreUnavailable):
@@ -141,7 +143,7 @@ class References:
         if collection == "meta" and doc.get("_id") == "schema":
             self.schema = int(doc["version"])
         elif collection == "jobs":
-            if doc.get("status") not in _FINISHED:
+            if not JobStatus(doc["status"]).finished:
                 self.unfinished_jobs.add(doc["_id"])
             elif doc.get("status") == "succeeded" and isinstance((doc.get("result") or {}).get("object_key"), str):
                 self.objects[doc["result"]["object_key"]] = f"the result of job {doc['_id']}"
@@ -242,12 +244,12 @@ async def _backup(settings: Settings, out: Path, copied: Copied) -> dict[str, An
     finally:
         await catalog.aclose()
     notes = ["this backup holds no secret: keep the deployment's .env (TUPLEHUB_JWT_SECRET, which signs every "
-             "session and API token, and the admin, database and store credentials) beside it, mode 0600"]
+             "session, and the admin, database and store credentials) beside it, mode 0600"]
     if references.open_multipart:
         notes.append(f"{references.open_multipart} upload session(s) were receiving parts, which the object store "
                      "keeps in multipart uploads a backup cannot copy: a restore marks them expired, and their "
                      "clients upload again")
-    counts = {name: references.counts[name] for name in (*DUMP_ORDER[1:7], *COUNTED_RECORDS)}
+    counts = {name: references.counts[name] for name in COUNTED}
     return {"source": _describe(settings), "schema_version": references.schema, "collections": names,
             "counts": counts, "notes": notes}
 
