@@ -53,10 +53,12 @@ class Deployment:
     root: Path
     databases: dict[str, AsyncDatabase] = field(default_factory=dict)
     client: Any = None  # PyMongo's synchronous client of the real server, if there is one
+    names: set[str] = field(default_factory=set)  # the databases this module's settings name
 
     def settings(self, name: str, **overrides: Any) -> Settings:
         """A deployment's settings: its own database and bucket prefix, the signing key and admin of its .env."""
         catalog = f"{REAL_MONGODB or 'mongodb://double'}/{name}"
+        self.names.add(name)
         return make_settings(self.root / name, self.redis_url, catalog_url=catalog, objects_url=f"s3://tuplehub/{name}",
                              s3_endpoint_url=self.s3, s3_region="us-east-1", s3_access_key_id="testing",
                              s3_secret_access_key="testing", admin_password=ADMIN_PASSWORD, jwt_secret=JWT_SECRET,
@@ -109,9 +111,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iter
             yield where
         finally:
             if where.client is not None:
-                for name in where.client.list_database_names():
-                    if name.startswith(("tuplehub_source_", "tuplehub_restored_")):
-                        where.client.drop_database(name)
+                for name in where.names:
+                    where.client.drop_database(name)
                 where.client.close()
 
 
