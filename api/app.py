@@ -6,6 +6,8 @@ tests and the embedded server each make their own app from their own settings.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -34,11 +36,14 @@ from tuplehub.api.routes import (
     users,
 )
 from tuplehub.storage.catalog import Catalog, open_catalog
+from tuplehub.storage.errors import StoreUnavailable
 from tuplehub.storage.objects import ObjectStore, open_object_store
 from tuplehub.storage.queue import Queue
 from tuplehub.storage.settings import Settings
 
+logger = logging.getLogger("tuplehub.api")
 API_PREFIX = "/api/v1"
+BUCKET_TIMEOUT_S = 10.0
 VERSION = "0.1.0"
 
 
@@ -49,6 +54,18 @@ class AppState(TypedDict):
     queue: Queue
     signer: Signer
     limiter: LoginLimiter
+
+
+async def _ensure_bucket(objects: ObjectStore, url: str) -> None:
+    """A fresh deployment's bucket is made at the first start, on any S3. A store that is away or
+    refuses does not stop the API: readiness names it until it answers (create the bucket by hand then)."""
+    try:
+        if await asyncio.wait_for(asyncio.to_thread(objects.ensure_bucket), BUCKET_TIMEOUT_S):
+            logger.info("created the missing bucket of %s", url)
+    except StoreUnavailable as exc:
+        logger.warning("%s", exc.detail)
+    except TimeoutError:
+        logger.warning("the object store %s did not answer in %.0f s; not checking its bucket", url, BUCKET_TIMEOUT_S)
 
 
 def create_app(settings: Settings, redis_url: str) -> FastAPI:
@@ -62,6 +79,8 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
             await catalog.aclose()
             raise
         objects = open_object_store(settings.resolved_objects_url(), **settings.object_store_options())
+        if settings.s3_create_bucket:
+            await _ensure_bucket(objects, settings.resolved_objects_url())
         queue = await Queue.connect(redis_url, settings.queue_name)
         limiter = LoginLimiter(queue.pool, per_user=settings.login_attempts_per_user,
                                per_address=settings.login_attempts_per_address, window_s=settings.login_window_s,

@@ -20,6 +20,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -28,6 +29,7 @@ from prometheus_client.process_collector import ProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuplehub.api.routes.exports import download_export
+from tuplehub.api.routes.health import backend_checks
 from tuplehub.api.routes.uploads import put_part
 from tuplehub.storage import logs
 from tuplehub.storage.errors import Unauthenticated
@@ -61,6 +63,10 @@ class ApiMetrics:
         self.export_bytes = Counter("tuplehub_export_bytes", "Export file bytes sent by the API (presigned "
                                     "downloads go straight to S3).", registry=self.registry)
         ProcessCollector(registry=self.registry)
+        # issue 12 (compose): what readiness says, for Prometheus' "a dependency is down" alert.
+        self.dependency_up = Gauge("tuplehub_dependency_up", "Whether this replica reaches the catalog, the "
+                                   "object store and the queue (1) or not (0), asked at each scrape.",
+                                   ["dependency"], registry=self.registry)
 
 
 class Observe:
@@ -147,4 +153,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         given = request.headers.get("authorization", "").encode("latin-1", "replace")
         if not hmac.compare_digest(given, expected):
             raise Unauthenticated("/metrics needs 'Authorization: Bearer <TUPLEHUB_METRICS_TOKEN>'")
+        state = request.state
+        for name, result in (await backend_checks(state.catalog, state.objects, state.queue)).items():
+            metrics.dependency_up.labels(name).set(result == "ok")
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

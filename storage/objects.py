@@ -83,6 +83,10 @@ class ObjectStore:
         """A URL that reads ``key`` without credentials, or None where the store has none."""
         return None
 
+    def ensure_bucket(self) -> bool:
+        """Make the place objects go exist; True if this call created it (a local folder always exists)."""
+        return False
+
     def ping(self) -> None:
         try:
             self.fs.ls(self.root)
@@ -263,7 +267,7 @@ class S3ObjectStore(ObjectStore):
         fs = s3fs.S3FileSystem(key=key, secret=secret, endpoint_url=endpoint_url,
                                client_kwargs={"region_name": region} if region else {})
         super().__init__(fs, f"{bucket}/{prefix}".rstrip("/"))
-        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.bucket, self.prefix, self.region = bucket, prefix.strip("/"), region
         # botocore (what boto3 wraps, and what s3fs already depends on) signs URLs and runs the
         # multipart protocol; depending on it directly keeps one botocore version to resolve.
         session = botocore.session.get_session()
@@ -321,6 +325,38 @@ class S3ObjectStore(ObjectStore):
         # Already completed, aborted or expired: nothing is left to free.
         with contextlib.suppress(ClientError):
             self._client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=multipart_id)
+
+    def ensure_bucket(self) -> bool:
+        """Create the bucket if it is missing (a fresh deployment's first start, on any S3).
+
+        Idempotent and safe when replicas race: the bucket another replica created just before
+        (``BucketAlreadyOwnedByYou``) is fine. A store that does not answer, or refuses to create
+        the bucket (a name taken by another account, no permission), raises :class:`StoreUnavailable`.
+        """
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            return False
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                raise StoreUnavailable(f"object store s3://{self.bucket}: {exc}") from exc
+        except Exception as exc:
+            raise StoreUnavailable(f"object store s3://{self.bucket}: {exc}") from exc
+        # us-east-1 (and S3 servers without regions) refuse a location constraint; other regions need one.
+        where = ({} if self.region in (None, "", "us-east-1")
+                 else {"CreateBucketConfiguration": {"LocationConstraint": self.region}})
+        try:
+            self._client.create_bucket(Bucket=self.bucket, **where)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "BucketAlreadyOwnedByYou":
+                return False
+            raise StoreUnavailable(f"object store s3://{self.bucket} is missing and cannot be created: {exc}",
+                                   hint="create the bucket, or give the store's key the right to create it") from exc
+        except Exception as exc:
+            raise StoreUnavailable(f"object store s3://{self.bucket}: {exc}") from exc
+        self.fs.invalidate_cache()
+        return True
 
     def ping(self) -> None:
         try:

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
+    # issue 12 (compose): a fresh deployment's store has no bucket yet.
+    s3_create_bucket: bool = Field(True, description=(
+        "Create the bucket of TUPLEHUB_OBJECTS_URL when the API starts, if it is missing."))
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT

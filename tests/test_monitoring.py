@@ -341,7 +341,7 @@ def test_readiness_names_the_dependency_that_fails(tmp_path: Path, redis_url: st
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")
     settings = make_settings(tmp_path, redis_url, objects_url="s3://no-such-bucket/data", s3_endpoint_url=s3_endpoint,
-                             s3_region="us-east-1")
+                             s3_region="us-east-1", s3_create_bucket=False)  # else the API makes it at start
     with serve_in_thread(settings) as server:
         response = httpx.get(f"{server.url}/api/v1/health/ready", timeout=30)
     assert response.status_code == 503

@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import shutil
 import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -98,6 +100,11 @@ class WorkerMonitor:
                               f"opened: {exc.strerror}", hint="give each worker on one host its own port") from exc
         threading.Thread(target=self._server.serve_forever, name="tuplehub-worker-metrics", daemon=True).start()
 
+    # issue 12 (compose): free disk space, for Prometheus' "disk almost full" alert.
+    def watch_disks(self, folders: Iterable[Path]) -> None:
+        """Report the free and total bytes of the file system under each folder, read at each scrape."""
+        self.registry.register(_DiskSpace(folders))
+
     @property
     def port(self) -> int | None:
         return self._server.server_port if self._server is not None else None
@@ -133,6 +140,34 @@ class _QueueDepth(Collector):
     def _family() -> GaugeMetricFamily:
         return GaugeMetricFamily("tuplehub_queue_depth", "Jobs waiting in the queue that may start now (deferred "
                                  "retries left out); the same for every worker of one queue.")
+
+
+class _DiskSpace(Collector):
+    """``tuplehub_disk_free_bytes`` and ``_size_bytes`` by folder. In a container the folders sit on its
+    image layer or volume, whose file system is the host's disk that holds the other volumes too (by default)."""
+
+    def __init__(self, folders: Iterable[Path]) -> None:
+        self.folders = sorted({str(folder) for folder in folders})
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        free, size = self._families()
+        for folder in self.folders:
+            with contextlib.suppress(OSError):  # a folder not made yet: no sample
+                usage = shutil.disk_usage(folder)
+                free.add_metric([folder], usage.free)  # what an unprivileged process may still write
+                size.add_metric([folder], usage.total)
+        yield free
+        yield size
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily("tuplehub_disk_free_bytes", "Bytes this process may still write on the file "
+                                  "system of each folder it uses (data folder, temporary files).", labels=["path"]),
+                GaugeMetricFamily("tuplehub_disk_size_bytes", "Size in bytes of the file system of each folder "
+                                  "it uses.", labels=["path"]))
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

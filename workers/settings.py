@@ -11,6 +11,8 @@ import asyncio
 import logging
 import os
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from arq import cron, func
@@ -68,6 +70,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         ctx["queue"] = await Queue.connect(redis_url, settings.queue_name)
         ctx["monitor"] = monitor = WorkerMonitor()
         monitor.watch_queue(ctx["queue"], asyncio.get_running_loop())
+        monitor.watch_disks([settings.data_dir, Path(tempfile.gettempdir())])
         if settings.worker_metrics_port is not None:
             token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
             monitor.serve(settings.worker_metrics_host, settings.worker_metrics_port, token)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from tuplehub.client.cli import access, artifacts, backup, benchmarks, data, lineage, metrics
+from tuplehub.client.cli import access, artifacts, backup, benchmarks, data, deploy, lineage, metrics
 from tuplehub.client.cli.demo import demo
 from tuplehub.client.cli.options import group
 from tuplehub.client.cli.output import AsJson
@@ -45,6 +45,7 @@ app.add_typer(access.groups_app, name="groups")
 app.add_typer(access.roles_app, name="roles")
 app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
+app.add_typer(deploy.deploy_app, name="deploy")
 
 DataDir = Annotated[Path | None, typer.Option(envvar="TUPLEHUB_DATA_DIR", help="Data folder of the embedded default.")]
 
