@@ -147,7 +147,7 @@ def test_a_backup_taken_while_uploads_run_restores_hashes_access_and_bytes(
     assert summary["counts"]["users"] == 4
     assert _modes(tmp_path / "backup") <= {("dir", 0o700), ("file", 0o600)}
     manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert (manifest["format_version"], manifest["kind"]) == (2, "embedded")
     assert manifest["tuplehub_version"]
     assert {"catalog.db", "jwt-secret.json", "config/embedded-admin.json"} <= {f["path"] for f in manifest["files"]}
 
@@ -304,10 +304,10 @@ def test_backup_refuses_what_it_cannot_do_safely(world: World, tmp_path: Path) -
     assert "inside the data folder" in inside["detail"]
     empty = tuplehub("backup", str(tmp_path / "b1"), "--data-dir", str(tmp_path / "nothing"), code=1)["error"]
     assert "no catalog" in empty["detail"]
-    mongo = tuplehub("backup", str(tmp_path / "b2"), "--data-dir", data_dir, code=1,
-                     env={"TUPLEHUB_CATALOG_URL": "mongodb://127.0.0.1:9/tuplehub"})["error"]
-    assert "embedded default" in mongo["detail"]
-    assert "docs/deployment.md" in mongo["hint"]
+    mixed = tuplehub("backup", str(tmp_path / "b2"), "--data-dir", data_dir, code=1,
+                     env={"TUPLEHUB_OBJECTS_URL": "s3://tuplehub/data"})["error"]  # an SQLite catalog, S3 objects
+    assert "a sqlite catalog with the object store s3://tuplehub/data" in mixed["detail"]
+    assert "docs/deployment.md" in mixed["hint"]
     assert not (tmp_path / "b1").exists()
     assert not (tmp_path / "b2").exists()
     assert _siblings(tmp_path / "b1") == []
@@ -411,3 +411,15 @@ def test_an_object_deleted_while_it_is_copied_is_skipped(
     files = {f["path"] for f in json.loads((tmp_path / "bk" / "manifest.json").read_text())["files"]}
     assert f"objects/{doomed.relative_to(objects).as_posix()}" not in files
     assert f"objects/artifacts/{world.artifact_id}" in files
+
+
+def test_a_backup_of_format_1_still_restores_and_the_kinds_do_not_mix(world: World, tmp_path: Path) -> None:
+    """Format 1 (before deployment backups) had no ``kind``: it is an embedded backup. An embedded backup
+    is never restored into a deployment's MongoDB."""
+    old = _backup(world, tmp_path / "old")
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["kind"]
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    assert tuplehub("restore", str(old), "--data-dir", str(tmp_path / "restored"))["kind"] == "embedded"
+    error = tuplehub("restore", str(old), code=1, env={"TUPLEHUB_CATALOG_URL": "mongodb://127.0.0.1:9/tuplehub"})
+    assert "a backup of an embedded server; these settings name a deployment one" in error["error"]["detail"]
