@@ -11,7 +11,9 @@ What runs, and what stands in for what (``compose.tier.yaml`` says why for each)
   ``podman healthcheck run`` once a second for every container of the project that is not healthy
   yet (or has turned unhealthy), for as long as the stack is up.
 - MinIO is Ceph radosgw and MongoDB is mongoeco (no package of either exists here): a green run means
-  "consistent with radosgw and mongoeco", not "works on MinIO and MongoDB".
+  "consistent with radosgw and mongoeco", not "works on MinIO and MongoDB". Both keep their data in
+  memory (radosgw's memstore OSD, mongoeco's memory engine): restarting ``minio`` or ``mongo`` starts
+  it empty, so a test that restarts them must expect that; api, worker and proxy restart freely.
 - TLS certificates come by ACME from pebble (real HTTP-01 / TLS-ALPN-01 validation against Caddy
   inside the network); the client trusts pebble's root, fetched from its management port.
 
