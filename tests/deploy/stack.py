@@ -217,11 +217,12 @@ class Stack:
         return done
 
     def up(self, *args: str, timeout: float = UP_TIMEOUT_S) -> float:
-        """``up -d ARGS`` with healthchecks pumped; the seconds it took."""
+        """``up -d --wait ARGS`` with healthchecks pumped: back when every container it started is healthy
+        (or running, where it has no healthcheck); the seconds it took."""
         if not self.pump.is_alive():
             self.pump.start()
         started = time.monotonic()
-        self.compose("up", "-d", *args, timeout=timeout)
+        self.compose("up", "-d", "--wait", "--wait-timeout", str(int(timeout) - 10), *args, timeout=timeout)
         return time.monotonic() - started
 
     def scale(self, service: str, replicas: int) -> None:

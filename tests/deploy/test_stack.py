@@ -21,6 +21,7 @@ from tuplehub.client import parts as client_parts
 from tuplehub.client.errors import ServerUnreachable
 
 from ..factories import episode_arrays
+from .podman import podman
 from .stack import DOMAIN, Stack
 
 pytestmark = pytest.mark.timeout(1800)  # the first test builds the images and brings the stack up
@@ -115,3 +116,17 @@ def test_both_api_replicas_and_workers_run(stack: Stack, client: Client) -> None
         client.whoami()
     served = [_requests_served(stack, replica) for replica in (1, 2)]
     assert all(count > 0 for count in served), served
+
+
+def test_workers_scale_up_and_down(stack: Stack, client: Client) -> None:
+    """``--scale worker=3`` adds a replica that gets healthy (the pump runs its healthcheck); back to 2 after."""
+    stack.scale("worker", 3)
+    try:
+        assert len(stack.containers("worker")) == 3
+        newest = stack.containers("worker")[-1]
+        assert podman("inspect", "--format", "{{.State.Health.Status}}", newest).stdout.strip() == "healthy"
+    finally:
+        stack.scale("worker", 2)
+    assert len(stack.containers("worker")) == 2
+    job = client.datasets.create("after-scaling").upload(episode_arrays(episodes=3, length=50, seed=3))
+    assert job.wait(timeout=120).record.result["transitions"] > 0
