@@ -148,11 +148,12 @@ class HealthPump(threading.Thread):
     def run(self) -> None:
         deadline = time.monotonic() + self.limit_s
         while not self._stopped.wait(1) and time.monotonic() < deadline:
-            for health in ("starting", "unhealthy"):
-                listed = podman("ps", "--filter", f"label=com.docker.compose.project={self.project}",
-                                "--filter", f"health={health}", "--format", "{{.Names}}", check=False, timeout=30)
-                for name in listed.stdout.split():
-                    podman("healthcheck", "run", name, check=False, timeout=30)
+            # Filters of the same key are OR'd: one listing of both states.
+            listed = podman("ps", "--filter", f"label=com.docker.compose.project={self.project}",
+                            "--filter", "health=starting", "--filter", "health=unhealthy",
+                            "--format", "{{.Names}}", check=False, timeout=30)
+            for name in listed.stdout.split():
+                podman("healthcheck", "run", name, check=False, timeout=30)
 
     def stop(self) -> None:
         self._stopped.set()
