@@ -28,16 +28,18 @@ names ``tuplehub.test`` and ``s3.tuplehub.test`` resolve to 127.0.0.1 in the tes
 Using it (fixtures in ``conftest.py``, session-scoped: the stack comes up once per run):
 
 - ``stack``: a :class:`Stack` that is up with ``--scale api=2 --scale worker=2``. ``stack.compose(...)``
-  runs any compose command (``stack.compose("restart", "worker")``), ``stack.up(...)``, ``scale``,
-  ``exec``, ``logs``, ``containers``, ``kill``; ``stack.url`` / ``stack.s3_url`` are the public
+  runs any compose command (``stack.compose("restart", "worker")``); ``stack.up(...)`` is
+  ``up -d --wait`` (back when everything is healthy again); ``scale``, ``exec`` (one replica, by
+  ``index``), ``logs``, ``containers`` (running replicas' names), ``kill`` (one replica, any signal);
+  ``stack.compose_command(...)`` is the command line, for a process a test runs itself (needs
+  ``stack.process_env``); ``stack.url`` / ``stack.s3_url`` are the public
   addresses, ``stack.env`` the .env's values (the admin password, the metrics token).
 - ``client``: a :class:`tuplehub.client.Client` signed in as the admin through the proxy over HTTPS,
   verifying the certificate (``SSL_CERT_FILE`` = pebble's root, read by every httpx client the
   client library makes, the presigned uploads' and downloads' too).
 
 At the end, even after a failure, ``down -v`` removes the containers, networks and volumes, and the
-podman service is stopped by its PID; a failed bring-up leaves the compose logs in the run's temp
-folder (the path is printed).
+podman service is stopped by its PID; a failed bring-up prints the last compose logs and ``ps -a``.
 """
 
 from __future__ import annotations
