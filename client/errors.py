@@ -45,6 +45,10 @@ class ServerUnreachable(TuplehubError, httpx.TransportError):
             detail = f"cannot reach the server at {url} ({reason})"
         else:
             detail = f"lost the connection to the server at {url} ({reason})"
+        if hint is None and "CERTIFICATE_VERIFY_FAILED" in reason:
+            # httpx reads SSL_CERT_FILE for every client it makes: API calls and presigned transfers alike.
+            hint = ("the server's certificate is not signed by a CA trusted here: if it is yours (Caddy's `tls "
+                    "internal` root, a company CA), set SSL_CERT_FILE to a bundle holding that CA")
         if after:  # the client kept trying (tuplehub.client.retries): the server was there and went away
             detail = f"{detail}; gave up after {after}"
             hint = hint or ("it may be restarting: try again once it answers (TUPLEHUB_CLIENT_RETRIES and "

@@ -5,6 +5,7 @@ healthcheck commands themselves, run against a real API and worker, and the seri
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +28,13 @@ SERVICES = yaml.safe_load((Path(__file__).parent.parent / "compose" / "compose.y
 
 
 def _probe(service: str, port: int, token: str) -> subprocess.CompletedProcess[str]:
-    """The service's healthcheck command (``python3 -c ...``) as compose runs it, on the test's port."""
+    """The service's healthcheck command (``python3 -c ...`` in a shell) as compose runs it, on the test's port."""
     test = SERVICES[service]["healthcheck"]["test"]
-    assert test[:3] == ["CMD", "python3", "-c"], test
-    code = test[3].replace(":9100/", f":{port}/").replace(":8000/", f":{port}/")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    assert test[0] == "CMD-SHELL", test
+    assert test[1].startswith("python3 -c "), test
+    command = test[1].replace("python3", shlex.quote(sys.executable), 1)
+    command = command.replace(":9100/", f":{port}/").replace(":8000/", f":{port}/")
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "TUPLEHUB_METRICS_TOKEN": token})
 
 

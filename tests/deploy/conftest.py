@@ -198,8 +198,9 @@ def stack(image: str, part_images: dict[str, str], tmp_path_factory: pytest.Temp
                            f"{wait_for_certificate(stack.url, root):.1f} s after up")
             yield stack
     except BaseException:
-        (workdir / "compose.log").write_text(stack.logs())
-        print(f"compose logs: {workdir / 'compose.log'}")
+        logs = stack.logs()
+        print(f"compose logs, last 150 lines:\n{chr(10).join(logs.splitlines()[-150:])}")
+        print(stack.compose("ps", "-a", check=False).stdout)
         raise
     finally:
         stack.down()

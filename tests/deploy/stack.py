@@ -11,7 +11,11 @@ What runs, and what stands in for what (``compose.tier.yaml`` says why for each)
   ``podman healthcheck run`` once a second for every container of the project that is not healthy
   yet (or has turned unhealthy), for as long as the stack is up.
 - MinIO is Ceph radosgw and MongoDB is mongoeco (no package of either exists here): a green run means
-  "consistent with radosgw and mongoeco", not "works on MinIO and MongoDB".
+  "consistent with radosgw and mongoeco", not "works on MinIO and MongoDB". Both keep their data in
+  the compose file's volumes (a BlueStore OSD on a file; mongoeco's SQLite engine), so restarting them
+  keeps it. mongoeco's SQLite engine is slower than its memory one (the catalog contract tests: 4.5 s
+  against 1.7 s); a measurement that must not count it can give ``mongo`` the command
+  ``python3.13 /usr/local/bin/mongoeco_server.py --db ''`` (in memory, lost at a restart).
 - TLS certificates come by ACME from pebble (real HTTP-01 / TLS-ALPN-01 validation against Caddy
   inside the network); the client trusts pebble's root, fetched from its management port.
 
@@ -24,16 +28,18 @@ names ``tuplehub.test`` and ``s3.tuplehub.test`` resolve to 127.0.0.1 in the tes
 Using it (fixtures in ``conftest.py``, session-scoped: the stack comes up once per run):
 
 - ``stack``: a :class:`Stack` that is up with ``--scale api=2 --scale worker=2``. ``stack.compose(...)``
-  runs any compose command (``stack.compose("restart", "worker")``), ``stack.up(...)``, ``scale``,
-  ``exec``, ``logs``, ``containers``, ``kill``; ``stack.url`` / ``stack.s3_url`` are the public
+  runs any compose command (``stack.compose("restart", "worker")``); ``stack.up(...)`` is
+  ``up -d --wait`` (back when everything is healthy again); ``scale``, ``exec`` (one replica, by
+  ``index``), ``logs``, ``containers`` (running replicas' names), ``kill`` (one replica, any signal);
+  ``stack.compose_command(...)`` is the command line, for a process a test runs itself (needs
+  ``stack.process_env``); ``stack.url`` / ``stack.s3_url`` are the public
   addresses, ``stack.env`` the .env's values (the admin password, the metrics token).
 - ``client``: a :class:`tuplehub.client.Client` signed in as the admin through the proxy over HTTPS,
   verifying the certificate (``SSL_CERT_FILE`` = pebble's root, read by every httpx client the
   client library makes, the presigned uploads' and downloads' too).
 
 At the end, even after a failure, ``down -v`` removes the containers, networks and volumes, and the
-podman service is stopped by its PID; a failed bring-up leaves the compose logs in the run's temp
-folder (the path is printed).
+podman service is stopped by its PID; a failed bring-up prints the last compose logs and ``ps -a``.
 """
 
 from __future__ import annotations
@@ -144,11 +150,12 @@ class HealthPump(threading.Thread):
     def run(self) -> None:
         deadline = time.monotonic() + self.limit_s
         while not self._stopped.wait(1) and time.monotonic() < deadline:
-            for health in ("starting", "unhealthy"):
-                listed = podman("ps", "--filter", f"label=com.docker.compose.project={self.project}",
-                                "--filter", f"health={health}", "--format", "{{.Names}}", check=False, timeout=30)
-                for name in listed.stdout.split():
-                    podman("healthcheck", "run", name, check=False, timeout=30)
+            # Filters of the same key are OR'd: one listing of both states.
+            listed = podman("ps", "--filter", f"label=com.docker.compose.project={self.project}",
+                            "--filter", "health=starting", "--filter", "health=unhealthy",
+                            "--format", "{{.Names}}", check=False, timeout=30)
+            for name in listed.stdout.split():
+                podman("healthcheck", "run", name, check=False, timeout=30)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -215,11 +222,12 @@ class Stack:
         return done
 
     def up(self, *args: str, timeout: float = UP_TIMEOUT_S) -> float:
-        """``up -d ARGS`` with healthchecks pumped; the seconds it took."""
+        """``up -d --wait ARGS`` with healthchecks pumped: back when every container it started is healthy
+        (or running, where it has no healthcheck); the seconds it took."""
         if not self.pump.is_alive():
             self.pump.start()
         started = time.monotonic()
-        self.compose("up", "-d", *args, timeout=timeout)
+        self.compose("up", "-d", "--wait", "--wait-timeout", str(int(timeout) - 10), *args, timeout=timeout)
         return time.monotonic() - started
 
     def scale(self, service: str, replicas: int) -> None:
