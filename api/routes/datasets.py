@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import TypeAdapter, ValidationError
 
 from tuplehub.api.access.accounts import user_names
 from tuplehub.api.access.audit import audit
@@ -25,7 +24,7 @@ from tuplehub.storage import quotas, versions
 from tuplehub.storage.access import GroupRecord, Publish, UserRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidFilter, NotFound
-from tuplehub.storage.filters.language import Filter, FilterNode, check_size
+from tuplehub.storage.filters.language import check_size, parse_filter_json
 from tuplehub.storage.metrics import MetricRecord
 from tuplehub.storage.models import (
     DatasetCreate,
@@ -38,21 +37,6 @@ from tuplehub.storage.models import (
 )
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-_FILTER = TypeAdapter(Filter)
-
-
-def parse_filter(text: str | None) -> FilterNode | None:
-    """A filter passed as a JSON query parameter; a malformed one is a 422 naming the problem."""
-    if text is None or not text.strip():
-        return None
-    try:
-        return _FILTER.validate_json(text)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "filter"
-        raise InvalidFilter(f"{where}: {first['msg']}") from exc
-
-
 async def _read(catalog: Catalog, record: DatasetRecord) -> DatasetRead:
     groups, _ = await catalog.find_records("groups", GroupRecord, where={"id": record.groups})
     return DatasetRead(**record.model_dump(), versions=await catalog.list_versions(record.id),
@@ -165,6 +149,6 @@ async def list_episodes(name: str, version: int, caller: Reader, catalog: Catalo
     """Episodes of one version that pass an episode filter, in version order."""
     dataset = await readable_dataset(catalog, caller, name)
     record = await versions.get_version(catalog, dataset, version)
-    node = parse_filter(where)
+    node = parse_filter_json(where)
     check_size(node, max_leaves=settings.filter_max_leaves)
     return await versions.list_episodes(catalog, record, node, offset=offset, limit=limit)

@@ -129,19 +129,9 @@ def _cell(value: Any) -> str:
 
 def parse_filter(text: str | None, option: str, *, episodes: bool = False) -> FilterNode | None:
     """A filter given as JSON on the command line; a mistake names the option and shows an example."""
-    if not text:
-        return None
-    from pydantic import TypeAdapter, ValidationError
+    from tuplehub.storage.filters.language import parse_filter_json  # pydantic: not for --help
 
-    from tuplehub.storage.errors import InvalidFilter
-    from tuplehub.storage.filters.language import Filter
-
-    try:
-        return TypeAdapter(Filter).validate_json(text)
-    except ValidationError as exc:
-        example = EPISODE_FILTER_EXAMPLE if episodes else TUPLE_FILTER_EXAMPLE
-        raise InvalidFilter(f"{option}: {exc.errors()[0]['msg']} (expected JSON like {example})",
-                            hint="the filter language is in docs/tuples-and-filters.md") from exc
+    return parse_filter_json(text, source=option, example=EPISODE_FILTER_EXAMPLE if episodes else TUPLE_FILTER_EXAMPLE)
 
 
 def read_json_file(path: Any, option: str, *, shape: type, example: str) -> Any:

@@ -31,6 +31,8 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    TypeAdapter,
+    ValidationError,
     field_validator,
 )
 
@@ -126,6 +128,27 @@ class Not(FilterNode):
 Filter = Annotated[Compare | In | Between | Exists | And | Or | Not, Field(discriminator="op")]
 for _model in (And, Or, Not):
     _model.model_rebuild()
+_FILTER = TypeAdapter(Filter)
+
+
+def parse_filter_json(text: str | None, *, source: str | None = None, example: str | None = None) -> FilterNode | None:
+    """A filter written as JSON text (a query parameter, a command-line option); blank text is no filter.
+
+    A malformed one raises :class:`InvalidFilter` saying where the first problem is (``source``,
+    such as ``--where``, else its place in the JSON) and what it is; with ``example`` (for a
+    person at a terminal) the message shows a well-formed filter and points at the docs.
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        return _FILTER.validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = source or ".".join(str(part) for part in first["loc"]) or "filter"
+        if example is None:
+            raise InvalidFilter(f"{where}: {first['msg']}") from exc
+        raise InvalidFilter(f"{where}: {first['msg']} (expected JSON like {example})",
+                            hint="the filter language is in docs/tuples-and-filters.md") from exc
 
 
 @dataclass(frozen=True)
