@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from tuplehub.client.base import Handle, given
 from tuplehub.client.errors import UploadInterrupted, raise_for_problem
 from tuplehub.client.jobs import Job
 from tuplehub.client.progress import content_length, save
@@ -22,7 +23,7 @@ from tuplehub.client.retries import IDEMPOTENT
 from tuplehub.client.sharing import Shareable
 from tuplehub.client.uploads import DEFAULT_PART_SIZE, MAX_PARTS, PartSink, send_file
 from tuplehub.storage.artifacts import ArtifactRead
-from tuplehub.storage.models import Page
+from tuplehub.storage.models import JobRead, Page
 
 DOWNLOAD_CHUNK = 4 * 2**20
 
@@ -37,9 +38,7 @@ class Artifact(Shareable[ArtifactRead]):
         return self.record.id
 
     def _stream(self) -> Any:
-        response = self._http.get(f"/artifacts/{self.id}/url")
-        raise_for_problem(response)
-        answer = response.json()
+        answer = self._call("GET", f"{self._path}/url")
         if answer.get("expires_at") is None:  # through the API, with our credentials
             return self._http.stream("GET", answer["url"], timeout=600)
         return httpx.stream("GET", answer["url"], timeout=600)  # presigned: no API credentials go along
@@ -64,17 +63,14 @@ class Artifact(Shareable[ArtifactRead]):
 
     def link(self, *, benchmarks: Iterable[str] = (), datasets: Iterable[str] = ()) -> Artifact:
         """Replace the benchmarks (ids) and datasets (names) this artifact is linked to."""
-        return self._apply(self._http.put(f"{self._path}/links",
-                                          json={"benchmarks": list(benchmarks), "datasets": list(datasets)}))
+        return self._change("PUT", f"{self._path}/links",
+                            json={"benchmarks": list(benchmarks), "datasets": list(datasets)})
 
     def __repr__(self) -> str:
         return f"<Artifact {self.record.name} {self.id[:12]}>"
 
 
-class Artifacts:
-    def __init__(self, http: httpx.Client) -> None:
-        self._http = http
-
+class Artifacts(Handle):
     def upload(self, source: str | Path | bytes, *, name: str | None = None, media_type: str | None = None,
                metadata: Mapping[str, Any] | None = None, benchmarks: Iterable[str] = (),
                datasets: Iterable[str] = (), part_size: int = DEFAULT_PART_SIZE,
@@ -89,12 +85,10 @@ class Artifacts:
         guessed = mimetypes.guess_type(label)[0] if media_type is None else media_type
         # the size is declared, so the server checks it against its limits before a byte is sent
         size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
-        response = self._http.post("/artifacts/uploads", json={
+        session = self._call("POST", "/artifacts/uploads", json={
             "name": label, "media_type": guessed or "application/octet-stream", "metadata": dict(metadata or {}),
             "benchmarks": list(benchmarks), "datasets": list(datasets), "size": size,
             "part_size": max(part_size, math.ceil(size / MAX_PARTS))}, extensions=IDEMPOTENT)  # see .retries
-        raise_for_problem(response)
-        session = response.json()
         try:
             if isinstance(source, bytes):
                 sink = PartSink(self._http, session)
@@ -108,20 +102,15 @@ class Artifacts:
             if isinstance(exc, KeyboardInterrupt):
                 raise UploadInterrupted(session["id"], 0, 0) from None
             raise
-        response = self._http.post(f"/uploads/{session['id']}/complete", json={"parts": parts}, extensions=IDEMPOTENT)
-        raise_for_problem(response)
-        job = Job(self._http, response.json()).wait(progress=False)
+        completed = self._call("POST", f"/uploads/{session['id']}/complete", JobRead, json={"parts": parts},
+                               extensions=IDEMPOTENT)
+        job = Job(self._http, completed).wait(progress=False)
         return self.get(job.result["artifact_id"])  # type: ignore[index]
 
     def get(self, artifact_id: str) -> Artifact:
-        response = self._http.get(f"/artifacts/{artifact_id}")
-        raise_for_problem(response)
-        return Artifact(self._http, ArtifactRead.model_validate(response.json()))
+        return Artifact(self._http, self._call("GET", f"/artifacts/{artifact_id}", ArtifactRead))
 
     def list(self, *, name: str | None = None, benchmark: str | None = None, dataset: str | None = None,
              offset: int = 0, limit: int = 100) -> Page[ArtifactRead]:
-        params = {k: v for k, v in {"name": name, "benchmark": benchmark, "dataset": dataset, "offset": offset,
-                                    "limit": limit}.items() if v is not None}
-        response = self._http.get("/artifacts", params=params)
-        raise_for_problem(response)
-        return Page[ArtifactRead].model_validate(response.json())
+        params = given(name=name, benchmark=benchmark, dataset=dataset, offset=offset, limit=limit)
+        return self._call("GET", "/artifacts", Page[ArtifactRead], params=params)

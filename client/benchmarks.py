@@ -15,9 +15,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import httpx
-
-from tuplehub.client.errors import raise_for_problem
+from tuplehub.client.base import Handle
 from tuplehub.client.sharing import Shareable
 from tuplehub.storage.benchmarks import BenchmarkRead, BenchmarkSpec, SeedPolicy, WrapperSpec, space_to_json
 from tuplehub.storage.errors import InvalidRequest
@@ -155,29 +153,23 @@ class Benchmark(Shareable[BenchmarkRead]):
         return policy.seed if policy.kind == "fixed" else policy.seed + episode
 
     def datasets(self, *, offset: int = 0, limit: int = 100) -> Page[DatasetSummary]:
-        response = self._http.get(f"/benchmarks/{self.id}/datasets", params={"offset": offset, "limit": limit})
-        raise_for_problem(response)
-        return Page[DatasetSummary].model_validate(response.json())
+        return self._call("GET", f"{self._path}/datasets", Page[DatasetSummary],
+                          params={"offset": offset, "limit": limit})
 
     def set_references(self, *, random_return: float | None, expert_return: float | None) -> Benchmark:
-        return self._apply(self._http.put(f"{self._path}/references",
-                                          json={"random_return": random_return, "expert_return": expert_return}))
+        return self._change("PUT", f"{self._path}/references",
+                            json={"random_return": random_return, "expert_return": expert_return})
 
     def __repr__(self) -> str:
         return f"<Benchmark {self.record.name or self.record.family} {self.id[:8]}>"
 
 
-class Benchmarks:
-    def __init__(self, http: httpx.Client) -> None:
-        self._http = http
-
+class Benchmarks(Handle):
     def create(self, spec: BenchmarkSpec, *, name: str = "", description: str = "",
                random_return: float | None = None, expert_return: float | None = None) -> Benchmark:
-        response = self._http.post("/benchmarks", json={
+        return Benchmark(self._http, self._call("POST", "/benchmarks", BenchmarkRead, json={
             "spec": spec.model_dump(mode="json"), "name": name, "description": description,
-            "random_return": random_return, "expert_return": expert_return})
-        raise_for_problem(response)
-        return Benchmark(self._http, BenchmarkRead.model_validate(response.json()))
+            "random_return": random_return, "expert_return": expert_return}))
 
     def create_from_env(self, env: Any, *, name: str = "", description: str = "",
                         seed_policy: SeedPolicy | None = None, random_return: float | None = None,
@@ -187,9 +179,7 @@ class Benchmarks:
                            random_return=random_return, expert_return=expert_return)
 
     def get(self, benchmark_id: str) -> Benchmark:
-        response = self._http.get(f"/benchmarks/{benchmark_id}")
-        raise_for_problem(response)
-        return Benchmark(self._http, BenchmarkRead.model_validate(response.json()))
+        return Benchmark(self._http, self._call("GET", f"/benchmarks/{benchmark_id}", BenchmarkRead))
 
     def list(self, *, family: str | None = None, params: Mapping[str, Any] | None = None, name: str | None = None,
              offset: int = 0, limit: int = 100) -> Page[BenchmarkRead]:
@@ -201,6 +191,4 @@ class Benchmarks:
             query["name"] = name
         if params:
             query["param"] = [f"{key}={json.dumps(value)}" for key, value in params.items()]
-        response = self._http.get("/benchmarks", params=query)
-        raise_for_problem(response)
-        return Page[BenchmarkRead].model_validate(response.json())
+        return self._call("GET", "/benchmarks", Page[BenchmarkRead], params=query)

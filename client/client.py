@@ -18,6 +18,7 @@ import httpx
 
 from tuplehub.client.access import Groups, Roles, Tokens, Users, read_audit, whoami
 from tuplehub.client.auth import BearerAuth, SessionAuth
+from tuplehub.client.base import Handle, call, given
 from tuplehub.client.discovery import embedded_credentials, resolve_url
 from tuplehub.client.errors import ServerUnreachable, raise_for_problem
 from tuplehub.client.retries import RetryPolicy, is_idempotent, replayable
@@ -80,24 +81,16 @@ class _Http(httpx.Client):
         return response
 
 
-class Jobs:
-    def __init__(self, http: httpx.Client) -> None:
-        self._http = http
-
+class Jobs(Handle):
     def get(self, job_id: str) -> Job:
         from tuplehub.client.jobs import Job
 
-        response = self._http.get(f"/jobs/{job_id}")
-        raise_for_problem(response)
-        return Job(self._http, response.json())
+        return Job(self._http, self._call("GET", f"/jobs/{job_id}", JobRead))
 
     def list(self, *, status: JobStatus | str | None = None, kind: JobKind | str | None = None,
              everyone: bool = False, offset: int = 0, limit: int = 50) -> Page[JobRead]:
-        params = {k: v for k, v in {"status": status, "kind": kind, "offset": offset, "limit": limit,
-                                    "everyone": everyone or None}.items() if v is not None}
-        response = self._http.get("/jobs", params=params)
-        raise_for_problem(response)
-        return Page[JobRead].model_validate(response.json())
+        params = given(status=status, kind=kind, offset=offset, limit=limit, everyone=everyone or None)
+        return self._call("GET", "/jobs", Page[JobRead], params=params)
 
 
 class Client:
@@ -169,9 +162,7 @@ class Client:
 
     def login(self, username: str, password: str, *, remember: bool = True) -> Me:
         """Sign in with a password; with ``remember`` the session is stored for later processes."""
-        response = self._http.post("/auth/login", json={"username": username, "password": password}, auth=None)
-        raise_for_problem(response)
-        pair = response.json()
+        pair = call(self._http, "POST", "/auth/login", json={"username": username, "password": password}, auth=None)
         session = Session(username, pair["access_token"], pair["refresh_token"])
         self._http.auth = SessionAuth(self.url, session, self.sessions if remember else None, api_url=self.api_url,
                                       password=self._embedded_password(username))
@@ -201,9 +192,8 @@ class Client:
 
     def change_password(self, current_password: str, new_password: str) -> None:
         """Change one's own password; every session ends, so sign in again afterwards."""
-        response = self._http.put("/auth/password", json={"current_password": current_password,
-                                                          "new_password": new_password})
-        raise_for_problem(response)
+        call(self._http, "PUT", "/auth/password", json={"current_password": current_password,
+                                                         "new_password": new_password})
 
     def audit(self, *, actor: str | None = None, action: str | None = None, target: str | None = None,
               target_kind: str | None = None, since: datetime | None = None, until: datetime | None = None,

@@ -6,10 +6,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import BaseModel
 
-from tuplehub.client.errors import raise_for_problem
+from tuplehub.client.base import Handle, given
 from tuplehub.client.jobs import Job
 from tuplehub.client.retries import IDEMPOTENT
 from tuplehub.client.sharing import Shareable
@@ -20,6 +19,7 @@ from tuplehub.storage.models import (
     DatasetSummary,
     DeriveSource,
     EpisodeRead,
+    JobRead,
     Page,
     Rebalance,
     Sampling,
@@ -65,9 +65,7 @@ class Dataset(Shareable[DatasetRead]):
         return self.record.latest_version
 
     def refresh(self) -> Dataset:
-        response = self._http.get(f"/datasets/{self.name}")
-        raise_for_problem(response)
-        self.record = DatasetRead.model_validate(response.json())
+        self.record = self._call("GET", self._path, DatasetRead)
         return self
 
     def upload(self, source: UploadSource, *, mode: UploadMode | str = UploadMode.append,
@@ -116,9 +114,8 @@ class Dataset(Shareable[DatasetRead]):
         from tuplehub.client.exports import Export
 
         # Safe to send again (.retries): the API answers an identical live request with the same job.
-        response = self._http.post(f"/datasets/{self.name}/exports", json=body, extensions=IDEMPOTENT)
-        raise_for_problem(response)
-        return Export(self._http, response.json())
+        return Export(self._http, self._call("POST", f"{self._path}/exports", JobRead, json=body,
+                                             extensions=IDEMPOTENT))
 
     def episodes(self, *, where: FilterNode | None = None, version: int | None = None, offset: int = 0,
                  limit: int = 100) -> Page[EpisodeRead]:
@@ -129,24 +126,19 @@ class Dataset(Shareable[DatasetRead]):
         params: dict[str, Any] = {"offset": offset, "limit": limit}
         if where is not None:
             params["where"] = where.model_dump_json(exclude_none=True)
-        response = self._http.get(f"/datasets/{self.name}/versions/{number}/episodes", params=params)
-        raise_for_problem(response)
-        return Page[EpisodeRead].model_validate(response.json())
+        return self._call("GET", f"{self._path}/versions/{number}/episodes", Page[EpisodeRead], params=params)
 
     def update(self, **card: Any) -> Dataset:
         """Edit the card: ``description``, ``tags``, ``benchmark``, ``authors``, ``license``,
         ``citation``, ``behavior_policies``; what is not given stays."""
-        return self._apply(self._http.patch(self._path, json=card))
+        return self._change("PATCH", self._path, json=card)
 
     def __repr__(self) -> str:
         version = f"v{self.latest_version}" if self.latest_version is not None else "(no versions yet)"
         return f"<Dataset {self.name} {version}>"
 
 
-class Datasets:
-    def __init__(self, http: httpx.Client) -> None:
-        self._http = http
-
+class Datasets(Handle):
     def create(self, name: str, *, description: str = "", tags: Iterable[str] = (), benchmark: str | None = None,
                exist_ok: bool = False, **card: Any) -> Dataset:
         """An empty dataset; ``benchmark`` (an id) links it to the environment it is recorded on.
@@ -155,15 +147,14 @@ class Datasets:
         ``exist_ok`` a dataset of that name that the caller can read is returned as it is (its
         card unchanged), so a script can be run again.
         """
-        response = self._http.post("/datasets", json={"name": name, "description": description,
-                                                      "tags": list(tags), "benchmark": benchmark, **card})
         try:
-            raise_for_problem(response)
+            record = self._call("POST", "/datasets", DatasetRead, json={
+                "name": name, "description": description, "tags": list(tags), "benchmark": benchmark, **card})
         except Conflict:
             if not exist_ok:
                 raise
             return self.get(name)
-        return Dataset(self._http, DatasetRead.model_validate(response.json()))
+        return Dataset(self._http, record)
 
     def derive(self, target: str, sources: Iterable[DeriveSource | Mapping[str, Any]], *,
                mode: UploadMode | str = UploadMode.replace, renumber: bool = False, create: bool = True,
@@ -179,9 +170,7 @@ class Datasets:
             except NotFound:
                 self.create(target, **card)
         body = {"sources": [_source_json(s) for s in sources], "mode": UploadMode(mode).value, "renumber": renumber}
-        response = self._http.post(f"/datasets/{target}/derive", json=body)
-        raise_for_problem(response)
-        return Job(self._http, response.json())
+        return Job(self._http, self._call("POST", f"/datasets/{target}/derive", JobRead, json=body))
 
     def merge(self, target: str, names: Iterable[str], *, renumber: bool = True, **card: Any) -> Job:
         """One dataset holding every episode of ``names`` (latest versions), renumbered 0..N-1 by default."""
@@ -197,14 +186,10 @@ class Datasets:
         return jobs[0], jobs[1]
 
     def get(self, name: str) -> Dataset:
-        response = self._http.get(f"/datasets/{name}")
-        raise_for_problem(response)
-        return Dataset(self._http, DatasetRead.model_validate(response.json()))
+        return Dataset(self._http, self._call("GET", f"/datasets/{name}", DatasetRead))
 
     def list(self, *, name: str | None = None, tag: str | None = None, benchmark: str | None = None,
              owner: str | None = None, mine: bool = False, offset: int = 0, limit: int = 50) -> Page[DatasetSummary]:
-        params = {k: v for k, v in {"name": name, "tag": tag, "benchmark": benchmark, "owner": owner,
-                                    "mine": mine or None, "offset": offset, "limit": limit}.items() if v is not None}
-        response = self._http.get("/datasets", params=params)
-        raise_for_problem(response)
-        return Page[DatasetSummary].model_validate(response.json())
+        params = given(name=name, tag=tag, benchmark=benchmark, owner=owner, mine=mine or None, offset=offset,
+                       limit=limit)
+        return self._call("GET", "/datasets", Page[DatasetSummary], params=params)

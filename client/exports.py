@@ -43,9 +43,7 @@ class Export(Job):
         """The result's HTTP response, streaming; the job is waited for first."""
         if not self.status.finished:
             self.wait()
-        response = self._http.get(f"/exports/{self.id}/url")
-        raise_for_problem(response)
-        answer = response.json()
+        answer = self._call("GET", f"/exports/{self.id}/url")
         if answer.get("expires_at") is None:
             with self._http.stream("GET", f"/exports/{self.id}/file", timeout=600) as stream:
                 yield _checked(stream)

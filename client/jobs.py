@@ -13,7 +13,8 @@ from typing import Any
 
 import httpx
 
-from tuplehub.client.errors import JobFailed, raise_for_problem
+from tuplehub.client.base import Handle
+from tuplehub.client.errors import JobFailed
 from tuplehub.client.retries import IDEMPOTENT
 from tuplehub.storage.models import JobRead, JobStatus
 
@@ -23,12 +24,12 @@ POLL_GROWTH = 1.3
 DEFAULT_WAIT_S = 24 * 3600.0
 
 
-class Job:
+class Job(Handle):
     """A server-side job; ``wait()`` returns it once it has succeeded."""
 
     def __init__(self, http: httpx.Client, record: JobRead | dict[str, Any], *,
                  on_success: Callable[[Job], object] | None = None) -> None:
-        self._http = http
+        super().__init__(http)
         self.record = record if isinstance(record, JobRead) else JobRead.model_validate(record)
         self._on_success = on_success  # e.g. the dataset that started an ingest refreshes its record
 
@@ -45,15 +46,11 @@ class Job:
         return self.record.result
 
     def refresh(self) -> Job:
-        response = self._http.get(f"/jobs/{self.id}")
-        raise_for_problem(response)
-        self.record = JobRead.model_validate(response.json())
+        self.record = self._call("GET", f"/jobs/{self.id}", JobRead)
         return self
 
     def cancel(self) -> Job:
-        response = self._http.post(f"/jobs/{self.id}/cancel", extensions=IDEMPOTENT)
-        raise_for_problem(response)
-        self.record = JobRead.model_validate(response.json())
+        self.record = self._call("POST", f"/jobs/{self.id}/cancel", JobRead, extensions=IDEMPOTENT)
         return self
 
     def wait(self, *, timeout: float = DEFAULT_WAIT_S, progress: bool | None = None) -> Job:

@@ -11,12 +11,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tuplehub.client.errors import raise_for_problem
+from tuplehub.client.base import Handle
 from tuplehub.client.jobs import Job
 from tuplehub.storage.errors import InvalidRequest
 from tuplehub.storage.metrics import CHEAP_METRICS, Comparison, MetricFrame, MetricRead
+from tuplehub.storage.models import JobRead
 
 MetricSpec = str | Mapping[str, Any]
 
@@ -26,10 +25,7 @@ def _params(spec: MetricSpec) -> dict[str, Any]:
     return {"metric": spec} if isinstance(spec, str) else dict(spec)
 
 
-class Metrics:
-    def __init__(self, http: httpx.Client) -> None:
-        self._http = http
-
+class Metrics(Handle):
     def compute(self, dataset: str, metrics: Iterable[MetricSpec] = CHEAP_METRICS, *, version: int | None = None,
                 seed: int = 0) -> Job:
         """Start a metrics job on ``dataset`` (its latest version by default); ``.wait()`` on it.
@@ -37,16 +33,13 @@ class Metrics:
         Each metric is a name or a dict of its parameters, e.g. ``{"metric": "average_q",
         "target": "sarsa"}`` or ``{"metric": "policy_value", "policy": artifact_id}``.
         """
-        response = self._http.post(f"/datasets/{dataset}/metrics", json={
-            "version": version, "metrics": [_params(spec) for spec in metrics], "seed": seed})
-        raise_for_problem(response)
-        return Job(self._http, response.json())
+        return Job(self._http, self._call("POST", f"/datasets/{dataset}/metrics", JobRead, json={
+            "version": version, "metrics": [_params(spec) for spec in metrics], "seed": seed}))
 
     def results(self, dataset: str, *, version: int | None = None) -> list[MetricRead]:
         """The results stored for one version (the latest by default), one per key."""
-        response = self._http.get(f"/datasets/{dataset}/metrics", params={"version": version} if version else None)
-        raise_for_problem(response)
-        return [MetricRead.model_validate(item) for item in response.json()]
+        answer = self._call("GET", f"/datasets/{dataset}/metrics", params={"version": version} if version else None)
+        return [MetricRead.model_validate(item) for item in answer]
 
     def policies(self, dataset: str, *, version: int | None = None) -> list[MetricRead]:
         """Evaluated policies on one version, best estimated value first: a ranking without the environment."""
@@ -59,9 +52,7 @@ class Metrics:
             raise InvalidRequest("name at least one dataset to compare", field="datasets")
         benchmarks = {}
         for name in datasets:
-            response = self._http.get(f"/datasets/{name}")
-            raise_for_problem(response)
-            benchmarks[name] = response.json().get("benchmark")
+            benchmarks[name] = self._call("GET", f"/datasets/{name}").get("benchmark")
         missing = [name for name, benchmark in benchmarks.items() if benchmark is None]
         if missing:
             raise InvalidRequest(f"{', '.join(missing)} has no benchmark: only datasets of one benchmark compare "
@@ -69,9 +60,8 @@ class Metrics:
         if len(set(benchmarks.values())) > 1:
             listing = ", ".join(f"{name} ({benchmark[:8]})" for name, benchmark in benchmarks.items())
             raise InvalidRequest(f"the datasets are of different benchmarks: {listing}", field="datasets")
-        response = self._http.get(f"/benchmarks/{benchmarks[datasets[0]]}/metrics", params={"dataset": list(datasets)})
-        raise_for_problem(response)
-        return Comparison.model_validate(response.json())
+        return self._call("GET", f"/benchmarks/{benchmarks[datasets[0]]}/metrics", Comparison,
+                          params={"dataset": list(datasets)})
 
     def report(self, datasets: Sequence[str], out_dir: str | Path, *, title: str = "Dataset quality") -> Path:
         """Write PNG plots and a self-contained ``report.html`` comparing ``datasets``; its path."""
@@ -81,15 +71,11 @@ class Metrics:
 
     def frame(self, benchmark: str) -> MetricFrame:
         """The frame a benchmark's coverage and entropies are computed in (frozen at first use)."""
-        response = self._http.get(f"/benchmarks/{benchmark}/frame")
-        raise_for_problem(response)
-        return MetricFrame.model_validate(response.json())
+        return self._call("GET", f"/benchmarks/{benchmark}/frame", MetricFrame)
 
     def set_frame(self, benchmark: str, frame: MetricFrame) -> MetricFrame:
-        response = self._http.put(f"/benchmarks/{benchmark}/frame", json=frame.model_dump(mode="json"))
-        raise_for_problem(response)
-        return MetricFrame.model_validate(response.json())
+        return self._call("PUT", f"/benchmarks/{benchmark}/frame", MetricFrame, json=frame.model_dump(mode="json"))
 
     def reset_frame(self, benchmark: str) -> None:
         """Forget the frame; the next metrics job freezes a new one and older results go stale."""
-        raise_for_problem(self._http.delete(f"/benchmarks/{benchmark}/frame"))
+        self._call("DELETE", f"/benchmarks/{benchmark}/frame")

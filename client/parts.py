@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from tuplehub.client.base import call
 from tuplehub.client.errors import ServerError, UploadInterrupted, raise_for_problem
 from tuplehub.client.progress import ByteBar
 from tuplehub.client.retries import IDEMPOTENT, retry_policy
@@ -81,9 +82,7 @@ def fingerprint(path: Path) -> str:
 
 def held_parts(http: httpx.Client, upload_id: str, parts: FileParts, *, progress: bool | None) -> dict[int, str]:
     """The parts the server holds that match the file, by number, with their etags."""
-    response = http.get(f"/uploads/{upload_id}/parts")
-    raise_for_problem(response)
-    candidates = [item for item in response.json()
+    candidates = [item for item in call(http, "GET", f"/uploads/{upload_id}/parts")
                   if item["number"] <= parts.count and item["size"] == parts.length(item["number"])]
     held: dict[int, str] = {}
     if not candidates:
@@ -109,10 +108,9 @@ class PresignedURLs:
             if number not in self._urls:
                 end = number + PRESIGN_BATCH if self._last is None else min(number + PRESIGN_BATCH, self._last + 1)
                 numbers = list(range(number, end))
-                response = self._http.post(f"/uploads/{self._upload_id}/parts", json={"numbers": numbers},
-                                           extensions=IDEMPOTENT)
-                raise_for_problem(response)
-                self._urls.update({item["number"]: item["url"] for item in response.json()})
+                answer = call(self._http, "POST", f"/uploads/{self._upload_id}/parts", json={"numbers": numbers},
+                              extensions=IDEMPOTENT)
+                self._urls.update({item["number"]: item["url"] for item in answer})
             return self._urls.pop(number)
 
 

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
-from tuplehub.client.errors import raise_for_problem
+from tuplehub.client.base import Handle
 
 R = TypeVar("R", bound=BaseModel)
 
 
-class Shareable(Generic[R]):
+class Shareable(Handle, Generic[R]):
     """A handle on one server record (``record``: what the server last said about it)."""
 
     def __init__(self, http: httpx.Client, record: R) -> None:
-        self._http = http
+        super().__init__(http)
         self.record = record
 
     @property
@@ -35,14 +35,12 @@ class Shareable(Generic[R]):
     def delete(self) -> None:
         """Delete it on the server (a dataset with every version; of a benchmark or an artifact, the
         caller's record)."""
-        raise_for_problem(self._http.delete(self._path))
+        self._call("DELETE", self._path)
 
     def _share(self, action: str, groups: Iterable[str], public: bool) -> Self:
-        return self._apply(self._http.post(f"{self._path}/{action}", json={"groups": list(groups), "public": public}))
+        return self._change("POST", f"{self._path}/{action}", json={"groups": list(groups), "public": public})
 
-    def _apply(self, response: httpx.Response) -> Self:
-        """Take the record the server answered with (after a change), or raise its problem."""
-        raise_for_problem(response)
-        model: type[BaseModel] = type(self.record)
-        self.record = model.model_validate(response.json())
+    def _change(self, method: str, path: str, **options: Any) -> Self:
+        """Send a change and take the record the server answers with."""
+        self.record = self._call(method, path, type(self.record), **options)
         return self

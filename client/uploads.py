@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tuplehub.client.base import call
 from tuplehub.client.errors import ServerUnreachable, UploadInterrupted, raise_for_problem
 from tuplehub.client.parts import FileParts, PresignedURLs, fingerprint, held_parts, send_parts
 from tuplehub.client.progress import ByteBar
@@ -125,10 +126,8 @@ class PartSink:
                 raise_for_problem(response)
                 etag = response.headers["ETag"]
             else:
-                response = self.http.put(f"/uploads/{self.session['id']}/parts/{number}", content=data,
-                                         headers={"Content-Type": "application/octet-stream"}, timeout=600)
-                raise_for_problem(response)
-                etag = response.json()["etag"]
+                etag = call(self.http, "PUT", f"/uploads/{self.session['id']}/parts/{number}", content=data,
+                            headers={"Content-Type": "application/octet-stream"}, timeout=600)["etag"]
             if self.bar is not None:
                 self.bar.update(len(data))
             return number, etag
@@ -346,9 +345,7 @@ def resume_command(dataset: str, path: Path, mode: UploadMode | str) -> str:
 
 def _resumable(http: httpx.Client, dataset: str, mode: UploadMode, content: str) -> dict[str, Any] | None:
     """The newest open session of this file (same content fingerprint and mode), if any."""
-    response = http.get(f"/datasets/{dataset}/uploads")
-    raise_for_problem(response)
-    for session in response.json():
+    for session in call(http, "GET", f"/datasets/{dataset}/uploads"):
         if session["fingerprint"] == content and session["mode"] == mode.value:
             return session
     return None
@@ -356,18 +353,14 @@ def _resumable(http: httpx.Client, dataset: str, mode: UploadMode, content: str)
 
 def _open_session(http: httpx.Client, dataset: str, body: dict[str, Any]) -> dict[str, Any]:
     # Sent again if its answer is lost: the session opened first is never used, and expires.
-    response = http.post(f"/datasets/{dataset}/uploads", json=body, extensions=IDEMPOTENT)
-    raise_for_problem(response)
-    return response.json()
+    return call(http, "POST", f"/datasets/{dataset}/uploads", json=body, extensions=IDEMPOTENT)
 
 
 def _complete(http: httpx.Client, upload_id: str, parts: list[dict[str, Any]],
               metadata: dict[str, dict[str, Any]]) -> dict[str, Any]:
     # The API answers a repeated completion with the first one's job, so a lost answer is asked for again.
-    response = http.post(f"/uploads/{upload_id}/complete", json={"parts": parts, "episode_metadata": metadata},
-                         extensions=IDEMPOTENT)
-    raise_for_problem(response)
-    return response.json()
+    return call(http, "POST", f"/uploads/{upload_id}/complete", json={"parts": parts, "episode_metadata": metadata},
+                extensions=IDEMPOTENT)
 
 
 def send_file(http: httpx.Client, session: Mapping[str, Any], path: Path, *, parallel: int = DEFAULT_PARALLEL,
