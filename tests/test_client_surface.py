@@ -67,3 +67,16 @@ def test_docs_client_md_lists_every_public_name() -> None:
     listed = {name for line in table for name in re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", line.split("|")[2])}
     assert sorted(listed - set(client.__all__)) == []
     assert sorted(set(client.__all__) - listed) == []
+
+
+
+def test_handles_ask_the_server_through_the_one_request_helper() -> None:
+    """No client module sends a request on the client's connection and raises its problem by hand:
+    client/base.py does. Streamed answers, resent streamed bodies and answers read by status first (signing
+    out of a dead session) still call ``raise_for_problem``."""
+    connection = r"(?:self\.)?_?http\.(?:get|post|put|patch|delete|request)\("
+    between = r"(?:(?!.*status_code).*\n){0,3}?"  # a few lines, none of which looks at the status itself
+    by_hand = re.compile(rf"(\w+) = {connection}{between}\s*raise_for_problem\(\1\)|raise_for_problem\({connection}")
+    offenders = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "client").rglob("*.py"))
+                 if path.name != "base.py" and by_hand.search(path.read_text(encoding="utf-8"))]
+    assert offenders == []
