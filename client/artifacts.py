@@ -18,6 +18,7 @@ import httpx
 from tuplehub.client.errors import UploadInterrupted, raise_for_problem
 from tuplehub.client.jobs import Job
 from tuplehub.client.progress import content_length, save
+from tuplehub.client.retries import IDEMPOTENT
 from tuplehub.client.sharing import Shareable
 from tuplehub.client.uploads import DEFAULT_PART_SIZE, MAX_PARTS, PartSink, send_file
 from tuplehub.storage.artifacts import ArtifactRead
@@ -91,7 +92,7 @@ class Artifacts:
         response = self._http.post("/artifacts/uploads", json={
             "name": label, "media_type": guessed or "application/octet-stream", "metadata": dict(metadata or {}),
             "benchmarks": list(benchmarks), "datasets": list(datasets), "size": size,
-            "part_size": max(part_size, math.ceil(size / MAX_PARTS))})
+            "part_size": max(part_size, math.ceil(size / MAX_PARTS))}, extensions=IDEMPOTENT)  # see .retries
         raise_for_problem(response)
         session = response.json()
         try:
@@ -107,7 +108,7 @@ class Artifacts:
             if isinstance(exc, KeyboardInterrupt):
                 raise UploadInterrupted(session["id"], 0, 0) from None
             raise
-        response = self._http.post(f"/uploads/{session['id']}/complete", json={"parts": parts})
+        response = self._http.post(f"/uploads/{session['id']}/complete", json={"parts": parts}, extensions=IDEMPOTENT)
         raise_for_problem(response)
         job = Job(self._http, response.json()).wait(progress=False)
         return self.get(job.result["artifact_id"])  # type: ignore[index]

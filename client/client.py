@@ -7,6 +7,7 @@ first use, so a script or command that lists jobs never imports numpy, pyarrow o
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
 from types import TracebackType
@@ -19,6 +20,7 @@ from tuplehub.client.access import Groups, Roles, Tokens, Users, read_audit, who
 from tuplehub.client.auth import BearerAuth, SessionAuth
 from tuplehub.client.discovery import embedded_credentials, resolve_url
 from tuplehub.client.errors import ServerUnreachable, raise_for_problem
+from tuplehub.client.retries import RetryPolicy, is_idempotent, replayable
 from tuplehub.client.sessions import Session, SessionStore
 from tuplehub.storage.access import AuditRecord, Me
 from tuplehub.storage.errors import InvalidRequest
@@ -52,19 +54,30 @@ def server_url(url: str) -> str:
 
 
 class _Http(httpx.Client):
-    """httpx, except that a server it cannot reach raises :class:`ServerUnreachable` (a tuplehub error)."""
+    """httpx, except that a server it cannot reach raises :class:`ServerUnreachable` (a tuplehub error)
+    and that requests failing for a passing reason are sent again, as :mod:`.retries` says."""
 
-    def __init__(self, server: str, **options: Any) -> None:
+    def __init__(self, server: str, *, retries: RetryPolicy, **options: Any) -> None:
         super().__init__(**options)
         self._server = server
+        self.retries = retries
+        self._answered = False  # until the server first answers, a refused connection is not a restart
 
     def send(self, request: httpx.Request, **options: Any) -> httpx.Response:
+        if not replayable(request):  # a streamed body (its sender re-creates it: RetryPolicy.call), or ONCE
+            return self._send_once(request, options)
+        return self.retries.call(lambda: self._send_once(request, options), request=f"{request.method} "
+                                 f"{request.url.path}", idempotent=is_idempotent(request), reached=self._answered)
+
+    def _send_once(self, request: httpx.Request, options: dict[str, Any]) -> httpx.Response:
         try:
-            return super().send(request, **options)
+            response = super().send(request, **options)
         except ServerUnreachable:
             raise
         except httpx.TransportError as exc:
             raise ServerUnreachable(self._server, exc) from exc
+        self._answered = True
+        return response
 
 
 class Jobs:
@@ -94,15 +107,24 @@ class Client:
     the session ``tuplehub login`` stored for this URL, and for the embedded server this machine
     runs, its local admin. Without any, requests go out anonymously. ``transport`` lets tests talk
     to an app in process.
+
+    Requests that fail for a reason that passes (a restarting server, a proxy without a live
+    replica, a draining API's 503 with ``Retry-After``, a 429) are sent again where that is safe,
+    as :mod:`tuplehub.client.retries` says: at most ``retries`` more times
+    (``TUPLEHUB_CLIENT_RETRIES``, default 8; 0 turns it off) and for at most ``retry_max_s``
+    seconds (``TUPLEHUB_CLIENT_RETRY_MAX_S``, default 120). ``on_retry`` gets one line per retry;
+    without it the line is logged as a warning.
     """
 
     def __init__(self, url: str | None = None, *, token: str | None = None, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None, sessions: SessionStore | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, sessions: SessionStore | None = None,
+                 retries: int | None = None, retry_max_s: float | None = None,
+                 on_retry: Callable[[str], object] | None = None) -> None:
         self.url = server_url(resolve_url(url))
         self.api_url = self.url + API_PREFIX
         self.sessions = sessions or SessionStore()
-        self._http = _Http(self.url, base_url=self.api_url, timeout=timeout, transport=transport,
-                           follow_redirects=True)
+        self._http = _Http(self.url, retries=RetryPolicy.configured(retries, retry_max_s, on_retry),
+                           base_url=self.api_url, timeout=timeout, transport=transport, follow_redirects=True)
         token = token or os.environ.get("TUPLEHUB_TOKEN")
         if token:
             self._http.auth = BearerAuth(token)

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from tuplehub.client.errors import raise_for_problem
 from tuplehub.client.jobs import Job
+from tuplehub.client.retries import IDEMPOTENT
 from tuplehub.client.sharing import Shareable
 from tuplehub.storage.errors import Conflict, NotFound
 from tuplehub.storage.filters.language import FilterNode
@@ -114,7 +115,8 @@ class Dataset(Shareable[DatasetRead]):
                 "rebalance": rebalance.model_dump(mode="json", exclude_none=True) if rebalance is not None else None}
         from tuplehub.client.exports import Export
 
-        response = self._http.post(f"/datasets/{self.name}/exports", json=body)
+        # Safe to send again (.retries): the API answers an identical live request with the same job.
+        response = self._http.post(f"/datasets/{self.name}/exports", json=body, extensions=IDEMPOTENT)
         raise_for_problem(response)
         return Export(self._http, response.json())
 

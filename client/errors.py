@@ -36,7 +36,8 @@ class ServerUnreachable(TuplehubError, httpx.TransportError):
 
     code = "server-unreachable"
 
-    def __init__(self, url: str, cause: httpx.TransportError, *, hint: str | None = None) -> None:
+    def __init__(self, url: str, cause: httpx.TransportError, *, hint: str | None = None,
+                 after: str | None = None) -> None:
         reason = str(cause) or type(cause).__name__
         if isinstance(cause, ServerUnreachable):  # the same failure, told again with a better hint
             detail, url = cause.detail, cause.extra["url"]
@@ -44,6 +45,10 @@ class ServerUnreachable(TuplehubError, httpx.TransportError):
             detail = f"cannot reach the server at {url} ({reason})"
         else:
             detail = f"lost the connection to the server at {url} ({reason})"
+        if after:  # the client kept trying (tuplehub.client.retries): the server was there and went away
+            detail = f"{detail}; gave up after {after}"
+            hint = hint or ("it may be restarting: try again once it answers (TUPLEHUB_CLIENT_RETRIES and "
+                            "TUPLEHUB_CLIENT_RETRY_MAX_S set how long the client keeps trying)")
         super().__init__(detail, url=url, hint=hint or "start one with `tuplehub serve`, or set TUPLEHUB_URL "
                                                        "(or --url) to the server's address")
         self._request = cause._request

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from tuplehub.client.errors import raise_for_problem
 from tuplehub.client.jobs import Job
 from tuplehub.client.progress import content_length, save
+from tuplehub.client.retries import retry_policy
 from tuplehub.storage.schema import column_to_numpy, spec_of_field
 
 DOWNLOAD_CHUNK = 4 * 2**20
@@ -45,18 +46,19 @@ class Export(Job):
         response = self._http.get(f"/exports/{self.id}/url")
         raise_for_problem(response)
         answer = response.json()
-        presigned = answer.get("expires_at") is not None  # API credentials must not go along
-        client = httpx.Client(timeout=600) if presigned else self._http
-        url = answer["url"] if presigned else f"/exports/{self.id}/file"
-        try:
-            with client.stream("GET", url, timeout=600) as stream:
-                if not stream.is_success:
-                    stream.read()
-                    raise_for_problem(stream)
-                yield stream
-        finally:
-            if presigned:
-                client.close()
+        if answer.get("expires_at") is None:
+            with self._http.stream("GET", f"/exports/{self.id}/file", timeout=600) as stream:
+                yield _checked(stream)
+            return
+        # Presigned: API credentials must not go along, so another client, under the same retry policy.
+        with httpx.Client(timeout=600) as store:
+            request = store.build_request("GET", answer["url"])
+            stream = retry_policy(self._http).call(lambda: store.send(request, stream=True),
+                                                   request=f"GET export {self.id}", idempotent=True)
+            try:
+                yield _checked(stream)
+            finally:
+                stream.close()
 
     def download(self, path: str | Path, *, progress: bool | None = None) -> Path:
         """Save the result file (Parquet, or an Arrow IPC stream, as requested) at ``path``.
@@ -115,6 +117,14 @@ class Export(Job):
         from tuplehub.client.converters.d4rl import to_d4rl
 
         return to_d4rl(self.to_numpy())
+
+
+def _checked(stream: httpx.Response) -> httpx.Response:
+    """The streaming response, or the error it answers."""
+    if not stream.is_success:
+        stream.read()
+        raise_for_problem(stream)
+    return stream
 
 
 class _StreamFile(io.RawIOBase):

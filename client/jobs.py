@@ -1,4 +1,9 @@
-"""Jobs seen from the client: poll with backoff, show progress, raise when a job fails."""
+"""Jobs seen from the client: poll with backoff, show progress, raise when a job fails.
+
+Polling outlives a restart: each poll is a GET, sent again by the client's retry policy
+(:mod:`.retries`), and a job a stopping worker hands back (``running`` again ``queued``) is
+simply waited for further; only a finished job ends the wait.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 import httpx
 
 from tuplehub.client.errors import JobFailed, raise_for_problem
+from tuplehub.client.retries import IDEMPOTENT
 from tuplehub.storage.models import JobRead, JobStatus
 
 POLL_FIRST_S = 0.01
@@ -45,7 +51,7 @@ class Job:
         return self
 
     def cancel(self) -> Job:
-        response = self._http.post(f"/jobs/{self.id}/cancel")
+        response = self._http.post(f"/jobs/{self.id}/cancel", extensions=IDEMPOTENT)
         raise_for_problem(response)
         self.record = JobRead.model_validate(response.json())
         return self

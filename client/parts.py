@@ -22,6 +22,7 @@ import httpx
 
 from tuplehub.client.errors import ServerError, UploadInterrupted, raise_for_problem
 from tuplehub.client.progress import ByteBar
+from tuplehub.client.retries import IDEMPOTENT, retry_policy
 
 READ_CHUNK = 2**20
 PRESIGN_BATCH = 16
@@ -108,7 +109,8 @@ class PresignedURLs:
             if number not in self._urls:
                 end = number + PRESIGN_BATCH if self._last is None else min(number + PRESIGN_BATCH, self._last + 1)
                 numbers = list(range(number, end))
-                response = self._http.post(f"/uploads/{self._upload_id}/parts", json={"numbers": numbers})
+                response = self._http.post(f"/uploads/{self._upload_id}/parts", json={"numbers": numbers},
+                                           extensions=IDEMPOTENT)
                 raise_for_problem(response)
                 self._urls.update({item["number"]: item["url"] for item in response.json()})
             return self._urls.pop(number)
@@ -131,28 +133,38 @@ def send_parts(http: httpx.Client, session: Mapping[str, Any], parts: FileParts,
     # Presigned URLs carry their own authorisation; the API client's headers must not go along.
     direct = httpx.Client(timeout=PART_TIMEOUT_S) if presigned else None
     stop = threading.Event()
-
-    def body(number: int, digest: Any) -> Iterator[bytes]:
-        for chunk in parts.chunks(number):
-            if stop.is_set():
-                raise _Stopped
-            digest.update(chunk)
-            bar.update(len(chunk))
-            yield chunk
+    retries = retry_policy(http)
 
     def put(number: int) -> str:
-        digest = hashlib.md5(usedforsecurity=False)
+        """Send part ``number``, read from disk again for each attempt the retry policy makes."""
         headers = {"Content-Length": str(parts.length(number))}
-        if urls is not None and direct is not None:
-            response = direct.put(urls.get(number), content=body(number, digest), headers=headers)
-            raise_for_problem(response)
-            etag = response.headers["ETag"]
-        else:
-            response = http.put(f"/uploads/{upload_id}/parts/{number}", content=body(number, digest),
-                                headers={**headers, "Content-Type": "application/octet-stream"},
-                                timeout=PART_TIMEOUT_S)
-            raise_for_problem(response)
-            etag = response.json()["etag"]
+        url = urls.get(number) if urls is not None else f"/uploads/{upload_id}/parts/{number}"
+        digest = hashlib.md5(usedforsecurity=False)
+        counted = 0  # bytes of this part the bar shows, taken back when an attempt fails
+
+        def body() -> Iterator[bytes]:
+            nonlocal counted
+            for chunk in parts.chunks(number):
+                if stop.is_set():
+                    raise _Stopped
+                digest.update(chunk)
+                counted += len(chunk)
+                bar.update(len(chunk))
+                yield chunk
+
+        def attempt() -> httpx.Response:
+            nonlocal digest, counted
+            digest = hashlib.md5(usedforsecurity=False)
+            bar.update(-counted)
+            counted = 0
+            if direct is not None:
+                return direct.put(url, content=body(), headers=headers)
+            return http.put(url, content=body(), headers={**headers, "Content-Type": "application/octet-stream"},
+                            timeout=PART_TIMEOUT_S)
+
+        response = retries.call(attempt, request=f"PUT part {number}", idempotent=True, pause=stop.wait)
+        raise_for_problem(response)
+        etag = response.headers["ETag"] if direct is not None else response.json()["etag"]
         if etag.strip('"') != digest.hexdigest():
             raise ServerError(f"part {number} of upload {upload_id} arrived damaged (the store holds MD5 "
                               f"{etag}, the file {digest.hexdigest()}); send it again with resume")

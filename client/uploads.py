@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from tuplehub.client.errors import ServerUnreachable, UploadInterrupted, raise_for_problem
 from tuplehub.client.parts import FileParts, PresignedURLs, fingerprint, held_parts, send_parts
 from tuplehub.client.progress import ByteBar
+from tuplehub.client.retries import IDEMPOTENT, ONCE, retry_policy
 from tuplehub.storage.contract import inspect_upload
 from tuplehub.storage.errors import InvalidUpload
 from tuplehub.storage.models import UploadMode
@@ -118,7 +119,9 @@ class PartSink:
             if self.session["transport"] == "presigned":
                 assert self._direct is not None
                 assert self._urls is not None
-                response = self._direct.put(self._urls.get(number), content=data)
+                direct, url = self._direct, self._urls.get(number)
+                response = retry_policy(self.http).call(lambda: direct.put(url, content=data),
+                                                        request=f"PUT part {number}", idempotent=True)
                 raise_for_problem(response)
                 etag = response.headers["ETag"]
             else:
@@ -233,7 +236,7 @@ def upload_dataset(http: httpx.Client, dataset: str, source: Any, *, mode: Uploa
         except BaseException as exc:
             sink.abort()
             with contextlib.suppress(Exception):
-                http.delete(f"/uploads/{session['id']}")
+                http.delete(f"/uploads/{session['id']}", extensions=ONCE)
             if isinstance(exc, KeyboardInterrupt):
                 raise UploadInterrupted(session["id"], 0, 0) from None
             raise
@@ -330,7 +333,7 @@ def _upload_file(http: httpx.Client, dataset: str, path: Path, *, mode: UploadMo
             f"{resume_with}")) from exc
     except BaseException:
         with contextlib.suppress(Exception):
-            http.delete(f"/uploads/{session['id']}")
+            http.delete(f"/uploads/{session['id']}", extensions=ONCE)
         raise
     return _complete(http, session["id"], sent, metadata if resumed else {})
 
@@ -352,14 +355,17 @@ def _resumable(http: httpx.Client, dataset: str, mode: UploadMode, content: str)
 
 
 def _open_session(http: httpx.Client, dataset: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = http.post(f"/datasets/{dataset}/uploads", json=body)
+    # Sent again if its answer is lost: the session opened first is never used, and expires.
+    response = http.post(f"/datasets/{dataset}/uploads", json=body, extensions=IDEMPOTENT)
     raise_for_problem(response)
     return response.json()
 
 
 def _complete(http: httpx.Client, upload_id: str, parts: list[dict[str, Any]],
               metadata: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    response = http.post(f"/uploads/{upload_id}/complete", json={"parts": parts, "episode_metadata": metadata})
+    # The API answers a repeated completion with the first one's job, so a lost answer is asked for again.
+    response = http.post(f"/uploads/{upload_id}/complete", json={"parts": parts, "episode_metadata": metadata},
+                         extensions=IDEMPOTENT)
     raise_for_problem(response)
     return response.json()
 

@@ -21,6 +21,7 @@ from tuplehub.client.cli.server import EmbeddedServer, serve_in_thread
 from tuplehub.client.errors import ServerUnreachable, UploadInterrupted
 from tuplehub.client.jobs import Job
 from tuplehub.client.parts import READ_CHUNK
+from tuplehub.client.retries import RetryPolicy
 from tuplehub.client.uploads import table_from_arrays
 from tuplehub.storage.errors import InvalidUpload
 
@@ -123,15 +124,16 @@ def test_ctrl_c_keeps_the_parts_and_resume_sends_only_the_missing_ones(
 
 
 def test_a_dropped_connection_keeps_the_session_and_says_how_to_resume(
-        hub: Client, unique_name: str, tmp_path: Path) -> None:
+        hub: Client, unique_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "tuples.parquet"
     _parquet(path, episodes=30)
     assert -(-path.stat().st_size // PART) >= 4
     dataset = hub.datasets.create(unique_name)
     sent = _part_puts(hub)
+    monkeypatch.setattr(hub._http, "retries", RetryPolicy(retries=1, on_retry=lambda _: None))
 
     def drop(request: httpx.Request) -> None:
-        if len(sent) == 3:
+        if len(sent) >= 3:  # from the third part on, past the client's retries
             raise httpx.WriteError("connection reset by peer", request=request)
     hub._http.event_hooks["request"].append(drop)
     with pytest.raises(ServerUnreachable) as dropped:
@@ -139,6 +141,7 @@ def test_a_dropped_connection_keeps_the_session_and_says_how_to_resume(
     hub._http.event_hooks["request"].clear()
     hint = dropped.value.extra["hint"]
     assert "lost the connection to the server" in dropped.value.detail
+    assert "gave up after 2 attempts" in dropped.value.detail
     assert f"the upload session is kept: once the server answers, send only the missing parts with `tuplehub " \
            f"upload --resume {unique_name} {path} --mode replace`" in hint
     assert len(hub._http.get(f"/datasets/{unique_name}/uploads").json()) == 1  # kept, not aborted

@@ -82,7 +82,7 @@ def client(url: str | None) -> Client:
     """The client of a command, imported when the command runs (``tuplehub --help`` never loads it)."""
     from tuplehub.client.client import Client
 
-    return Client(url)
+    return Client(url, on_retry=lambda line: typer.echo(line, err=True))  # stderr: --json output stays one document
 
 
 def bars(as_json: bool) -> bool | None:
