@@ -164,19 +164,21 @@ def queue_depth(stack: Stack, timeout_s: float = 30) -> int:
 def test_an_upload_outlives_an_api_replica_killed_mid_upload(stack: Stack, hub: tuple[Client, list[str]],
                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every part asks an API replica for its URL (one URL per request), so after the kill the client's
-    requests keep meeting the proxy's rotation with a dead replica in it."""
+    requests keep meeting the proxy's rotation with a dead replica in it; right after the kill the client
+    also creates datasets, POSTs that must be neither lost nor sent twice (a second one answers 409)."""
     client, lines = hub
     path = write_upload(tmp_path / "kill-api.parquet", episodes=40, length=1_500, obs_dim=64, act_dim=8, seed=31)
     parts = -(-path.stat().st_size // PART)
     assert parts >= 6, parts
     expected = local_content_hash(path, tmp_path)
-    kill_at, killed, after_kill = 3, [], []
+    kill_at, killed, after_kill, side = 3, [], [], []
     original = client_parts.PresignedURLs.get
 
     def presign(self: client_parts.PresignedURLs, number: int) -> str:
         if number == kill_at and not killed:
             killed.append(stack.containers("api")[0])
             podman("kill", "--signal", "KILL", killed[0])
+            side.extend(client.datasets.create(f"faults-kill-api-side-{i}").name for i in range(4))
         asked = time.monotonic()
         url = original(self, number)
         if killed:
@@ -194,6 +196,7 @@ def test_an_upload_outlives_an_api_replica_killed_mid_upload(stack: Stack, hub: 
         assert killed, "the upload ended before the replica was killed"
         assert hashes(client, dataset.name) == [expected]  # one version, the local file's content
         assert [j.id for j in jobs_of(client, dataset.name)] == [job.id]
+        assert [client.datasets.get(name).latest_version for name in side] == [None] * 4
         restarted = "restarted by podman" if killed[0] in stack.containers("api") else "left stopped"
         back = stack.up("--no-recreate", *SCALE_ARGS) + stack.wait_healthy(**SCALE)
         for _ in range(10):  # both replicas answer through the proxy again
@@ -209,7 +212,7 @@ def test_an_ingest_outlives_its_worker_killed_mid_run(stack: Stack, hub: tuple[C
     killed as soon as the job is running, and the other one runs the job again (the attempt counted as
     lost, not handed back: the killed worker could not say anything)."""
     client, lines = hub
-    path = write_upload(tmp_path / "kill-worker.parquet", episodes=2_000, length=10, obs_dim=4, act_dim=2, seed=32)
+    path = write_upload(tmp_path / "kill-worker.parquet", episodes=400, length=10, obs_dim=4, act_dim=2, seed=32)
     expected = local_content_hash(path, tmp_path)
     with logs_on_failure(stack, "worker"):
         dataset = client.datasets.create("faults-kill-worker")
@@ -290,14 +293,32 @@ def test_queued_jobs_and_stored_data_outlive_a_stack_restart(stack: Stack, hub: 
            f"client retries {len(lines)}")
 
 
+def running_on(stack: Stack, job: Job, *, other_than: set[str], timeout_s: float = 60) -> str | None:
+    """The host name of the worker running ``job``, once one not in ``other_than`` runs it; None if the
+    job has finished."""
+    deadline = time.monotonic() + timeout_s
+    while not job.refresh().status.finished:
+        if job.status == JobStatus.running:
+            record = job_record(stack, job.id)
+            host = (record["worker"] or "").partition(":")[0]
+            if record["status"] == "running" and host and host not in other_than:
+                return host
+        assert time.monotonic() < deadline, f"no new worker ran {job.id} in {timeout_s:.0f} s: {job.record}"
+        time.sleep(0.3)
+    return None
+
+
 def test_a_rolling_restart_loses_no_request_and_no_job(stack: Stack, hub: tuple[Client, list[str]],
                                                        tmp_path: Path) -> None:
     """Each API replica, then each worker, stopped with SIGTERM (compose's stop_grace_period is the
-    container's stop timeout) and started again once the one before is healthy, while a client
-    uploads, waits for the ingest and exports in a loop."""
+    container's stop timeout) and started again once the one before is healthy, while a client uploads,
+    waits for the ingest and exports in a loop and another thread keeps creating datasets (POSTs that
+    must not be sent twice). Each worker is stopped while it runs a slower ingest where it can: it
+    hands the job back, and the other worker runs it again, not counted as lost."""
     client, lines = hub
     stop, deadline = threading.Event(), time.monotonic() + 300
     made: list[tuple[str, str, dict[str, np.ndarray]]] = []  # dataset, ingest job, the arrays sent
+    created: list[str] = []
     failures: list[BaseException] = []
 
     def load() -> None:
@@ -314,32 +335,62 @@ def test_a_rolling_restart_loses_no_request_and_no_job(stack: Stack, hub: tuple[
         except BaseException as exc:  # the test reports it
             failures.append(exc)
 
+    def create() -> None:
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                created.append(client.datasets.create(f"faults-rolling-empty-{len(created)}").name)
+                time.sleep(0.2)
+        except BaseException as exc:  # the test reports it
+            failures.append(exc)
+
+    def restart(name: str) -> str:
+        grace = podman("inspect", "--format", "{{.Config.StopTimeout}}", name).stdout.strip()
+        assert grace == "40", grace  # compose's stop_grace_period, longer than the drain
+        during, t0 = len(made) + len(created), time.monotonic()
+        podman("stop", name, timeout=120)
+        drained = time.monotonic() - t0
+        podman("start", name)
+        back = stack.wait_healthy(**SCALE)
+        assert not failures, failures
+        return (f"{name}: stopped in {drained:.1f} s, healthy {back:.1f} s later, "
+                f"{len(made) + len(created) - during} requests' worth of work meanwhile")
+
+    slow_path = write_upload(tmp_path / "handed-back.parquet", episodes=300, length=10, obs_dim=4, act_dim=2,
+                             seed=60)
+    slow_hash = local_content_hash(slow_path, tmp_path / "handed-back")
     restarts: list[str] = []
+    handed: list[str] = []  # hosts of the workers stopped while they ran the slow ingest
     with logs_on_failure(stack, "api", "worker", "proxy"):
-        loader = threading.Thread(target=load, daemon=True)
-        loader.start()
+        threads = [threading.Thread(target=target, daemon=True) for target in (load, create)]
+        for thread in threads:
+            thread.start()
         started = time.monotonic()
         try:
-            for service in ("api", "worker"):
-                for name in stack.containers(service):
-                    grace = podman("inspect", "--format", "{{.Config.StopTimeout}}", name).stdout.strip()
-                    assert grace == "40", grace  # compose's stop_grace_period, longer than the drain
-                    during = len(made)
-                    t0 = time.monotonic()
-                    podman("stop", name, timeout=120)
-                    drained = time.monotonic() - t0
-                    podman("start", name)
-                    back = stack.wait_healthy(**SCALE)
-                    restarts.append(f"{name}: stopped in {drained:.1f} s, healthy {back:.1f} s later, "
-                                    f"{len(made) - during} round trips meanwhile")
-                    assert not failures, failures
+            for name in stack.containers("api"):
+                restarts.append(restart(name))
+            slow = client.datasets.create("faults-rolling-handed-back").upload(slow_path, progress=False)
+            left = stack.containers("worker")
+            while left:
+                host = running_on(stack, slow, other_than=set(handed))
+                name = next((n for n in left if stack.hostname(n) == host), left[0])
+                if host is not None and stack.hostname(name) == host:
+                    handed.append(host)
+                restarts.append(restart(name))
+                left.remove(name)
         finally:
             stop.set()
-            loader.join(timeout=JOB_TIMEOUT_S + 60)
+            for thread in threads:
+                thread.join(timeout=JOB_TIMEOUT_S + 60)
         rolled = time.monotonic() - started
-        assert not loader.is_alive()
+        assert not any(thread.is_alive() for thread in threads)
         assert not failures, failures
-        assert len(made) >= 4, made
+        assert len(made) >= 3, made
+        slow.wait(timeout=JOB_TIMEOUT_S, progress=False)
+        record = job_record(stack, slow.id)
+        assert handed, "no worker was stopped while it ran the slow ingest"
+        assert (record["attempts"], record["lost"]) == (len(handed) + 1, 0), (record, handed)
+        assert hashes(client, "faults-rolling-handed-back") == [slow_hash]
+        assert [j.id for j in jobs_of(client, "faults-rolling-handed-back")] == [slow.id]
         handed_back = 0
         for name, job_id, arrays in made:
             path = tmp_path / f"{name}.parquet"
@@ -350,8 +401,11 @@ def test_a_rolling_restart_loses_no_request_and_no_job(stack: Stack, hub: tuple[
             exports = jobs_of(client, name, "export")
             assert [j.status for j in exports] == [JobStatus.succeeded], name
             handed_back += sum(j.attempts - 1 for j in [*ingests, *exports])
+        assert len(set(created)) == len(created) >= 20
+        assert all(client.datasets.get(name).latest_version is None for name in created[:: max(1, len(created) // 10)])
         settled = wait_for_no_live_jobs(client)
     figure(f"rolling restart in {rolled:.1f} s: " + "; ".join(restarts))
-    figure(f"rolling restart: {len(made)} upload→ingest→export round trips, none failed; {handed_back} job "
-           f"attempts handed back and run again; no live job {settled:.1f} s after; client retries {len(lines)} "
-           f"{lines}")
+    figure(f"rolling restart: {len(made)} upload→ingest→export round trips and {len(created)} dataset creations, "
+           f"none failed; the slow ingest handed back {len(handed)} times (attempts {record['attempts']}, lost "
+           f"{record['lost']}), the loop's jobs {handed_back} times; no live job {settled:.1f} s after; client "
+           f"retries {len(lines)} {lines}")
