@@ -50,19 +50,14 @@ SCALE_ARGS = ("--scale", "api=2", "--scale", "worker=2")
 PART = S3_MIN_PART  # the smallest part an S3 store takes: many parts from little data
 JOB_TIMEOUT_S = 180
 QUEUE = "tuplehub:jobs"  # the Arq queue (a sorted set) in Redis: storage/settings.py queue_name
+# What the catalog holds of a job (the API shows neither its worker nor its lost attempts), read with
+# the image's pymongo: opening the tuplehub catalog would check the migrations and indexes each time.
 JOB_RECORD = """
-import asyncio, sys
-from tuplehub.storage.catalog.base import open_catalog
-from tuplehub.storage.settings import Settings
-
-async def main():
-    catalog = await open_catalog(Settings().resolved_catalog_url())
-    try:
-        print((await catalog.get_job(sys.argv[1])).model_dump_json())
-    finally:
-        await catalog.aclose()
-
-asyncio.run(main())
+import json, os, sys
+from pymongo import MongoClient
+with MongoClient(os.environ["TUPLEHUB_CATALOG_URL"], serverSelectionTimeoutMS=60_000) as client:
+    job = client.get_default_database(default="tuplehub").jobs.find_one({"_id": sys.argv[1]})
+    print(json.dumps({key: job.get(key) for key in ("status", "attempts", "lost", "worker")}))
 """
 
 
@@ -143,7 +138,7 @@ def wait_for_no_live_jobs(hub: Client, timeout_s: float = 120) -> float:
 
 
 def job_record(stack: Stack, job_id: str) -> dict[str, Any]:
-    """The catalog's whole record of a job (the API does not show its worker or lost attempts)."""
+    """The catalog's record of a job: its status, attempts, lost attempts and worker (``host:pid``)."""
     return json.loads(stack.exec("api", "python3", "-c", JOB_RECORD, job_id).stdout.strip().splitlines()[-1])
 
 
