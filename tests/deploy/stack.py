@@ -253,6 +253,31 @@ class Stack:
         """Send ``signal`` to one replica (compose kill would signal them all)."""
         podman("kill", "--signal", signal, self.containers(service)[index - 1])
 
+    # --- faults (tests/deploy/test_faults.py) --------------------------------------------------
+    def _listed(self, service: str, *filters: str) -> list[str]:
+        listed = podman("ps", "--filter", f"label=com.docker.compose.project={self.project}",
+                        "--filter", f"label=com.docker.compose.service={service}", *filters,
+                        "--format", "{{.Names}}", check=False, timeout=30)
+        return sorted(listed.stdout.split())
+
+    def wait_healthy(self, timeout_s: float = 150, **replicas: int) -> float:
+        """Seconds until each service named has exactly ``replicas[service]`` running containers, all
+        healthy (the pump runs their checks); on timeout the failure names what was running."""
+        started = time.monotonic()
+        while True:
+            running = {service: self._listed(service) for service in replicas}
+            healthy = {service: self._listed(service, "--filter", "health=healthy") for service in replicas}
+            if all(len(running[s]) == len(healthy[s]) == n for s, n in replicas.items()):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                raise AssertionError(f"not {replicas} healthy after {timeout_s:.0f} s: running {running}, "
+                                     f"healthy {healthy}")
+            time.sleep(0.5)
+
+    def hostname(self, container: str) -> str:
+        """A container's host name (what a worker puts in the job records it runs: ``hostname:pid``)."""
+        return podman("inspect", "--format", "{{.Config.Hostname}}", container).stdout.strip()
+
     def down(self) -> None:
         """Remove the project's containers, networks and volumes, then stop the pump and the podman service."""
         try:
