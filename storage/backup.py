@@ -1,6 +1,12 @@
-"""Backups of the embedded default, taken safely while its server runs.
+"""Backups, taken safely while the servers run: the folder format, and the embedded default's backup.
 
-A backup is a folder laid out like a data folder (``catalog.db``, ``catalog.db.blocks/``,
+Both kinds of backup (``kind`` in the manifest) share one folder format, built here: a staging
+folder renamed into place at the end (:func:`staging_folder`, :func:`put_in_place`), private modes
+(0700 folders, 0600 files), every file listed in ``manifest.json`` with its size and SHA-256,
+written last (:func:`write_manifest`). A *deployment* (MongoDB catalog, S3 store) is backed up by
+:mod:`tuplehub.storage.backup_deployment`; this module backs up the *embedded* default.
+
+An embedded backup is a folder laid out like a data folder (``catalog.db``, ``catalog.db.blocks/``,
 ``objects/``, ``jwt-secret.json``) plus ``config/embedded-admin.json`` (the local admin's password,
 kept outside the data folder) and ``manifest.json``, which lists every file with its size and
 SHA-256 and is written last. The folder is built under a temporary name beside ``DEST`` and
@@ -51,16 +57,18 @@ from tuplehub.storage.paths import embedded_credentials_file, read_json, write_p
 from tuplehub.storage.settings import Settings
 
 FORMAT = "tuplehub-backup"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added ``kind`` (1 is an embedded backup) and deployment backups
+EMBEDDED, DEPLOYMENT = "embedded", "deployment"
 MANIFEST = "manifest.json"
 CATALOG = "catalog.db"
 BLOCKS = CATALOG + ".blocks"
 OBJECTS = "objects"
+DUMPS = "catalog"  # a deployment backup's collection dumps, ``catalog/<collection>.jsonl``
 SECRETS = ("jwt-secret.json",)  # what the data folder holds besides the catalog and objects that a server needs
 ADMIN = "config/embedded-admin.json"
 SNAPSHOT_TRIES = 3  # a retake is needed only when a deletion commits during the copy; three in a row is damage
 CHUNK = 2**20
-DEPLOYMENT_DOCS = "docs/deployment.md (section 'Backup and restore')"
+DOCS = "docs/deployment.md (section 'Backup and restore')"
 
 
 class BackupDamaged(TuplehubError):
@@ -82,39 +90,53 @@ class Embedded:
         return block_dir_of(self.catalog)
 
 
+def backup_kind(settings: Settings) -> str:
+    """The kind of backup ``settings`` take and restore into: :data:`EMBEDDED` (an SQLite catalog and a
+    local object folder) or :data:`DEPLOYMENT` (a MongoDB catalog, with any object store)."""
+    catalog = urlparse(settings.resolved_catalog_url()).scheme
+    objects = urlparse(settings.resolved_objects_url()).scheme
+    if catalog == "sqlite" and objects == "file":
+        return EMBEDDED
+    if catalog in ("mongodb", "mongodb+srv"):
+        return DEPLOYMENT
+    raise ConfigError(f"tuplehub backup and restore handle the embedded default (an SQLite catalog and a local "
+                      f"object folder) and a deployment (a MongoDB catalog); these settings name a {catalog} "
+                      f"catalog with the object store {settings.resolved_objects_url().split('?')[0]}",
+                      hint=f"see {DOCS}")
+
+
 def embedded_parts(settings: Settings) -> Embedded:
-    """The catalog file and object folder of ``settings``; a deployment's MongoDB or S3 is refused."""
+    """The catalog file and object folder of the embedded default ``settings`` name."""
     catalog, objects = urlparse(settings.resolved_catalog_url()), urlparse(settings.resolved_objects_url())
-    if catalog.scheme != "sqlite" or objects.scheme != "file":
-        other = f"a {catalog.scheme} catalog" if catalog.scheme != "sqlite" else f"a {objects.scheme} object store"
-        raise ConfigError("tuplehub backup and restore handle the embedded default (an SQLite catalog and a local "
-                          f"object folder); these settings name {other}",
-                          hint=f"back a deployment up with its own tools, see {DEPLOYMENT_DOCS}")
     return Embedded(settings.data_dir, Path(unquote(catalog.netloc + catalog.path)),
                     Path(unquote(objects.netloc + objects.path)))
 
 
 @dataclass
 class Copied:
-    """What a backup holds so far: relative path -> (size, sha256), and the source's (size, mtime) of objects."""
+    """What a backup holds so far: relative path -> (size, sha256), and each object's (size, change tag)
+    as the source had it when copied (an mtime, an ETag), so a later pass copies only what changed."""
 
     files: dict[str, tuple[int, str]] = field(default_factory=dict)
-    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    seen: dict[str, tuple[int, int | str]] = field(default_factory=dict)
 
 
 def copy_file(source: Path, target: Path) -> tuple[int, str]:
     """Copy ``source`` to a new private file ``target``; its size and the SHA-256 of the bytes written."""
-    _private_folders(target.parent)
     with source.open("rb") as reader:
-        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as writer:
-            measured = _hashed(reader, writer)
-            writer.flush()
-            os.fsync(writer.fileno())
+        return copy_stream(reader, target)
+
+
+def copy_stream(reader: BinaryIO, target: Path) -> tuple[int, str]:
+    """Write what ``reader`` holds to a new private file ``target``, chunk by chunk, fsynced; size and SHA-256."""
+    with private_file(target) as writer:
+        measured = hashed(reader, writer)
+        writer.flush()
+        os.fsync(writer.fileno())
     return measured
 
 
-def _hashed(reader: BinaryIO, writer: BinaryIO | None = None) -> tuple[int, str]:
+def hashed(reader: BinaryIO, writer: BinaryIO | None = None) -> tuple[int, str]:
     """Read ``reader`` to its end (writing each chunk to ``writer``, if given); the size and SHA-256 read."""
     hasher, size = hashlib.sha256(), 0
     while chunk := reader.read(CHUNK):
@@ -123,6 +145,12 @@ def _hashed(reader: BinaryIO, writer: BinaryIO | None = None) -> tuple[int, str]
             writer.write(chunk)
         size += len(chunk)
     return size, hasher.hexdigest()
+
+
+def private_file(path: Path) -> BinaryIO:
+    """A new 0600 file at ``path`` (its folders made 0700) to write a backup's file into."""
+    _private_folders(path.parent)
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 def _private_folders(folder: Path) -> None:
@@ -216,7 +244,7 @@ def _copy_snapshot(parts: Embedded, out: Path, copied: Copied) -> dict[str, int]
 def digest(path: Path) -> tuple[int, str]:
     """The size and SHA-256 of the file at ``path``."""
     with path.open("rb") as handle:
-        return _hashed(handle)
+        return hashed(handle)
 
 
 def _copy_secrets(parts: Embedded, settings: Settings, out: Path, copied: Copied) -> list[str]:
@@ -275,43 +303,68 @@ def require_empty(target: Path, what: str) -> None:
                        hint="name a new folder, or move that one aside first (nothing is ever overwritten)")
 
 
-def create_backup(settings: Settings, dest: Path) -> dict[str, Any]:
-    """Back the embedded default of ``settings`` up into the new folder ``dest``; its manifest, less the file list."""
-    started = time.monotonic()
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` into the staging ``folder``, fsynced: the last file of a backup."""
+    descriptor = os.open(folder / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(manifest, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _embedded_backup(settings: Settings, out: Path, copied: Copied) -> dict[str, Any]:
+    """The embedded default into the staging folder ``out`` (module docstring); the manifest's own fields."""
     parts = embedded_parts(settings)
-    dest = dest.absolute()
-    # The object folder and the blocks may live outside the data folder (TUPLEHUB_OBJECTS_URL,
-    # TUPLEHUB_CATALOG_URL); a backup inside either would copy itself while it is written.
-    for what, folder in (("the data folder", parts.data_dir), ("the object folder", parts.objects),
-                         ("the block folder", parts.blocks)):
+    _copy_objects(parts, out, copied)
+    for _ in range(SNAPSHOT_TRIES):
+        counts = _copy_snapshot(parts, out, copied)
+        if counts is not None:
+            break
+    else:
+        raise ConfigError(f"the catalog {parts.catalog} refers to block payloads or artifact bytes that are "
+                          f"missing, in {SNAPSHOT_TRIES} snapshots in a row: the data folder is damaged",
+                          hint="run `tuplehub serve` once to let it clean up, then back up again")
+    notes = _copy_secrets(parts, settings, out, copied)
+    return {"source": str(parts.data_dir.resolve()), "counts": counts, "notes": notes}
+
+
+def _refuse_inside(settings: Settings, kind: str, dest: Path) -> None:
+    """The object folder and the blocks may live outside the data folder (TUPLEHUB_OBJECTS_URL,
+    TUPLEHUB_CATALOG_URL), and a deployment may keep its objects in a folder; a backup inside any of
+    them would copy itself while it is written."""
+    objects = urlparse(settings.resolved_objects_url())
+    folders = [("the object folder", Path(unquote(objects.netloc + objects.path)))] if objects.scheme == "file" else []
+    if kind == EMBEDDED:
+        parts = embedded_parts(settings)
+        folders += [("the data folder", parts.data_dir), ("the block folder", parts.blocks)]
+    for what, folder in folders:
         if dest.resolve().is_relative_to(folder.resolve()):
             raise Conflict(f"{dest} is inside {what} {folder}; a backup there copies itself and is lost with it",
                            hint="write the backup to another folder, ideally another disk")
+
+
+def create_backup(settings: Settings, dest: Path) -> dict[str, Any]:
+    """Back up what ``settings`` name into the new folder ``dest``; its manifest, less the file list."""
+    started = time.monotonic()
+    kind = backup_kind(settings)
+    dest = dest.absolute()
+    _refuse_inside(settings, kind, dest)
     require_empty(dest, "the backup folder")
     out = staging_folder(dest, "backup")
     try:
         copied = Copied()
-        _copy_objects(parts, out, copied)
-        for _ in range(SNAPSHOT_TRIES):
-            counts = _copy_snapshot(parts, out, copied)
-            if counts is not None:
-                break
+        if kind == EMBEDDED:
+            details = _embedded_backup(settings, out, copied)
         else:
-            raise ConfigError(f"the catalog {parts.catalog} refers to block payloads or artifact bytes that are "
-                              f"missing, in {SNAPSHOT_TRIES} snapshots in a row: the data folder is damaged",
-                              hint="run `tuplehub serve` once to let it clean up, then back up again")
-        notes = _copy_secrets(parts, settings, out, copied)
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
+            from tuplehub.storage.backup_deployment import deployment_backup  # imports the MongoDB driver
+
+            details = deployment_backup(settings, out, copied)
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
                     "tuplehub_version": importlib.metadata.version("tuplehub"),
-                    "created_at": datetime.now(UTC).isoformat(), "source": str(parts.data_dir.resolve()),
-                    "counts": counts, "notes": notes,
+                    "created_at": datetime.now(UTC).isoformat(), **details,
                     "files": [{"path": name, "size": size, "sha256": sha}
                               for name, (size, sha) in sorted(copied.files.items())]}
-        descriptor = os.open(out / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(manifest, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_manifest(out, manifest)
         put_in_place(out, dest, last=MANIFEST)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)

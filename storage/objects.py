@@ -61,6 +61,14 @@ class ObjectStore:
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.path(key)))
 
+    def listing(self) -> dict[str, tuple[int, str]]:
+        """Every object under the root, as it is now: key -> (size, a tag that changes with its bytes,
+        the ETag on S3 or the modification time locally). Backups compare two listings to copy what changed."""
+        self.fs.invalidate_cache()
+        found = self.fs.find(self.root, detail=True)
+        return {path[len(self.root) + 1:]: (int(info["size"]), str(info.get("ETag") or info.get("mtime")))
+                for path, info in found.items() if info.get("type") == "file"}
+
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(key), recursive=True)

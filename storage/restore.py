@@ -1,7 +1,11 @@
-"""Restoring a backup of :mod:`tuplehub.storage.backup` into a new data folder.
+"""Restoring a backup of :mod:`tuplehub.storage.backup`: its manifest checked, then the embedded default's.
 
-Only into a data folder that does not exist or is empty, never over one in use: a restore that
-replaced live data could not be undone, so moving the old folder aside is left to the person.
+:func:`read_manifest` and :func:`check_files` serve both kinds; a deployment backup is restored by
+:mod:`tuplehub.storage.backup_deployment`, into an empty MongoDB database and object store.
+
+An embedded backup is restored only into a data folder that does not exist or is empty, never over
+one in use: a restore that replaced live data could not be undone, so moving the old folder aside is
+left to the person.
 Every file is copied into a temporary folder beside the target (inside it, when it is an existing
 empty folder) and checked against the manifest's size and SHA-256 as it is copied; only when all
 match (and the catalog passes SQLite's ``quick_check``) is it put in place. A partial or corrupt backup leaves
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import re
 import shutil
 import sqlite3
 import stat
@@ -23,12 +28,17 @@ from tuplehub.storage.backup import (
     ADMIN,
     BLOCKS,
     CATALOG,
+    DEPLOYMENT,
+    DOCS,
+    DUMPS,
+    EMBEDDED,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
     OBJECTS,
     SECRETS,
     BackupDamaged,
+    backup_kind,
     copy_file,
     digest,
     put_in_place,
@@ -39,8 +49,12 @@ from tuplehub.storage.errors import ConfigError, Conflict
 from tuplehub.storage.paths import SERVE_LOCK, embedded_credentials_file, read_json, write_private
 from tuplehub.storage.settings import Settings
 
-_TOP_FILES = {CATALOG, ADMIN, *SECRETS}
-_FOLDERS = (BLOCKS, OBJECTS)
+_COLLECTION = re.compile(r"(?!system\.)[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}")  # what a deployment backup may restore
+# kind -> (files it may hold at its top, folders it may hold files under)
+_LAYOUT: dict[str, tuple[set[str], tuple[str, ...]]] = {
+    EMBEDDED: ({CATALOG, ADMIN, *SECRETS}, (BLOCKS, OBJECTS)),
+    DEPLOYMENT: (set(), (DUMPS, OBJECTS)),
+}
 
 
 def read_manifest(source: Path) -> dict[str, Any]:
@@ -62,31 +76,41 @@ def read_manifest(source: Path) -> dict[str, Any]:
         raise BackupDamaged(f"{source} has backup format {version!r}, made by tuplehub "
                             f"{manifest.get('tuplehub_version')}; this tuplehub reads format {FORMAT_VERSION}",
                             hint="restore it with that tuplehub version or a newer one")
+    kind = manifest.setdefault("kind", EMBEDDED)  # format 1 had embedded backups only
+    if kind not in _LAYOUT:
+        raise BackupDamaged(f"{path} names an unknown kind of backup: {kind!r}")
     counts, notes = manifest.get("counts", {}), manifest.get("notes", [])
     if not (isinstance(counts, dict) and all(isinstance(n, int) for n in counts.values())
             and isinstance(notes, list) and all(isinstance(note, str) for note in notes)):
         raise BackupDamaged(f"{path} has counts or notes of the wrong shape: the backup is damaged")
     files = manifest.get("files")
-    if not isinstance(files, list) or not any(isinstance(f, dict) and f.get("path") == CATALOG for f in files):
-        raise BackupDamaged(f"{path} lists no {CATALOG}: the backup is damaged")
+    required = [CATALOG] if kind == EMBEDDED else [f"{DUMPS}/{name}.jsonl" for name in manifest.get("collections", [])]
+    if kind == DEPLOYMENT and not (isinstance(manifest.get("collections"), list) and required
+                                   and all(isinstance(name, str) and _COLLECTION.fullmatch(name)
+                                           for name in manifest["collections"])):
+        raise BackupDamaged(f"{path} lists no catalog collections, or names one no catalog has: the backup is damaged")
+    listed = {f.get("path") for f in files if isinstance(f, dict)} if isinstance(files, list) else set()
+    if missing := [name for name in required if name not in listed]:
+        raise BackupDamaged(f"{path} lists no {missing[0]}: the backup is damaged")
     for entry in files:
-        if not (isinstance(entry, dict) and _allowed(entry.get("path")) and isinstance(entry.get("size"), int)
+        if not (isinstance(entry, dict) and _allowed(entry.get("path"), kind) and isinstance(entry.get("size"), int)
                 and isinstance(entry.get("sha256"), str)):
             raise BackupDamaged(f"{path} lists a file it may not: {entry!r}")
     return manifest
 
 
-def _allowed(name: object) -> bool:
-    """A relative path a backup may hold: the catalog, a secret, or a file under the blocks or objects folder."""
+def _allowed(name: object, kind: str) -> bool:
+    """A relative path a backup of ``kind`` may hold: one of its top files, or a file under one of its folders."""
     if not isinstance(name, str) or "\\" in name:
         return False
     parts = PurePosixPath(name).parts
     if name.startswith("/") or ".." in parts or "." in parts or not parts:
         return False
-    return name in _TOP_FILES or (len(parts) > 1 and parts[0] in _FOLDERS)
+    top, folders = _LAYOUT[kind]
+    return name in top or (len(parts) > 1 and parts[0] in folders)
 
 
-def _check_files(source: Path, manifest: dict[str, Any], target: Path | None) -> int:
+def check_files(source: Path, manifest: dict[str, Any], target: Path | None = None) -> int:
     """Check every listed file (copying it to ``target`` as it is read, if given); the bytes checked."""
     total, inside = 0, source.resolve()
     for entry in manifest["files"]:
@@ -105,15 +129,18 @@ def _check_files(source: Path, manifest: dict[str, Any], target: Path | None) ->
             raise BackupDamaged(f"{source / name} does not match the manifest ({size} bytes, sha256 {sha[:12]}…; "
                                 f"expected {entry['size']} bytes, {entry['sha256'][:12]}…): the backup is damaged")
         total += size
-    catalog = (target or source) / CATALOG
+    return total
+
+
+def _check_sqlite(catalog: Path) -> None:
+    """The embedded catalog of a backup must pass SQLite's own check."""
     with contextlib.closing(sqlite3.connect(catalog.as_uri() + "?mode=ro", uri=True)) as conn:
         try:
             verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             verdict = str(exc)
     if verdict != "ok":
-        raise BackupDamaged(f"the catalog of {source} fails SQLite's check: {verdict}")
-    return total
+        raise BackupDamaged(f"the catalog of {catalog.parent} fails SQLite's check: {verdict}")
 
 
 def _admin(path: Path) -> dict[str, str]:
@@ -136,24 +163,34 @@ def _refuse_running(target: Path) -> None:
 
 
 def restore_backup(settings: Settings, source: Path, *, check_only: bool = False) -> dict[str, Any]:
-    """Restore ``source`` into ``settings.data_dir`` (new or empty); with ``check_only``, only verify it."""
-    if settings.catalog_url is not None or settings.objects_url is not None:
-        raise ConfigError("restore writes the embedded default's layout into a data folder; unset "
-                          "TUPLEHUB_CATALOG_URL and TUPLEHUB_OBJECTS_URL",
-                          hint="a deployment restores with its own tools, see docs/deployment.md")
-    target = settings.data_dir.absolute()
+    """Restore ``source`` into what ``settings`` name, which must be new or empty; with ``check_only``,
+    only verify it against its manifest (and touch nothing the settings name)."""
     source = source.absolute()
     manifest = read_manifest(source)
-    summary = {"source": str(source), "files": len(manifest["files"]), "created_at": manifest.get("created_at"),
-               "tuplehub_version": manifest.get("tuplehub_version"), "counts": manifest.get("counts"),
-               "notes": manifest.get("notes", [])}
+    kind = manifest["kind"]
+    summary = {"source": str(source), "kind": kind, "files": len(manifest["files"]),
+               "created_at": manifest.get("created_at"), "tuplehub_version": manifest.get("tuplehub_version"),
+               "counts": manifest.get("counts"), "notes": manifest.get("notes", [])}
     if check_only:
-        return {**summary, "restored": False, "bytes": _check_files(source, manifest, None)}
+        total = check_files(source, manifest)
+        if kind == EMBEDDED:
+            _check_sqlite(source / CATALOG)
+        return {**summary, "restored": False, "bytes": total}
+    if (into := backup_kind(settings)) != kind:
+        raise ConfigError(f"{source} is a backup of {'an' if kind == EMBEDDED else 'a'} {kind} server; these "
+                          f"settings name {'an' if into == EMBEDDED else 'a'} {into} one, which it cannot be "
+                          "restored into", hint=f"restore it with the settings of a {kind} server, see {DOCS}")
+    if kind == DEPLOYMENT:
+        from tuplehub.storage.backup_deployment import deployment_restore  # imports the MongoDB driver
+
+        return {**summary, **deployment_restore(settings, source, manifest)}
+    target = settings.data_dir.absolute()
     _refuse_running(target)
     require_empty(target, "the data folder")
     work = staging_folder(target, "restore")
     try:
-        total = _check_files(source, manifest, work)
+        total = check_files(source, manifest, work)
+        _check_sqlite(work / CATALOG)
         admin = _admin(work / ADMIN) if (work / ADMIN).exists() else None
         shutil.rmtree(work / ADMIN.split("/")[0], ignore_errors=True)  # it belongs in the config folder
         try:

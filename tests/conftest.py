@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -182,9 +183,9 @@ def json_log() -> Iterator[io.StringIO]:
         logger.setLevel(level)
 
 
-@pytest.fixture
-def s3_endpoint() -> Iterator[str]:
-    """A real S3 API over loopback (moto's server mode) with an empty ``tuplehub`` bucket."""
+@contextlib.contextmanager
+def s3_server() -> Iterator[str]:
+    """A real S3 API over loopback (moto's server mode) with an empty ``tuplehub`` bucket; its endpoint."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -198,3 +199,9 @@ def s3_endpoint() -> Iterator[str]:
         yield endpoint
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3_endpoint() -> Iterator[str]:
+    with s3_server() as endpoint:
+        yield endpoint

@@ -34,9 +34,18 @@ class AsyncCursor:
         docs = list(self._cursor)
         return docs if length is None else docs[:length]
 
+    def __aiter__(self) -> AsyncCursor:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            return next(self._cursor)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
 
 class AsyncCollection:
-    _ASYNC = ("insert_one", "find_one", "replace_one", "update_one", "delete_many", "count_documents",
+    _ASYNC = ("insert_one", "insert_many", "find_one", "replace_one", "update_one", "delete_many", "count_documents",
               "distinct", "create_index",
               "find_one_and_update", "delete_one")
 
@@ -72,6 +81,9 @@ class AsyncDatabase:
 
     async def command(self, name: str) -> dict[str, Any]:
         return self._database.command(name)
+
+    async def list_collection_names(self) -> list[str]:
+        return self._database.list_collection_names()
 
 
 def memory_database(name: str = "tuplehub") -> AsyncDatabase:

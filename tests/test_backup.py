@@ -147,7 +147,7 @@ def test_a_backup_taken_while_uploads_run_restores_hashes_access_and_bytes(
     assert summary["counts"]["users"] == 4
     assert _modes(tmp_path / "backup") <= {("dir", 0o700), ("file", 0o600)}
     manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert (manifest["format_version"], manifest["kind"]) == (2, "embedded")
     assert manifest["tuplehub_version"]
     assert {"catalog.db", "jwt-secret.json", "config/embedded-admin.json"} <= {f["path"] for f in manifest["files"]}
 
@@ -304,10 +304,10 @@ def test_backup_refuses_what_it_cannot_do_safely(world: World, tmp_path: Path) -
     assert "inside the data folder" in inside["detail"]
     empty = tuplehub("backup", str(tmp_path / "b1"), "--data-dir", str(tmp_path / "nothing"), code=1)["error"]
     assert "no catalog" in empty["detail"]
-    mongo = tuplehub("backup", str(tmp_path / "b2"), "--data-dir", data_dir, code=1,
-                     env={"TUPLEHUB_CATALOG_URL": "mongodb://127.0.0.1:9/tuplehub"})["error"]
-    assert "embedded default" in mongo["detail"]
-    assert "docs/deployment.md" in mongo["hint"]
+    mixed = tuplehub("backup", str(tmp_path / "b2"), "--data-dir", data_dir, code=1,
+                     env={"TUPLEHUB_OBJECTS_URL": "s3://tuplehub/data"})["error"]  # an SQLite catalog, S3 objects
+    assert "a sqlite catalog with the object store s3://tuplehub/data" in mixed["detail"]
+    assert "docs/deployment.md" in mixed["hint"]
     assert not (tmp_path / "b1").exists()
     assert not (tmp_path / "b2").exists()
     assert _siblings(tmp_path / "b1") == []

@@ -1,7 +1,9 @@
-"""``tuplehub backup`` and ``tuplehub restore``: the embedded default's data folder to a backup folder and back.
+"""``tuplehub backup`` and ``tuplehub restore``: what the settings name to a backup folder and back.
 
-The work is done by :mod:`tuplehub.storage.backup` and :mod:`tuplehub.storage.restore`, imported when
-a command runs; deployments (MongoDB and S3) are backed up with their own tools, see docs/deployment.md.
+The embedded default (its data folder) or a deployment (its MongoDB catalog and object store, as
+``TUPLEHUB_CATALOG_URL`` and ``TUPLEHUB_OBJECTS_URL`` name them: run inside the API container).
+The work is done by :mod:`tuplehub.storage.backup` and :mod:`tuplehub.storage.restore`, imported
+when a command runs.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ def _counts(summary: dict[str, Any]) -> str:
 def backup(dest: Annotated[Path, typer.Argument(help="New folder to write the backup to (must not exist or be "
                                                       "empty); keep it on another disk.")],
            data_dir: DataDir = None, as_json: AsJson = False) -> None:
-    """Back up the embedded default: catalog snapshot, blocks, objects, signing key; safe while the server runs.
+    """Back up the embedded default or a deployment (MongoDB + object store); safe while the servers run.
 
-    The backup folder (0700, files 0600: it holds the signing key and the local admin's password)
-    has a manifest.json with every file's size and SHA-256; `tuplehub restore` checks them.
+    Embedded: catalog snapshot, blocks, objects, signing key and local admin. Deployment (the
+    settings name a MongoDB catalog): every collection and every object; keep the deployment's
+    .env beside it. The backup folder (0700, files 0600) has a manifest.json with every file's
+    size and SHA-256; `tuplehub restore` checks them.
     """
     from tuplehub.client.cli.server import load_settings
     from tuplehub.storage.backup import create_backup
@@ -50,11 +54,11 @@ def restore(source: Annotated[Path, typer.Argument(help="Backup folder written b
             check: Annotated[bool, typer.Option("--check", help=(
                 "Only verify the backup against its manifest; restore nothing."))] = False,
             as_json: AsJson = False) -> None:
-    """Restore a backup into a new (or empty) data folder, after checking every file against its manifest.
+    """Restore a backup into a new (or empty) data folder, or an empty deployment, after checking every file.
 
-    Refuses a data folder that holds anything or whose server runs: move the old one aside first.
-    A damaged or partial backup restores nothing. Start the restored server with
-    `tuplehub serve --data-dir DIR`.
+    Refuses a data folder that holds anything or whose server runs (move the old one aside first),
+    and a MongoDB database or object store that holds anything. A damaged or partial backup
+    restores nothing; a deployment restore that stops midway is finished by running it again.
     """
     from tuplehub.client.cli.server import load_settings
     from tuplehub.storage.restore import restore_backup
@@ -66,6 +70,8 @@ def restore(source: Annotated[Path, typer.Argument(help="Backup folder written b
              as_json=as_json, **summary)
         return
     notes = "".join(f"\nnote: {note}" for note in summary["notes"])
+    start = (f"tuplehub serve --data-dir {summary['path']}" if summary["kind"] == "embedded"
+             else "the API and workers on these settings (docker compose up -d)")
     done(f"restored {summary['source']} (taken {summary['created_at']}) into {summary['path']}: "
          f"{summary['files']} files, {_megabytes(summary['bytes'])} ({_counts(summary)})\n"
-         f"start it with: tuplehub serve --data-dir {summary['path']}{notes}", as_json=as_json, **summary)
+         f"start it with: {start}{notes}", as_json=as_json, **summary)

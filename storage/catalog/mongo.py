@@ -26,7 +26,7 @@ from tuplehub.storage.blocks import BlockRecord
 from tuplehub.storage.catalog.base import NAMESPACES, M, ReadScope, RecordKind, check_fields
 from tuplehub.storage.catalog.jobstate import cancel, claim, created, finish, hand_back, update
 from tuplehub.storage.catalog.migrations import MIGRATIONS, Migration, pending
-from tuplehub.storage.errors import Conflict, NotFound, StoreUnavailable
+from tuplehub.storage.errors import ConfigError, Conflict, NotFound, StoreUnavailable
 from tuplehub.storage.filters.prune import Constraint
 from tuplehub.storage.models import (
     DatasetRecord,
@@ -51,6 +51,8 @@ _AFTER = True  # pymongo.ReturnDocument.AFTER, without importing the driver at m
 _LOCK_TTL_S = 60.0
 _LOCK_POLL_S = 0.5
 _MIGRATION_WAIT_S = 600.0
+# The ``meta`` document ``tuplehub restore`` (storage/backup_deployment.py) writes first and removes last.
+RESTORE_MARKER = "restore-unfinished"
 
 # collection -> [(keys, options)]
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
@@ -87,17 +89,31 @@ class MongoCatalog:
         self._client = client
 
     @classmethod
-    async def connect(cls, url: str) -> MongoCatalog:
+    async def open(cls, url: str) -> MongoCatalog:
+        """The database at ``url`` as it is: nothing checked, migrated or indexed (restore writes into it)."""
         from pymongo import AsyncMongoClient
 
         client = AsyncMongoClient(url, tz_aware=True, serverSelectionTimeoutMS=10_000)
-        catalog = cls(client.get_default_database(default="tuplehub"), client)
+        return cls(client.get_default_database(default="tuplehub"), client)
+
+    @classmethod
+    async def connect(cls, url: str) -> MongoCatalog:
+        catalog = await cls.open(url)
         try:
+            await catalog.refuse_unfinished_restore()
             await catalog.prepare()
         except BaseException:
             await catalog.aclose()
             raise
         return catalog
+
+    async def refuse_unfinished_restore(self) -> None:
+        """A server must not start on half a restore (``tuplehub restore`` marks the catalog while it writes)."""
+        marker = await self.db.meta.find_one({"_id": RESTORE_MARKER})
+        if marker is not None:
+            raise ConfigError(f"MongoDB database {self.db.name!r} holds a restore that did not finish (of "
+                              f"{marker.get('source')}, started {marker.get('started_at')})",
+                              hint="run the same `tuplehub restore SRC` again to finish it")
 
     async def prepare(self) -> None:
         """What every start does: migrate (or refuse a newer catalog), then make sure of the indexes."""
