@@ -104,14 +104,18 @@ def _describe(settings: Settings) -> str:
             f"objects {_shown(settings.resolved_objects_url())}")
 
 
-async def _open(settings: Settings) -> tuple[MongoCatalog, ObjectStore]:
-    """The catalog as it is (no migration: a backup reads, a restore writes into it) and the store, both answering."""
+async def _open(settings: Settings, *, restoring: bool = False) -> tuple[MongoCatalog, ObjectStore]:
+    """The catalog as it is (no migration: a backup reads, a restore writes into it) and the store, both answering.
+
+    A restore runs before a fresh stack's first start, so the bucket the API would make at that start
+    may not exist yet: the restore makes it (as the API does, on any S3)."""
     store = open_object_store(settings.resolved_objects_url(), **settings.object_store_options())
     try:
+        if restoring:
+            await asyncio.to_thread(store.ensure_bucket)
         await asyncio.to_thread(store.ping)
     except StoreUnavailable as exc:
-        raise StoreUnavailable(exc.detail, hint="check TUPLEHUB_OBJECTS_URL and TUPLEHUB_S3_*; a bucket must exist "
-                                                "before a restore writes into it") from exc
+        raise StoreUnavailable(exc.detail, hint="check TUPLEHUB_OBJECTS_URL and TUPLEHUB_S3_*") from exc
     catalog = await MongoCatalog.open(settings.resolved_catalog_url())
     try:
         await catalog.ping()
@@ -350,7 +354,7 @@ async def _restore(settings: Settings, source: Path, manifest: dict[str, Any]) -
         raise BackupDamaged(f"{source}'s manifest records no schema version: the backup is damaged")
     pending(schema, f"backed up in {source}")  # a newer catalog than this code knows is refused here
     manifest_sha = hashlib.sha256((source / "manifest.json").read_bytes()).hexdigest()
-    catalog, store = await _open(settings)
+    catalog, store = await _open(settings, restoring=True)
     try:
         again = await _refuse_not_empty(catalog.db, store, settings, manifest, manifest_sha)
         total = await asyncio.to_thread(check_files, source, manifest)  # nothing is written from a damaged backup

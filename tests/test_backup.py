@@ -411,3 +411,15 @@ def test_an_object_deleted_while_it_is_copied_is_skipped(
     files = {f["path"] for f in json.loads((tmp_path / "bk" / "manifest.json").read_text())["files"]}
     assert f"objects/{doomed.relative_to(objects).as_posix()}" not in files
     assert f"objects/artifacts/{world.artifact_id}" in files
+
+
+def test_a_backup_of_format_1_still_restores_and_the_kinds_do_not_mix(world: World, tmp_path: Path) -> None:
+    """Format 1 (before deployment backups) had no ``kind``: it is an embedded backup. An embedded backup
+    is never restored into a deployment's MongoDB."""
+    old = _backup(world, tmp_path / "old")
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["kind"]
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    assert tuplehub("restore", str(old), "--data-dir", str(tmp_path / "restored"))["kind"] == "embedded"
+    error = tuplehub("restore", str(old), code=1, env={"TUPLEHUB_CATALOG_URL": "mongodb://127.0.0.1:9/tuplehub"})
+    assert "a backup of an embedded server; these settings name a deployment one" in error["error"]["detail"]

@@ -53,17 +53,19 @@ class Deployment:
     root: Path
     databases: dict[str, AsyncDatabase] = field(default_factory=dict)
     client: Any = None  # PyMongo's synchronous client of the real server, if there is one
+    names: set[str] = field(default_factory=set)  # the databases this module's settings name
 
-    def settings(self, name: str, **overrides: Any) -> Settings:
+    def settings(self, name: str, bucket: str = "tuplehub", **overrides: Any) -> Settings:
         """A deployment's settings: its own database and bucket prefix, the signing key and admin of its .env."""
         catalog = f"{REAL_MONGODB or 'mongodb://double'}/{name}"
-        return make_settings(self.root / name, self.redis_url, catalog_url=catalog, objects_url=f"s3://tuplehub/{name}",
+        self.names.add(name)
+        return make_settings(self.root / name, self.redis_url, catalog_url=catalog, objects_url=f"s3://{bucket}/{name}",
                              s3_endpoint_url=self.s3, s3_region="us-east-1", s3_access_key_id="testing",
                              s3_secret_access_key="testing", admin_password=ADMIN_PASSWORD, jwt_secret=JWT_SECRET,
                              auto_metrics=False, **overrides)
 
-    def fresh(self) -> Settings:
-        return self.settings(f"tuplehub_restored_{uuid.uuid4().hex[:8]}", stale_after_s=2, requeue_every_s=1)
+    def fresh(self, bucket: str = "tuplehub") -> Settings:
+        return self.settings(f"tuplehub_restored_{uuid.uuid4().hex[:8]}", bucket, stale_after_s=2, requeue_every_s=1)
 
     def database(self, settings: Settings) -> Any:
         """The database ``settings`` name, through PyMongo's synchronous API, for looking inside it."""
@@ -109,9 +111,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iter
             yield where
         finally:
             if where.client is not None:
-                for name in where.client.list_database_names():
-                    if name.startswith(("tuplehub_source_", "tuplehub_restored_")):
-                        where.client.drop_database(name)
+                for name in where.names:
+                    where.client.drop_database(name)
                 where.client.close()
 
 
@@ -365,3 +366,16 @@ def test_a_deletion_during_the_dump_makes_it_dump_again(
     assert doomed.name not in (tmp_path / "backup" / "catalog" / "datasets.jsonl").read_text()
     assert not any(segment in (tmp_path / "backup" / "catalog" / "versions.jsonl").read_text() for segment in segments)
     assert tuplehub(world.settings, "restore", str(tmp_path / "backup"), "--check")["restored"] is False
+
+
+def test_a_restore_makes_the_bucket_a_fresh_stack_has_not_made_yet(
+        world: World, deployment: Deployment, tmp_path: Path) -> None:
+    """A fresh stack is restored before its first start, and the bucket is made at that start: the
+    restore makes it itself."""
+    hashes = {v.number: v.content_hash for v in world.alice.datasets.get(world.dataset).record.versions}
+    tuplehub(world.settings, "backup", str(tmp_path / "backup"))
+    target = deployment.fresh(bucket=f"restored-{uuid.uuid4().hex[:8]}")
+    assert tuplehub(target, "restore", str(tmp_path / "backup"))["restored"]
+    with serve_in_thread(target) as copy, Client(copy.url, token=world.alice_token) as alice:
+        assert alice.artifacts.get(world.artifact_id).read() == world.artifact_bytes
+        assert {v.number: v.content_hash for v in alice.datasets.get(world.dataset).record.versions} == hashes
