@@ -136,9 +136,10 @@ def test_tuplehub_services_stop_after_their_grace_and_wait_for_their_backends() 
         assert service["depends_on"] == {backend: {"condition": "service_healthy"}
                                          for backend in ("mongo", "minio", "redis")}, name
         assert service["environment"]["TUPLEHUB_LOG_FORMAT"] == "json"
+        assert "--json" in service["command"], f"{name} prints a plain start line among its JSON log lines"
     assert services["api"]["command"][:3] == ["tuplehub", "serve", "--no-worker"]  # workers are their own service
     for name in ("worker", "torch-worker"):
-        assert services[name]["command"] == ["tuplehub", "worker"]
+        assert services[name]["command"] == ["tuplehub", "worker", "--json"]
         assert services[name]["environment"]["TUPLEHUB_WORKER_METRICS_PORT"] == "9100"
     assert services["torch-worker"]["profiles"] == ["torch"]
     assert services["torch-worker"]["build"]["args"]["EXTRAS"] == "d3rlpy"
