@@ -183,11 +183,11 @@ def test_only_the_changed_metrics_recompute() -> None:
     """Issue 11 changed the BE plug-in, ERI's bound check and FQE's target copies: their stored results are stale,
     the others' are not."""
     from tuplehub.storage.metrics import MetricName
-    from tuplehub.workers.metrics.versions import ALGORITHM_VERSIONS
+    from tuplehub.workers.jobs.metric_registry import METRICS
 
     changed = {MetricName.behavioral_entropy, MetricName.return_improvement, MetricName.average_q,
                MetricName.policy_value}
-    assert {name for name, version in ALGORITHM_VERSIONS.items() if version != "1"} == changed
+    assert {name for name, metric in METRICS.items() if metric.version != "1"} == changed
 
 
 @pytest.mark.parametrize(("cpus", "jobs", "threads"), [(16, 2, 8), (2, 2, 1), (2, 3, 1), (8, 1, 8)])
