@@ -60,6 +60,7 @@ class MetricName(StrEnum):
     behavioral_entropy = "behavioral_entropy"
     average_q = "average_q"
     policy_value = "policy_value"
+    action_entropy = "action_entropy"
 
 
 class _MetricParams(BaseModel):
@@ -166,9 +167,20 @@ class PolicyValueParams(_FittedQParams):
     policy: str = Field(pattern=r"^[0-9a-f]{64}$", description="The id of a TorchScript policy artifact.")
 
 
+class ActionEntropyParams(_MetricParams):
+    metric: Literal["action_entropy"] = "action_entropy"
+    max_rows: int = Field(1_000_000, ge=1_000, le=2_000_000,
+                          description="Rows above this are subsampled, seeded, before counting the actions.")
+
+    @property
+    def sample_rows(self) -> int:
+        return self.max_rows
+
+
 MetricParams = Annotated[
     ReturnsParams | TrajectoryQualityParams | ReturnImprovementParams | CoverageParams | ShannonEntropyParams
-    | BehavioralEntropyParams | AverageQParams | PolicyValueParams, Field(discriminator="metric")]
+    | BehavioralEntropyParams | AverageQParams | PolicyValueParams | ActionEntropyParams,
+    Field(discriminator="metric")]
 
 # Each metric's parameter class, by name: where its facts (``cheap``, ``framed``...) are looked up.
 PARAMS: dict[MetricName, type[_MetricParams]] = {

@@ -18,6 +18,7 @@ from tuplehub.storage.artifacts import ArtifactRecord
 from tuplehub.storage.benchmarks import BenchmarkRecord
 from tuplehub.storage.errors import MetricUndefined, NotFound
 from tuplehub.storage.metrics import (
+    ActionEntropyParams,
     AverageQParams,
     BehavioralEntropyParams,
     CoverageParams,
@@ -34,9 +35,9 @@ from tuplehub.storage.permissions import can_read, principal_of
 from tuplehub.storage.versions import get_version
 from tuplehub.workers.context import JobRun
 from tuplehub.workers.jobs.metric_data import VersionData, note_subsample
-from tuplehub.workers.jobs.metric_fitted_q import fitted_q
+from tuplehub.workers.jobs.metric_fitted_q import action_space, fitted_q
 from tuplehub.workers.jobs.metric_frame import FramePolicy
-from tuplehub.workers.metrics import coverage, entropy, fqe, quality, returns
+from tuplehub.workers.metrics import actions, coverage, entropy, fqe, quality, returns
 from tuplehub.workers.metrics.episodes import episode_returns
 from tuplehub.workers.metrics.frame import entropy_points, split_columns
 
@@ -201,6 +202,17 @@ async def _fitted_q(ctx: MetricContext, params: AverageQParams | PolicyValuePara
                                    benchmark=ctx.benchmark, start=span.start, share=span.share))
 
 
+async def _action_entropy(ctx: MetricContext, params: ActionEntropyParams, data: VersionData, _: Span) -> Computed:
+    if ctx.version.tuple_schema.action.is_floating:
+        raise MetricUndefined("action entropy needs discrete actions; these are continuous", field="metric")
+    chosen = data.sampled_below(params.max_rows)
+    result = actions.action_entropy(*data.sampled(chosen, "action"),
+                                    n_actions=action_space(ctx.version.tuple_schema, ctx.benchmark, data)[0])
+    result = note_subsample(result, int(chosen.sum()), data.rows, ctx.seed)
+    result.params.update(max_rows=params.max_rows)
+    return Computed(result)
+
+
 METRICS: dict[MetricName, Metric] = {
     MetricName.returns: Metric(returns.VERSION, _returns),
     MetricName.trajectory_quality: Metric(quality.TQ_VERSION, _trajectory_quality),
@@ -210,4 +222,5 @@ METRICS: dict[MetricName, Metric] = {
     MetricName.behavioral_entropy: Metric(entropy.BEHAVIORAL_VERSION, _entropy),
     MetricName.average_q: Metric(fqe.VERSION, _fitted_q),
     MetricName.policy_value: Metric(fqe.VERSION, _fitted_q),
+    MetricName.action_entropy: Metric(actions.VERSION, _action_entropy),
 }
