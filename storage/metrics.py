@@ -4,7 +4,9 @@ Metrics are pure functions (``tuplehub.workers.metrics``): arrays and parameters
 :class:`MetricResult` out. The same algorithm version, parameters and seed give the same number.
 A ``metrics`` job computes a :class:`MetricsCreate` on one dataset version and keeps one
 :class:`MetricRecord` per (version, result key); a benchmark carries the :class:`MetricFrame`
-that makes coverage and entropies of its datasets comparable.
+that makes coverage and entropies of its datasets comparable. Each metric's parameter class also
+states the facts about it (``cheap``, ``framed``, ``needs_torch``, ``sample_rows``...) that the
+API, the client and the workers read; ``PARAMS`` finds the class by name.
 """
 
 from __future__ import annotations
