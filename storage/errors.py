@@ -7,7 +7,8 @@ responses, and the client turns a problem response back into the same class, so
     TuplehubError            base; ``code`` names the problem type, ``status`` its HTTP status
     ├── InvalidRequest       422  a request body or parameter is well-formed JSON but wrong
     │   ├── InvalidFilter    422  a filter names an unknown field or compares mismatched types
-    │   └── InvalidUpload    422  an upload breaks the tuple contract (names column, row, reason)
+    │   ├── InvalidUpload    422  an upload breaks the tuple contract (names column, row, reason)
+    │   └── MetricUndefined  422  a metric cannot be computed on this data (too few points, no frame...)
     ├── Unauthenticated      401  no credentials, or a token that is bad, expired or revoked
     ├── Forbidden            403  the caller sees the thing but may not do this to it
     │   └── QuotaExceeded    403  a per-user quota (``quota``, ``usage``, ``limit``) would be passed
@@ -64,6 +65,14 @@ class InvalidUpload(InvalidRequest):
             f"column {column!r}" if column else "", f"row {row}" if row is not None else "") if part)
         super().__init__(f"{where}: {detail}" if where else detail,
                          column=column, row=row, reason=reason, **extra)
+
+
+class MetricUndefined(InvalidRequest):
+    """A metric cannot be computed on this data: fewer distinct points than ``k``, no frame that fits,
+    a reference or policy gone. A metrics job stores it as an undefined result saying why and goes on
+    with the others; any other error fails the job."""
+
+    code = "metric-undefined"
 
 
 class Unauthenticated(TuplehubError):

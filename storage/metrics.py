@@ -4,7 +4,9 @@ Metrics are pure functions (``tuplehub.workers.metrics``): arrays and parameters
 :class:`MetricResult` out. The same algorithm version, parameters and seed give the same number.
 A ``metrics`` job computes a :class:`MetricsCreate` on one dataset version and keeps one
 :class:`MetricRecord` per (version, result key); a benchmark carries the :class:`MetricFrame`
-that makes coverage and entropies of its datasets comparable.
+that makes coverage and entropies of its datasets comparable. Each metric's parameter class also
+states the facts about it (``cheap``, ``framed``, ``needs_torch``, ``sample_rows``...) that the
+API, the client and the workers read; ``PARAMS`` finds the class by name.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import json
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -60,13 +62,29 @@ class MetricName(StrEnum):
     behavioral_entropy = "behavioral_entropy"
     average_q = "average_q"
     policy_value = "policy_value"
+    action_entropy = "action_entropy"
 
 
 class _MetricParams(BaseModel):
+    """A metric's request parameters, and (as class variables, not fields) the facts about the metric
+    that the API, the client and the workers go by, so that none of them keeps its own list."""
+
     model_config = ConfigDict(extra="forbid")
+
+    cheap: ClassVar[bool] = False  # runs after every ingest and is kept fresh by the sweep
+    framed: ClassVar[bool] = False  # reads features through the benchmark's frozen frame (stale when it changes)
+    needs_torch: ClassVar[bool] = False  # the workers need the ``torch`` extra
+    next_observation: ClassVar[bool] = False  # reads each row's next observation
+    episode_starts: ClassVar[bool] = False  # needs the wide columns of every episode's first row
+
+    @property
+    def sample_rows(self) -> int:
+        """Rows of observations and actions (the wide columns) it needs; 0: the scalars of every row do."""
+        return 0
 
 
 class ReturnsParams(_MetricParams):
+    cheap = True
     metric: Literal["returns"] = "returns"
     gamma: float = Field(1.0, gt=0, le=1, description="Discount of the episode returns (1: undiscounted).")
     bins: int = Field(50, ge=1, le=1000, description="Bins of the return histogram.")
@@ -79,11 +97,13 @@ class TrajectoryQualityParams(_MetricParams):
 
 
 class ReturnImprovementParams(_MetricParams):
+    cheap = True
     metric: Literal["return_improvement"] = "return_improvement"
     lower_bound: float | None = Field(None, description="c in G - c; the data's smallest return if unset.")
 
 
 class CoverageParams(_MetricParams):
+    cheap, framed = True, True
     metric: Literal["state_action_coverage"] = "state_action_coverage"
     bins: int = Field(20, ge=2, le=1000, description="Bins per continuous dimension of the frozen frame.")
     reference: Name | None = Field(None, description="Normalise by this dataset's coverage at the same size.")
@@ -91,10 +111,15 @@ class CoverageParams(_MetricParams):
 
 
 class _KnnParams(_MetricParams):
+    framed = True
     k: int = Field(5, ge=1, le=100)
     queries: int = Field(20_000, ge=100, le=1_000_000, description="Seeded query points (every point a neighbour).")
     max_points: int = Field(500_000, ge=1_000, le=2_000_000,
                             description="Rows above this are subsampled, seeded, before the search.")
+
+    @property
+    def sample_rows(self) -> int:
+        return self.max_points
 
 
 class ShannonEntropyParams(_KnnParams):
@@ -108,6 +133,7 @@ class BehavioralEntropyParams(_KnnParams):
 
 
 class _FittedQParams(_MetricParams):
+    needs_torch, next_observation = True, True
     gamma: float = Field(0.99, ge=0, lt=1)
     steps: int | None = Field(None, ge=10, le=1_000_000, description="Q gradient steps per seed (fixed).")
     seeds: int | None = Field(None, ge=1, le=10, description="Training seeds: the spread is the interval.")
@@ -115,6 +141,10 @@ class _FittedQParams(_MetricParams):
     # s'): 400,000 rows at obs 105 is ~700 MB, which keeps a worker under 2 GB on the ant-expert shape.
     max_rows: int = Field(400_000, ge=1_000, le=2_000_000,
                           description="Transitions above this are subsampled, seeded, before training.")
+
+    @property
+    def sample_rows(self) -> int:
+        return self.max_rows
 
 
 class AverageQParams(_FittedQParams):
@@ -134,19 +164,32 @@ class AverageQParams(_FittedQParams):
 
 
 class PolicyValueParams(_FittedQParams):
+    episode_starts = True  # the value is V(s0) averaged over the episodes' first rows
     metric: Literal["policy_value"] = "policy_value"
     policy: str = Field(pattern=r"^[0-9a-f]{64}$", description="The id of a TorchScript policy artifact.")
 
 
+class ActionEntropyParams(_MetricParams):
+    metric: Literal["action_entropy"] = "action_entropy"
+    max_rows: int = Field(1_000_000, ge=1_000, le=2_000_000,
+                          description="Rows above this are subsampled, seeded, before counting the actions.")
+
+    @property
+    def sample_rows(self) -> int:
+        return self.max_rows
+
+
 MetricParams = Annotated[
     ReturnsParams | TrajectoryQualityParams | ReturnImprovementParams | CoverageParams | ShannonEntropyParams
-    | BehavioralEntropyParams | AverageQParams | PolicyValueParams, Field(discriminator="metric")]
+    | BehavioralEntropyParams | AverageQParams | PolicyValueParams | ActionEntropyParams,
+    Field(discriminator="metric")]
 
+# Each metric's parameter class, by name: where its facts (``cheap``, ``framed``...) are looked up.
+PARAMS: dict[MetricName, type[_MetricParams]] = {
+    MetricName(cls.model_fields["metric"].default): cls for cls in get_args(get_args(MetricParams)[0])}
 # What runs after every ingest and what the sweep keeps fresh (linear in rows, seconds at 2 M rows),
 # with trajectory quality beside them where the benchmark has reference returns.
-CHEAP_METRICS = (MetricName.returns, MetricName.return_improvement, MetricName.state_action_coverage)
-# Fitted-Q metrics need torch on the worker (the ``torch`` extra).
-TORCH_METRICS = (MetricName.average_q, MetricName.policy_value)
+CHEAP_METRICS = tuple(name for name, cls in PARAMS.items() if cls.cheap)
 
 
 def result_key(params: BaseModel) -> str:

@@ -137,6 +137,20 @@ def test_a_policy_value_without_start_rows_falls_back_with_a_warning() -> None:
     assert any("initial" in warning for warning in result.warnings)
 
 
+
+def test_average_q_with_a_policy_reports_the_average_q_it_was_asked_for() -> None:
+    """The caller names the figure: no policy-value result relabelled afterwards by its warnings' text."""
+    policy = fqe.load_policy(scripted(HalfOfSecond()))
+    data = {**continuous_episodes(episodes=10), "initial": None}
+    result = fqe.average_q_value(**data, policy=policy, report="average_q", **{**CONTINUOUS, "steps": 200,
+                                                                               "seeds": (0, 1)})
+    assert result.metric == "average_q"
+    assert result.value == result.details["average_q"]
+    assert (result.ci_low, result.ci_high) == (min(result.details["per_seed"]["average_q"]),
+                                               max(result.details["per_seed"]["average_q"]))
+    assert not any("initial" in warning for warning in result.warnings)  # a policy value's caveat, not this
+
+
 BALANCING = np.array([0.0, 0.2, 1.0, 0.2])  # push toward where the pole leans and moves: never fails in 3,000 steps
 
 

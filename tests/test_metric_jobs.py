@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 from tuplehub.client import Client
 from tuplehub.client.cli import app
 from tuplehub.client.cli.server import EmbeddedServer
+from tuplehub.client.errors import JobFailed
 from tuplehub.storage.catalog import open_catalog
-from tuplehub.storage.errors import Conflict, InvalidRequest
-from tuplehub.storage.metrics import MetricFrame
+from tuplehub.storage.errors import Conflict, InvalidRequest, MetricUndefined
+from tuplehub.storage.metrics import MetricFrame, MetricName
 from tuplehub.storage.models import JobStatus
 from tuplehub.storage.queue import Queue
 from tuplehub.workers.jobs.metric_schedule import recompute_metrics, stale_requests
@@ -501,3 +502,46 @@ def _has_torch() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("torch") is not None
+
+
+def test_action_entropy_through_the_job_and_undefined_on_continuous_actions(hub: Client) -> None:
+    """The metric added as a parameter class, a function and one registry row, run end to end."""
+    benchmark = hub.benchmarks.create_from_env(gym.make("CartPole-v1"), name=_name("cartpole")).id
+    arrays = episode_arrays(episodes=4, length=10, obs_dim=4, act_dim=1, seed=21, ragged=False)
+    arrays["action"] = np.array([0, 0, 0, 1] * 10)  # shares 3/4 and 1/4 (tests/test_metrics.py's worked example)
+    dataset = hub.datasets.create(_name("actions"), benchmark=benchmark)
+    dataset.upload(arrays).wait()
+    _wait_for_metrics(hub, dataset.name)
+    hub.metrics.compute(dataset.name, [{"metric": "action_entropy"}]).wait(timeout=120)
+    result = {r.key: r.result for r in hub.metrics.results(dataset.name)}["action_entropy"]
+    assert result.value == pytest.approx(0.562335, abs=1e-6)
+    assert result.details["n_actions"] == 2
+    assert result.n_rows_used == 40
+    continuous = hub.datasets.create(_name("continuous"))
+    continuous.upload(_pendulum_data(seed=22, episodes=3)).wait()
+    _wait_for_metrics(hub, continuous.name)
+    job = hub.metrics.compute(continuous.name, ["returns", "action_entropy"])
+    assert job.wait(timeout=120).result["skipped"] == {
+        "action_entropy": "action entropy needs discrete actions; these are continuous"}
+    with pytest.raises(JobFailed, match="needs discrete actions") as failed:
+        hub.metrics.compute(continuous.name, ["action_entropy"]).wait(timeout=120)
+    assert failed.value.error["code"] == MetricUndefined.code
+
+
+def test_an_error_that_is_not_metric_undefined_fails_the_job(hub: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only MetricUndefined becomes an undefined result; any other refusal is a fault, not the data's."""
+    from tuplehub.workers.jobs import metric_registry
+    from tuplehub.workers.jobs.metric_registry import Metric
+
+    async def broken(*_: object) -> object:
+        raise InvalidRequest("a bug in an adapter", field="metric")
+
+    dataset = hub.datasets.create(_name("broken"))
+    dataset.upload(_pendulum_data(seed=23, episodes=3)).wait()
+    _wait_for_metrics(hub, dataset.name)
+    monkeypatch.setitem(metric_registry.METRICS, MetricName.return_improvement, Metric("1", broken))
+    job = hub.metrics.compute(dataset.name, ["returns", "return_improvement"], seed=5)
+    with pytest.raises(JobFailed, match="a bug in an adapter") as failed:
+        job.wait(timeout=120)
+    assert failed.value.error["code"] == InvalidRequest.code
+    assert hub.jobs.get(job.id).status == JobStatus.failed

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tuplehub.storage.errors import InvalidRequest
+from tuplehub.storage.errors import InvalidRequest, MetricUndefined
 from tuplehub.workers.metrics.coverage import quantise, state_action_coverage
 from tuplehub.workers.metrics.episodes import episode_returns
 from tuplehub.workers.metrics.quality import estimated_return_improvement, trajectory_quality
@@ -183,11 +183,11 @@ def test_only_the_changed_metrics_recompute() -> None:
     """Issue 11 changed the BE plug-in, ERI's bound check and FQE's target copies: their stored results are stale,
     the others' are not."""
     from tuplehub.storage.metrics import MetricName
-    from tuplehub.workers.metrics.versions import ALGORITHM_VERSIONS
+    from tuplehub.workers.jobs.metric_registry import METRICS
 
     changed = {MetricName.behavioral_entropy, MetricName.return_improvement, MetricName.average_q,
                MetricName.policy_value}
-    assert {name for name, version in ALGORITHM_VERSIONS.items() if version != "1"} == changed
+    assert {name for name, metric in METRICS.items() if metric.version != "1"} == changed
 
 
 @pytest.mark.parametrize(("cpus", "jobs", "threads"), [(16, 2, 8), (2, 2, 1), (2, 3, 1), (8, 1, 8)])
@@ -200,3 +200,34 @@ def test_torch_threads_default_to_one_jobs_share_of_the_cpus(monkeypatch: pytest
     assert settings.Settings(_env_file=None, max_concurrent_jobs=jobs).metrics_threads == threads
     monkeypatch.setenv("TUPLEHUB_METRICS_THREADS", "3")
     assert settings.Settings(_env_file=None, max_concurrent_jobs=jobs).metrics_threads == 3
+
+
+def test_every_metric_has_its_parameter_class_and_one_registry_row() -> None:
+    """The facts sit on the parameter classes; the workers' one table covers every name."""
+    from tuplehub.storage.metrics import CHEAP_METRICS, PARAMS, MetricName
+    from tuplehub.workers.jobs.metric_registry import METRICS
+
+    assert set(PARAMS) == set(METRICS) == set(MetricName)
+    assert (MetricName.returns, MetricName.return_improvement, MetricName.state_action_coverage) == CHEAP_METRICS
+    assert {name for name, cls in PARAMS.items() if cls.framed} == {
+        MetricName.state_action_coverage, MetricName.shannon_entropy, MetricName.behavioral_entropy}
+    assert {name for name, cls in PARAMS.items() if cls.needs_torch} == {MetricName.average_q,
+                                                                         MetricName.policy_value}
+
+
+def test_action_entropy_on_a_worked_example() -> None:
+    """Actions 0, 0, 0, 1 of a space of 2: shares 3/4 and 1/4, H = -(3/4 ln 3/4 + 1/4 ln 1/4) = 0.5623 nats,
+    normalised by ln 2: 0.8113 (the binary entropy of 1/4 in bits)."""
+    from tuplehub.workers.metrics.actions import action_entropy
+
+    result = action_entropy(np.array([0, 0, 0, 1]), n_actions=2)
+    assert result.value == pytest.approx(0.562335, abs=1e-6)
+    assert result.details["normalised"] == pytest.approx(0.811278, abs=1e-6)
+    assert result.details["distinct_actions"] == 2
+    assert result.details["most_common_share"] == 0.75
+    assert result.n_rows_used == 4
+    even = action_entropy(np.array([3, 1, 2, 0]), n_actions=4)  # every action equally often: ln 4, normalised 1
+    assert (even.value, even.details["normalised"]) == pytest.approx((1.386294, 1.0), abs=1e-6)
+    assert action_entropy(np.array([2, 2, 2]), n_actions=3).value == 0.0
+    with pytest.raises(MetricUndefined, match="one discrete action id per row"):
+        action_entropy(np.array([0.5, 1.5]))

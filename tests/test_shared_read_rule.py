@@ -13,7 +13,7 @@ from tuplehub.storage.artifacts import ArtifactRecord
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.models import DatasetRecord
 from tuplehub.storage.permissions import principal_of
-from tuplehub.workers.jobs.metrics import MetricsJob
+from tuplehub.workers.jobs.metric_registry import owner_reads
 
 LAB = "lab-group-id"
 # name -> (site roles, roles in the lab): the matrix's cast, plus a content admin and a lab member
@@ -41,9 +41,9 @@ async def test_the_sweeps_read_rule_is_the_apis_for_every_role_and_scope(catalog
               for scope, sharing in SCOPES.items()]
     decisions = {}
     for (name, user), (item, kind) in itertools.product(users.items(), items):
-        job = SimpleNamespace(run=SimpleNamespace(catalog=catalog, job=SimpleNamespace(owner=user.id)))
+        run = SimpleNamespace(catalog=catalog, job=SimpleNamespace(owner=user.id))
         api = can_read(await principal_of(catalog, user), item, kind)
-        decisions[name, kind, item.visibility] = (await MetricsJob._owner_reads(job, item), api)  # type: ignore[arg-type]
+        decisions[name, kind, item.visibility] = (await owner_reads(run, item), api)  # type: ignore[arg-type]
     assert {key: worker for key, (worker, _) in decisions.items()} == {key: api for key, (_, api) in decisions.items()}
     assert decisions["gail", "dataset", "groups"] == (False, False)  # a lab member without a read right
     assert decisions["cora", "dataset", "private"] == (True, True)   # a content admin

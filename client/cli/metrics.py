@@ -56,8 +56,8 @@ def _specs(metrics: list[str], params: list[str]) -> list[dict[str, Any]]:
 @metrics_app.command("compute")
 def compute(dataset: Reference,
             metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help=(
-                "returns, trajectory_quality, return_improvement, state_action_coverage, shannon_entropy, "
-                "behavioral_entropy, average_q, policy_value; repeat. The cheap ones if unset."))] = None,
+                "A metric's name (docs/metrics.md lists them; a wrong one is refused with the list), e.g. "
+                "returns, shannon_entropy, average_q; repeat. The cheap ones if unset."))] = None,
             param: Annotated[list[str] | None, typer.Option(
                 "--param", "-p", help="METRIC.key=value, e.g. policy_value.policy=ID")] = None,
             version: Version = None, seed: Annotated[int, typer.Option(help="Seeds subsamples and training.")] = 0,

@@ -14,7 +14,7 @@ import numpy as np
 
 from tuplehub.storage.artifacts import ArtifactRecord
 from tuplehub.storage.benchmarks import BenchmarkRecord, space_from_json
-from tuplehub.storage.errors import InvalidRequest, JobCancelled, NotFound
+from tuplehub.storage.errors import JobCancelled, MetricUndefined, NotFound
 from tuplehub.storage.metrics import AverageQParams, MetricResult, PolicyValueParams, result_key
 from tuplehub.storage.schema import TupleSchema
 from tuplehub.workers.context import AttemptSuperseded, JobRun
@@ -27,8 +27,8 @@ async def fitted_q(run: JobRun, params: AverageQParams | PolicyValueParams, data
     from tuplehub.workers.metrics import fqe
 
     if not fqe.torch_available():
-        raise InvalidRequest("fitted Q evaluation needs torch on the workers: pip install 'tuplehub[torch]'",
-                             field="metric")
+        raise MetricUndefined("fitted Q evaluation needs torch on the workers: pip install 'tuplehub[torch]'",
+                              field="metric")
     sample = data.sample
     chosen = data.sampled_below(params.max_rows)
     if isinstance(params, PolicyValueParams):
@@ -55,23 +55,10 @@ async def fitted_q(run: JobRun, params: AverageQParams | PolicyValueParams, data
     arguments["threads"] = run.settings.metrics_threads
     columns = data.sampled(chosen, "observation", "action", "reward", "next_observation", "terminated")
     result = await threaded(run, start, share, result_key(params), lambda progress: fqe.average_q_value(
-        *columns, progress=progress, **arguments))
-    if isinstance(params, AverageQParams) and params.policy is not None:
-        result = _as_average_q(result)
+        *columns, progress=progress, report=params.metric, **arguments))
     result = note_subsample(result, int(chosen.sum()), data.rows, seed)
     result.params.update(max_rows=params.max_rows)
     return result
-
-
-def _as_average_q(result: MetricResult) -> MetricResult:
-    """A policy's FQE run read as the average Q over the data's pairs (what ``average_q`` reports)."""
-    values = result.details["per_seed"]["average_q"]
-    spread = len(values) > 1
-    return result.model_copy(update={
-        "metric": "average_q", "value": result.details["average_q"], "n_episodes_used": 0,
-        "ci_low": min(values) if spread else None, "ci_high": max(values) if spread else None,
-        "ci_method": f"min-max over {len(values)} training seeds" if spread else None,
-        "warnings": [w for w in result.warnings if not w.startswith("no row is marked initial")]})
 
 
 def action_space(schema: TupleSchema, benchmark: BenchmarkRecord | None,
@@ -93,7 +80,7 @@ async def policy_bytes(run: JobRun, artifact_id: str) -> bytes:
     records, _ = await run.catalog.find_records("artifacts", ArtifactRecord,
                                                      where={"artifact_id": artifact_id}, limit=1)
     if not records:
-        raise InvalidRequest(f"the policy artifact {artifact_id} is gone", field="policy")
+        raise MetricUndefined(f"the policy artifact {artifact_id} is gone", field="policy")
 
     def read() -> bytes:
         with run.objects.open_read(records[0].object_key) as handle:
@@ -101,7 +88,7 @@ async def policy_bytes(run: JobRun, artifact_id: str) -> bytes:
     try:
         return await asyncio.to_thread(read)
     except NotFound as exc:  # deleted between the lookup and the read
-        raise InvalidRequest(f"the policy artifact {artifact_id} is gone", field="policy") from exc
+        raise MetricUndefined(f"the policy artifact {artifact_id} is gone", field="policy") from exc
 
 
 async def threaded(run: JobRun, start: float, share: float, stage: str,

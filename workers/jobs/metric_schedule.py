@@ -20,7 +20,7 @@ from tuplehub.storage.errors import NotFound
 from tuplehub.storage.metrics import (
     CHEAP_METRICS,
     MAX_METRICS_PER_REQUEST,
-    TORCH_METRICS,
+    PARAMS,
     MetricFrameRecord,
     MetricName,
     MetricRecord,
@@ -30,13 +30,12 @@ from tuplehub.storage.metrics import (
 from tuplehub.storage.models import DatasetRecord
 from tuplehub.storage.queue import Queue
 from tuplehub.workers.context import WorkerContext
+from tuplehub.workers.jobs.metric_registry import METRICS
 from tuplehub.workers.jobs.metrics import benchmark_of
 from tuplehub.workers.metrics import fqe
-from tuplehub.workers.metrics.versions import ALGORITHM_VERSIONS
 
 logger = logging.getLogger("tuplehub.workers")
 
-FRAMED = (MetricName.state_action_coverage, MetricName.shannon_entropy, MetricName.behavioral_entropy)
 PAGE = 500
 MAX_DATASETS = 1_000_000
 
@@ -97,7 +96,7 @@ async def stale_requests(catalog: Catalog, dataset: DatasetRecord, version: int)
     by_seed: dict[int, list[dict[str, Any]]] = {}
     for key, (params, seed) in wanted.items():
         metric = MetricName(params["metric"])
-        if metric in TORCH_METRICS and not torch:
+        if PARAMS[metric].needs_torch and not torch:
             continue
         record = current.get(key)
         if record is None or _stale(record, metric, benchmark, frame_id, dataset.benchmark):
@@ -108,10 +107,10 @@ async def stale_requests(catalog: Catalog, dataset: DatasetRecord, version: int)
 
 def _stale(record: MetricRecord, metric: MetricName, benchmark: BenchmarkRecord | None, frame_id: str | None,
            benchmark_id: str | None) -> bool:
-    if record.result.algo_version != ALGORITHM_VERSIONS[metric]:
+    if record.result.algo_version != METRICS[metric].version:
         return True
     inputs = record.benchmark_inputs
-    if metric in FRAMED:
+    if PARAMS[metric].framed:
         if "benchmark" in inputs and inputs["benchmark"] != benchmark_id:  # a benchmark set or changed since
             return True
         # None: computed on the version's own frame; redo when the frame it had to reject changed.

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tuplehub.storage.errors import InvalidRequest
+from tuplehub.storage.errors import MetricUndefined
 from tuplehub.storage.metrics import MetricResult
 from tuplehub.storage.sampling import mix64, smallest
 
@@ -24,7 +24,7 @@ def quantise(values: np.ndarray, low: Sequence[float], high: Sequence[float], bi
     lows, highs = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
     if lows.shape != (x.shape[1],) or highs.shape != lows.shape or not np.all(np.isfinite(lows)) \
             or not np.all(np.isfinite(highs)) or np.any(highs <= lows):
-        raise InvalidRequest("coverage needs finite bounds with high > low for every continuous dimension",
+        raise MetricUndefined("coverage needs finite bounds with high > low for every continuous dimension",
                              field="bounds")
     scaled = np.floor(bins * (x - lows) / (highs - lows))
     clipped = float(np.mean(np.any((x < lows) | (x > highs), axis=1))) if len(x) else 0.0
@@ -59,11 +59,11 @@ def coverage_of_keys(keys: np.ndarray, *, reference_keys: np.ndarray | None = No
     details = {"distinct": count, "distinct_per_row": count / n if n else None, "clipped_share": clipped}
     if reference_keys is not None:
         if len(reference_keys) != n:
-            raise InvalidRequest(f"the reference has {len(reference_keys)} rows, the data {n}: coverage compares "
+            raise MetricUndefined(f"the reference has {len(reference_keys)} rows, the data {n}: coverage compares "
                                  "equal sizes (subsample the reference)", field="reference")
         reference = int(np.unique(reference_keys).size)
         if reference == 0:
-            raise InvalidRequest("the reference has no rows", field="reference")
+            raise MetricUndefined("the reference has no rows", field="reference")
         value = count / reference
         details["reference_distinct"] = reference
     else:
@@ -86,7 +86,7 @@ def coverage_against_reference(cells: np.ndarray, rows: np.ndarray, reference_ce
     """
     size = min(len(cells), len(reference_cells))
     if size == 0:
-        raise InvalidRequest("coverage against a reference needs rows on both sides", field="reference")
+        raise MetricUndefined("coverage against a reference needs rows on both sides", field="reference")
     ratios, distincts = [], []
     for salt in range(subsamples):
         with np.errstate(over="ignore"):

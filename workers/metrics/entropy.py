@@ -23,7 +23,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.special import digamma, gammaln
 
-from tuplehub.storage.errors import InvalidRequest
+from tuplehub.storage.errors import InvalidRequest, MetricUndefined
 from tuplehub.storage.metrics import MetricResult
 
 SHANNON_VERSION = "1"
@@ -43,9 +43,9 @@ def _prepare(points: np.ndarray, k: int) -> tuple[np.ndarray, dict[str, float], 
         warnings.append(f"{facts['duplicate_share']:.0%} of rows repeat another exactly; they were dropped and the "
                         "estimate is unreliable above 5%")
     if len(unique) <= k:
-        raise InvalidRequest(f"k = {k} needs more than {k} distinct points, the data has {len(unique)}", field="k")
+        raise MetricUndefined(f"k = {k} needs more than {k} distinct points, the data has {len(unique)}", field="k")
     if unique.shape[1] == 0:
-        raise InvalidRequest("every dimension is constant: the distribution has no spread", field="points")
+        raise MetricUndefined("every dimension is constant: the distribution has no spread", field="points")
     return unique, facts, warnings
 
 
@@ -87,7 +87,7 @@ def behavioral_entropy(points: np.ndarray, *, alpha: float, beta: float | None =
     if beta is None:
         dimension = dimension or d
         if dimension < 2:
-            raise InvalidRequest("beta = (ln D)^(1 - alpha) needs D >= 2; give beta instead", field="beta")
+            raise MetricUndefined("beta = (ln D)^(1 - alpha) needs D >= 2; give beta instead", field="beta")
         beta = math.log(dimension) ** (1 - alpha)
     if beta <= 0:
         raise InvalidRequest("beta must be positive", field="beta")

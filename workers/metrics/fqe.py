@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from tuplehub.storage.errors import InvalidRequest
+from tuplehub.storage.errors import InvalidRequest, MetricUndefined
 from tuplehub.storage.metrics import MetricResult
 from tuplehub.storage.settings import metrics_threads_default
 
@@ -98,10 +98,10 @@ class Policy:
             with torch.no_grad():
                 out = self.module(observation.to("cpu", torch.float32))
         except RuntimeError as exc:
-            raise InvalidRequest(f"the policy failed on observations of shape {tuple(observation.shape)}: "
+            raise MetricUndefined(f"the policy failed on observations of shape {tuple(observation.shape)}: "
                                  f"{str(exc).strip().splitlines()[-1]}", field="policy") from exc
         if not isinstance(out, torch.Tensor):
-            raise InvalidRequest(f"the policy returned a {type(out).__name__}, not a tensor", field="policy")
+            raise MetricUndefined(f"the policy returned a {type(out).__name__}, not a tensor", field="policy")
         return out
 
     def actions(self, observation: np.ndarray) -> np.ndarray:
@@ -118,14 +118,14 @@ def load_policy(data: bytes) -> Policy:
     """A TorchScript file, as ``torch.jit.save`` or d3rlpy's ``algo.save_policy("x.pt")`` writes it."""
     torch = _torch()
     if not data:
-        raise InvalidRequest("the policy file is empty", field="policy")
+        raise MetricUndefined("the policy file is empty", field="policy")
     try:
         with warnings.catch_warnings():
             # torch 2.13 marks all of torch.jit deprecated, yet TorchScript is what d3rlpy's save_policy writes.
             warnings.filterwarnings("ignore", r".*torch\.jit.* is deprecated", DeprecationWarning)
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError, ValueError or pickle errors, depending on the damage
-        raise InvalidRequest(f"the policy is not a TorchScript module (torch.jit.save or d3rlpy save_policy "
+        raise MetricUndefined(f"the policy is not a TorchScript module (torch.jit.save or d3rlpy save_policy "
                              f"to a .pt file): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                              field="policy") from exc
     module.eval()
@@ -144,11 +144,11 @@ def _discrete(out: torch.Tensor, n_actions: int) -> torch.Tensor:
         ids = out.reshape(-1).long()
         bad = ids[(ids < 0) | (ids >= n_actions)]
         if len(bad):
-            raise InvalidRequest(f"the policy chose action {int(bad[0])}, outside [0, {n_actions})", field="policy")
+            raise MetricUndefined(f"the policy chose action {int(bad[0])}, outside [0, {n_actions})", field="policy")
         return ids
     if out.is_floating_point() and out.ndim == 2 and out.shape[1] == n_actions:
         return torch.softmax(out.float(), dim=1)
-    raise InvalidRequest(f"the policy returned {out.dtype} of shape {tuple(out.shape)}; discrete actions need "
+    raise MetricUndefined(f"the policy returned {out.dtype} of shape {tuple(out.shape)}; discrete actions need "
                          f"integer ids [B] or float logits [B, {n_actions}]", field="policy")
 
 
@@ -156,7 +156,7 @@ def _continuous(out: torch.Tensor, action_dim: int | None) -> torch.Tensor:
     if out.ndim == 1:
         out = out[:, None]
     if not out.is_floating_point() or out.ndim != 2 or (action_dim is not None and out.shape[1] != action_dim):
-        raise InvalidRequest(f"the policy returned {out.dtype} of shape {tuple(out.shape)}; continuous actions "
+        raise MetricUndefined(f"the policy returned {out.dtype} of shape {tuple(out.shape)}; continuous actions "
                              f"need floats [B, {action_dim or 'act_dim'}]", field="policy")
     return out.float()
 
@@ -203,7 +203,7 @@ class _Progress:
 def _rows(name: str, array: Any, n: int, *, dtype: Any = None) -> np.ndarray:
     x = np.asarray(array, dtype=dtype)
     if x.ndim == 0 or len(x) != n:
-        raise InvalidRequest(f"{name} has {x.shape[0] if x.ndim else 'no'} rows, observation has {n}", field=name)
+        raise MetricUndefined(f"{name} has {x.shape[0] if x.ndim else 'no'} rows, observation has {n}", field=name)
     return x
 
 
@@ -213,12 +213,12 @@ def _action_ids(name: str, action: Any, n: int, n_actions: int, *, skip: np.ndar
     if x.ndim == 2 and x.shape[1] == 1:
         x = x[:, 0]
     if x.ndim != 1 or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise InvalidRequest(f"{name} must hold one action id per row, got {x.dtype} of shape {x.shape}", field=name)
+        raise MetricUndefined(f"{name} must hold one action id per row, got {x.dtype} of shape {x.shape}", field=name)
     checked = x if skip is None else x[~skip]
     bad = checked[~np.isfinite(checked) | (checked < 0) | (checked >= n_actions) | (checked != np.round(checked))] \
         if checked.dtype.kind == "f" else checked[(checked < 0) | (checked >= n_actions)]
     if len(bad):
-        raise InvalidRequest(f"{name} holds {bad[0].item()!r}, not an action id in [0, {n_actions})", field=name)
+        raise MetricUndefined(f"{name} holds {bad[0].item()!r}, not an action id in [0, {n_actions})", field=name)
     ids = np.where(skip, 0, np.nan_to_num(x)) if skip is not None else x
     return ids.astype(np.int64)
 
@@ -228,13 +228,13 @@ def _continuous_actions(name: str, action: Any, n: int, dim: int | None = None, 
     """Float32 [N, act_dim], finite except on rows in ``skip`` (terminated rows' next action; set to 0)."""
     x = _rows(name, action, n, dtype=np.float32).reshape(n, -1)
     if dim is not None and x.shape[1] != dim:
-        raise InvalidRequest(f"{name} has {x.shape[1]} dimensions, action has {dim}", field=name)
+        raise MetricUndefined(f"{name} has {x.shape[1]} dimensions, action has {dim}", field=name)
     unusable = ~np.isfinite(x).all(axis=1)
     if skip is not None:
         x = np.where(skip[:, None], np.float32(0), x)
         unusable &= ~skip
     if unusable.any():
-        raise InvalidRequest(f"{name} row {int(np.argmax(unusable))} is not finite"
+        raise MetricUndefined(f"{name} row {int(np.argmax(unusable))} is not finite"
                              + ("" if skip is None else " and the row is not terminated"), field=name)
     return x
 
@@ -245,7 +245,7 @@ def _bounds(action: np.ndarray, low: Any, high: Any) -> tuple[np.ndarray, np.nda
     highs = action.max(axis=0).astype(np.float64) if high is None else np.asarray(high, dtype=np.float64).reshape(-1)
     if lows.shape != (dim,) or highs.shape != (dim,) or not np.all(np.isfinite(lows) & np.isfinite(highs)) \
             or np.any(highs < lows):
-        raise InvalidRequest(f"action_low and action_high must be {dim} finite numbers with high >= low",
+        raise MetricUndefined(f"action_low and action_high must be {dim} finite numbers with high >= low",
                              field="action_low")
     return lows, highs
 
@@ -264,7 +264,7 @@ def _standardised_states(observation: np.ndarray, next_observation: np.ndarray, 
         chunk = observation[start:start + CHUNK_ROWS]
         finite = np.isfinite(chunk).all(axis=1)
         if not finite.all():
-            raise InvalidRequest(f"observation row {start + int(np.argmin(finite))} is not finite",
+            raise MetricUndefined(f"observation row {start + int(np.argmin(finite))} is not finite",
                                  field="observation")
         total += chunk.sum(axis=0, dtype=np.float64)
         low, high = np.minimum(low, chunk.min(axis=0)), np.maximum(high, chunk.max(axis=0))
@@ -281,7 +281,7 @@ def _standardised_states(observation: np.ndarray, next_observation: np.ndarray, 
         unusable = ~np.isfinite(after).all(axis=1)
         if np.any(unusable & live[start:stop]):
             row = start + int(np.argmax(unusable & live[start:stop]))
-            raise InvalidRequest(f"next_observation row {row} is not finite and the row is not terminated",
+            raise MetricUndefined(f"next_observation row {row} is not finite and the row is not terminated",
                                  field="next_observation")
         after[unusable] = 0.0
         states[n + start:n + stop] = torch.from_numpy(after.astype(np.float32))
@@ -477,16 +477,16 @@ def _check_settings(gamma: float, steps: int, bc_steps: int, seeds: Sequence[int
 
 def _check_target(target: str, n_actions: int | None, policy: Policy | None, next_action: Any) -> None:
     if n_actions is not None and (int(n_actions) != n_actions or n_actions < 1):
-        raise InvalidRequest(f"n_actions must be a positive integer, got {n_actions}", field="n_actions")
+        raise MetricUndefined(f"n_actions must be a positive integer, got {n_actions}", field="n_actions")
     if target not in ("policy", "sarsa", "fqi"):
-        raise InvalidRequest(f"target must be 'policy', 'sarsa' or 'fqi', got {target!r}", field="target")
+        raise MetricUndefined(f"target must be 'policy', 'sarsa' or 'fqi', got {target!r}", field="target")
     if target == "fqi" and n_actions is None:
-        raise InvalidRequest("target 'fqi' takes a max over actions and needs discrete actions (n_actions); "
+        raise MetricUndefined("target 'fqi' takes a max over actions and needs discrete actions (n_actions); "
                              "use 'policy' or 'sarsa' for continuous actions", field="target")
     if policy is not None and target != "policy":
-        raise InvalidRequest(f"a policy is evaluated only with target 'policy', not {target!r}", field="policy")
+        raise MetricUndefined(f"a policy is evaluated only with target 'policy', not {target!r}", field="policy")
     if target == "sarsa" and next_action is None:
-        raise InvalidRequest("target 'sarsa' needs next_action, the action taken after each row", field="next_action")
+        raise MetricUndefined("target 'sarsa' needs next_action, the action taken after each row", field="next_action")
 
 
 def _transitions(observation: Any, next_observation: Any, reward: Any, terminated: Any,
@@ -495,20 +495,20 @@ def _transitions(observation: Any, next_observation: Any, reward: Any, terminate
     obs = np.asarray(observation)
     obs = obs.reshape(len(obs), -1) if obs.ndim == 1 else obs
     if obs.ndim != 2 or len(obs) == 0:
-        raise InvalidRequest(f"observation must be [N, obs_dim] with N >= 1, got shape {obs.shape}",
+        raise MetricUndefined(f"observation must be [N, obs_dim] with N >= 1, got shape {obs.shape}",
                              field="observation")
     n = len(obs)
     after = _rows("next_observation", next_observation, n)
     if after.size != obs.size:
-        raise InvalidRequest(f"next_observation has shape {after.shape}, observation {obs.shape}",
+        raise MetricUndefined(f"next_observation has shape {after.shape}, observation {obs.shape}",
                              field="next_observation")
     rewards = _rows("reward", reward, n, dtype=np.float64)
     if rewards.shape not in ((n,), (n, 1)):
-        raise InvalidRequest(f"reward must hold one number per row, got shape {rewards.shape}", field="reward")
+        raise MetricUndefined(f"reward must hold one number per row, got shape {rewards.shape}", field="reward")
     rewards = rewards.reshape(n)
     if not np.isfinite(rewards).all():
         row = int(np.argmin(np.isfinite(rewards)))
-        raise InvalidRequest(f"reward row {row} is {rewards[row]}, not a finite number", field="reward")
+        raise MetricUndefined(f"reward row {row} is {rewards[row]}, not a finite number", field="reward")
     done = _rows("terminated", terminated, n, dtype=bool).reshape(n)
     starts = None if initial is None else _rows("initial", initial, n, dtype=bool).reshape(n)
     return obs, after.reshape(obs.shape), rewards, done, starts
@@ -535,8 +535,12 @@ def average_q_value(observation: np.ndarray, action: np.ndarray, reward: np.ndar
                     bc_steps: int = BC_STEPS, seeds: Sequence[int] = SEEDS, hidden: tuple[int, ...] = (256, 256),
                     learning_rate: float = 3e-4, batch_size: int = 256, target_every: int | None = None,
                     device: str | None = None, threads: int | None = None,
-                    progress: Callable[[float], None] | None = None) -> MetricResult:
+                    progress: Callable[[float], None] | None = None,
+                    report: Literal["average_q", "policy_value"] | None = None) -> MetricResult:
     """Average Q (no policy) or a policy's value (``policy`` given), by FQE; one training run per seed.
+
+    ``report`` names the figure the result gives; unset, the policy's value if a policy is given,
+    else the average Q. ``average_q`` with a policy is that policy's Q averaged over the data's pairs.
 
     Rows are transitions in any order. ``n_actions`` set means discrete action ids in [0, n_actions); None means
     continuous actions [N, act_dim]. ``next_action`` (target "sarsa") must be set on every non-terminated row
@@ -593,7 +597,10 @@ def average_q_value(observation: np.ndarray, action: np.ndarray, reward: np.ndar
         torch.set_num_threads(previous_threads)
     details.update({"device": str(chosen), "threads": threads, "steps": steps, "backups": backups,
                     "backups_needed": backups_needed(gamma)})
-    result = _result(runs, setup, given_policy=policy is not None, starts=starts, params=params, details=details)
+    report = report or ("policy_value" if policy is not None else "average_q")
+    if report == "policy_value" and policy is None:
+        raise InvalidRequest("a policy's value needs the policy", field="policy")
+    result = _result(runs, setup, report=report, starts=starts, params=params, details=details)
     if too_few is not None:
         result.warnings.append(too_few)
     return result
@@ -626,7 +633,7 @@ def _evaluate(setup: _Setup, obs: np.ndarray, after: np.ndarray, starts: np.ndar
     return runs, details
 
 
-def _result(runs: list[dict[str, Any]], setup: _Setup, *, given_policy: bool, starts: np.ndarray | None,
+def _result(runs: list[dict[str, Any]], setup: _Setup, *, report: str, starts: np.ndarray | None,
             params: dict[str, Any], details: dict[str, Any]) -> MetricResult:
     bound = DIVERGENCE_FACTOR * float(setup.reward.abs().max()) / (1 - setup.gamma)
     warnings = [f"seed {seed}: Q diverged (NaN, or |Q| up to {run['largest']:.4g} above {DIVERGENCE_FACTOR} * "
@@ -635,7 +642,7 @@ def _result(runs: list[dict[str, Any]], setup: _Setup, *, given_policy: bool, st
                 if run["nan"] or (bound > 0 and run["largest"] > bound)]
     figures = ("average_q", "initial_state_value", "state_value")
     means = {key: float(np.mean([run[key] for run in runs])) if key in runs[0] else None for key in figures}
-    key = "average_q" if not given_policy else "initial_state_value" if "initial_state_value" in runs[0] \
+    key = "average_q" if report == "average_q" else "initial_state_value" if "initial_state_value" in runs[0] \
         else "state_value"
     if key == "state_value":
         warnings.append("no row is marked initial: the policy value is the mean of V(s) over every row, not over "
@@ -649,7 +656,7 @@ def _result(runs: list[dict[str, Any]], setup: _Setup, *, given_policy: bool, st
     if means["state_value"] is not None:
         details["state_value"] = means["state_value"]
     return MetricResult(
-        metric="policy_value" if given_policy else "average_q", value=value,
+        metric=report, value=value,
         ci_low=min(values) if spread else None, ci_high=max(values) if spread else None,
         ci_method=f"min-max over {len(values)} training seeds" if spread else None, n_rows_used=setup.n,
         n_episodes_used=int(starts.sum()) if starts is not None else 0, params=params, seed=params["seeds"][0],

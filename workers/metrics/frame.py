@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tuplehub.storage.errors import InvalidRequest
+from tuplehub.storage.errors import MetricUndefined
 from tuplehub.storage.metrics import FRAME_LIMIT, MetricFrame
 from tuplehub.workers.metrics.coverage import quantise
 
@@ -51,20 +51,20 @@ def freeze_frame(continuous: np.ndarray, *, source: str, low: np.ndarray | None 
     x = np.asarray(continuous)
     n, d = x.shape
     if d and n < 2:
-        raise InvalidRequest("freezing the metric frame needs at least two rows", field="version")
+        raise MetricUndefined("freezing the metric frame needs at least two rows", field="version")
     if d > MAX_FROZEN_DIMS:
-        raise InvalidRequest(f"{d} continuous dimensions are more than a frame is fitted to ({MAX_FROZEN_DIMS}): "
+        raise MetricUndefined(f"{d} continuous dimensions are more than a frame is fitted to ({MAX_FROZEN_DIMS}): "
                              "coverage and entropies need a smaller representation", field="version")
     # Moments a chunk at a time, in float64: a full float64 copy of a 200,000 x 113 sample is 180 MB.
     total, lowest, highest = np.zeros(d), np.full(d, np.inf), np.full(d, -np.inf)
     for chunk in _chunks(x):
         if not np.isfinite(chunk).all():
-            raise InvalidRequest("observations or actions hold NaN or infinity: no frame can be fitted to them",
+            raise MetricUndefined("observations or actions hold NaN or infinity: no frame can be fitted to them",
                                  field="version")
         total += chunk.sum(axis=0)
         lowest, highest = np.minimum(lowest, chunk.min(axis=0)), np.maximum(highest, chunk.max(axis=0))
     if d and max(np.abs(lowest).max(), np.abs(highest).max()) > FRAME_LIMIT:
-        raise InvalidRequest(f"values beyond ±{FRAME_LIMIT:g} (placeholders for 'unknown', timestamps?) leave no "
+        raise MetricUndefined(f"values beyond ±{FRAME_LIMIT:g} (placeholders for 'unknown', timestamps?) leave no "
                              "usable scale for a metric frame", field="version")
     mean = total / max(n, 1)
     covariance = np.zeros((d, d))  # of the centred data, a second pass: no cancellation
@@ -119,7 +119,7 @@ def features(frame: MetricFrame, continuous: np.ndarray) -> np.ndarray:
     rows at a time so no full-width float64 copy of the data is made."""
     x = np.asarray(continuous)
     if x.shape[1] != len(frame.mean):
-        raise InvalidRequest(f"the benchmark's metric frame has {len(frame.mean)} continuous dimensions, the data "
+        raise MetricUndefined(f"the benchmark's metric frame has {len(frame.mean)} continuous dimensions, the data "
                              f"{x.shape[1]}: the dataset does not match its benchmark", field="frame")
     mean, scale = np.asarray(frame.mean), np.asarray(frame.scale)
     axes = np.asarray(frame.components).T if frame.components is not None else None
@@ -144,6 +144,6 @@ def coverage_cells(frame: MetricFrame, continuous: np.ndarray, discrete: np.ndar
 
 def entropy_points(frame: MetricFrame, continuous: np.ndarray) -> np.ndarray:
     if frame.entropy_dims == 0:
-        raise InvalidRequest("kNN entropies need continuous observations or actions; this data has none",
+        raise MetricUndefined("kNN entropies need continuous observations or actions; this data has none",
                              field="metric")
     return features(frame, continuous)[:, :frame.entropy_dims]

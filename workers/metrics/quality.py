@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tuplehub.storage.errors import InvalidRequest
+from tuplehub.storage.errors import MetricUndefined
 from tuplehub.storage.metrics import MetricResult
 from tuplehub.workers.metrics.episodes import bootstrap_mean
 
@@ -23,10 +23,10 @@ def trajectory_quality(returns: np.ndarray, *, random_return: float | None, expe
     outside [0, 1] are meaningful (worse than random, better than the expert) and are not clipped.
     """
     if random_return is None or expert_return is None:
-        raise InvalidRequest("trajectory quality needs random and expert reference returns: store them on the "
+        raise MetricUndefined("trajectory quality needs random and expert reference returns: store them on the "
                              "benchmark (set_references) or give them in the request", field="references")
     if expert_return <= random_return:
-        raise InvalidRequest(f"the expert return ({expert_return}) must exceed the random return ({random_return})",
+        raise MetricUndefined(f"the expert return ({expert_return}) must exceed the random return ({random_return})",
                              field="references")
     returns = np.asarray(returns, dtype=np.float64)
     span = expert_return - random_return
@@ -62,7 +62,7 @@ def estimated_return_improvement(returns: np.ndarray, *, lower_bound: float | No
     smallest = float(returns.min())
     c = smallest if lower_bound is None else float(lower_bound)
     if c > smallest + BOUND_TOLERANCE * max(abs(c), abs(smallest)):
-        raise InvalidRequest(f"the lower bound {c} exceeds the smallest return {smallest}", field="lower_bound")
+        raise MetricUndefined(f"the lower bound {c} exceeds the smallest return {smallest}", field="lower_bound")
     c = min(c, smallest)  # a bound summed in another order may sit a rounding above: it is the minimum
     shifted = returns - c
     warnings = ["every shifted return is 0: ERI is 0 by convention"] if shifted.mean() == 0 else []
