@@ -396,7 +396,7 @@ class MetricsJob:
     # --- storing -----------------------------------------------------------------------------
     async def _store(self, key: str, params: dict[str, Any], computed: Computed) -> None:
         catalog = self.run.catalog
-        fields = {"params": params, "seed": self.seed, "benchmark_inputs": computed.benchmark_inputs,
+        fields: dict[str, Any] = {"params": params, "seed": self.seed, "benchmark_inputs": computed.benchmark_inputs,
                   "job_id": self.run.job.id, "result": computed.result, "created_at": utcnow()}
         where = {"dataset_id": self.dataset.id, "version": self.version.number, "key": key}
         for _ in range(2):  # a concurrent first insert (a lock lost to a stalled worker) turns into an update
