@@ -379,9 +379,10 @@ class MetricsJob:
         return can_read(await principal_of(catalog, owner), item, kind)
 
     async def _entropy(self, params: ShannonEntropyParams | BehavioralEntropyParams, data: VersionData) -> Computed:
-        assert self.frame is not None
+        frame = self.frame
+        assert frame is not None
         observation, action = data.sampled(data.sampled_below(params.max_points), "observation", "action")
-        points = await asyncio.to_thread(lambda: entropy_points(self.frame, split_columns(observation, action)[0]))
+        points = await asyncio.to_thread(lambda: entropy_points(frame, split_columns(observation, action)[0]))
         if isinstance(params, BehavioralEntropyParams):
             result = await asyncio.to_thread(entropy.behavioral_entropy, points, alpha=params.alpha, beta=params.beta,
                                              k=params.k, queries=params.queries, seed=self.seed)
