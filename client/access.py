@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # inside a class with a list() method, "list" is that method
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,7 +72,7 @@ class Users:
     def get(self, name: str) -> UserRead:
         return UserRead.model_validate(_call(self._http, "GET", f"/users/{name}"))
 
-    def set_roles(self, name: str, site_roles: list[str]) -> UserRead:
+    def set_roles(self, name: str, site_roles: builtins.list[str]) -> UserRead:
         return UserRead.model_validate(_call(self._http, "PUT", f"/users/{name}/roles",
                                              json={"site_roles": site_roles}))
 
@@ -97,7 +98,7 @@ class Groups:
     def get(self, name: str) -> GroupRead:
         return GroupRead.model_validate(_call(self._http, "GET", f"/groups/{name}"))
 
-    def set_member(self, name: str, user: str, roles: list[str]) -> GroupRead:
+    def set_member(self, name: str, user: str, roles: builtins.list[str]) -> GroupRead:
         return GroupRead.model_validate(_call(self._http, "PUT", f"/groups/{name}/members/{user}",
                                               json={"roles": roles}))
 
@@ -115,7 +116,7 @@ class Roles:
     def list(self) -> list[RoleRecord]:
         return [RoleRecord.model_validate(item) for item in _call(self._http, "GET", "/roles")]
 
-    def create(self, name: str, rights: list[str], *, description: str = "") -> RoleRecord:
+    def create(self, name: str, rights: builtins.list[str], *, description: str = "") -> RoleRecord:
         return RoleRecord.model_validate(_call(self._http, "POST", "/roles", json={
             "name": name, "rights": rights, "description": description}))
 

@@ -169,7 +169,8 @@ class Client:
 
     def login(self, username: str, password: str, *, remember: bool = True) -> Me:
         """Sign in with a password; with ``remember`` the session is stored for later processes."""
-        response = self._http.post("/auth/login", json={"username": username, "password": password}, auth=None)
+        response = self._http.post("/auth/login", json={"username": username, "password": password},
+                                   auth=None)  # type: ignore[arg-type]  # no client auth (httpx takes None)
         raise_for_problem(response)
         pair = response.json()
         session = Session(username, pair["access_token"], pair["refresh_token"])
@@ -184,7 +185,8 @@ class Client:
         auth = self._http.auth
         if isinstance(auth, SessionAuth):
             response = self._http.post("/auth/logout", params={"everywhere": everywhere} if everywhere else None,
-                                       json={"refresh_token": auth.session.refresh_token}, auth=None)
+                                       json={"refresh_token": auth.session.refresh_token},
+                                       auth=None)  # type: ignore[arg-type]  # no client auth (httpx takes None)
             if response.status_code != 401:  # an already-dead session is as good as ended
                 raise_for_problem(response)
         self.sessions.delete(self.url)

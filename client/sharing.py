@@ -43,6 +43,5 @@ class Shareable(Generic[R]):
     def _apply(self, response: httpx.Response) -> Self:
         """Take the record the server answered with (after a change), or raise its problem."""
         raise_for_problem(response)
-        model: type[BaseModel] = type(self.record)
-        self.record = model.model_validate(response.json())
+        self.record = type(self.record).model_validate(response.json())
         return self
