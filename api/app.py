@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from fastapi import APIRouter, FastAPI
 
@@ -98,11 +98,12 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
             await asyncio.to_thread(tracer.close)
 
     telemetry = tracer.fastapi_telemetry()  # None with traces off: FastAPI's default, which makes no span
+    traced: dict[str, Any] = {"telemetry": telemetry} if telemetry else {}
     app = FastAPI(title="tuplehub", version=VERSION, lifespan=lifespan,
                   description="Store, version, filter and share offline-RL datasets. Heavy work runs as jobs: "
                               "start one, then poll `GET /api/v1/jobs/{id}`.",
                   openapi_url=f"{API_PREFIX}/openapi.json", docs_url=None, redoc_url=None, openapi_tags=docs.TAGS,
-                  **({"telemetry": telemetry} if telemetry else {}))
+                  **traced)
     docs.install(app, API_PREFIX)
     problems.install(app)
     middleware.install(app, settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import Request
@@ -16,7 +17,7 @@ from tuplehub.storage.objects import ObjectStore
 STREAM_CHUNK = 4 * 2**20
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _BEYOND = 10**21  # a position past the end of any file
-RANGE_RESPONSES = {206: {"description": "The requested byte range."},
+RANGE_RESPONSES: dict[int | str, dict[str, Any]] = {206: {"description": "The requested byte range."},
                    416: {"description": "The range lies outside the file."}}
 
 
@@ -50,6 +51,7 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if match is None or match.group(1) == match.group(2) == "":
         return None
     first, last = (_position(group) for group in match.groups())
+    assert header is not None  # it matched
     shown = header if len(header) <= 80 else header[:77] + "..."
     if first is None:  # the last N bytes
         assert last is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import UTC, datetime
 
 import httpx
@@ -53,7 +54,7 @@ class Users(Handle):
     def get(self, name: str) -> UserRead:
         return self._call("GET", f"/users/{name}", UserRead)
 
-    def set_roles(self, name: str, site_roles: list[str]) -> UserRead:
+    def set_roles(self, name: str, site_roles: builtins.list[str]) -> UserRead:
         return self._call("PUT", f"/users/{name}/roles", UserRead, json={"site_roles": site_roles})
 
     def reset_password(self, name: str, new_password: str) -> None:
@@ -73,7 +74,7 @@ class Groups(Handle):
     def get(self, name: str) -> GroupRead:
         return self._call("GET", f"/groups/{name}", GroupRead)
 
-    def set_member(self, name: str, user: str, roles: list[str]) -> GroupRead:
+    def set_member(self, name: str, user: str, roles: builtins.list[str]) -> GroupRead:
         return self._call("PUT", f"/groups/{name}/members/{user}", GroupRead, json={"roles": roles})
 
     def remove_member(self, name: str, user: str) -> None:
@@ -87,7 +88,7 @@ class Roles(Handle):
     def list(self) -> list[RoleRecord]:
         return [RoleRecord.model_validate(item) for item in self._call("GET", "/roles")]
 
-    def create(self, name: str, rights: list[str], *, description: str = "") -> RoleRecord:
+    def create(self, name: str, rights: builtins.list[str], *, description: str = "") -> RoleRecord:
         return self._call("POST", "/roles", RoleRecord, json={"name": name, "rights": rights,
                                                                "description": description})
 

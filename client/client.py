@@ -175,7 +175,8 @@ class Client:
         auth = self._http.auth
         if isinstance(auth, SessionAuth):
             response = self._http.post("/auth/logout", params={"everywhere": everywhere} if everywhere else None,
-                                       json={"refresh_token": auth.session.refresh_token}, auth=None)
+                                       json={"refresh_token": auth.session.refresh_token},
+                                       auth=None)  # type: ignore[arg-type]  # None: no auth (httpx leaves it out)
             if response.status_code != 401:  # an already-dead session is as good as ended
                 raise_for_problem(response)
         self.sessions.delete(self.url)

@@ -100,6 +100,7 @@ class Export(Job):
         if not self.status.finished:
             self.wait(progress=False)
         with self._batches() as (schema, batches):
+            assert self.result is not None  # the server streams the file of a succeeded export only
             rows = int(self.result["rows"])
             return fill_arrays(schema, batches, rows)
 

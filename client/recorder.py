@@ -27,7 +27,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, SupportsFloat
 
 import gymnasium
 import numpy as np
@@ -152,12 +152,12 @@ def _check_spaces(observation_space: Any) -> None:
                              "environment in gymnasium.wrappers.FlattenObservation first")
 
 
-class Recorder(gymnasium.Wrapper):
+class Recorder(gymnasium.Wrapper[Any, Any, Any, Any]):
     """Record every step of ``env`` into ``dataset`` (see the module docstring)."""
 
-    def __init__(self, env: gymnasium.Env, dataset: Dataset, *, episode_metadata: EpisodeMetadata | None = None,
-                 batch_rows: int = DEFAULT_BATCH_ROWS, first_episode_id: int | None = None,
-                 unfinished: Literal["drop", "keep"] = "drop") -> None:
+    def __init__(self, env: gymnasium.Env[Any, Any], dataset: Dataset, *,
+                 episode_metadata: EpisodeMetadata | None = None, batch_rows: int = DEFAULT_BATCH_ROWS,
+                 first_episode_id: int | None = None, unfinished: Literal["drop", "keep"] = "drop") -> None:
         super().__init__(env)
         _check_spaces(env.observation_space)
         self._stream = _Stream(dataset, batch_rows=batch_rows, episode_metadata=episode_metadata,
@@ -172,7 +172,7 @@ class Recorder(gymnasium.Wrapper):
         self._episode.observations.append(np.asarray(observation))
         return observation, info
 
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         if self._episode is None:
             raise InvalidRequest("call reset() before step(): a recording starts with the reset observation")
         observation, reward, terminated, truncated, info = self.env.step(action)
@@ -188,7 +188,7 @@ class Recorder(gymnasium.Wrapper):
             self._stream.finish(self._episode)
         self._episode = None
 
-    def close(self, *, wait: bool = True) -> list[Job]:  # type: ignore[override]
+    def close(self, *, wait: bool = True) -> list[Job]:
         """Send what is complete (the unfinished episode is dropped or kept as ``unfinished``), wait
         for the ingests, close the environment; returns the upload jobs."""
         self._end_unfinished()
@@ -207,7 +207,7 @@ class Recorder(gymnasium.Wrapper):
 class VectorRecorder(gymnasium.vector.VectorWrapper):
     """Record every sub-environment of a vector environment; episodes are numbered as they start."""
 
-    def __init__(self, env: gymnasium.vector.VectorEnv, dataset: Dataset, *,
+    def __init__(self, env: gymnasium.vector.VectorEnv[Any, Any, Any], dataset: Dataset, *,
                  episode_metadata: EpisodeMetadata | None = None, batch_rows: int = DEFAULT_BATCH_ROWS,
                  first_episode_id: int | None = None) -> None:
         super().__init__(env)
@@ -223,7 +223,8 @@ class VectorRecorder(gymnasium.vector.VectorWrapper):
 
     def reset(self, *, seed: int | list[int] | None = None,
               options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        observations, info = self.env.reset(seed=seed, options=options)
+        # gymnasium annotates an int; its vector environments take one seed per sub-environment too
+        observations, info = self.env.reset(seed=seed, options=options)  # type: ignore[arg-type]
         seeds = seed if isinstance(seed, list) else [None if seed is None else seed + i for i in range(self.num_envs)]
         self._episodes = [self._begin(seeds[i], observations[i]) for i in range(self.num_envs)]
         return observations, info

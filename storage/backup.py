@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from tuplehub.storage.catalog.sqlite import block_dir_of, block_file
@@ -127,7 +127,7 @@ def copy_file(source: Path, target: Path) -> tuple[int, str]:
         return copy_stream(reader, target)
 
 
-def copy_stream(reader: BinaryIO, target: Path) -> tuple[int, str]:
+def copy_stream(reader: IO[bytes], target: Path) -> tuple[int, str]:
     """Write what ``reader`` holds to a new private file ``target``, chunk by chunk, fsynced; size and SHA-256."""
     with private_file(target) as writer:
         measured = hashed(reader, writer)
@@ -136,7 +136,7 @@ def copy_stream(reader: BinaryIO, target: Path) -> tuple[int, str]:
     return measured
 
 
-def hashed(reader: BinaryIO, writer: BinaryIO | None = None) -> tuple[int, str]:
+def hashed(reader: IO[bytes], writer: IO[bytes] | None = None) -> tuple[int, str]:
     """Read ``reader`` to its end (writing each chunk to ``writer``, if given); the size and SHA-256 read."""
     hasher, size = hashlib.sha256(), 0
     while chunk := reader.read(CHUNK):

@@ -10,7 +10,7 @@ let exports skip blocks a filter cannot match.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -132,7 +132,7 @@ class BlockBuilder:
     def finish(self) -> Iterator[BlockRecord]:
         yield from self._cut_while(lambda remaining: remaining > 0)
 
-    def _cut_while(self, more) -> Iterator[BlockRecord]:
+    def _cut_while(self, more: Callable[[int], bool]) -> Iterator[BlockRecord]:
         if not more(self._pending_rows):
             return
         buffered = pa.concat_tables(self._pending)  # chunks side by side; each block copies its own
@@ -158,6 +158,7 @@ class BlockBuilder:
             self._check_given(block, successor if continues else None, ends)
         tail_rows = np.append(ends, n - 1).astype(np.int32)
         if continues:
+            assert successor is not None  # continues says so
             last_next = successor.column("observation")
             values = pa.concat_arrays([given.take(ends).combine_chunks() if given is not None
                                        else pa.nulls(len(ends), last_next.type),

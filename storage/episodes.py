@@ -64,16 +64,18 @@ class EpisodeSplitter:
         starts = run_starts(ids)
         run_ids = ids.take(pa.array(starts)).to_pylist()
         lengths = np.diff(np.append(starts, n))
-        continuing = self._open is not None and run_ids[0] == self._open.episode_id
-        if continuing and self._open.ended:
-            flag = "terminated" if self._open.terminated else "truncated"
+        # The episode left open by the last batch, if this batch goes on with it.
+        resumed = self._open if self._open is not None and run_ids[0] == self._open.episode_id else None
+        continuing = resumed is not None
+        if resumed is not None and resumed.ended:
+            flag = "terminated" if resumed.terminated else "truncated"
             raise InvalidUpload(f"episode {run_ids[0]!r} goes on after it was {flag}",
                                 column="episode_id", row=first_row, reason="step-after-end")
 
         runs: list[EpisodeStats] = []
         for position, (start, episode_id) in enumerate(zip(starts, run_ids, strict=True)):
-            if position == 0 and continuing:
-                runs.append(self._open)
+            if position == 0 and resumed is not None:
+                runs.append(resumed)
                 continue
             if self._open is not None:
                 self.finished.append(self._open)

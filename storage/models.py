@@ -99,7 +99,7 @@ class DatasetRecord(BaseModel):
 
 class UploadMode(StrEnum):
     append = "append"
-    replace = "replace"
+    replace = "replace"  # type: ignore[assignment]  # the wire value; no caller uses str.replace on a mode
 
 
 class Moments(BaseModel):

@@ -70,6 +70,7 @@ class Principal:
         content rights of kinds they administer site-wide. A site-wide read right is *not* a read
         right inside a group (it only reaches public content), so it cannot be granted there.
         """
+        held: frozenset[Right] | set[Right]
         if group_id is None:
             held = self.site_rights
         else:

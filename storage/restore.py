@@ -83,7 +83,7 @@ def read_manifest(source: Path) -> dict[str, Any]:
     if not (isinstance(counts, dict) and all(isinstance(n, int) for n in counts.values())
             and isinstance(notes, list) and all(isinstance(note, str) for note in notes)):
         raise BackupDamaged(f"{path} has counts or notes of the wrong shape: the backup is damaged")
-    files = manifest.get("files")
+    files: Any = manifest.get("files")  # untrusted JSON: each use below checks its shape
     required = [CATALOG] if kind == EMBEDDED else [f"{DUMPS}/{name}.jsonl" for name in manifest.get("collections", [])]
     if kind == DEPLOYMENT and not (isinstance(manifest.get("collections"), list) and required
                                    and all(isinstance(name, str) and _COLLECTION.fullmatch(name)

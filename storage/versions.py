@@ -89,7 +89,7 @@ async def commit_segment(catalog: Catalog, dataset_id: str, *, mode: UploadMode,
             segments = [*parent.segments, segment]
         version = VersionRecord(dataset_id=dataset_id, number=(parent.number + 1) if parent else 1, mode=mode,
                                 parent=parent.number if parent else None, segments=segments,
-                                schema=schema, job_id=job_id, lineage=lineage)
+                                tuple_schema=schema, job_id=job_id, lineage=lineage)
         if await catalog.insert_version(version):
             return version
     raise StoreUnavailable("too many concurrent commits to this dataset; the ingest will be retried")

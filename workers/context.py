@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypedDict
@@ -84,7 +84,7 @@ class JobRun:
             heartbeat_at=utcnow())
 
 
-Body = Callable[[JobRun], Awaitable[dict[str, Any]]]
+Body = Callable[[JobRun], Coroutine[Any, Any, dict[str, Any]]]
 Cleanup = Callable[[JobRun], Awaitable[None]]
 
 
@@ -207,6 +207,7 @@ async def _failed(run: JobRun, exc: Exception, *, timed_out: bool, timeout_s: fl
                   cleanup: Cleanup | None) -> str:
     """Retry what a backend outage caused; record everything else as the job's error, and return its code."""
     job, catalog = run.job, run.catalog
+    error: dict[str, Any]
     if timed_out:
         error = {"code": "timeout", "detail": f"the {job.kind} job ran longer than its limit of {timeout_s:.0f} s"}
     elif is_unavailable(exc):

@@ -12,8 +12,9 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from arq import cron, func
 from arq.worker import Worker
@@ -33,6 +34,9 @@ from tuplehub.workers.jobs.metrics import metrics
 from tuplehub.workers.monitoring import WorkerMonitor
 from tuplehub.workers.recovery import maintain
 
+if TYPE_CHECKING:
+    from arq.typing import WorkerCoroutine
+
 logger = logging.getLogger("tuplehub.workers")
 
 # Seconds between queue polls: the latency a client sees between "complete upload" and "running".
@@ -41,6 +45,12 @@ POLL_DELAY_S = 0.05
 # counts attempts (Arq forgets its count when a job is re-enqueued) and enforces the deadline.
 ARQ_TIMEOUT_MARGIN_S = 60
 ARQ_EXTRA_TRIES = 5
+
+
+def _arq(function: Callable[..., Awaitable[Any]]) -> WorkerCoroutine:
+    """``function`` as Arq's annotations want it: Arq passes its context as a plain dict, which our functions
+    read as the WorkerContext that start-up fills (to a type checker a TypedDict is no ``dict[Any, Any]``)."""
+    return cast("WorkerCoroutine", function)
 
 
 def _every(seconds: int) -> dict[str, Any]:
@@ -91,25 +101,25 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
 
     return Worker(
         functions=[
-            func(ingest, name="ingest", timeout=settings.ingest_timeout_s + ARQ_TIMEOUT_MARGIN_S,
+            func(_arq(ingest), name="ingest", timeout=settings.ingest_timeout_s + ARQ_TIMEOUT_MARGIN_S,
                  max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES),
-            func(export, name="export", timeout=settings.export_timeout_s + ARQ_TIMEOUT_MARGIN_S,
+            func(_arq(export), name="export", timeout=settings.export_timeout_s + ARQ_TIMEOUT_MARGIN_S,
                  max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES),
-            func(artifact, name="artifact", timeout=settings.ingest_timeout_s + ARQ_TIMEOUT_MARGIN_S,
+            func(_arq(artifact), name="artifact", timeout=settings.ingest_timeout_s + ARQ_TIMEOUT_MARGIN_S,
                  max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES),
-            func(derive, name="derive",
+            func(_arq(derive), name="derive",
                  timeout=settings.export_timeout_s + settings.ingest_timeout_s + ARQ_TIMEOUT_MARGIN_S,
                  max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES),
-            func(metrics, name="metrics", timeout=settings.metrics_timeout_s + ARQ_TIMEOUT_MARGIN_S,
+            func(_arq(metrics), name="metrics", timeout=settings.metrics_timeout_s + ARQ_TIMEOUT_MARGIN_S,
                  max_tries=settings.job_max_tries + ARQ_EXTRA_TRIES),
         ],
-        cron_jobs=[cron(maintain, name="maintain", **_every(settings.requeue_every_s), timeout=300)] + (
-            [cron(recompute_metrics, name="recompute_metrics", **_every(settings.metrics_recompute_every_s),
+        cron_jobs=[cron(_arq(maintain), name="maintain", **_every(settings.requeue_every_s), timeout=300)] + (
+            [cron(_arq(recompute_metrics), name="recompute_metrics", **_every(settings.metrics_recompute_every_s),
                   timeout=300)] if settings.metrics_recompute_every_s else []),
         redis_settings=redis_settings(redis_url),
         queue_name=settings.queue_name,
-        on_startup=startup,
-        on_shutdown=shutdown,
+        on_startup=_arq(startup),
+        on_shutdown=_arq(shutdown),
         ctx={"stopping": asyncio.Event()},
         handle_signals=handle_signals,
         burst=burst,

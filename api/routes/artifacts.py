@@ -16,7 +16,6 @@ from fastapi.responses import StreamingResponse
 
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.policy import (
-    can_read,
     readable_benchmark,
     readable_dataset,
     require_create,
@@ -33,7 +32,7 @@ from tuplehub.storage.artifacts import MEDIA_TYPE, ArtifactLinks, ArtifactRead, 
 from tuplehub.storage.catalog import Catalog
 from tuplehub.storage.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from tuplehub.storage.models import DownloadURL, Page, UploadMode, UploadRead, UploadRecord, new_id, utcnow
-from tuplehub.storage.permissions import Principal
+from tuplehub.storage.permissions import Principal, can_read
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 KIND = "artifact"

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict
 
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.policy import (
-    can_read,
     read_scope,
     readable_benchmark,
     require_create,
@@ -27,6 +26,7 @@ from tuplehub.storage.access import Publish
 from tuplehub.storage.benchmarks import BenchmarkCreate, BenchmarkRead, BenchmarkRecord, space_from_json
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from tuplehub.storage.models import DatasetSummary, Page
+from tuplehub.storage.permissions import can_read
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
 KIND = "benchmark"

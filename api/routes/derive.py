@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from fastapi import APIRouter
 
 from tuplehub.api.access.policy import readable_dataset, require_owner
@@ -11,6 +13,9 @@ from tuplehub.storage import quotas, versions
 from tuplehub.storage.errors import Forbidden, InvalidFilter, InvalidRequest, InvalidUpload, NotFound
 from tuplehub.storage.exports import check_selection, output_schema
 from tuplehub.storage.models import DeriveCreate, JobKind, JobRead, JobRecord, UploadMode
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 router = APIRouter(tags=["datasets"])
 
@@ -27,7 +32,8 @@ async def derive_dataset(name: str, body: DeriveCreate, caller: Caller, catalog:
     """
     target = await readable_dataset(catalog, caller, name)
     require_owner(caller, target, "dataset", "write")
-    sources, schemas = [], []
+    sources: list[dict[str, Any]] = []
+    schemas: list[pa.Schema] = []
     most = 0  # the decoded bytes the derive can store at most: every row of every source
     for number, source in enumerate(body.sources):
         dataset = await readable_dataset(catalog, caller, source.dataset)

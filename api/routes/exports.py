@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -37,7 +38,7 @@ async def create_export(name: str, body: ExportCreate, caller: Caller, catalog: 
     version = await versions.get_version(catalog, dataset, body.version)
     check_export(version, body, max_leaves=settings.filter_max_leaves)
     job = JobRecord(kind=JobKind.export, owner=caller.user_id,
-                    dedup_key=dedup_key(dataset.id, version.number, body, caller.id))
+                    dedup_key=dedup_key(dataset.id, version.number, body, caller.user_id))
     job.params = {"dataset_id": dataset.id, "dataset": dataset.name, "version": version.number,
                   "request": body.model_dump(mode="json"),
                   "object_key": f"exports/{job.id}.{body.format.value}"}
@@ -48,8 +49,8 @@ async def create_export(name: str, body: ExportCreate, caller: Caller, catalog: 
     return JobRead.from_record(stored)
 
 
-async def _finished_export(catalog: CatalogDep, job_id: str, caller: Principal) -> JobRecord:
-    """The caller's finished export, if they may still read its dataset (access may have been withdrawn)."""
+async def _finished_export(catalog: CatalogDep, job_id: str, caller: Principal) -> dict[str, Any]:
+    """The result of the caller's finished export, if they may still read its dataset (access may be withdrawn)."""
     job = await own_job(catalog, job_id, caller)
     if job.kind != JobKind.export:
         raise NotFound(f"job {job_id} is not an export", job=job_id)
@@ -62,19 +63,19 @@ async def _finished_export(catalog: CatalogDep, job_id: str, caller: Principal) 
     if job.status != JobStatus.succeeded or job.result is None:
         raise Conflict(f"export {job_id} is {job.status}; its result is ready once it has succeeded",
                        job=job_id, job_status=job.status)
-    return job
+    return job.result
 
 
 @router.get("/exports/{job_id}/url", responses=problems(NotFound, Conflict))
 async def export_url(job_id: str, request: Request, caller: Caller, catalog: CatalogDep, objects: ObjectsDep,
                      settings: SettingsDep) -> DownloadURL:
     """Where to download the result: a presigned URL (S3), else this API's streaming endpoint."""
-    job = await _finished_export(catalog, job_id, caller)
-    key = job.result["object_key"]
+    result = await _finished_export(catalog, job_id, caller)
+    key = result["object_key"]
     url = await asyncio.to_thread(objects.presign_get, key, settings.presign_ttl_s)
     if url is None:
-        return DownloadURL(url=str(request.url_for("download_export", job_id=job_id)), size=job.result["bytes"])
-    return DownloadURL(url=url, size=job.result["bytes"],
+        return DownloadURL(url=str(request.url_for("download_export", job_id=job_id)), size=result["bytes"])
+    return DownloadURL(url=url, size=result["bytes"],
                        expires_at=utcnow() + timedelta(seconds=settings.presign_ttl_s))
 
 
@@ -83,7 +84,7 @@ async def export_url(job_id: str, request: Request, caller: Caller, catalog: Cat
 async def download_export(job_id: str, request: Request, caller: Caller, catalog: CatalogDep,
                           objects: ObjectsDep) -> StreamingResponse:
     """Stream the result file; a ``Range: bytes=a-b`` header asks for part of it."""
-    job = await _finished_export(catalog, job_id, caller)
-    fmt = job.result["format"]
-    return await stream_object(objects, job.result["object_key"], request, filename=f"{job_id}.{fmt}",
+    result = await _finished_export(catalog, job_id, caller)
+    fmt = result["format"]
+    return await stream_object(objects, result["object_key"], request, filename=f"{job_id}.{fmt}",
                                media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"))

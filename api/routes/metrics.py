@@ -14,8 +14,6 @@ from fastapi import APIRouter, Query, Response
 
 from tuplehub.api.access.audit import audit
 from tuplehub.api.access.policy import (
-    can_read,
-    manages_all,
     read_scope,
     readable_benchmark,
     readable_dataset,
@@ -44,7 +42,7 @@ from tuplehub.storage.metrics import (
     metrics_job,
 )
 from tuplehub.storage.models import DatasetRecord, JobRead
-from tuplehub.storage.permissions import Principal
+from tuplehub.storage.permissions import Principal, can_read, manages_all
 
 router = APIRouter(tags=["metrics"])
 
@@ -67,6 +65,7 @@ async def request_metrics(name: str, body: MetricsCreate, caller: Caller, catalo
             raise Forbidden("storing metric results on a dataset needs write access to it (its owner or a dataset "
                             "administrator); readers may evaluate their own policies (policy_value)") from exc
         for params in body.metrics:
+            assert isinstance(params, PolicyValueParams)  # each one is: checked just above
             artifact = await _readable_policy(catalog, caller, params.policy)
             if artifact.owner != caller.id:
                 raise Forbidden("on a dataset you cannot write, you may evaluate your own policies only: the stored "

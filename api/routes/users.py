@@ -28,6 +28,7 @@ from tuplehub.storage.access import (
     UserRecord,
 )
 from tuplehub.storage.catalog import Catalog
+from tuplehub.storage.catalog.base import RecordKind
 from tuplehub.storage.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from tuplehub.storage.models import Page
 from tuplehub.storage.permissions import Principal
@@ -124,8 +125,9 @@ async def delete_user(name: str, caller: Caller, catalog: CatalogDep) -> Respons
         raise Forbidden("you cannot delete your own account")
     await check_outranks(catalog, caller, user)
     await end_sessions(catalog, user.id)
-    for kind, model in (("memberships", MembershipRecord), ("api_tokens", ApiTokenRecord),
-                        ("refresh_tokens", RefreshTokenRecord)):
+    owned: tuple[tuple[RecordKind, type[BaseModel]], ...] = (
+        ("memberships", MembershipRecord), ("api_tokens", ApiTokenRecord), ("refresh_tokens", RefreshTokenRecord))
+    for kind, model in owned:
         await catalog.delete_records(kind, model, user_id=user.id)
     await catalog.delete_records("users", UserRecord, id=user.id)
     await audit(catalog, caller, "user.delete", "user", user.id, user.name)

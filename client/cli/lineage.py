@@ -16,7 +16,7 @@ from tuplehub.client.errors import CommandLineError
 
 if TYPE_CHECKING:
     from tuplehub.client.client import Client
-    from tuplehub.storage.models import VersionRecord
+    from tuplehub.storage.models import DeriveSource, VersionRecord
 
 MAX_DEPTH = 10
 
@@ -36,7 +36,7 @@ def derive(target: str,
         emit(job.record, as_json=as_json, columns=("id", "status", "result"))
 
 
-def _source(text: str) -> object:
+def _source(text: str) -> DeriveSource:
     """One ``--source``: JSON naming a dataset, or just ``walks@2`` (``{"dataset": "walks@2"}`` means version 2)."""
     from pydantic import ValidationError
 

@@ -18,6 +18,8 @@ from tuplehub.client.cli.errors import reported_errors
 from tuplehub.client.errors import CommandLineError
 
 if TYPE_CHECKING:
+    from typer._click import Context
+
     from tuplehub.client.client import Client
 
 HELP_WIDTH = 100
@@ -36,7 +38,7 @@ Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmat
 class Commands(TyperGroup):
     """A command group whose commands end in one or two lines on any tuplehub error, never a traceback."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Context) -> Any:
         words = [*ctx._protected_args, *ctx.args]
         command = " ".join([*ctx.command_path.split()[1:], *words[:1]])  # e.g. "datasets create"
         with reported_errors(as_json="--json" in words, command=command):

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tuplehub.client.discovery import SERVER_FILE
 from tuplehub.client.errors import CommandLineError, MissingExtra
@@ -39,6 +39,8 @@ from tuplehub.storage.logs import configure_logging
 from tuplehub.storage.paths import SERVE_LOCK
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from tuplehub.client.cli.supervisor import Supervisor
     from tuplehub.storage.settings import Settings
 
@@ -46,7 +48,7 @@ logger = logging.getLogger("tuplehub.server")
 STARTUP_TIMEOUT_S = 60.0
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     try:
         from tuplehub.storage.settings import Settings
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -114,7 +116,7 @@ class EmbeddedServer:
         self.exit_code = 0
         self.started = threading.Event()
         self.stop_requested = False
-        self._server = None
+        self._server: uvicorn.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> None:
@@ -150,7 +152,8 @@ class EmbeddedServer:
             # API logs each request itself (tuplehub.api.monitoring), so uvicorn's access log stays off.
             config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                     log_config=None, access_log=False, lifespan="on",
-                                    timeout_graceful_shutdown=settings.shutdown_grace_s)
+                                    # uvicorn annotates an int, and uses it as the float timeout it is
+                                    timeout_graceful_shutdown=settings.shutdown_grace_s)  # type: ignore[arg-type]
             self._server = server = uvicorn.Server(config)
             server.should_exit = self.stop_requested
             serving = asyncio.create_task(server.serve(sockets=[self.listener] if self.listener else None))

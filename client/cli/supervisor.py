@@ -100,8 +100,8 @@ class Supervisor:
         """Poll the children until :meth:`stop`; ``on_fatal`` is called if Redis cannot come back."""
         while not self._stopping:
             await asyncio.sleep(POLL_S)
-            if self._stopping:
-                return
+            if self._stopping:  # stop() may have set it during the sleep; mypy keeps the narrowing
+                return  # type: ignore[unreachable]
             if self.redis is not None and not self.redis.alive() and not await self._restart_redis():
                 on_fatal(self.fatal or "the bundled redis-server died")
                 return

@@ -26,7 +26,7 @@ def _tensor(values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(values)
 
 
-class TransitionDataset(Dataset):
+class TransitionDataset(Dataset[dict[str, torch.Tensor]]):
     """Transitions of an export (``Export.to_numpy()``), one dict of tensors per index."""
 
     def __init__(self, arrays: Mapping[str, np.ndarray], columns: tuple[str, ...] | None = None) -> None:
@@ -41,7 +41,7 @@ class TransitionDataset(Dataset):
         return {name: values[index] for name, values in self.columns.items()}
 
 
-class TransitionStream(IterableDataset):
+class TransitionStream(IterableDataset[dict[str, torch.Tensor]]):
     """Batches of an export as dicts of tensors, decoded while they download.
 
     ``export`` is an :class:`Export` or a function that starts one (so each epoch can stream

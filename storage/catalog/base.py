@@ -118,7 +118,7 @@ class Catalog(Protocol):
     async def list_blocks(self, segment: str) -> list[BlockRecord]:
         """Every block of a segment in order, without ``data`` and ``tail`` (for pruning)."""
 
-    async def read_blocks(self, segment: str, seqs: Sequence[int]) -> AsyncIterator[BlockRecord]:
+    def read_blocks(self, segment: str, seqs: Sequence[int]) -> AsyncIterator[BlockRecord]:
         """The named blocks with their bytes, in ``seqs`` order, one at a time (bounded memory)."""
 
     async def put_episodes(self, episodes: Sequence[EpisodeRecord]) -> None:

@@ -93,7 +93,7 @@ class MongoCatalog:
         """The database at ``url`` as it is: nothing checked, migrated or indexed (restore writes into it)."""
         from pymongo import AsyncMongoClient
 
-        client = AsyncMongoClient(url, tz_aware=True, serverSelectionTimeoutMS=10_000)
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True, serverSelectionTimeoutMS=10_000)
         return cls(client.get_default_database(default="tuplehub"), client)
 
     @classmethod

@@ -223,7 +223,8 @@ class SQLiteCatalog:
     async def list_datasets(self, *, name: str | None, tag: str | None, offset: int, limit: int,
                             readable: ReadScope | None = None, owner: str | None = None,
                             benchmark: str | None = None) -> tuple[list[DatasetSummary], int]:
-        where, args = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
         if name:
             where.append("instr(lower(name), lower(?)) > 0")
             args.append(name)
@@ -332,8 +333,10 @@ class SQLiteCatalog:
 
     async def read_blocks(self, segment: str, seqs: Sequence[int]) -> AsyncIterator[BlockRecord]:
         for seq in seqs:
-            row = await self._run(lambda c, s=seq: c.execute(
-                "SELECT meta, tail FROM blocks WHERE segment = ? AND seq = ?", (segment, s)).fetchone())
+            def block_row(c: sqlite3.Connection, s: int = seq) -> Any:
+                return c.execute("SELECT meta, tail FROM blocks WHERE segment = ? AND seq = ?", (segment, s)).fetchone()
+
+            row = await self._run(block_row)
             if row is None:
                 raise NotFound(f"block {seq} of segment {segment} is missing")
             block = BlockRecord.model_validate_json(row[0])
@@ -444,7 +447,8 @@ class SQLiteCatalog:
 
     async def list_jobs(self, *, owner: str | None, status: JobStatus | None, kind: JobKind | None,
                         offset: int, limit: int) -> tuple[list[JobRecord], int]:
-        where, args = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
         for column, value in (("owner", owner), ("status", status), ("kind", kind)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -511,7 +515,8 @@ class SQLiteCatalog:
     @staticmethod
     def _where(kind: RecordKind, model: type[BaseModel], equals: Mapping[str, Any]) -> tuple[str, list[Any]]:
         check_fields(model, equals)
-        clauses, args = ["kind = ?"], [kind]
+        clauses: list[str] = ["kind = ?"]
+        args: list[Any] = [kind]
         for field, value in equals.items():
             values = value if isinstance(value, list | tuple | set | frozenset) else [value]
             marks = ", ".join("?" for _ in values) or "NULL"

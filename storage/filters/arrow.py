@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -104,23 +104,25 @@ def _compile(node: FilterNode, scope: Scope, schema: TupleSchema, out: CompiledF
         return _fold([_compile(arg, scope, schema, out) for arg in _operands(node)], lambda a, b: a | b)
     if isinstance(node, Not):
         return ~_compile(node.arg, scope, schema, out)
-    ref = resolve(node.field, scope, schema)  # type: ignore[attr-defined]
+    # And, Or and Not are handled above: what is left is a field node (an unknown one is refused below).
+    leaf = cast("Compare | In | Between | Exists", node)
+    ref = resolve(leaf.field, scope, schema)
     out.fields.append(ref)
     value = _field_expression(ref)
-    if isinstance(node, Exists):
+    if isinstance(leaf, Exists):
         return value.is_valid()
-    literals = [node.value] if isinstance(node, Compare) else [node.low, node.high] \
-        if isinstance(node, Between) else list(node.values)  # type: ignore[union-attr]
-    _check_kind(ref, node.op, literals)
+    literals = [leaf.value] if isinstance(leaf, Compare) else [leaf.low, leaf.high] \
+        if isinstance(leaf, Between) else list(leaf.values)
+    _check_kind(ref, leaf.op, literals)
     if ref.kind == "any":
         _note_metadata_kind(ref, literals, out.metadata_kinds)
     if ref.floating:  # 2**53 + 1 is a fine float bound, but Arrow refuses it as an integer
         literals = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in literals]
-    if isinstance(node, Compare):
-        return pc.Expression._call(_COMPARE[node.op], [value, pc.scalar(literals[0])])
-    if isinstance(node, Between):
+    if isinstance(leaf, Compare):
+        return pc.Expression._call(_COMPARE[leaf.op], [value, pc.scalar(literals[0])])
+    if isinstance(leaf, Between):
         return (value >= pc.scalar(literals[0])) & (value <= pc.scalar(literals[1]))
-    if isinstance(node, In):
+    if isinstance(leaf, In):
         if not literals:
             return pc.scalar(False)
         # A missing value is unknown, not "not in": keep it null so that `not` stays false too.
@@ -158,7 +160,7 @@ def _operands(node: And | Or) -> list[FilterNode]:
     while pending:
         arg = pending.pop()
         if type(arg) is type(node):
-            pending.extend(reversed(arg.args))  # type: ignore[attr-defined]
+            pending.extend(reversed(arg.args))
         else:
             operands.append(arg)
     return operands
@@ -184,7 +186,7 @@ def _fold(parts: list[pc.Expression], combine: Callable[[pc.Expression, pc.Expre
         parts = [pc.if_else(chain, _TRUE, _FALSE) for chain in chains]
 
 
-def _check_kind(ref: FieldRef, op: str, values: list) -> None:
+def _check_kind(ref: FieldRef, op: str, values: list[Any]) -> None:
     expected: dict[Kind, tuple[type, ...]] = {"number": (int, float), "bool": (bool,), "string": (str,)}
     if ref.kind == "any":
         return

@@ -226,7 +226,7 @@ class FieldExpr:
         return FieldExpr(f"{self._path}[{', '.join(str(int(i)) for i in indices)}]")
 
     def _compare(self, op: str, value: Any) -> Compare:
-        return Compare(op=op, field=self._path, value=value)  # type: ignore[arg-type]
+        return Compare(op=op, field=self._path, value=value)
 
     def __eq__(self, value: Any) -> Compare:  # type: ignore[override]
         return self._compare("eq", value)

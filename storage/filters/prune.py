@@ -8,7 +8,7 @@ exact answer always comes from :mod:`tuplehub.storage.filters.arrow`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from tuplehub.storage.filters.fields import INDEXED_EPISODE_FIELDS, Scope, resolve
 from tuplehub.storage.filters.language import And, Between, Compare, FilterNode, In, Not, Or
@@ -34,15 +34,15 @@ def may_match(node: FilterNode | None, zones: ZoneMap, schema: TupleSchema) -> b
     if isinstance(node, Compare):
         return _compare_may(node.op, node.value, low, high)
     if isinstance(node, Between):
-        return _numeric(node.low, node.high) and high >= node.low and low <= node.high
+        return _numeric(node.low) and _numeric(node.high) and high >= node.low and low <= node.high
     if isinstance(node, In):
         return any(_numeric(v) and low <= v <= high for v in node.values) or not all(
             _numeric(v) for v in node.values)
     return True
 
 
-def _numeric(*values: Any) -> bool:
-    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+def _numeric(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _compare_may(op: str, value: Any, low: float, high: float) -> bool:
@@ -88,6 +88,6 @@ def narrowing(node: FilterNode | None, scope: Scope, schema: TupleSchema) -> lis
         return []
     if isinstance(node, Compare) and node.op != "ne" and _numeric(node.value):
         return [Constraint(path, node.op, float(node.value))]
-    if isinstance(node, Between) and _numeric(node.low, node.high):
+    if isinstance(node, Between) and _numeric(node.low) and _numeric(node.high):
         return [Constraint(path, "ge", float(node.low)), Constraint(path, "le", float(node.high))]
     return []

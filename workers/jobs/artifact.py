@@ -50,6 +50,7 @@ async def _store(run: JobRun) -> dict[str, Any]:
         digest, size = await asyncio.to_thread(_digest, objects, upload.object_key)
         await catalog.update_job(run.job.id, params={**run.job.params, "sha256": digest, "size": size})
         await run.checkpoint(0.5, "store", "hashed")
+    assert size is not None  # recorded together with the digest
     key = f"artifacts/{digest}"
     if await asyncio.to_thread(objects.exists, upload.object_key):
         if not await asyncio.to_thread(_stored_whole, objects, key, size):

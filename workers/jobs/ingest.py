@@ -187,6 +187,7 @@ async def ingest_upload(run: JobRun, upload_id: str, *, lineage: Lineage | None 
             await asyncio.gather(upcoming, return_exceptions=True)
     await run.checkpoint(0.97, "commit", "making the version visible")
     await _check_dataset_still_there(catalog, upload.dataset, upload.dataset_id)
+    assert reader.layout is not None  # steps() sets it before its first step
     version = await commit_segment(catalog, upload.dataset_id, mode=UploadMode(upload.mode),
                                    segment=SegmentRef(id=segment, episodes=episodes, transitions=transitions,
                                                       returns=returns, lengths=lengths, terminated=terminated,

@@ -98,8 +98,8 @@ async def stale_requests(catalog: Catalog, dataset: DatasetRecord, version: int)
         metric = MetricName(params["metric"])
         if PARAMS[metric].needs_torch and not torch:
             continue
-        record = current.get(key)
-        if record is None or _stale(record, metric, benchmark, frame_id, dataset.benchmark):
+        stored = current.get(key)
+        if stored is None or _stale(stored, metric, benchmark, frame_id, dataset.benchmark):
             by_seed.setdefault(seed, []).append(params)
     return [MetricsCreate.model_validate({"metrics": chosen[start:start + MAX_METRICS_PER_REQUEST], "seed": seed})
             for seed, chosen in by_seed.items() for start in range(0, len(chosen), MAX_METRICS_PER_REQUEST)]

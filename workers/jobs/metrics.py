@@ -132,8 +132,9 @@ class MetricsJob:
 
     async def _store(self, key: str, params: dict[str, Any], computed: Computed) -> None:
         catalog, dataset, version = self.run.catalog, self.ctx.dataset, self.ctx.version
-        fields = {"params": params, "seed": self.ctx.seed, "benchmark_inputs": computed.benchmark_inputs,
-                  "job_id": self.run.job.id, "result": computed.result, "created_at": utcnow()}
+        fields: dict[str, Any] = {"params": params, "seed": self.ctx.seed,
+                                  "benchmark_inputs": computed.benchmark_inputs, "job_id": self.run.job.id,
+                                  "result": computed.result, "created_at": utcnow()}
         where = {"dataset_id": dataset.id, "version": version.number, "key": key}
         for _ in range(2):  # a concurrent first insert (a lock lost to a stalled worker) turns into an update
             existing, _ = await catalog.find_records("metrics", MetricRecord, where=where, limit=1)

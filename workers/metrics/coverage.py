@@ -8,6 +8,7 @@ is mixed into a 64-bit key and counted exactly with ``np.unique``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def cell_keys(columns: np.ndarray) -> np.ndarray:
 
 
 def state_action_coverage(cells: np.ndarray, *, reference_cells: np.ndarray | None = None,
-                          params: dict | None = None, clipped: float = 0.0) -> MetricResult:
+                          params: dict[str, Any] | None = None, clipped: float = 0.0) -> MetricResult:
     """u(D) / u(D_ref) over already-quantised (state, action) cells; u(D) / |D| without a reference.
 
     The reference must be binned alike and have the same number of rows (u grows with size).
@@ -50,8 +51,8 @@ def state_action_coverage(cells: np.ndarray, *, reference_cells: np.ndarray | No
     return coverage_of_keys(cell_keys(cells), reference_keys=reference, params=params, clipped=clipped)
 
 
-def coverage_of_keys(keys: np.ndarray, *, reference_keys: np.ndarray | None = None, params: dict | None = None,
-                     clipped: float = 0.0, episodes: int = 0) -> MetricResult:
+def coverage_of_keys(keys: np.ndarray, *, reference_keys: np.ndarray | None = None,
+                     params: dict[str, Any] | None = None, clipped: float = 0.0, episodes: int = 0) -> MetricResult:
     """:func:`state_action_coverage` on cells already mixed into keys (8 bytes a row, what jobs keep)."""
     n = len(keys)
     count = int(np.unique(keys).size) if n else 0
@@ -74,7 +75,7 @@ def coverage_of_keys(keys: np.ndarray, *, reference_keys: np.ndarray | None = No
 
 
 def coverage_against_reference(cells: np.ndarray, rows: np.ndarray, reference_cells: np.ndarray,
-                               reference_rows: np.ndarray, *, subsamples: int = 5, params: dict | None = None,
+                               reference_rows: np.ndarray, *, subsamples: int = 5, params: dict[str, Any] | None = None,
                                clipped: float = 0.0, seed: int = 0) -> MetricResult:
     """SACo against a reference of any size: both sides cut to the smaller size by seeded row keys.
 

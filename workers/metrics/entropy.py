@@ -18,6 +18,7 @@ only under one scaler: multiplying the features by c shifts H by d ln c.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -54,7 +55,7 @@ def knn_distances(points: np.ndarray, k: int, *, queries: int, seed: int) -> tup
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(points), size=min(queries, len(points)), replace=False))
     distances, _ = cKDTree(points).query(points[chosen], k=k + 1)  # the first neighbour is the point itself
-    return distances[:, k], len(chosen)
+    return cast("np.ndarray", distances)[:, k], len(chosen)  # k + 1 neighbours each: an array
 
 
 def _log_unit_ball(d: int) -> float:

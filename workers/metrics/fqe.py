@@ -46,6 +46,7 @@ from tuplehub.storage.settings import metrics_threads_default
 
 if TYPE_CHECKING:
     import torch
+    from torch import Tensor  # for functions inside those that bind torch = _torch()
 
 VERSION = "2"  # 2: target copies follow the horizon (1: every 100 steps, biased low at gamma 0.99)
 STEPS = 20_000  # the reference recipe (PyTupli's and d3rlpy's scale), fixed: never "until convergence"
@@ -347,7 +348,7 @@ def _given_policy(policy: Policy, setup: _Setup) -> Decide:
         out = policy.output(_as_tensor(np.nan_to_num(raw)))
         if setup.n_actions is not None:
             return _discrete(out, setup.n_actions).to(setup.device)
-        return setup.scale(_continuous(out, len(setup.action_mid)).to(setup.device))
+        return setup.scale(_continuous(out, len(setup.action_mid)).to(setup.device))  # type: ignore[arg-type]
 
     return decide
 
@@ -361,11 +362,11 @@ def _behaviour_cloning(setup: _Setup, *, steps: int, seed: int, progress: _Progr
     net = _mlp(setup.states.shape[1], BC_HIDDEN, setup.n_actions or setup.actions.shape[1]).to(setup.device)
     observations = setup.states[:n]
 
-    def head(states: torch.Tensor) -> torch.Tensor:
+    def head(states: Tensor) -> Tensor:
         out = net(states)
         return torch.softmax(out, dim=1) if discrete else torch.tanh(out)
 
-    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+    def batch_loss(idx: Tensor) -> Tensor:
         if discrete:
             return functional.cross_entropy(net(observations[idx]), setup.actions[idx])
         return functional.mse_loss(torch.tanh(net(observations[idx])), setup.actions[idx])
@@ -385,7 +386,7 @@ def _behaviour_cloning(setup: _Setup, *, steps: int, seed: int, progress: _Progr
     if discrete:
         details["accuracy"] = correct / n
 
-    def decide(_: np.ndarray, states: torch.Tensor) -> torch.Tensor:
+    def decide(_: np.ndarray, states: Tensor) -> Tensor:
         with torch.no_grad():
             return head(states)
 
@@ -418,7 +419,7 @@ def _fqe_run(setup: _Setup, next_choice: torch.Tensor | None, *, seed: int, step
     net = _mlp(inputs, setup.hidden, setup.n_actions or 1).to(setup.device)
     target = _mlp(inputs, setup.hidden, setup.n_actions or 1).to(setup.device).requires_grad_(False)
 
-    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+    def batch_loss(idx: Tensor) -> Tensor:
         with torch.no_grad():
             after = None if next_choice is None else next_choice[idx]
             goal = setup.reward[idx] + setup.gamma * setup.live[idx] * _value(target, setup.states[idx + n], after,
@@ -625,9 +626,9 @@ def _evaluate(setup: _Setup, obs: np.ndarray, after: np.ndarray, starts: np.ndar
     elif target == "fqi":
         next_choice = start_choice = None
     else:
-        next_choice = _decide_rows(decide, after, setup.states[n:])
-        start_choice = _decide_rows(decide, obs[first], setup.states[first_rows])
-    every_choice = _decide_rows(decide, obs, setup.states[:n]) if policy is not None and not len(first) else None
+        next_choice = _decide_rows(decide, after, setup.states[n:])  # type: ignore[arg-type]
+        start_choice = _decide_rows(decide, obs[first], setup.states[first_rows])  # type: ignore[arg-type]
+    every_choice = _decide_rows(decide, obs, setup.states[:n]) if policy is not None and not len(first) else None  # type: ignore[arg-type]
     runs = [_fqe_run(setup, next_choice, seed=seed, steps=steps, progress=tracker, first_rows=first_rows,
                      start_choice=start_choice, every_choice=every_choice) for seed in seeds]
     return runs, details
@@ -648,7 +649,7 @@ def _result(runs: list[dict[str, Any]], setup: _Setup, *, report: str, starts: n
         warnings.append("no row is marked initial: the policy value is the mean of V(s) over every row, not over "
                         "episode starts")
     values = [run[key] for run in runs]
-    value = means[key] if np.isfinite(means[key]) else None
+    value = means[key] if np.isfinite(means[key]) else None  # type: ignore[arg-type]
     spread = len(values) > 1 and value is not None
     details.update({"average_q": means["average_q"], "initial_state_value": means["initial_state_value"],
                     "per_seed": {name: [run[name] for run in runs] for name in figures if name in runs[0]},

@@ -36,7 +36,8 @@ def split_columns(observation: np.ndarray, action: np.ndarray) -> tuple[np.ndarr
     in float64); :func:`features` computes in float64 a chunk at a time.
     """
     n = len(observation)
-    continuous, discrete = [], []
+    continuous: list[np.ndarray] = []
+    discrete: list[np.ndarray] = []
     for values in (observation, action):
         flat = np.asarray(values).reshape(n, -1)
         (discrete if flat.dtype.kind in "iub" else continuous).append(flat)
