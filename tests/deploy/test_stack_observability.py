@@ -157,6 +157,9 @@ def _json_lines(stack: Stack, service: str) -> list[dict[str, Any]]:
 def test_prometheus_scrapes_every_replica_counts_the_jobs_and_no_alert_fires(
         stack: Stack, client: Client, prometheus: Prometheus, tmp_path: Path) -> None:
     started = time.monotonic()
+    # Tests before this one kill, stop and rescale replicas: start from the stack's 2 + 2, all healthy.
+    stack.up("--no-recreate", "--scale", "api=2", "--scale", "worker=2", "api", "worker")
+    stack.wait_healthy(api=2, worker=2)
     up = _replicas_up(stack, prometheus)
     before = _counters(prometheus)
     scraped = time.monotonic()
