@@ -350,7 +350,9 @@ def test_a_rolling_restart_loses_no_request_and_no_job(stack: Stack, hub: tuple[
         return (f"{name}: stopped in {drained:.1f} s, healthy {back:.1f} s later, "
                 f"{len(made) + len(created) - during} requests' worth of work meanwhile")
 
-    slow_path = write_upload(tmp_path / "handed-back.parquet", episodes=300, length=10, obs_dim=4, act_dim=2,
+    # 1,500 short episodes: an ingest of 10 s or more on the tier's catalog, so each worker can be seen
+    # running it before it ends (300 took about 4 s, and CI once saw it end before a worker was stopped).
+    slow_path = write_upload(tmp_path / "handed-back.parquet", episodes=1_500, length=4, obs_dim=4, act_dim=2,
                              seed=60)
     slow_hash = local_content_hash(slow_path, tmp_path / "handed-back")
     restarts: list[str] = []
